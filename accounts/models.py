@@ -1,0 +1,70 @@
+import hashlib
+import secrets
+
+from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.validators import ASCIIUsernameValidator
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
+
+
+class UsernameValidator(ASCIIUsernameValidator):
+    regex = r"^[A-Za-z0-9_.-]{3,32}\Z"
+    message = "3 to 32 characters: letters, digits, '.', '_' or '-'."
+
+
+class User(AbstractUser):
+    class Presence(models.TextChoices):
+        ONLINE = "online"
+        AWAY = "away"
+        OFFLINE = "offline"
+
+    username = models.CharField(max_length=32, unique=True, validators=[UsernameValidator()])
+    presence = models.CharField(max_length=8, choices=Presence, default=Presence.OFFLINE)
+    last_seen = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # "Alice" and "alice" are one name: nobody can pass for somebody else by case.
+            models.UniqueConstraint(Lower("username"), name="accounts_user_username_ci_unique"),
+        ]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Device(models.Model):
+    """One login: its own HTTP token and its own MQTT account.
+
+    Only a hash of the token is stored, so a copy of the database lets nobody act as a
+    user. The MQTT password is derived from that hash and SECRET_KEY, so it is never
+    stored either and the broker's accounts can be rebuilt from the database.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices")
+    token_hash = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    @staticmethod
+    def new_token() -> str:
+        return secrets.token_urlsafe(32)
+
+    @property
+    def mqtt_username(self) -> str:
+        return f"device-{self.pk}"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return f"chat-{self.user_id}-{self.pk}"
+
+    @property
+    def mqtt_password(self) -> str:
+        return salted_hmac(
+            "accounts.Device.mqtt_password", self.token_hash, algorithm="sha256"
+        ).hexdigest()
+
+    def __str__(self) -> str:
+        return f"device {self.pk} of user {self.user_id}"

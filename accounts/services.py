@@ -1,0 +1,98 @@
+"""Writes about accounts and devices. Each queues its broker changes in its transaction."""
+
+from django.contrib.auth import password_validation
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+
+from accounts.models import Device, User, hash_token
+from accounts.selectors import user_get_by_username
+from chatserver import outbox
+from chatserver.errors import ApplicationError, Conflict
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+    message = "This username is taken."
+
+
+class InvalidCredentials(ApplicationError):
+    status_code = 401
+    code = "invalid_credentials"
+    message = "Wrong username or password."
+
+
+class WeakPassword(ApplicationError):
+    code = "validation_error"
+    message = "Invalid input."
+
+
+def _device_create(*, user: User, name: str = "") -> tuple[Device, str, list[dict]]:
+    token = Device.new_token()
+    device = Device.objects.create(user=user, token_hash=hash_token(token), name=name)
+    access = [
+        {
+            "op": "device_add",
+            "user": user.id,
+            "username": device.mqtt_username,
+            "password": device.mqtt_password,
+            "client_id": device.mqtt_client_id,
+        }
+    ]
+    return device, token, access
+
+
+def user_signup(*, username: str, password: str, device_name: str = "") -> tuple[Device, str]:
+    """Create a user and its first device; return (device, token).
+
+    The user's and the device's broker accounts are queued in the same transaction and,
+    when the broker is up, exist before this returns: the MQTT credentials work at once.
+    """
+    candidate = User(username=username)
+    try:
+        password_validation.validate_password(password, user=candidate)
+    except DjangoValidationError as exc:
+        raise WeakPassword(fields={"password": list(exc.messages)})
+    if user_get_by_username(username=username) is not None:
+        raise UsernameTaken(fields={"username": ["This username is taken."]})
+    try:
+        with transaction.atomic():
+            candidate.set_password(password)
+            candidate.save()
+            device, token, access = _device_create(user=candidate, name=device_name)
+            event = outbox.enqueue(access=[{"op": "user_add", "user": candidate.id}, *access])
+    except IntegrityError:
+        # Two signups raced for the same name; the other one won.
+        raise UsernameTaken(fields={"username": ["This username is taken."]})
+    outbox.wait_applied([event])
+    return device, token
+
+
+def user_login(*, username: str, password: str, device_name: str = "") -> tuple[Device, str]:
+    """Check the password and open a new device; return (device, token).
+
+    Every login is a device of its own, with its own token and MQTT account, so logging
+    out one phone leaves the others working. Like signup, it waits for the broker.
+    """
+    user = user_get_by_username(username=username)
+    if user is None or not user.is_active:
+        # Spend the same time as a real check, so timing does not tell which names exist.
+        User().set_password(password)
+        raise InvalidCredentials()
+    if not user.check_password(password):
+        raise InvalidCredentials()
+    with transaction.atomic():
+        device, token, access = _device_create(user=user, name=device_name)
+        event = outbox.enqueue(access=access)
+    outbox.wait_applied([event])
+    return device, token
+
+
+def device_logout(*, device: Device) -> None:
+    """End one device: its HTTP token stops working at once, its MQTT account is deleted
+    (which also disconnects it) as soon as the relay gets to it, normally before this
+    returns."""
+    with transaction.atomic():
+        username = device.mqtt_username
+        device.delete()
+        event = outbox.enqueue(access=[{"op": "device_remove", "username": username}])
+    outbox.wait_applied([event])

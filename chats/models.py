@@ -1,0 +1,89 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Chat(models.Model):
+    class Kind(models.TextChoices):
+        DIRECT = "direct"
+        GROUP = "group"
+
+    kind = models.CharField(max_length=8, choices=Kind)
+    name = models.CharField(max_length=100, blank=True)
+    # "<lower user id>:<higher user id>" for a direct chat: the pair's chat exists once.
+    direct_key = models.CharField(max_length=41, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    # The seq of the newest message; bumped under the row lock, so seqs have no gap.
+    last_seq = models.BigIntegerField(default=0)
+    # Newest message or creation: orders a user's chat list.
+    activity_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.kind} chat {self.pk}"
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        ADMIN = "admin"
+        MEMBER = "member"
+        RESTRICTED = "restricted"  # reads, cannot post
+
+    # No separate index on chat: the (chat, user) unique index serves chat lookups.
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="memberships", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=10, choices=Role, default=Role.MEMBER)
+    joined_at = models.DateTimeField(default=timezone.now)
+    # chat.last_seq when the user joined: later messages are the ones it can have unread.
+    joined_seq = models.BigIntegerField(default=0)
+    # The read pointer: never moves back.
+    last_read_seq = models.BigIntegerField(default=0)
+    last_read_message = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chat", "user"], name="chats_membership_chat_user_unique"),
+        ]
+
+
+class Message(models.Model):
+    class Type(models.TextChoices):
+        TEXT = "text"
+        IMAGE = "image"
+        AUDIO = "audio"
+        VIDEO = "video"
+        FILE = "file"
+
+    # No separate index on chat: (chat, seq) and (chat, id) serve every chat lookup.
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages", db_index=False)
+    seq = models.BigIntegerField()
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+    type = models.CharField(max_length=8, choices=Type, default=Type.TEXT)
+    content = models.TextField()
+    reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    # Chosen by the sending device; the same one again returns the first message.
+    client_id = models.CharField(max_length=64, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    edited_at = models.DateTimeField(null=True, blank=True)
+    deleted = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chat", "seq"], name="chats_message_chat_seq_unique"),
+            models.UniqueConstraint(
+                fields=["chat", "author", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="chats_message_client_id_unique",
+            ),
+        ]
+        # History pages are cut by message id (the API's cursors).
+        indexes = [models.Index(fields=["chat", "id"], name="chats_message_chat_id_idx")]

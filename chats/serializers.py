@@ -1,0 +1,89 @@
+"""Input serializers validate shape and never save; output ones list their fields.
+
+The output shapes are built by `chats.events` (shared with the MQTT events); the output
+serializers here describe them for the API schema.
+"""
+
+from django.conf import settings
+from rest_framework import serializers
+
+from chatserver.fields import StrictCharField
+
+from chats.models import Chat, Membership, Message
+from chatserver.urls_converters import MAX_ID
+
+
+class ChatCreateInput(serializers.Serializer):
+    members = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1, max_length=1000
+    )
+    name = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
+
+
+class ChatRenameInput(serializers.Serializer):
+    name = StrictCharField(max_length=100)
+
+
+class MessageCreateInput(serializers.Serializer):
+    content = StrictCharField(max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False)
+    reply_to = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, allow_null=True, default=None)
+    client_id = StrictCharField(
+        max_length=64, required=False, allow_null=True, default=None, trim_whitespace=False
+    )
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+    def validate_client_id(self, value: str | None) -> str | None:
+        if value is not None and (not value or not value.isprintable()):
+            raise serializers.ValidationError("Use 1 to 64 printable characters.")
+        return value
+
+
+class HistoryQuery(serializers.Serializer):
+    before = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, default=None)
+    after = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False, default=None)
+    limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50)
+
+
+class MemberRoleInput(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+class MemberOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+    last_read_message_id = serializers.IntegerField(allow_null=True)
+
+
+class ChatOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    type = serializers.ChoiceField(choices=Chat.Kind.choices)
+    name = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_seq = serializers.IntegerField()
+    members = MemberOutput(many=True)
+
+
+class MessageOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    chat = serializers.IntegerField()
+    seq = serializers.IntegerField()
+    author = serializers.IntegerField(allow_null=True)
+    type = serializers.ChoiceField(choices=Message.Type.choices)
+    content = serializers.CharField()
+    reply_to = serializers.IntegerField(allow_null=True)
+    client_id = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    edited_at = serializers.DateTimeField(allow_null=True)
+    deleted = serializers.BooleanField()
+    unread_count = serializers.IntegerField()
+    attachment = serializers.JSONField(allow_null=True)
+
+
+class MessagePageOutput(serializers.Serializer):
+    results = MessageOutput(many=True)
+    has_more = serializers.BooleanField()

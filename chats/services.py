@@ -1,0 +1,403 @@
+"""Writes about chats, members and messages.
+
+Every change to a chat locks the chat's row first (`_lock_chat`, or the seq bump in
+`message_send`), then writes its rows and its outbox row in the same transaction. Hence:
+seqs have no gap and no duplicate, outbox rows of one chat are in commit order (the
+relay keeps per-chat order), and a membership check cannot race a kick.
+"""
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from chats import events
+from chats.models import Chat, Membership, Message
+from chats.selectors import ChatNotFound, chat_members, message_unread_counts
+from chatserver import outbox
+from chatserver.errors import ApplicationError, NotFound, PermissionDenied
+
+User = get_user_model()
+Role = Membership.Role
+
+# Who outranks whom; an actor acts only on members it outranks (or on itself).
+RANK = {Role.OWNER: 3, Role.ADMIN: 2, Role.MEMBER: 1, Role.RESTRICTED: 0}
+
+
+class InvalidInput(ApplicationError):
+    code = "validation_error"
+    message = "Invalid input."
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(fields={field: [message]})
+
+
+class CannotPost(PermissionDenied):
+    code = "cannot_post"
+    message = "Restricted members cannot post in this chat."
+
+
+class NotAllowed(PermissionDenied):
+    code = "not_allowed"
+    message = "Your role in this chat does not allow this."
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+    message = "User not found."
+
+
+class NotAGroup(ApplicationError):
+    code = "not_a_group"
+    message = "Direct chats always have exactly their two members."
+
+
+def _lock_chat(chat_id: int) -> Chat:
+    chat = Chat.objects.select_for_update().filter(id=chat_id).first()
+    if chat is None:
+        raise ChatNotFound()
+    return chat
+
+
+def _membership_locked(*, chat: Chat, user_id: int) -> Membership:
+    """A membership re-read under the chat's lock (roles may have changed meanwhile)."""
+    membership = Membership.objects.select_related("user").filter(chat=chat, user_id=user_id).first()
+    if membership is None:
+        raise ChatNotFound()
+    return membership
+
+
+def _publish_to_chat(*, chat: Chat, type: str, data: dict, user_ids, access=()) -> outbox.OutboxEvent:
+    return outbox.enqueue(
+        payload=outbox.event_payload(type=type, data=data, chat_id=chat.id),
+        user_ids=user_ids,
+        chat_id=chat.id,
+        access=access,
+    )
+
+
+# --- Chats ------------------------------------------------------------------------------
+
+
+def chat_create(*, creator, member_ids: list[int], name: str = "") -> tuple[Chat, bool]:
+    """Create a chat; return (chat, created).
+
+    One other member and no name: the pair's direct chat, created once, also when two
+    requests race (the unique `direct_key` decides; the loser returns the winner's chat).
+    Otherwise a group whose owner is the creator. Members get `chat.created` on their user
+    topics, and may subscribe to the chat's topic by the time this returns (broker up).
+    """
+    others = sorted(set(member_ids) - {creator.id})
+    if not others:
+        raise InvalidInput("members", "Name at least one user besides yourself.")
+    found = set(User.objects.filter(id__in=others, is_active=True).values_list("id", flat=True))
+    missing = [uid for uid in others if uid not in found]
+    if missing:
+        raise InvalidInput("members", f"Unknown users: {', '.join(map(str, missing))}.")
+
+    if len(others) == 1 and not name:
+        low, high = sorted([creator.id, others[0]])
+        key = f"{low}:{high}"
+        existing = Chat.objects.filter(direct_key=key).first()
+        if existing is not None:
+            return existing, False
+        try:
+            with transaction.atomic():
+                chat = Chat.objects.create(kind=Chat.Kind.DIRECT, direct_key=key)
+                roles = {creator.id: Role.MEMBER, others[0]: Role.MEMBER}
+                event = _chat_populate(chat=chat, roles=roles)
+        except IntegrityError:
+            return Chat.objects.get(direct_key=key), False
+    else:
+        with transaction.atomic():
+            chat = Chat.objects.create(kind=Chat.Kind.GROUP, name=name)
+            roles = {creator.id: Role.OWNER, **{uid: Role.MEMBER for uid in others}}
+            event = _chat_populate(chat=chat, roles=roles)
+    outbox.wait_applied([event])
+    return chat, True
+
+
+def _chat_populate(*, chat: Chat, roles: dict[int, str]) -> outbox.OutboxEvent:
+    Membership.objects.bulk_create(
+        [Membership(chat=chat, user_id=uid, role=role) for uid, role in roles.items()]
+    )
+    members = chat_members(chat_id=chat.id)
+    access = [{"op": "chat_add", "chat": chat.id}]
+    access += [{"op": "member_grant", "chat": chat.id, "user": uid} for uid in roles]
+    return _publish_to_chat(
+        chat=chat,
+        type="chat.created",
+        data=events.chat_data(chat, members),
+        user_ids=list(roles),
+        access=access,
+    )
+
+
+def chat_rename(*, chat_id: int, actor_id: int, name: str) -> Chat:
+    """Rename a group (admin or owner); members get `chat.updated`."""
+    with transaction.atomic():
+        chat = _lock_chat(chat_id)
+        actor = _membership_locked(chat=chat, user_id=actor_id)
+        if chat.kind != Chat.Kind.GROUP:
+            raise NotAGroup("Direct chats have no name.")
+        if RANK[actor.role] < RANK[Role.ADMIN]:
+            raise NotAllowed()
+        chat.name = name
+        chat.save(update_fields=["name"])
+        members = chat_members(chat_id=chat.id)
+        _publish_to_chat(
+            chat=chat,
+            type="chat.updated",
+            data=events.chat_data(chat, members),
+            user_ids=[m.user_id for m in members],
+        )
+    return chat
+
+
+def chat_delete(*, chat_id: int, actor_id: int) -> None:
+    """Delete a group with its history (owner only); members get `chat.deleted`, and
+    the chat's topic is closed on the broker."""
+    with transaction.atomic():
+        chat = _lock_chat(chat_id)
+        actor = _membership_locked(chat=chat, user_id=actor_id)
+        if chat.kind != Chat.Kind.GROUP:
+            raise NotAGroup("Direct chats cannot be deleted.")
+        if actor.role != Role.OWNER:
+            raise NotAllowed("Only the owner can delete the chat.")
+        user_ids = list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
+        _publish_to_chat(
+            chat=chat,
+            type="chat.deleted",
+            data={"id": chat.id},
+            user_ids=user_ids,
+            access=[{"op": "chat_remove", "chat": chat.id}],
+        )
+        chat.delete()
+
+
+# --- Members ----------------------------------------------------------------------------
+
+
+def member_add(*, chat_id: int, actor_id: int, user_id: int) -> tuple[Membership, bool]:
+    """Add a user to a group (admin or owner); return (membership, created).
+
+    The new member's pointer starts at the newest message, so older ones never count as
+    unread for it. It may subscribe to the chat's topic once `member.added` reaches it
+    (and, broker up, by the time this returns). Adding a member again changes nothing.
+    """
+    with transaction.atomic():
+        chat = _lock_chat(chat_id)
+        actor = _membership_locked(chat=chat, user_id=actor_id)
+        if chat.kind != Chat.Kind.GROUP:
+            raise NotAGroup()
+        if RANK[actor.role] < RANK[Role.ADMIN]:
+            raise NotAllowed()
+        user = User.objects.filter(id=user_id, is_active=True).first()
+        if user is None:
+            raise UserNotFound()
+        existing = Membership.objects.select_related("user").filter(chat=chat, user=user).first()
+        if existing is not None:
+            return existing, False
+        membership = Membership.objects.create(
+            chat=chat, user=user, joined_seq=chat.last_seq, last_read_seq=chat.last_seq
+        )
+        user_ids = list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
+        event = _publish_to_chat(
+            chat=chat,
+            type="member.added",
+            data={"member": events.member_data(membership), "by": actor_id},
+            user_ids=user_ids,
+            access=[{"op": "member_grant", "chat": chat.id, "user": user.id}],
+        )
+    outbox.wait_applied([event])
+    return membership, True
+
+
+def member_remove(*, chat_id: int, actor_id: int, user_id: int) -> None:
+    """Leave (user_id is the actor) or kick (the actor outranks the user: an admin over
+    members and restricted ones, the owner over anyone).
+
+    The removed user's broker access to the chat is revoked before anything published
+    after this, so it receives nothing more from the chat, also if it was offline. When
+    the owner leaves, the longest-standing admin (else member, else restricted member)
+    becomes owner. A group whose last member leaves is deleted.
+    """
+    with transaction.atomic():
+        chat = _lock_chat(chat_id)
+        actor = _membership_locked(chat=chat, user_id=actor_id)
+        if user_id == actor_id:
+            target = actor
+        else:
+            if chat.kind != Chat.Kind.GROUP:
+                raise NotAGroup()
+            target = Membership.objects.select_related("user").filter(chat=chat, user_id=user_id).first()
+            if target is None:
+                raise UserNotFound("This user is not a member of the chat.")
+            if RANK[actor.role] < RANK[Role.ADMIN] or RANK[actor.role] <= RANK[target.role]:
+                raise NotAllowed()
+        if chat.kind == Chat.Kind.DIRECT:
+            raise NotAGroup("You cannot leave a direct chat.")
+        target.delete()
+        remaining = chat_members(chat_id=chat.id)
+        revoke = {"op": "member_revoke", "chat": chat.id, "user": user_id}
+        if not remaining:
+            outbox.enqueue(access=[revoke, {"op": "chat_remove", "chat": chat.id}])
+            chat.delete()
+            return
+        event = _publish_to_chat(
+            chat=chat,
+            type="member.removed",
+            data={"member": {"id": user_id, "username": target.user.username}, "by": actor_id},
+            user_ids=[m.user_id for m in remaining] + [user_id],
+            access=[revoke],
+        )
+        if target.role == Role.OWNER:
+            _ownership_pass(chat=chat, remaining=remaining)
+    outbox.wait_applied([event])
+
+
+def _ownership_pass(*, chat: Chat, remaining: list[Membership]) -> None:
+    heir = min(remaining, key=lambda m: (-RANK[m.role], m.joined_at, m.id))
+    heir.role = Role.OWNER
+    heir.save(update_fields=["role"])
+    _publish_to_chat(
+        chat=chat,
+        type="member.updated",
+        data={"member": events.member_data(heir), "by": None},
+        user_ids=[m.user_id for m in remaining],
+    )
+
+
+def member_set_role(*, chat_id: int, actor_id: int, user_id: int, role: str) -> Membership:
+    """Change a member's role. The owner may give any role; making someone owner hands
+    ownership over (the old owner becomes admin). An admin may only move members between
+    `member` and `restricted`. Members get `member.updated`."""
+    with transaction.atomic():
+        chat = _lock_chat(chat_id)
+        actor = _membership_locked(chat=chat, user_id=actor_id)
+        if chat.kind != Chat.Kind.GROUP:
+            raise NotAGroup()
+        target = Membership.objects.select_related("user").filter(chat=chat, user_id=user_id).first()
+        if target is None:
+            raise UserNotFound("This user is not a member of the chat.")
+        if target.id == actor.id:
+            raise NotAllowed("You cannot change your own role.")
+        if actor.role == Role.OWNER:
+            pass
+        elif actor.role == Role.ADMIN:
+            lower = {Role.MEMBER, Role.RESTRICTED}
+            if target.role not in lower or role not in lower:
+                raise NotAllowed("Admins may only switch members between member and restricted.")
+        else:
+            raise NotAllowed()
+        changed = [target]
+        if role == Role.OWNER:
+            actor.role = Role.ADMIN
+            actor.save(update_fields=["role"])
+            changed.append(actor)
+        target.role = role
+        target.save(update_fields=["role"])
+        user_ids = list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
+        for membership in changed:
+            _publish_to_chat(
+                chat=chat,
+                type="member.updated",
+                data={"member": events.member_data(membership), "by": actor_id},
+                user_ids=user_ids,
+            )
+    return target
+
+
+# --- Messages ---------------------------------------------------------------------------
+
+_SEQ_BUMP_SQL = """
+    UPDATE chats_chat SET last_seq = last_seq + 1, activity_at = %s
+    WHERE id = %s AND EXISTS (
+        SELECT 1 FROM chats_membership
+        WHERE chat_id = %s AND user_id = %s AND role <> 'restricted'
+    )
+    RETURNING last_seq
+"""
+
+
+def message_send(
+    *,
+    chat_id: int,
+    author_id: int,
+    content: str,
+    reply_to_id: int | None = None,
+    client_id: str | None = None,
+) -> tuple[Message, int, bool]:
+    """Store a message and queue its event atomically; return (message, unread_count, created).
+
+    One statement both checks that the author may post and takes the next seq under the
+    chat's row lock, so concurrent senders get 1, 2, 3... and a kick cannot slip in
+    between the check and the write. The same (author, client_id) again returns the first
+    message (created=False) and writes nothing, also when the two requests race. The
+    author's read pointer moves to the new message. Members get `message.created` on
+    their user topics and the chat's topic.
+    """
+    if client_id:
+        existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
+        if existing is not None:
+            return existing, _unread_of(existing), False
+    if reply_to_id is not None and not Message.objects.filter(id=reply_to_id, chat_id=chat_id).exists():
+        raise InvalidInput("reply_to", "No such message in this chat.")
+    try:
+        with transaction.atomic():
+            return (*_message_insert(
+                chat_id=chat_id, author_id=author_id, content=content,
+                reply_to_id=reply_to_id, client_id=client_id,
+            ), True)
+    except IntegrityError:
+        if client_id:
+            existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
+            if existing is not None:
+                return existing, _unread_of(existing), False
+        raise
+
+
+def _message_insert(
+    *, chat_id: int, author_id: int, content: str, reply_to_id: int | None, client_id: str | None
+) -> tuple[Message, int]:
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_SEQ_BUMP_SQL, [now, chat_id, chat_id, author_id])
+        row = cursor.fetchone()
+    if row is None:
+        role = Membership.objects.filter(chat_id=chat_id, user_id=author_id).values_list("role", flat=True).first()
+        if role is None:
+            raise ChatNotFound()
+        raise CannotPost()
+    seq = row[0]
+    member_ids = list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))
+    message = Message.objects.create(
+        chat_id=chat_id,
+        seq=seq,
+        author_id=author_id,
+        content=content,
+        reply_to_id=reply_to_id,
+        client_id=client_id or None,
+        created_at=now,
+    )
+    Membership.objects.filter(chat_id=chat_id, user_id=author_id).update(
+        last_read_seq=seq, last_read_message_id=message.id
+    )
+    unread = len(member_ids) - 1
+    outbox.enqueue(
+        payload=outbox.event_payload(
+            type="message.created",
+            data=events.message_data(message, unread_count=unread),
+            chat_id=chat_id,
+        ),
+        user_ids=member_ids,
+        chat_id=chat_id,
+    )
+    return message, unread
+
+
+def _message_by_client_id(*, chat_id: int, author_id: int, client_id: str) -> Message | None:
+    return Message.objects.filter(chat_id=chat_id, author_id=author_id, client_id=client_id).first()
+
+
+def _unread_of(message: Message) -> int:
+    return message_unread_counts(chat_id=message.chat_id, messages=[message])[message.id]

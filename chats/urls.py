@@ -1,0 +1,11 @@
+from django.urls import path
+
+from chats import views
+
+urlpatterns = [
+    path("", views.ChatsView.as_view(), name="chats"),
+    path("<id:chat_id>/", views.ChatDetailView.as_view(), name="chat-detail"),
+    path("<id:chat_id>/messages/", views.ChatMessagesView.as_view(), name="chat-messages"),
+    path("<id:chat_id>/users/", views.ChatMembersView.as_view(), name="chat-members"),
+    path("<id:chat_id>/users/<id:user_id>/", views.ChatMemberView.as_view(), name="chat-member"),
+]

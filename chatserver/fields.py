@@ -1,0 +1,13 @@
+from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that takes strings only: DRF's own turns 42 or true into "42"/"True",
+    which would let a client's type bug pass unnoticed."""
+
+    default_error_messages = {"not_a_string": "Not a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)

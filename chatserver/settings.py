@@ -1,0 +1,213 @@
+"""Settings, read from the environment (every variable is listed in `.env.example`).
+
+Behaviour differs between deployments only by these values, never by an environment's
+name. Secrets are never in the repository: a missing one is generated once under
+`DATA_DIR/secrets/` and reused from there.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = env(name)
+    if not value:
+        return default
+    return value.lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = env(name)
+    return int(value) if value else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = env(name)
+    return float(value) if value else default
+
+
+DATA_DIR = Path(env("DATA_DIR", str(BASE_DIR / "var"))).resolve()
+SECRETS_DIR = DATA_DIR / "secrets"
+
+
+def secret(name: str, env_name: str, nbytes: int = 32) -> str:
+    """The secret from the environment, else from `SECRETS_DIR/<name>`, made once."""
+    value = env(env_name)
+    if value:
+        return value
+    path = SECRETS_DIR / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    SECRETS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_urlsafe(nbytes)
+    # O_EXCL: when several processes start at once, exactly one writes the file.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+SECRET_KEY = secret("django-secret-key", "DJANGO_SECRET_KEY", 50)
+DEBUG = env_bool("DEBUG")
+ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "rest_framework",
+    "drf_spectacular",
+    "chatserver",
+    "accounts",
+    "chats",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "chatserver.middleware.OptionalTrailingSlashMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+# Paths work with and without their trailing slash, by rewriting, never by redirecting
+# (a redirect would drop a POST body): see OptionalTrailingSlashMiddleware.
+APPEND_SLASH = False
+
+ROOT_URLCONF = "chatserver.urls"
+WSGI_APPLICATION = "chatserver.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+# --- Database ---------------------------------------------------------------------------
+
+DATABASE_URL = env("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'chat.sqlite3'}"
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE takes the write lock at BEGIN, so a read-then-write transaction cannot
+    # fail halfway with "database is locked" (SQLite has no SELECT ... FOR UPDATE).
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0 if DATABASES["default"]["NAME"] == ":memory:" else 600
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 8},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Django's default (PBKDF2) unless a comma-separated list of hasher paths is given. Only
+# throw-away test stacks should set a fast one (tests/ does, to sign up many users).
+if env("PASSWORD_HASHERS"):
+    PASSWORD_HASHERS = [h.strip() for h in env("PASSWORD_HASHERS").split(",") if h.strip()]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# --- HTTP API ---------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.DeviceTokenAuthentication",
+        "accounts.authentication.BearerTokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "chatserver.exception_handler.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {
+        # Per client address, on signup and login: slows password guessing down.
+        "auth": env("AUTH_THROTTLE_RATE", "30/minute"),
+    },
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Chat backend API",
+    "DESCRIPTION": (
+        "Phones send over HTTP; every change is published over MQTT "
+        "(see the README for topics and payloads)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# The largest JSON body accepted (a message is at most MESSAGE_MAX_LENGTH characters).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024)
+MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- MQTT -------------------------------------------------------------------------------
+
+# Where the server's own processes reach the broker.
+MQTT_HOST = env("MQTT_HOST", "127.0.0.1")
+MQTT_PORT = env_int("MQTT_PORT", 1883)
+MQTT_WS_PORT = env_int("MQTT_WS_PORT", 9001)
+# What phones are told to connect to; empty means the host name the request came to.
+MQTT_PUBLIC_HOST = env("MQTT_PUBLIC_HOST")
+MQTT_PUBLIC_PORT = env_int("MQTT_PUBLIC_PORT", MQTT_PORT)
+MQTT_PUBLIC_WS_PORT = env_int("MQTT_PUBLIC_WS_PORT", MQTT_WS_PORT)
+# The broker account of the server itself (the relay). Its password never leaves it.
+MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
+MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
+MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)
+
+# How long signup, login, logout and membership changes wait for the relay to apply
+# their broker grants before answering (so the credentials and topics handed out work
+# at once). When the broker is down the answer comes after this, and the grants are
+# applied as soon as it is back.
+BROKER_SYNC_TIMEOUT = env_float("BROKER_SYNC_TIMEOUT", 5.0)
+
+# The relay: rows per batch, and how often it looks at the outbox when nothing wakes it
+# (PostgreSQL wakes it on every commit through LISTEN/NOTIFY; SQLite is polled).
+RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
+RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
+RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
+RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

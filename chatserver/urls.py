@@ -1,0 +1,21 @@
+from django.urls import include, path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from chatserver.urls_converters import IdConverter
+from chatserver.views import HealthView
+
+# Before the includes below: their patterns use <id:...>.
+register_converter(IdConverter, "id")
+
+urlpatterns = [
+    path("accounts/", include("accounts.urls")),
+    path("chats/", include("chats.urls")),
+    path("health/", HealthView.as_view(), name="health"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+handler400 = "chatserver.exception_handler.handler400"
+handler403 = "chatserver.exception_handler.handler403"
+handler404 = "chatserver.exception_handler.handler404"
+handler500 = "chatserver.exception_handler.handler500"

@@ -1,0 +1,45 @@
+from django.db import DatabaseError, connection
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chatserver import outbox
+from chatserver.models import OutboxEvent
+
+
+class HealthView(APIView):
+    """200 while the database answers (messages are accepted and queued even when the
+    broker is down), 503 when it does not. The body tells each part's state."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "Health",
+                {
+                    "status": serializers.CharField(),
+                    "database": serializers.CharField(),
+                    "relay": serializers.CharField(),
+                    "broker": serializers.CharField(),
+                    "outbox_pending": serializers.IntegerField(),
+                },
+            )
+        },
+        tags=["health"],
+    )
+    def get(self, request):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            state = outbox.relay_status()
+            pending = OutboxEvent.objects.count()
+        except DatabaseError:
+            body = {"status": "unavailable", "database": "down", "relay": "unknown", "broker": "unknown"}
+            return Response(body, status=503)
+        ok = state["broker"] == "up"
+        body = {"status": "ok" if ok else "degraded", "database": "up", **state, "outbox_pending": pending}
+        return Response(body)

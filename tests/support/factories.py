@@ -1,0 +1,48 @@
+"""Users, devices and chats for tests, built through the real services."""
+
+from dataclasses import dataclass, field
+from itertools import count
+
+from rest_framework.test import APIClient
+
+from accounts import services as account_services
+from accounts.models import Device
+
+FAST_HASHER = "django.contrib.auth.hashers.MD5PasswordHasher"
+PASSWORD = "correct horse battery staple"
+_names = count(1)
+
+
+@dataclass
+class TestUser:
+    id: int
+    username: str
+    token: str
+    device: Device
+    client: APIClient = field(repr=False)
+
+    @property
+    def mqtt(self) -> dict:
+        return {
+            "username": self.device.mqtt_username,
+            "password": self.device.mqtt_password,
+            "client_id": self.device.mqtt_client_id,
+        }
+
+
+def authed_client(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client
+
+
+def make_user(username: str | None = None) -> TestUser:
+    username = username or f"user{next(_names)}"
+    device, token = account_services.user_signup(username=username, password=PASSWORD)
+    return TestUser(device.user_id, username, token, device, authed_client(token))
+
+
+def login(user: TestUser) -> TestUser:
+    """Another device of the same user."""
+    device, token = account_services.user_login(username=user.username, password=PASSWORD)
+    return TestUser(user.id, user.username, token, device, authed_client(token))

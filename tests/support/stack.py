@@ -1,0 +1,119 @@
+"""The server's own processes for tests: the relay, and a whole stack over real HTTP.
+
+- `relay_process` (session): `manage.py relay` against the test database and the test
+  broker, logging to a file.
+- `relay` (function): a transactional database plus that relay, once it reports the
+  broker connected (the heartbeat row is truncated with everything else between tests).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """A process of the server, with its output in a log file (never an undrained pipe)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ServerProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
+    """The environment of a server process pointed at the test database and broker."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "DATABASE_", "HTTP_"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="chatserver.settings",
+        DATABASE_URL=database_url,
+        DATA_DIR=str(data_dir),
+        DJANGO_SECRET_KEY=django_settings.SECRET_KEY,
+        MQTT_HOST=broker.host,
+        MQTT_PORT=str(broker.port),
+        MQTT_WS_PORT=str(broker.ws_port),
+        MQTT_ADMIN_USERNAME=broker.admin_username,
+        MQTT_ADMIN_PASSWORD=broker.admin_password,
+        # Throw-away stack: a fast hasher, and no signup throttle for load-like tests.
+        PASSWORD_HASHERS="django.contrib.auth.hashers.MD5PasswordHasher",
+        AUTH_THROTTLE_RATE="100000/minute",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def relay_process(test_database_url, mosquitto, tmp_path_factory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("relay")
+    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
+    process = ServerProcess("relay", [sys.executable, "manage.py", "relay"], env, workdir).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def relay(transactional_db, relay_process, mosquitto, settings) -> ServerProcess:
+    """A running relay, connected to the broker, for a test that commits its writes."""
+    from chatserver.outbox import relay_status
+
+    settings.MQTT_HOST = mosquitto.host
+    settings.MQTT_PORT = settings.MQTT_PUBLIC_PORT = mosquitto.port
+    settings.MQTT_WS_PORT = settings.MQTT_PUBLIC_WS_PORT = mosquitto.ws_port
+    if not relay_process.alive():
+        raise AssertionError(f"the relay died:\n{relay_process.log_tail()}")
+    try:
+        wait_until(lambda: relay_status()["broker"] == "up", 15, "the relay to report the broker up")
+    except AssertionError:
+        raise AssertionError(f"relay not connected; its log:\n{relay_process.log_tail()}")
+    return relay_process
