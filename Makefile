@@ -1,0 +1,40 @@
+# make run   set everything up and start the stack in the foreground (Ctrl-C stops it)
+# make test  set everything up and run the suite (PYTEST_ARGS="-x -k foo" to narrow it)
+#
+# Both work on a fresh Debian machine as root: the virtualenv, the requirements and the
+# Debian packages (Mosquitto; PostgreSQL for the tests) are installed when missing.
+
+PYTHON := .venv/bin/python
+# Touched after a successful install: pip runs again only when requirements.txt is newer.
+VENV_STAMP := .venv/.requirements-installed
+PYTEST_ARGS ?=
+
+.PHONY: venv system-deps system-deps-test run test clean
+
+venv: $(VENV_STAMP)
+
+# A failed attempt must not leave a half-made .venv that make would take as done.
+$(PYTHON):
+	bash scripts/system-deps.sh venv
+	python3 -m venv .venv || { rm -rf .venv; exit 1; }
+
+# Order-only on the interpreter: creating the venv must not count as "newer".
+$(VENV_STAMP): requirements.txt | $(PYTHON)
+	$(PYTHON) -m pip install --disable-pip-version-check --no-input -r requirements.txt
+	touch $@
+
+system-deps:
+	bash scripts/system-deps.sh broker
+
+system-deps-test:
+	bash scripts/system-deps.sh broker postgres
+
+run: venv system-deps
+	bash scripts/run.sh
+
+test: venv system-deps-test
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Removes the default data directory (database, broker state, uploads, secrets).
+clean:
+	rm -rf var

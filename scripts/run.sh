@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Start the whole stack in the foreground: broker, HTTP server and relay (see Procfile).
+# Ctrl-C (or SIGTERM) stops all of it. `make run` sets up the virtualenv and the Debian
+# packages first; this script only prepares the data directory and the database.
+#
+# Several stacks can run side by side when each has its own ports and DATA_DIR:
+#   HTTP_PORT=8001 MQTT_PORT=1884 MQTT_WS_PORT=9002 DATA_DIR=var2 make run
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Values from a .env file apply only where the environment does not set them already.
+if [[ -f .env ]]; then
+    while IFS= read -r line || [[ -n $line ]]; do
+        line=${line#export }
+        [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue  # comments, blanks
+        key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+        if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
+            value=${BASH_REMATCH[1]}
+        fi
+        [[ -v $key ]] || export "$key=$value"
+    done <.env
+fi
+
+export HTTP_PORT="${HTTP_PORT:-8000}"
+export MQTT_PORT="${MQTT_PORT:-1883}"
+export MQTT_WS_PORT="${MQTT_WS_PORT:-9001}"
+# Absolute, so every process agrees on it whatever its working directory.
+DATA_DIR="$(realpath -m "${DATA_DIR:-var}")"
+export DATA_DIR
+# Python processes write to honcho's pipe: without this their logs arrive late.
+export PYTHONUNBUFFERED=1
+# gunicorn's worker heartbeat files: RAM rather than a possibly slow disk.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+    export WEB_TMP_DIR="${WEB_TMP_DIR:-/dev/shm}"
+fi
+# Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+mkdir -p "$DATA_DIR"
+
+.venv/bin/python manage.py migrate --noinput
+# Renders $DATA_DIR/broker/mosquitto.conf and provisions the broker's accounts.
+.venv/bin/python manage.py broker_prepare
+
+# `-e /dev/null`: honcho would otherwise apply .env over the environment (handled above,
+# with the environment winning).
+exec .venv/bin/honcho start -f Procfile -e /dev/null

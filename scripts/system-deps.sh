@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Install the Debian packages the project needs, and only those that are missing.
+#
+#   scripts/system-deps.sh broker            # Mosquitto (for `make run`)
+#   scripts/system-deps.sh broker postgres   # + a PostgreSQL server (for `make test`)
+#   scripts/system-deps.sh make              # make itself (a bare image may lack it)
+#   scripts/system-deps.sh venv              # what `python3 -m venv` needs (ensurepip)
+#
+# Nothing is touched when everything is present. The services these packages ship are
+# kept from running: the project starts its own broker and throw-away clusters on ports
+# of its choosing, and a system broker on 1883 would collide with `make run`.
+set -euo pipefail
+
+# Is a Debian package installed?
+installed() {
+    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
+}
+
+# Is any PostgreSQL server installed (Debian keeps them in /usr/lib/postgresql/<ver>)?
+have_postgres_server() {
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+missing=()
+for group in "$@"; do
+    case "$group" in
+        broker)
+            # `mosquitto` brings the broker, mosquitto_ctrl and the dynamic-security
+            # plugin; `mosquitto-clients` brings mosquitto_pub/_sub for debugging.
+            for pkg in mosquitto mosquitto-clients; do
+                installed "$pkg" || missing+=("$pkg")
+            done
+            ;;
+        postgres)
+            have_postgres_server || missing+=(postgresql)
+            ;;
+        make)
+            command -v make >/dev/null || missing+=(make)
+            ;;
+        venv)
+            # Debian's python3 lacks ensurepip until python3-venv is installed.
+            python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+            ;;
+        *)
+            echo "system-deps: unknown group '$group' (expected: broker, postgres, make, venv)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+
+if ((EUID != 0)); then
+    echo "system-deps: missing Debian packages: ${missing[*]}" >&2
+    echo "system-deps: install them as root: apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "system-deps: installing ${missing[*]}"
+
+# While installing, forbid maintainer scripts to start services (the standard
+# policy-rc.d mechanism, honoured by invoke-rc.d and deb-systemd-invoke). Leave an
+# existing policy (Docker images ship one) alone.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# On a machine booted with systemd the units are still enabled (and would start at the
+# next boot): disable and stop them. Failures do not matter here.
+if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    for pkg in "${missing[@]}"; do
+        case "$pkg" in
+            mosquitto) systemctl disable --now mosquitto.service || true ;;
+            postgresql) systemctl disable --now postgresql.service || true ;;
+        esac
+    done
+fi
