@@ -2,15 +2,16 @@
 or duplicates, one message per client_id. Threads with their own connections, so these
 tests commit (transactional_db)."""
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import connection
 
-from chats.models import Chat, Message
-from chatserver.models import OutboxEvent
+from chats.models import Chat, Membership, Message
 from tests.support.factories import authed_client, make_user
+from tests.support.mqtt import MqttProbe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,17 +50,19 @@ def test_racing_direct_chat_creates_make_one_chat():
     assert statuses == [200] * 7 + [201]
     assert len({r.json()["id"] for r in responses}) == 1
     assert Chat.objects.count() == 1
-    assert OutboxEvent.objects.exclude(payload="").count() == 1  # one chat.created
+    assert Membership.objects.count() == 2
 
 
-def test_racing_senders_get_consecutive_seqs_and_outbox_rows_in_seq_order():
-    # given
+def test_racing_senders_get_consecutive_seqs_published_in_seq_order(relay, mosquitto):
+    # given: an observer on the chat's topic (the server's own account, to keep it simple)
     users = [make_user() for _ in range(4)]
     owner = users[0]
     cid = owner.client.post(
         "/chats/", {"members": [u.id for u in users[1:]], "name": "race"}, format="json"
     ).json()["id"]
-    OutboxEvent.objects.all().delete()
+    observer = MqttProbe(mosquitto.host, mosquitto.port)
+    assert observer.connect(mosquitto.admin_username, mosquitto.admin_password, "race-observer", clean_session=True) == 0
+    assert observer.subscribe(f"chat/chats/{cid}") == 1
     per_sender = 15
 
     def sender(user):
@@ -78,10 +81,12 @@ def test_racing_senders_get_consecutive_seqs_and_outbox_rows_in_seq_order():
     seqs = list(Message.objects.filter(chat_id=cid).order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, total + 1))
     assert Chat.objects.get(id=cid).last_seq == total
-    # the relay publishes in outbox id order: within the chat that is seq order
-    import json
-
-    published = [json.loads(e.payload)["data"]["seq"] for e in OutboxEvent.objects.order_by("id")]
+    # the relay publishes them in seq order
+    try:
+        received = observer.wait_for(total, timeout=20)
+    finally:
+        observer.close()
+    published = [json.loads(r.payload)["data"]["seq"] for r in received]
     assert published == list(range(1, total + 1))
 
 

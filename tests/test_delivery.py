@@ -1,0 +1,283 @@
+"""End to end: HTTP writes -> PostgreSQL -> outbox -> relay process -> Mosquitto -> paho.
+
+Each test commits its writes (the relay is another process), runs the real relay
+(`manage.py relay`) against the session's broker, and listens with real paho clients.
+"""
+
+import json
+import time
+from contextlib import contextmanager
+
+import pytest
+from rest_framework.test import APIClient
+
+from chatserver.models import OutboxEvent
+from tests.support.factories import PASSWORD, TestUser, login, make_user
+from tests.support.mqtt import MqttProbe
+from tests.support.stack import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REFUSED = 128  # SUBACK failure (MQTT 3.1.1)
+
+
+@contextmanager
+def phone(broker, user: TestUser, *topics: str, clean_session: bool = False):
+    """A device of `user` connected like the app (persistent session, auto-reconnect)."""
+    probe = MqttProbe(broker.host, broker.port, auto_reconnect=True, keepalive=5)
+    assert probe.connect(clean_session=clean_session, **user.mqtt) == 0
+    for topic in topics:
+        assert probe.subscribe(topic) in (0, 1), topic
+    try:
+        yield probe
+    finally:
+        probe.close()
+
+
+def payloads(received) -> list[dict]:
+    return [json.loads(r.payload) for r in received]
+
+
+def group(owner: TestUser, *members: TestUser, name="team") -> int:
+    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": name}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def send(user: TestUser, cid: int, content: str) -> dict:
+    response = user.client.post(f"/chats/{cid}/messages/", {"content": content}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def messages_in(received, cid: int | None = None) -> list[dict]:
+    """The message objects of `message.created` events, first copy of each id only."""
+    seen, out = set(), []
+    for event in payloads(received):
+        if event["type"] == "message.created" and (cid is None or event["chat"] == cid):
+            if event["data"]["id"] not in seen:
+                seen.add(event["data"]["id"])
+                out.append(event["data"])
+    return out
+
+
+def outbox_drained(timeout: float = 20):
+    wait_until(lambda: not OutboxEvent.objects.exists(), timeout, "the relay to drain the outbox")
+
+
+# --- credentials and topics -------------------------------------------------------------
+
+
+def test_signup_credentials_work_by_the_time_the_response_arrives(relay, mosquitto):
+    # when
+    body = APIClient().post("/accounts/signup/", {"username": "fresh", "password": PASSWORD}, format="json").json()
+
+    # then: no wait, no retry
+    probe = MqttProbe(mosquitto.host, body["mqtt"]["port"])
+    try:
+        mqtt = body["mqtt"]
+        assert probe.connect(mqtt["username"], mqtt["password"], mqtt["client_id"]) == 0
+        assert probe.subscribe(mqtt["user_topic"]) == 1
+        assert probe.subscribe(f"chat/users/{body['id'] + 1}") == REFUSED
+        assert probe.subscribe("chat/#") == REFUSED
+    finally:
+        probe.close()
+
+
+def test_a_message_reaches_every_member_on_its_user_topic_and_the_chat_topic(relay, mosquitto):
+    # given
+    alice, bob, carol = make_user(), make_user(), make_user()
+    cid = group(alice, bob, carol)
+    with phone(mosquitto, bob, f"chat/users/{bob.id}", f"chat/chats/{cid}") as bob_phone, \
+         phone(mosquitto, carol, f"chat/users/{carol.id}") as carol_phone:
+        # when
+        sent = [send(alice, cid, f"m{i}") for i in range(5)]
+
+        # then
+        bob_phone.wait_for(5, topic=f"chat/users/{bob.id}")
+        bob_phone.wait_for(5, topic=f"chat/chats/{cid}")
+        carol_phone.wait_for(5, topic=f"chat/users/{carol.id}")
+        for probe, topic in [
+            (bob_phone, f"chat/users/{bob.id}"),
+            (bob_phone, f"chat/chats/{cid}"),
+            (carol_phone, f"chat/users/{carol.id}"),
+        ]:
+            events = [json.loads(p) for p in probe.messages_on(topic)]
+            assert [e["type"] for e in events] == ["message.created"] * 5
+            assert [e["data"] for e in events] == sent  # same object as HTTP, in seq order
+            assert all(e["chat"] == cid and e["ts"] for e in events)
+
+
+def test_the_author_s_other_devices_receive_its_messages(relay, mosquitto):
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    tablet = login(alice)
+    with phone(mosquitto, tablet, f"chat/users/{alice.id}") as tablet_phone:
+        sent = send(alice, cid, "from my phone")
+        tablet_phone.wait_for(1)
+        assert messages_in(tablet_phone.messages) == [sent]
+
+
+def test_a_member_added_can_subscribe_when_the_add_returns_and_gets_later_messages(relay, mosquitto):
+    # given
+    alice, bob, dave = make_user(), make_user(), make_user()
+    cid = group(alice, bob)
+    send(alice, cid, "before dave")
+    with phone(mosquitto, dave, f"chat/users/{dave.id}") as dave_phone:
+        # when
+        assert alice.client.post(f"/chats/{cid}/users/{dave.id}/").status_code == 201
+        # then: the grant is in force when the answer comes (it disconnects dave's phone
+        # once, which reconnects with its session)
+        assert dave_phone.wait_reconnected(after=1, timeout=10)
+        assert dave_phone.subscribe(f"chat/chats/{cid}") == 1
+        after = send(alice, cid, "after dave")
+        dave_phone.wait_for(1, topic=f"chat/chats/{cid}")
+        dave_phone.wait_for(2, topic=f"chat/users/{dave.id}")  # member.added, then the message
+        types = [e["type"] for e in payloads(dave_phone.messages) if e["chat"] == cid]
+        assert "member.added" in types
+        assert messages_in(dave_phone.messages, cid) == [after]
+
+
+# --- revocation -------------------------------------------------------------------------
+
+
+def test_logout_disconnects_the_device_at_once_and_its_mqtt_credentials_stop_working(relay, mosquitto):
+    # given: alice on two devices, both connected
+    alice = make_user()
+    tablet = login(alice)
+    phone_probe = MqttProbe(mosquitto.host, mosquitto.port)
+    tablet_probe = MqttProbe(mosquitto.host, mosquitto.port)
+    try:
+        assert phone_probe.connect(**alice.mqtt) == 0
+        assert tablet_probe.connect(**tablet.mqtt) == 0
+
+        # when
+        assert alice.client.post("/accounts/logout/").status_code == 204
+
+        # then: the phone is cut off and cannot come back; the tablet is untouched
+        assert phone_probe.wait_disconnected(timeout=5)
+        assert phone_probe.connect(**alice.mqtt) != 0
+        assert not tablet_probe.disconnected.is_set()
+        assert tablet.client.get("/accounts/me/").status_code == 200
+    finally:
+        phone_probe.close()
+        tablet_probe.close()
+
+
+def test_a_member_removed_while_offline_receives_nothing_sent_after_removal(relay, mosquitto):
+    # given: bob has a persistent session subscribed to the chat, and goes offline
+    alice, bob, carol = make_user(), make_user(), make_user()
+    cid = group(alice, bob, carol)
+    with phone(mosquitto, bob, f"chat/users/{bob.id}", f"chat/chats/{cid}") as bob_phone:
+        bob_phone.disconnect()
+        assert bob_phone.wait_disconnected()
+    before = send(alice, cid, "while bob is offline")
+
+    # when: he is kicked while offline, and the chat goes on
+    assert alice.client.delete(f"/chats/{cid}/users/{bob.id}/").status_code == 204
+    after = send(alice, cid, "after bob left")
+    send(carol, cid, "also after")
+    outbox_drained()
+
+    # then: back online with his session, he gets the removal and nothing after it
+    with phone(mosquitto, bob) as bob_phone:
+        bob_phone.wait_for(2, topic=f"chat/users/{bob.id}")
+        bob_phone.expect_nothing(1.0)
+        received = payloads(bob_phone.messages)
+        contents = [e["data"].get("content") for e in received if e["type"] == "message.created"]
+        assert after["content"] not in contents
+        assert "also after" not in contents
+        assert before["content"] in contents  # sent while he was still a member
+        assert any(e["type"] == "member.removed" and e["data"]["member"]["id"] == bob.id for e in received)
+        assert bob_phone.subscribe(f"chat/chats/{cid}") == REFUSED
+
+
+def test_a_kicked_member_online_stops_receiving_at_once(relay, mosquitto):
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    with phone(mosquitto, bob, f"chat/users/{bob.id}", f"chat/chats/{cid}") as bob_phone:
+        alice.client.delete(f"/chats/{cid}/users/{bob.id}/")
+        send(alice, cid, "not for bob")
+        outbox_drained()
+        # the removal itself reaches him (after the reconnect the revocation forces)...
+        wait_until(
+            lambda: any(e["type"] == "member.removed" for e in payloads(bob_phone.messages)),
+            10, "member.removed",
+        )
+        # ...and nothing sent after it, on any topic
+        bob_phone.expect_nothing(0.5)
+        assert "not for bob" not in [m["content"] for m in messages_in(bob_phone.messages)]
+
+
+# --- the broker failing -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_broker_frozen_posts_still_answer_and_everything_arrives_in_order_after(relay, mosquitto):
+    # given
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    with phone(mosquitto, bob, f"chat/users/{bob.id}") as bob_phone:
+        mosquitto.freeze()
+        try:
+            # when
+            started = time.monotonic()
+            sent = [send(alice, cid, f"frozen {i}") for i in range(20)]
+            elapsed = time.monotonic() - started
+        finally:
+            mosquitto.thaw()
+
+        # then: the POSTs never waited for the broker (its ack timeout alone is 10 s)
+        assert elapsed < 5, elapsed
+        wait_until(lambda: len(messages_in(bob_phone.messages, cid)) >= 20, 40, "all 20 messages")
+        assert messages_in(bob_phone.messages, cid) == sent
+
+
+@pytest.mark.slow
+def test_broker_restarted_queued_messages_reach_offline_sessions_in_order(relay, mosquitto):
+    # given: bob is offline with a persistent session
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    with phone(mosquitto, bob, f"chat/users/{bob.id}") as bob_phone:
+        bob_phone.disconnect()
+        assert bob_phone.wait_disconnected()
+    early = [send(alice, cid, f"early {i}") for i in range(5)]
+    outbox_drained()
+
+    # when: the broker restarts (SIGTERM: it saves its state), and more is sent meanwhile
+    mosquitto.stop()
+    try:
+        late = [send(alice, cid, f"late {i}") for i in range(5)]
+    finally:
+        mosquitto.start()
+    outbox_drained(30)
+
+    # then
+    with phone(mosquitto, bob) as bob_phone:
+        wait_until(lambda: len(messages_in(bob_phone.messages, cid)) >= 10, 20, "10 messages")
+        assert messages_in(bob_phone.messages, cid) == early + late
+
+
+@pytest.mark.slow
+def test_broker_killed_nothing_acknowledged_is_lost(relay, mosquitto):
+    # given
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+
+    # when: the broker dies without saving anything, and messages keep coming
+    mosquitto.kill()
+    try:
+        sent = [send(alice, cid, f"during outage {i}") for i in range(10)]
+    finally:
+        mosquitto.start()
+
+    # then: the relay publishes them all once the broker is back...
+    outbox_drained(30)
+    # ...and a phone that reconnects (subscribe, then fetch after its last id, then drop
+    # duplicates) has every one of them, in order
+    with phone(mosquitto, bob, f"chat/users/{bob.id}") as bob_phone:
+        fetched = bob.client.get(f"/chats/{cid}/messages/?after=0").json()["results"]
+        more = send(alice, cid, "after the outage")
+        bob_phone.wait_for(1, topic=f"chat/users/{bob.id}")
+        seen = {m["id"]: m for m in fetched + messages_in(bob_phone.messages, cid)}
+        assert [seen[k]["content"] for k in sorted(seen)] == [m["content"] for m in sent + [more]]
