@@ -4,14 +4,19 @@
   broker, logging to a file.
 - `relay` (function): a transactional database plus that relay, once it reports the
   broker connected (the heartbeat row is truncated with everything else between tests).
+- `http_server` (session): gunicorn on a free port, same database and broker.
+- `live_stack` (function): all of it, for tests that act like a phone over real HTTP.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +122,67 @@ def relay(transactional_db, relay_process, mosquitto, settings) -> ServerProcess
     except AssertionError:
         raise AssertionError(f"relay not connected; its log:\n{relay_process.log_tail()}")
     return relay_process
+
+
+class HttpServer(ServerProcess):
+    """gunicorn serving the project on a free port of 127.0.0.1."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 2) -> None:
+        self.port = free_port()
+        super().__init__(
+            "web",
+            [
+                sys.executable, "-m", "gunicorn", "chatserver.wsgi:application",
+                "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+                "--worker-class", "gthread", "--threads", "4", "--no-control-socket",
+                "--worker-tmp-dir", "/tmp",
+            ],
+            env,
+            workdir,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "HttpServer":
+        super().start()
+        wait_until(self._answers, 20, f"gunicorn on port {self.port}", interval=0.05)
+        return self
+
+    def _answers(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"gunicorn died:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health/", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answers; the body says what is up
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def http_server(test_database_url, mosquitto, tmp_path_factory) -> Iterator[HttpServer]:
+    """The HTTP API over real sockets (gunicorn), on the test database and broker."""
+    workdir = tmp_path_factory.mktemp("web")
+    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
+    server = HttpServer(env, workdir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_stack(relay, http_server, mosquitto):
+    """Everything running, over real sockets: `.url` (HTTP), `.broker`, `.relay`."""
+
+    class Stack:
+        url = http_server.url
+        broker = mosquitto
+
+    Stack.relay = relay
+    Stack.http = http_server
+    return Stack
