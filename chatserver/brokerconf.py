@@ -1,0 +1,241 @@
+"""Prepare Mosquitto's files: render `broker/mosquitto.conf`, create the dynamic-security JSON.
+
+No Django imports: the test suite and `manage.py broker_prepare` both use it.
+
+Layout of a broker directory (`DATA_DIR/broker/` under `make run`):
+
+    mosquitto.conf           rendered from the repository's template
+    dynamic-security.json    clients, groups, roles, ACLs (password hashes: mode 0600)
+    mosquitto.db             persistence (written by the broker)
+    mosquitto.log            the broker's log
+
+When run as root, Mosquitto drops to the `mosquitto` user, so the directory and its files
+are handed to that user (and every parent directory must let it through).
+
+The dynamic-security JSON is created once, with the admin account the relay uses. Changing
+the admin password of an existing file is not done here: a later `prepare()` with another
+password leaves the file alone and the relay's login then fails. Change it through the
+broker (`setClientPassword`) or delete the file (every device account goes with it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from chatserver.broker_access import DynsecAccess
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO_DIR / "broker" / "mosquitto.conf"
+
+CONF_NAME = "mosquitto.conf"
+DYNSEC_NAME = "dynamic-security.json"
+LOG_NAME = "mosquitto.log"
+BROKER_USER = "mosquitto"
+
+# Where Debian (any architecture) and source builds put the plugin.
+PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/*/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+
+# A bind address is one token: a config value with spaces or newlines could inject options.
+_BIND_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]*$")
+
+
+def find_dynsec_plugin() -> Path:
+    """The dynamic-security plugin installed on this machine (FileNotFoundError if none)."""
+    for pattern in PLUGIN_GLOBS:
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return found[0]
+    raise FileNotFoundError(
+        "mosquitto_dynamic_security.so not found (Debian: apt-get install mosquitto)"
+    )
+
+
+def render(
+    *,
+    template: Path,
+    out: Path,
+    mqtt_port: int,
+    ws_port: int,
+    broker_dir: Path,
+    bind: str = "",
+    plugin: Path | None = None,
+) -> Path:
+    """Write `template` to `out` with its @PLACEHOLDERS@ replaced; return `out`.
+
+    `broker_dir` must be absolute (Mosquitto resolves relative paths against its own
+    working directory). The file is written whole, then renamed into place.
+    """
+    for name, port in (("mqtt_port", mqtt_port), ("ws_port", ws_port)):
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"{name} must be a port number, got {port!r}")
+    if mqtt_port == ws_port:
+        raise ValueError("mqtt_port and ws_port must differ")
+    broker_dir = Path(broker_dir)
+    if not broker_dir.is_absolute():
+        raise ValueError(f"broker_dir must be absolute, got {broker_dir}")
+    if any(c.isspace() for c in str(broker_dir)):
+        raise ValueError(f"broker_dir must not contain whitespace: {broker_dir!r}")
+    if not _BIND_RE.match(bind):
+        raise ValueError(f"bind must be an address or empty, got {bind!r}")
+
+    values = {
+        "@MQTT_PORT@": str(mqtt_port),
+        "@MQTT_WS_PORT@": str(ws_port),
+        "@MQTT_BIND@": bind,
+        "@BROKER_DIR@": str(broker_dir),
+        "@DYNSEC_PLUGIN@": str(plugin or find_dynsec_plugin()),
+    }
+    text = Path(template).read_text()
+    for key, value in values.items():
+        text = text.replace(key, value)
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise ValueError(f"unknown placeholders in {template}: {sorted(set(left))}")
+    # Trailing spaces (an empty bind) are harmless to Mosquitto; keep the file tidy anyway.
+    text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, out)
+    return out
+
+
+def provision(*, broker_dir: Path, admin_username: str, admin_password: str) -> None:
+    """Create `broker_dir` and, if absent, its dynamic-security JSON; fix ownership and modes.
+
+    The JSON is made by `mosquitto_ctrl dynsec init` (the password on the command line, so
+    it never prompts), then seeded with what must hold before the relay's first connection:
+    the default ACL access (deny) and the admin's right to publish events. Idempotent; safe
+    if several processes run it at once (the file is linked into place, never overwritten).
+    """
+    if not admin_username or not admin_password:
+        raise ValueError("admin_username and admin_password are required")
+    broker_dir = Path(broker_dir)
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(broker_dir, 0o700)
+    owner = _broker_owner()
+    if owner is not None:
+        _check_traversable(broker_dir, *owner)
+
+    dynsec = broker_dir / DYNSEC_NAME
+    if not dynsec.exists():
+        _create_dynsec(dynsec, admin_username, admin_password)
+    _hand_over(broker_dir, owner)
+
+
+def prepare(
+    *,
+    data_dir: Path,
+    mqtt_port: int,
+    ws_port: int,
+    admin_username: str,
+    admin_password: str,
+    bind: str = "",
+    template: Path = TEMPLATE,
+) -> Path:
+    """Provision `data_dir/broker/` and render its config; return the config's path."""
+    broker_dir = Path(data_dir).resolve() / "broker"
+    provision(
+        broker_dir=broker_dir, admin_username=admin_username, admin_password=admin_password
+    )
+    conf = render(
+        template=template,
+        out=broker_dir / CONF_NAME,
+        mqtt_port=mqtt_port,
+        ws_port=ws_port,
+        broker_dir=broker_dir,
+        bind=bind,
+    )
+    # Mosquitto re-reads its config as the `mosquitto` user on SIGHUP.
+    _hand_over(broker_dir, _broker_owner())
+    return conf
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _create_dynsec(path: Path, admin_username: str, admin_password: str) -> None:
+    ctrl = shutil.which("mosquitto_ctrl")
+    if ctrl is None:
+        raise FileNotFoundError("mosquitto_ctrl not found (Debian: apt-get install mosquitto)")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    # `init` refuses an existing file and prompts when the password is missing; stdin is
+    # closed so a prompt fails instead of hanging. Its exit status is 0 even when it
+    # refuses, hence the check on the file.
+    proc = subprocess.run(
+        [ctrl, "dynsec", "init", str(tmp), admin_username, admin_password],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if proc.returncode != 0 or not tmp.exists():
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"mosquitto_ctrl dynsec init failed ({proc.returncode}): "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    try:
+        config = json.loads(tmp.read_text())
+        DynsecAccess.seed_config(config)
+        tmp.write_text(json.dumps(config, indent="\t"))
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)  # fails if another process got there first: keep theirs
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _broker_owner() -> tuple[int, int] | None:
+    """(uid, gid) the broker runs as when it drops privileges, or None if it does not."""
+    if os.geteuid() != 0:
+        return None  # Mosquitto started by a normal user runs as that user.
+    try:
+        entry = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        return None  # No such user: Mosquitto stays root (and warns).
+    return entry.pw_uid, entry.pw_gid
+
+
+def _hand_over(broker_dir: Path, owner: tuple[int, int] | None) -> None:
+    """Give the directory and its files to the broker's user, private to it."""
+    os.chmod(broker_dir, 0o700)
+    for path in [broker_dir, *broker_dir.iterdir()]:
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
+
+
+def _check_traversable(path: Path, uid: int, gid: int) -> None:
+    """Fail clearly if the broker's user cannot reach `path` (it would fail obscurely)."""
+    groups = set(os.getgrouplist(BROKER_USER, gid))
+    for parent in path.parents:
+        st = parent.stat()
+        if st.st_uid == uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            raise PermissionError(
+                f"the {BROKER_USER} user cannot enter {parent} (mode {st.st_mode & 0o777:o}); "
+                f"choose a DATA_DIR it can reach, or allow it: chmod o+x {parent}"
+            )

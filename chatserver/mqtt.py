@@ -1,0 +1,356 @@
+"""The server's MQTT connection: the only server module that imports paho.
+
+One `BrokerConnection` is one long-lived connection (the relay's, as the broker's admin
+account), run by paho's network thread. The calling thread publishes events and sends
+broker commands; each call returns a `Pending`, and `wait()` says whether all of them were
+acknowledged by the broker.
+
+The rule that makes the relay safe: a pending completes only if the broker answered it on
+the same connection it was sent on. When the connection drops, every outstanding pending
+fails and paho's copies are dropped (not resent on reconnect): the relay sends those outbox
+rows again itself, so delivery is at-least-once and nothing is reported done that the
+broker may not have.
+
+MQTT 5 (not 3.1.1): its PUBACK carries a reason code, so a publish the broker refused
+(e.g. "Not authorized") shows as `Pending.error` instead of 3.1.1's silent success.
+Clean start on every connection: the relay keeps no broker session, it replays
+unacknowledged outbox rows. Payloads above `max_payload` are refused here (the pending
+completes with an error): above the broker's `max_packet_size` Mosquitto would disconnect
+us, and the relay would resend the same row forever.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from chatserver.broker_access import DynsecAccess
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, bool], None]
+
+
+class Pending:
+    """One publish or one batch of broker commands, until the broker answers it.
+
+    `done` once answered on the connection it was sent on; `failed` if that connection
+    dropped first (or it could not be sent). For a publish, `error` is None or the broker's
+    refusal (an MQTT 5 reason); for commands, `result` lists `(command, error_or_None)` and
+    `responses` the broker's raw answers (with their `data`), both in command order.
+    """
+
+    def __init__(self, generation: int, *, commands: list[dict[str, Any]] | None = None):
+        self.generation = generation
+        self.commands = commands
+        self.result: Any = None
+        self.responses: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self.failed = False
+        self._answers: dict[str, dict[str, Any] | None] = {}
+        self._event = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set() and not self.failed
+
+    def _complete(self, result: Any = None, error: str | None = None) -> None:
+        if not self._event.is_set():
+            self.result, self.error = result, error
+            self._event.set()
+
+    def _fail(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.failed, self.error = True, reason
+            self._event.set()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "failed" if self.failed else "pending"
+        return f"<Pending gen={self.generation} {state} error={self.error!r}>"
+
+
+class BrokerConnection:
+    """A self-reconnecting MQTT 5 connection for the server's own use.
+
+    Thread-safety: `publish`, `control`, `subscribe`, `wait` and `close` may be called
+    from any thread; paho's callbacks run in its network thread. Message handlers given to
+    `subscribe` run in that network thread too: keep them short (hand work to a queue).
+    """
+
+    CONTROL_TOPIC = DynsecAccess.CONTROL_TOPIC
+    RESPONSE_TOPIC = DynsecAccess.RESPONSE_TOPIC
+    # paho's own limit is 20 unacknowledged QoS 1 messages; the relay pipelines batches.
+    MAX_INFLIGHT = 1000
+    RECONNECT_MIN_DELAY = 0.5
+    RECONNECT_MAX_DELAY = 8.0
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        client_id: str,
+        keepalive: int = 30,
+        max_payload: int = 256 * 1024,
+    ) -> None:
+        self.host, self.port, self.keepalive = host, port, keepalive
+        # Below `max_packet_size` in broker/mosquitto.conf (256 KiB + room for the topic).
+        self.max_payload = max_payload
+        self._lock = threading.Lock()
+        self._generation = 0  # +1 on every connect and disconnect
+        self._connected = threading.Event()
+        self._closed = False
+        self._by_mid: dict[int, Pending] = {}
+        self._early_acks: dict[int, str | None] = {}
+        self._by_correlation: dict[str, Pending] = {}
+        self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
+        self._seq = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:12]
+        self._started = False
+
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+        )
+        client.username_pw_set(username, password)
+        client.max_inflight_messages_set(self.MAX_INFLIGHT)
+        client.reconnect_delay_set(self.RECONNECT_MIN_DELAY, self.RECONNECT_MAX_DELAY)
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.enable_logger(log)
+        self._client = client
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def connect(self, timeout: float) -> bool:
+        """Start connecting (and reconnecting, forever); True once the broker accepted us.
+
+        Called again later, it waits for the current (re)connection.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("connection closed")
+            start = not self._started
+            self._started = True
+        if start:
+            self._client.connect_async(
+                self.host, self.port, keepalive=self.keepalive, clean_start=True
+            )
+            self._client.loop_start()
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._reset("connection closed")
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # --- sending -----------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Pending:
+        """Send one message (QoS 1: done on PUBACK; QoS 0 has no acknowledgement and is
+        done once handed to paho).
+
+        A payload above `max_payload` is not sent: its pending completes at once with an
+        `error`, like a publish the broker refused (sending it again would not help).
+        """
+        with self._lock:
+            generation = self._generation
+        pending = Pending(generation)
+        if len(payload) > self.max_payload:
+            log.error("not publishing %d bytes to %s: above %d", len(payload), topic, self.max_payload)
+            pending._complete(error=f"payload too large ({len(payload)} > {self.max_payload} bytes)")
+            return pending
+        if not self._connected.is_set():
+            pending._fail("not connected")
+            return pending
+        # Never hold self._lock while calling paho: paho calls _on_publish holding its own
+        # lock, so holding ours here would invert the order. An acknowledgement arriving
+        # before the registration below is parked in _early_acks.
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        with self._lock:
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                pending._fail(f"not sent: {paho.error_string(info.rc)}")
+            elif self._generation != generation:
+                pending._fail("connection changed while sending")
+            elif qos == 0:
+                pending._complete()
+            elif info.mid in self._early_acks:
+                pending._complete(error=self._early_acks.pop(info.mid))
+            else:
+                self._by_mid[info.mid] = pending
+        return pending
+
+    def control(self, commands: list[dict[str, Any]]) -> Pending:
+        """Send broker commands in one message; the pending completes when all are answered.
+
+        `result` is then `[(command, error_or_None), ...]` in the order given (the command
+        dicts are not modified; correlation data is added to copies).
+        """
+        with self._lock:
+            generation = self._generation
+        pending = Pending(generation, commands=list(commands))
+        if not commands:
+            pending._complete(result=[])
+            return pending
+        if not self._connected.is_set():
+            pending._fail("not connected")
+            return pending
+        wire = []
+        with self._lock:
+            for command in commands:
+                correlation = f"{self._prefix}-{next(self._seq)}"
+                pending._answers[correlation] = None
+                self._by_correlation[correlation] = pending
+                wire.append({**command, "correlationData": correlation})
+        payload = json.dumps({"commands": wire}).encode()
+        info = self._client.publish(self.CONTROL_TOPIC, payload, qos=1)
+        with self._lock:
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._generation != generation:
+                for correlation in pending._answers:
+                    self._by_correlation.pop(correlation, None)
+                pending._fail(
+                    "connection changed while sending"
+                    if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                    else f"not sent: {paho.error_string(info.rc)}"
+                )
+        return pending
+
+    def subscribe(self, topic: str, handler: MessageHandler, *, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnect.
+
+        `handler(topic, payload, retain)` runs in paho's network thread.
+        """
+        with self._lock:
+            self._subscriptions[topic] = (qos, handler)
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos=qos)
+
+    def wait(self, pendings: Iterable[Pending], timeout: float) -> bool:
+        """True only if every pending was answered on the connection it was sent on.
+
+        False as soon as one failed (connection dropped since it was sent) or when the
+        timeout ran out; answers that come after a timeout still complete their pendings.
+        """
+        deadline = time.monotonic() + timeout
+        for pending in pendings:
+            remaining = deadline - time.monotonic()
+            if not pending._event.wait(max(remaining, 0)) or pending.failed:
+                return False
+        return True
+
+    # --- paho callbacks (network thread) -----------------------------------------------
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle on: every QoS 1 round trip would wait ~40 ms for delayed ACKs.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # not a TCP socket (e.g. a proxy wrapper)
+            pass
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        # Unacknowledged messages of the previous connection: their pendings have failed
+        # and the relay resends the rows itself; paho must not resend them too.
+        client.drop_out_messages()
+        with self._lock:
+            self._reset("reconnected")
+            subscriptions = dict(self._subscriptions)
+        client.subscribe(self.RESPONSE_TOPIC, qos=1)
+        for topic, (qos, _) in subscriptions.items():
+            client.subscribe(topic, qos=qos)
+        # Set last: a publish from now on goes out after the SUBSCRIBEs above.
+        self._connected.set()
+        log.info("connected to the broker at %s:%s", self.host, self.port)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        with self._lock:
+            self._reset(f"disconnected: {reason}")
+        if was_connected and not self._closed:
+            log.warning("lost the broker connection (%s); reconnecting", reason)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        error = str(reason) if reason.is_failure else None
+        with self._lock:
+            pending = self._by_mid.pop(mid, None)
+            if pending is None:
+                self._early_acks[mid] = error
+        if pending is not None:
+            pending._complete(error=error)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.topic == self.RESPONSE_TOPIC:
+            self._on_response(message.payload)
+            return
+        with self._lock:
+            handlers = [
+                handler
+                for topic, (_, handler) in self._subscriptions.items()
+                if paho.topic_matches_sub(topic, message.topic)
+            ]
+        for handler in handlers:
+            try:
+                handler(message.topic, message.payload, message.retain)
+            except Exception:
+                log.exception("message handler failed for %s", message.topic)
+
+    def _on_response(self, payload: bytes) -> None:
+        try:
+            responses = json.loads(payload)["responses"]
+        except (ValueError, KeyError, TypeError):
+            log.error("unreadable broker command response: %r", payload[:200])
+            return
+        finished = []
+        with self._lock:
+            for response in responses:
+                pending = self._by_correlation.pop(str(response.get("correlationData")), None)
+                if pending is None:
+                    continue  # answer to a command of a failed pending
+                pending._answers[response["correlationData"]] = response
+                if not any(c in self._by_correlation for c in pending._answers):
+                    finished.append(pending)
+        for pending in finished:
+            pending.responses = list(pending._answers.values())
+            errors = [response.get("error") for response in pending.responses]
+            pending._complete(result=list(zip(pending.commands, errors)))
+
+    def _reset(self, reason: str) -> None:
+        """Fail everything outstanding and start a new generation (caller holds the lock)."""
+        self._generation += 1
+        outstanding = list(self._by_mid.values())
+        outstanding += {id(p): p for p in self._by_correlation.values()}.values()
+        self._by_mid.clear()
+        self._by_correlation.clear()
+        self._early_acks.clear()
+        for pending in outstanding:
+            pending._fail(reason)

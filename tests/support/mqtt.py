@@ -1,0 +1,251 @@
+"""`MqttProbe`: a paho client for tests, playing a phone, an attacker or an observer.
+
+Every wait is on an event with a timeout; the only sleep is in `expect_nothing`, whose
+name says that it waits on purpose.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class MqttProbe:
+    """One MQTT client (3.1.1 by default) that records everything it receives.
+
+    `connect()` may be called again (after a kick, or with other credentials); the
+    messages received so far are kept. With `auto_reconnect`, paho reconnects by itself
+    after a drop, like a phone's client; `connections` counts accepted connections.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        transport: str = "tcp",
+        protocol: int = paho.MQTTv311,
+        keepalive: int = 60,
+        auto_reconnect: bool = False,
+    ) -> None:
+        self.host, self.port = host, port
+        self.transport, self.protocol = transport, protocol
+        self.keepalive, self.auto_reconnect = keepalive, auto_reconnect
+        self._cond = threading.Condition()
+        self._messages: list[Received] = []
+        self._subacks: dict[int, list[int]] = {}
+        self._connack: int | None = None
+        self.session_present: bool | None = None
+        self.connections = 0
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self._client: paho.Client | None = None
+
+    # --- connection ------------------------------------------------------------------------
+
+    def connect(
+        self,
+        username: str | None,
+        password: str | None,
+        client_id: str,
+        clean_session: bool = False,
+        will: dict[str, Any] | None = None,
+        timeout: float = 5,
+    ) -> int:
+        """Connect; return the CONNACK code (0 = accepted). TimeoutError if none came.
+
+        `will`: `{"topic", "payload", "qos"=1, "retain"=True}`.
+        """
+        self.close()
+        kwargs: dict[str, Any] = {}
+        if self.protocol == paho.MQTTv5:
+            clean_start = clean_session
+        else:
+            kwargs["clean_session"] = clean_session
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=self.protocol,
+            transport=self.transport,
+            reconnect_on_failure=self.auto_reconnect,
+            **kwargs,
+        )
+        if username is not None:
+            client.username_pw_set(username, password)
+        if will is not None:
+            client.will_set(
+                will["topic"], will["payload"], qos=will.get("qos", 1),
+                retain=will.get("retain", True),
+            )
+        client.reconnect_delay_set(0.1, 1)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = _nodelay
+        with self._cond:
+            self._connack = None
+        self.connected.clear()
+        self.disconnected.clear()
+        self._client = client
+        connect_kwargs: dict[str, Any] = {"keepalive": self.keepalive}
+        if self.protocol == paho.MQTTv5:
+            connect_kwargs["clean_start"] = clean_start
+        client.connect_async(self.host, self.port, **connect_kwargs)
+        client.loop_start()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._connack is not None, timeout):
+                raise TimeoutError(f"no CONNACK within {timeout}s")
+            return self._connack
+
+    def wait_connected(self, timeout: float = 5) -> bool:
+        return self.connected.wait(timeout)
+
+    def wait_disconnected(self, timeout: float = 5) -> bool:
+        return self.disconnected.wait(timeout)
+
+    def wait_reconnected(self, after: int, timeout: float = 10) -> bool:
+        """True once more than `after` connections were accepted (auto_reconnect)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.connections > after, timeout)
+
+    def disconnect(self) -> None:
+        """A clean DISCONNECT: the Last Will is not sent."""
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    def drop(self) -> None:
+        """Vanish without DISCONNECT (a killed app): the broker sends the Last Will."""
+        client = self._client
+        if client is None:
+            return
+        client.reconnect_on_failure = False
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.disconnected.wait(5)
+        client.loop_stop()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.reconnect_on_failure = False
+            client.disconnect()
+            client.loop_stop()
+
+    # --- subscribe / publish -----------------------------------------------------------------
+
+    def subscribe(self, topic: str, qos: int = 1, timeout: float = 5) -> int:
+        """Subscribe; return the granted code (0/1 granted, 128 refused on 3.1.1)."""
+        result, mid = self._client.subscribe(topic, qos=qos)
+        if result != paho.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"subscribe not sent: {paho.error_string(result)}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._subacks, timeout):
+                raise TimeoutError(f"no SUBACK for {topic} within {timeout}s")
+            return self._subacks.pop(mid)[0]
+
+    def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+        timeout: float = 5,
+    ) -> bool:
+        """Publish; True once the broker acknowledged it (QoS 1: that is no proof of
+        delivery, Mosquitto acknowledges forbidden publishes too on 3.1.1)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos == 0:
+            return info.rc == paho.MQTT_ERR_SUCCESS
+        info.wait_for_publish(timeout)
+        return info.is_published()  # wait_for_publish returns silently on timeout
+
+    # --- what came in ------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[Received]:
+        with self._cond:
+            return list(self._messages)
+
+    def messages_on(self, topic: str) -> list[bytes]:
+        with self._cond:
+            return [m.payload for m in self._messages if m.topic == topic]
+
+    def wait_for(self, count: int, timeout: float = 5, topic: str | None = None) -> list[Received]:
+        """Wait until `count` messages (on `topic`, if given) arrived; return them all."""
+        def matching() -> list[Received]:
+            return [m for m in self._messages if topic is None or m.topic == topic]
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(matching()) >= count, timeout):
+                raise AssertionError(
+                    f"expected {count} message(s){f' on {topic}' if topic else ''} within "
+                    f"{timeout}s, got {matching()}"
+                )
+            return matching()
+
+    def expect_nothing(self, seconds: float, topic: str | None = None) -> None:
+        """Wait `seconds` on purpose and assert nothing (on `topic`) arrived meanwhile."""
+        with self._cond:
+            before = len(self._messages)
+        time.sleep(seconds)
+        with self._cond:
+            new = [m for m in self._messages[before:] if topic is None or m.topic == topic]
+        assert new == [], f"expected nothing, got {new}"
+
+    def clear(self) -> None:
+        with self._cond:
+            self._messages.clear()
+
+    # --- paho callbacks ----------------------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        with self._cond:
+            self._connack = reason.value if hasattr(reason, "value") else int(reason)
+            if self._connack == 0:
+                self.session_present = bool(flags.session_present)
+                self.connections += 1
+                self.disconnected.clear()
+                self.connected.set()
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        with self._cond:
+            self.connected.clear()
+            self.disconnected.set()
+            self._cond.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._cond:
+            self._subacks[mid] = [rc.value for rc in reason_codes]
+            self._cond.notify_all()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._cond:
+            self._messages.append(
+                Received(message.topic, message.payload, message.qos, bool(message.retain))
+            )
+            self._cond.notify_all()
+
+
+def _nodelay(client, userdata, sock) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
