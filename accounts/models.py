@@ -68,3 +68,43 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return f"device {self.pk} of user {self.user_id}"
+
+
+class FriendRequest(models.Model):
+    """A pending request from one user to another; accepted, it becomes a Friendship."""
+
+    from_user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    to_user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["from_user", "to_user"], name="accounts_friendrequest_unique"),
+        ]
+        indexes = [models.Index(fields=["to_user", "from_user"], name="accounts_friendreq_to_idx")]
+
+
+class Friendship(models.Model):
+    """One row per direction (a friendship is two rows), so "my friends" is one index scan."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+", db_index=False)
+    friend = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "friend"], name="accounts_friendship_unique"),
+        ]
+
+
+class Block(models.Model):
+    """`user` blocked `blocked`."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+", db_index=False)
+    blocked = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "blocked"], name="accounts_block_unique"),
+        ]

@@ -1,6 +1,6 @@
 from django.db.models.functions import Lower
 
-from accounts.models import User
+from accounts.models import Block, FriendRequest, Friendship, User
 from chatserver.errors import NotFound
 
 
@@ -14,8 +14,47 @@ def user_get_by_username(*, username: str) -> User | None:
     return User.objects.alias(lname=Lower("username")).filter(lname=username.lower()).first()
 
 
-def user_get(*, user_id: int) -> User:
-    user = User.objects.filter(id=user_id, is_active=True).first()
+def user_get_visible(*, user_id: int, caller: User) -> User:
+    """A user's profile as the caller may see it: not found if it blocked the caller."""
+    user = (
+        User.objects.filter(id=user_id, is_active=True)
+        .exclude(id__in=Block.objects.filter(blocked=caller).values("user_id"))
+        .first()
+    )
     if user is None:
         raise UserNotFound()
     return user
+
+
+def user_search(*, caller: User, prefix: str):
+    """Active users whose name starts with `prefix` (any case), by name; never those who
+    blocked the caller."""
+    blockers = Block.objects.filter(blocked=caller).values("user_id")
+    return (
+        User.objects.alias(lname=Lower("username"))
+        .filter(lname__startswith=prefix.lower(), is_active=True)
+        .exclude(id__in=blockers)
+        .order_by("lname", "id")
+    )
+
+
+def friend_list(*, user: User):
+    return User.objects.filter(
+        id__in=Friendship.objects.filter(user=user).values("friend_id")
+    ).order_by("username", "id")
+
+
+def friend_requests(*, user: User) -> dict[str, list[User]]:
+    incoming = User.objects.filter(
+        id__in=FriendRequest.objects.filter(to_user=user).values("from_user_id")
+    ).order_by("username")
+    outgoing = User.objects.filter(
+        id__in=FriendRequest.objects.filter(from_user=user).values("to_user_id")
+    ).order_by("username")
+    return {"incoming": list(incoming), "outgoing": list(outgoing)}
+
+
+def block_list(*, user: User):
+    return User.objects.filter(
+        id__in=Block.objects.filter(user=user).values("blocked_id")
+    ).order_by("username", "id")

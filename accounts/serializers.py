@@ -66,3 +66,16 @@ class UserOutput(serializers.ModelSerializer):
     class Meta:
         model = User
         fields = ["id", "username", "presence", "last_seen"]
+
+
+class FriendStatusOutput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["requested", "friends"])
+
+
+class FriendRequestsOutput(serializers.Serializer):
+    incoming = UserOutput(many=True)
+    outgoing = UserOutput(many=True)
+
+
+class BlockStatusOutput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["blocked"])

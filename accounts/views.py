@@ -1,17 +1,24 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from accounts import selectors, services
+from accounts import selectors, services, social
 from accounts.serializers import (
+    BlockStatusOutput,
     CredentialsInput,
+    FriendRequestsOutput,
+    FriendStatusOutput,
     SessionOutput,
     SignupInput,
     UserOutput,
     session_data,
 )
+from chats import selectors as chat_selectors
+from chats.serializers import ChatSummaryOutput
+from chatserver.errors import PermissionDenied
 
 
 class SignupView(APIView):
@@ -58,4 +65,115 @@ class MeView(APIView):
 class UserDetailView(APIView):
     @extend_schema(responses={200: UserOutput}, tags=["accounts"])
     def get(self, request, user_id: int):
-        return Response(UserOutput(selectors.user_get(user_id=user_id)).data)
+        return Response(UserOutput(selectors.user_get_visible(user_id=user_id, caller=request.user)).data)
+
+
+class NotYours(PermissionDenied):
+    code = "not_yours"
+    message = "You can only see and change your own."
+
+
+def _own(request, user_id: int) -> None:
+    if user_id != request.user.id:
+        raise NotYours()
+
+
+class UserSearchView(generics.ListAPIView):
+    """Users whose name starts with `search` (any case); never those who blocked you."""
+
+    serializer_class = UserOutput
+
+    @extend_schema(
+        parameters=[OpenApiParameter("search", str, description="Prefix of the username.")],
+        tags=["people"],
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        prefix = self.request.query_params.get("search", "")
+        return selectors.user_search(caller=self.request.user, prefix=prefix[:32])
+
+
+class FriendsView(generics.ListAPIView):
+    serializer_class = UserOutput
+
+    @extend_schema(tags=["people"])
+    def get(self, request, *args, **kwargs):
+        _own(request, kwargs["user_id"])
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return selectors.friend_list(user=self.request.user)
+
+
+class FriendRequestsView(APIView):
+    @extend_schema(responses={200: FriendRequestsOutput}, tags=["people"])
+    def get(self, request, user_id: int):
+        _own(request, user_id)
+        requests = selectors.friend_requests(user=request.user)
+        return Response({k: UserOutput(v, many=True).data for k, v in requests.items()})
+
+
+class FriendView(APIView):
+    @extend_schema(
+        request=None,
+        responses={201: FriendStatusOutput, 200: FriendStatusOutput},
+        tags=["people"],
+        description="Ask for friendship (201 requested), or accept their pending request "
+        "(200 friends). Asking again answers 200 with the current status.",
+    )
+    def post(self, request, user_id: int, friend_id: int):
+        _own(request, user_id)
+        status, changed = social.friend_request_send(user=request.user, target_id=friend_id)
+        code = 201 if status == "requested" and changed else 200
+        return Response({"status": status}, status=code)
+
+    @extend_schema(responses={204: None}, tags=["people"], description="Unfriend, cancel or decline.")
+    def delete(self, request, user_id: int, friend_id: int):
+        _own(request, user_id)
+        social.friend_remove(user=request.user, target_id=friend_id)
+        return Response(status=204)
+
+
+class BlocksView(generics.ListAPIView):
+    serializer_class = UserOutput
+
+    @extend_schema(tags=["people"])
+    def get(self, request, *args, **kwargs):
+        _own(request, kwargs["user_id"])
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return selectors.block_list(user=self.request.user)
+
+
+class BlockView(APIView):
+    @extend_schema(request=None, responses={201: BlockStatusOutput, 200: BlockStatusOutput}, tags=["people"])
+    def post(self, request, user_id: int, blocked_id: int):
+        _own(request, user_id)
+        created = social.block_add(user=request.user, target_id=blocked_id)
+        return Response({"status": "blocked"}, status=201 if created else 200)
+
+    @extend_schema(responses={204: None}, tags=["people"])
+    def delete(self, request, user_id: int, blocked_id: int):
+        _own(request, user_id)
+        social.block_remove(user=request.user, target_id=blocked_id)
+        return Response(status=204)
+
+
+class UserChatsView(generics.ListAPIView):
+    """The caller's chats, most recent activity first, each with its members,
+    `last_message` and `unread_count`."""
+
+    @extend_schema(responses={200: ChatSummaryOutput(many=True)}, tags=["chats"])
+    def get(self, request, *args, **kwargs):
+        _own(request, kwargs["user_id"])
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return chat_selectors.chat_list_queryset(user_id=self.request.user.id)
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(chat_selectors.chat_summaries(memberships=page))

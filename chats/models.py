@@ -44,6 +44,9 @@ class Membership(models.Model):
     last_read_message = models.ForeignKey(
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
+    # A direct chat "deleted" by this member: hidden from its list until a message newer
+    # than this seq arrives (the pair's chat itself stays, unique).
+    hidden_at_seq = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -85,5 +88,11 @@ class Message(models.Model):
                 name="chats_message_client_id_unique",
             ),
         ]
-        # History pages are cut by message id (the API's cursors).
-        indexes = [models.Index(fields=["chat", "id"], name="chats_message_chat_id_idx")]
+        indexes = [
+            # History pages are cut by message id (the API's cursors).
+            models.Index(fields=["chat", "id"], name="chats_message_chat_id_idx"),
+            # Unread counts subtract deleted messages: few, so a small partial index.
+            models.Index(
+                fields=["chat", "seq"], condition=Q(deleted=True), name="chats_message_deleted_idx"
+            ),
+        ]

@@ -87,3 +87,10 @@ class MessageOutput(serializers.Serializer):
 class MessagePageOutput(serializers.Serializer):
     results = MessageOutput(many=True)
     has_more = serializers.BooleanField()
+
+
+class ChatSummaryOutput(ChatOutput):
+    """A chat in the user's chat list."""
+
+    last_message = MessageOutput(allow_null=True)
+    unread_count = serializers.IntegerField()

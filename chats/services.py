@@ -10,11 +10,14 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from accounts.models import Block
+from accounts.selectors import UserNotFound
+from accounts.social import BlockedError, blocked_between
 from chats import events
 from chats.models import Chat, Membership, Message
 from chats.selectors import ChatNotFound, chat_members, message_unread_counts
 from chatserver import outbox
-from chatserver.errors import ApplicationError, NotFound, PermissionDenied
+from chatserver.errors import ApplicationError, PermissionDenied
 
 User = get_user_model()
 Role = Membership.Role
@@ -39,11 +42,6 @@ class CannotPost(PermissionDenied):
 class NotAllowed(PermissionDenied):
     code = "not_allowed"
     message = "Your role in this chat does not allow this."
-
-
-class UserNotFound(NotFound):
-    code = "user_not_found"
-    message = "User not found."
 
 
 class NotAGroup(ApplicationError):
@@ -95,10 +93,14 @@ def chat_create(*, creator, member_ids: list[int], name: str = "") -> tuple[Chat
         raise InvalidInput("members", f"Unknown users: {', '.join(map(str, missing))}.")
 
     if len(others) == 1 and not name:
+        if blocked_between(creator.id, others[0]):
+            raise BlockedError()
         low, high = sorted([creator.id, others[0]])
         key = f"{low}:{high}"
         existing = Chat.objects.filter(direct_key=key).first()
         if existing is not None:
+            # Asking for a direct chat one had hidden brings it back.
+            Membership.objects.filter(chat=existing, user=creator).update(hidden_at_seq=None)
             return existing, False
         try:
             with transaction.atomic():
@@ -108,6 +110,8 @@ def chat_create(*, creator, member_ids: list[int], name: str = "") -> tuple[Chat
         except IntegrityError:
             return Chat.objects.get(direct_key=key), False
     else:
+        if Block.objects.filter(user_id__in=others, blocked_id=creator.id).exists():
+            raise BlockedError("You cannot add one of these users.")
         with transaction.atomic():
             chat = Chat.objects.create(kind=Chat.Kind.GROUP, name=name)
             roles = {creator.id: Role.OWNER, **{uid: Role.MEMBER for uid in others}}
@@ -154,13 +158,23 @@ def chat_rename(*, chat_id: int, actor_id: int, name: str) -> Chat:
 
 
 def chat_delete(*, chat_id: int, actor_id: int) -> None:
-    """Delete a group with its history (owner only); members get `chat.deleted`, and
-    the chat's topic is closed on the broker."""
+    """Delete a group with its history (owner only): members get `chat.deleted` and the
+    chat's topic is closed on the broker. For a direct chat, hide it from the caller's
+    list only, like mobile messengers: it comes back with the next message, and the
+    pair's chat stays the same one (the caller's other devices get `chat.deleted`)."""
     with transaction.atomic():
         chat = _lock_chat(chat_id)
         actor = _membership_locked(chat=chat, user_id=actor_id)
-        if chat.kind != Chat.Kind.GROUP:
-            raise NotAGroup("Direct chats cannot be deleted.")
+        if chat.kind == Chat.Kind.DIRECT:
+            actor.hidden_at_seq = chat.last_seq
+            actor.save(update_fields=["hidden_at_seq"])
+            outbox.enqueue(
+                payload=outbox.event_payload(
+                    type="chat.deleted", data={"id": chat.id, "hidden": True}, chat_id=chat.id
+                ),
+                user_ids=[actor_id],
+            )
+            return
         if actor.role != Role.OWNER:
             raise NotAllowed("Only the owner can delete the chat.")
         user_ids = list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
@@ -194,6 +208,8 @@ def member_add(*, chat_id: int, actor_id: int, user_id: int) -> tuple[Membership
         user = User.objects.filter(id=user_id, is_active=True).first()
         if user is None:
             raise UserNotFound()
+        if Block.objects.filter(user=user, blocked_id=actor_id).exists():
+            raise BlockedError()
         existing = Membership.objects.select_related("user").filter(chat=chat, user=user).first()
         if existing is not None:
             return existing, False
@@ -309,12 +325,19 @@ def member_set_role(*, chat_id: int, actor_id: int, user_id: int, role: str) -> 
 
 # --- Messages ---------------------------------------------------------------------------
 
+# Takes the next seq (and the chat's row lock) only if the author may post: a member,
+# not restricted, and in a direct chat neither side has blocked the other.
 _SEQ_BUMP_SQL = """
-    UPDATE chats_chat SET last_seq = last_seq + 1, activity_at = %s
-    WHERE id = %s AND EXISTS (
+    UPDATE chats_chat SET last_seq = last_seq + 1, activity_at = %(now)s
+    WHERE id = %(chat)s
+      AND EXISTS (
         SELECT 1 FROM chats_membership
-        WHERE chat_id = %s AND user_id = %s AND role <> 'restricted'
-    )
+        WHERE chat_id = %(chat)s AND user_id = %(author)s AND role <> 'restricted')
+      AND (kind = 'group' OR NOT EXISTS (
+        SELECT 1 FROM chats_membership other JOIN accounts_block b
+          ON (b.user_id = other.user_id AND b.blocked_id = %(author)s)
+          OR (b.user_id = %(author)s AND b.blocked_id = other.user_id)
+        WHERE other.chat_id = %(chat)s AND other.user_id <> %(author)s))
     RETURNING last_seq
 """
 
@@ -361,13 +384,15 @@ def _message_insert(
 ) -> tuple[Message, int]:
     now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(_SEQ_BUMP_SQL, [now, chat_id, chat_id, author_id])
+        cursor.execute(_SEQ_BUMP_SQL, {"now": now, "chat": chat_id, "author": author_id})
         row = cursor.fetchone()
     if row is None:
         role = Membership.objects.filter(chat_id=chat_id, user_id=author_id).values_list("role", flat=True).first()
         if role is None:
             raise ChatNotFound()
-        raise CannotPost()
+        if role == Role.RESTRICTED:
+            raise CannotPost()
+        raise BlockedError("You cannot message this user.")
     seq = row[0]
     member_ids = list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))
     message = Message.objects.create(
