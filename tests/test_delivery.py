@@ -138,6 +138,19 @@ def test_a_member_added_can_subscribe_when_the_add_returns_and_gets_later_messag
         assert messages_in(dave_phone.messages, cid) == [after]
 
 
+def test_friend_events_reach_both_users_topics(relay, mosquitto):
+    alice, bob = make_user(), make_user()
+    with phone(mosquitto, bob, f"chat/users/{bob.id}") as bob_phone:
+        alice.client.post(f"/accounts/{alice.id}/friends/{bob.id}/")
+        bob.client.post(f"/accounts/{bob.id}/friends/{alice.id}/")
+        bob_phone.wait_for(2)
+        events = payloads(bob_phone.messages)
+        assert [(e["type"], e["data"]["user"]["id"]) for e in events] == [
+            ("friend.requested", alice.id),
+            ("friend.accepted", alice.id),
+        ]
+
+
 # --- revocation -------------------------------------------------------------------------
 
 

@@ -217,6 +217,15 @@ def test_rename_needs_admin(team, actor):
     assert Chat.objects.get(id=team["cid"]).name == "team"
 
 
+@pytest.mark.parametrize("actor", ["admin", "member", "restricted"])
+def test_only_the_owner_deletes_the_group(team, actor):
+    response = team[actor].client.delete(f"/chats/{team['cid']}/")
+
+    assert response.status_code == 403
+    assert Chat.objects.filter(id=team["cid"]).exists()
+    assert OutboxEvent.objects.count() == 0
+
+
 def test_admin_renames_and_only_owner_deletes(team):
     cid = team["cid"]
 
