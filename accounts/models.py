@@ -23,6 +23,9 @@ class User(AbstractUser):
     username = models.CharField(max_length=32, unique=True, validators=[UsernameValidator()])
     presence = models.CharField(max_length=8, choices=Presence, default=Presence.OFFLINE)
     last_seen = models.DateTimeField(null=True, blank=True)
+    # Off: the user's read pointer still drives its own unread counts, but nobody else
+    # sees it (no read.updated to others, counted as unread in per-message counts).
+    read_receipts = models.BooleanField(default=True)
 
     class Meta:
         constraints = [

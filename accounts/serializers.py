@@ -79,3 +79,7 @@ class FriendRequestsOutput(serializers.Serializer):
 
 class BlockStatusOutput(serializers.Serializer):
     status = serializers.ChoiceField(choices=["blocked"])
+
+
+class SettingsInput(serializers.Serializer):
+    read_receipts = serializers.BooleanField(required=False)

@@ -96,3 +96,11 @@ def device_logout(*, device: Device) -> None:
         device.delete()
         event = outbox.enqueue(access=[{"op": "device_remove", "username": username}])
     outbox.wait_applied([event])
+
+
+def user_settings_update(*, user: User, read_receipts: bool | None = None) -> User:
+    """Change the user's own settings (today: whether others see its read pointer)."""
+    if read_receipts is not None and read_receipts != user.read_receipts:
+        user.read_receipts = read_receipts
+        user.save(update_fields=["read_receipts"])
+    return user

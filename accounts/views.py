@@ -12,6 +12,7 @@ from accounts.serializers import (
     FriendRequestsOutput,
     FriendStatusOutput,
     SessionOutput,
+    SettingsInput,
     SignupInput,
     UserOutput,
     session_data,
@@ -59,6 +60,18 @@ class LogoutView(APIView):
 class MeView(APIView):
     @extend_schema(responses={200: SessionOutput}, tags=["accounts"])
     def get(self, request):
+        return Response(session_data(device=request.auth, request=request))
+
+    @extend_schema(
+        request=SettingsInput,
+        responses={200: SessionOutput},
+        tags=["accounts"],
+        description="`read_receipts: false` stops others from seeing how far you read.",
+    )
+    def patch(self, request):
+        data = SettingsInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.user_settings_update(user=request.user, **data.validated_data)
         return Response(session_data(device=request.auth, request=request))
 
 

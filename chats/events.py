@@ -7,7 +7,25 @@ returns for the same object.
 from chats.models import Chat, Membership, Message
 
 
-def message_data(message: Message, *, unread_count: int) -> dict:
+# What a deleted message shows instead of its content (the row is kept).
+DELETED_CONTENT = "This message was deleted."
+PREVIEW_LENGTH = 100
+
+
+def reply_preview(original: Message | None) -> dict | None:
+    """A short preview of the message replied to; it follows the original's edits and
+    deletion because it is built when the reply is read, not stored."""
+    if original is None:
+        return None
+    return {
+        "id": original.id,
+        "author": original.author_id,
+        "content": original.content[:PREVIEW_LENGTH],
+        "deleted": original.deleted,
+    }
+
+
+def message_data(message: Message, *, unread_count: int, reply_preview: dict | None = None) -> dict:
     return {
         "id": message.id,
         "chat": message.chat_id,
@@ -16,10 +34,12 @@ def message_data(message: Message, *, unread_count: int) -> dict:
         "type": message.type,
         "content": message.content,
         "reply_to": message.reply_to_id,
+        "reply_preview": reply_preview,
         "client_id": message.client_id,
         "created_at": message.created_at,
         "edited_at": message.edited_at,
         "deleted": message.deleted,
+        "version": message.version,
         "unread_count": unread_count,
         "attachment": None,
     }
@@ -31,6 +51,7 @@ def member_data(membership: Membership) -> dict:
         "username": membership.user.username,
         "role": membership.role,
         "last_read_message_id": membership.last_read_message_id,
+        "last_delivered_message_id": membership.last_delivered_message_id,
     }
 
 
@@ -41,5 +62,6 @@ def chat_data(chat: Chat, members: list[Membership]) -> dict:
         "name": chat.name,
         "created_at": chat.created_at,
         "last_seq": chat.last_seq,
+        "version": chat.version,
         "members": [member_data(m) for m in members],
     }

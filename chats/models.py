@@ -18,6 +18,10 @@ class Chat(models.Model):
     last_seq = models.BigIntegerField(default=0)
     # Newest message or creation: orders a user's chat list.
     activity_at = models.DateTimeField(default=timezone.now)
+    # Bumped by every change to the chat (message sent, edited or deleted, member added,
+    # removed or changed, chat renamed), under the row lock: a gapless per-chat change
+    # counter. Events carry it and /sync/ returns what changed after a given one.
+    version = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.kind} chat {self.pk}"
@@ -39,9 +43,13 @@ class Membership(models.Model):
     joined_at = models.DateTimeField(default=timezone.now)
     # chat.last_seq when the user joined: later messages are the ones it can have unread.
     joined_seq = models.BigIntegerField(default=0)
-    # The read pointer: never moves back.
+    # The read and delivered pointers: never move back; reading implies delivery.
     last_read_seq = models.BigIntegerField(default=0)
     last_read_message = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    last_delivered_seq = models.BigIntegerField(default=0)
+    last_delivered_message = models.ForeignKey(
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     # A direct chat "deleted" by this member: hidden from its list until a message newer
@@ -62,11 +70,14 @@ class Message(models.Model):
         VIDEO = "video"
         FILE = "file"
 
-    # No separate index on chat: (chat, seq) and (chat, id) serve every chat lookup.
+    # No separate index on chat: (chat, seq) and (chat, version) serve every chat lookup.
     chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages", db_index=False)
     seq = models.BigIntegerField()
+    # No index on author: nothing reads messages by author, and users are deactivated
+    # rather than deleted.
     author = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="messages"
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="messages",
+        db_index=False,
     )
     type = models.CharField(max_length=8, choices=Type, default=Type.TEXT)
     content = models.TextField()
@@ -78,6 +89,8 @@ class Message(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     edited_at = models.DateTimeField(null=True, blank=True)
     deleted = models.BooleanField(default=False)
+    # The chat's version when this message last changed (sent, edited, deleted).
+    version = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -89,8 +102,8 @@ class Message(models.Model):
             ),
         ]
         indexes = [
-            # History pages are cut by message id (the API's cursors).
-            models.Index(fields=["chat", "id"], name="chats_message_chat_id_idx"),
+            # Catch-up: what changed in a chat after a version.
+            models.Index(fields=["chat", "version"], name="chats_message_chat_version_idx"),
             # Unread counts subtract deleted messages: few, so a small partial index.
             models.Index(
                 fields=["chat", "seq"], condition=Q(deleted=True), name="chats_message_deleted_idx"

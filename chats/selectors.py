@@ -5,11 +5,12 @@ from bisect import bisect_left
 from functools import reduce
 from operator import or_
 
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, Window
+from django.db.models.functions import RowNumber
 
 from chats import events
 from chats.models import Membership, Message
-from chatserver.errors import NotFound
+from chatserver.errors import ApplicationError, NotFound
 
 
 class ChatNotFound(NotFound):
@@ -38,6 +39,11 @@ def chat_members(*, chat_id: int) -> list[Membership]:
     )
 
 
+class InvalidCursor(ApplicationError):
+    code = "invalid_cursor"
+    message = "No such message in this chat."
+
+
 def message_page(
     *, chat_id: int, before: int | None, after: int | None, limit: int
 ) -> tuple[list[Message], bool]:
@@ -46,34 +52,136 @@ def message_page(
     With `after`, the page starts right after that message and `has_more` says whether
     newer ones follow (up to `before`, when given). Otherwise it is the newest page below
     `before` (or the newest of all) and `has_more` says whether older ones precede it.
-    Cursors are message ids, which grow with seq inside a chat.
+    Cursors are message ids of this chat (0 for "the beginning"); they are turned into
+    seqs, so every page is a range scan of the (chat, seq) index.
     """
+    cursors = {c for c in (before, after) if c}
+    seqs = dict(
+        Message.objects.filter(chat_id=chat_id, id__in=cursors).values_list("id", "seq")
+    ) if cursors else {}
+    if cursors - seqs.keys():
+        raise InvalidCursor()
     messages = Message.objects.filter(chat_id=chat_id)
     if before is not None:
-        messages = messages.filter(id__lt=before)
+        messages = messages.filter(seq__lt=seqs[before])
     if after is not None:
-        page = list(messages.filter(id__gt=after).order_by("id")[: limit + 1])
+        if after:
+            messages = messages.filter(seq__gt=seqs[after])
+        page = list(messages.order_by("seq")[: limit + 1])
         return page[:limit], len(page) > limit
-    page = list(messages.order_by("-id")[: limit + 1])
+    page = list(messages.order_by("-seq")[: limit + 1])
     has_more = len(page) > limit
     page = page[:limit]
     page.reverse()
     return page, has_more
 
 
+def _visible_read_seq(last_read_seq: int, joined_seq: int, read_receipts: bool) -> int:
+    # A user who turned read receipts off shows as having read nothing since it joined.
+    return last_read_seq if read_receipts else joined_seq
+
+
 def message_unread_counts(*, chat_id: int, messages: list[Message]) -> dict[int, int]:
     """For each message, how many members have not read it yet.
 
     From the read pointers alone: one query for the chat's pointers, then a binary search
-    per message. A member's pointer starts at the chat's seq when it joined, so a member
-    never counts for messages from before it joined.
+    per message, so a 1,000-member group costs one small query. A member's pointer starts
+    at the chat's seq when it joined, so a member never counts for messages from before
+    it joined; deleted messages count 0.
     """
     if not messages:
         return {}
     pointers = sorted(
-        Membership.objects.filter(chat_id=chat_id).values_list("last_read_seq", flat=True)
+        _visible_read_seq(*row)
+        for row in Membership.objects.filter(chat_id=chat_id).values_list(
+            "last_read_seq", "joined_seq", "user__read_receipts"
+        )
     )
     return {m.id: 0 if m.deleted else bisect_left(pointers, m.seq) for m in messages}
+
+
+def messages_data(*, chat_id: int, messages: list[Message]) -> list[dict]:
+    """The API objects of messages of one chat: unread counts and reply previews in two
+    queries whatever their number."""
+    unread = message_unread_counts(chat_id=chat_id, messages=messages)
+    originals = _reply_originals(messages)
+    return [
+        events.message_data(
+            m, unread_count=unread[m.id], reply_preview=events.reply_preview(originals.get(m.reply_to_id))
+        )
+        for m in messages
+    ]
+
+
+def _reply_originals(messages: list[Message]) -> dict[int, Message]:
+    reply_ids = {m.reply_to_id for m in messages if m.reply_to_id}
+    return Message.objects.in_bulk(reply_ids) if reply_ids else {}
+
+
+def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
+    """What changed for a user who was away, in four queries whatever the number of chats.
+
+    `chats` maps each chat the client knows to the highest version it has of it. Answers
+    `changed`: for each of those chats that changed since, the messages sent, edited or
+    deleted after that version (oldest change first, at most `limit`; `has_more` says to
+    ask again from the returned `version`) and its members; `removed`: the chats it is no
+    longer in; `new`: the chats it joined that the client did not name (fetch their
+    history with GET .../messages/). Versions are per chat and gapless, so nothing
+    committed can be skipped.
+    """
+    memberships = {m.chat_id: m for m in Membership.objects.filter(user_id=user_id).select_related("chat")}
+    removed = sorted(cid for cid in chats if cid not in memberships)
+    changed = [memberships[cid] for cid, v in chats.items() if cid in memberships and memberships[cid].chat.version > v]
+    new = [m for cid, m in memberships.items() if cid not in chats]
+
+    changes: dict[int, list[Message]] = {m.chat_id: [] for m in changed}
+    if changed:
+        after = reduce(or_, (Q(chat_id=m.chat_id, version__gt=chats[m.chat_id]) for m in changed))
+        first_changes = (
+            Message.objects.filter(after)
+            .annotate(rank=Window(RowNumber(), partition_by=F("chat_id"), order_by=F("version").asc()))
+            .filter(rank__lte=limit + 1)
+            .order_by("chat_id", "version")
+        )
+        for message in first_changes:
+            changes[message.chat_id].append(message)
+
+    members: dict[int, list[Membership]] = {m.chat_id: [] for m in changed + new}
+    if members:
+        for member in Membership.objects.filter(chat_id__in=members).select_related("user").order_by("joined_at", "id"):
+            members[member.chat_id].append(member)
+    originals = _reply_originals([m for msgs in changes.values() for m in msgs])
+
+    changed_out = []
+    for membership in changed:
+        chat, page = membership.chat, changes[membership.chat_id]
+        has_more = len(page) > limit
+        page = page[:limit]
+        pointers = sorted(
+            _visible_read_seq(m.last_read_seq, m.joined_seq, m.user.read_receipts)
+            for m in members[chat.id]
+        )
+        changed_out.append(
+            {
+                "id": chat.id,
+                "version": page[-1].version if has_more else chat.version,
+                "messages": [
+                    events.message_data(
+                        m,
+                        unread_count=0 if m.deleted else bisect_left(pointers, m.seq),
+                        reply_preview=events.reply_preview(originals.get(m.reply_to_id)),
+                    )
+                    for m in page
+                ],
+                "has_more": has_more,
+                "members": [events.member_data(m) for m in members[chat.id]],
+            }
+        )
+    return {
+        "changed": changed_out,
+        "removed": removed,
+        "new": [events.chat_data(m.chat, members[m.chat_id]) for m in new],
+    }
 
 
 def message_get_in_chat(*, chat_id: int, message_id: int) -> Message:
@@ -136,7 +244,10 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
         last = last_messages.get(chat.id)
         last_data = None
         if last is not None:
-            pointers = sorted(m.last_read_seq for m in members[chat.id])
+            pointers = sorted(
+                _visible_read_seq(m.last_read_seq, m.joined_seq, m.user.read_receipts)
+                for m in members[chat.id]
+            )
             last_data = events.message_data(
                 last, unread_count=0 if last.deleted else bisect_left(pointers, last.seq)
             )

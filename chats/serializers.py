@@ -42,6 +42,39 @@ class MessageCreateInput(serializers.Serializer):
         return value
 
 
+class MessageUpdateInput(serializers.Serializer):
+    """Either `{"content": "..."}` (edit) or `{"deleted": true}` (soft delete)."""
+
+    content = StrictCharField(max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False)
+    deleted = serializers.BooleanField(required=False)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+    def validate(self, attrs):
+        if ("content" in attrs) == ("deleted" in attrs):
+            raise serializers.ValidationError("Send either content (to edit) or deleted: true.")
+        if attrs.get("deleted") is False:
+            raise serializers.ValidationError({"deleted": ["A deleted message cannot come back."]})
+        return attrs
+
+
+class SyncInput(serializers.Serializer):
+    chats = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_ID), allow_empty=True
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=500, required=False, default=200)
+
+    def validate_chats(self, value: dict) -> dict[int, int]:
+        if len(value) > 5000:
+            raise serializers.ValidationError("At most 5000 chats per request.")
+        if not all(key.isdigit() and len(key) <= 19 for key in value):
+            raise serializers.ValidationError("Keys are chat ids.")
+        return {int(key): version for key, version in value.items()}
+
+
 class HistoryQuery(serializers.Serializer):
     before = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, default=None)
     after = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False, default=None)
@@ -57,6 +90,7 @@ class MemberOutput(serializers.Serializer):
     username = serializers.CharField()
     role = serializers.ChoiceField(choices=Membership.Role.choices)
     last_read_message_id = serializers.IntegerField(allow_null=True)
+    last_delivered_message_id = serializers.IntegerField(allow_null=True)
 
 
 class ChatOutput(serializers.Serializer):
@@ -65,6 +99,7 @@ class ChatOutput(serializers.Serializer):
     name = serializers.CharField()
     created_at = serializers.DateTimeField()
     last_seq = serializers.IntegerField()
+    version = serializers.IntegerField()
     members = MemberOutput(many=True)
 
 
@@ -76,10 +111,12 @@ class MessageOutput(serializers.Serializer):
     type = serializers.ChoiceField(choices=Message.Type.choices)
     content = serializers.CharField()
     reply_to = serializers.IntegerField(allow_null=True)
+    reply_preview = serializers.JSONField(allow_null=True)
     client_id = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()
     edited_at = serializers.DateTimeField(allow_null=True)
     deleted = serializers.BooleanField()
+    version = serializers.IntegerField()
     unread_count = serializers.IntegerField()
     attachment = serializers.JSONField(allow_null=True)
 
@@ -94,3 +131,17 @@ class ChatSummaryOutput(ChatOutput):
 
     last_message = MessageOutput(allow_null=True)
     unread_count = serializers.IntegerField()
+
+
+class SyncChatOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    version = serializers.IntegerField()
+    messages = MessageOutput(many=True)
+    has_more = serializers.BooleanField()
+    members = MemberOutput(many=True)
+
+
+class SyncOutput(serializers.Serializer):
+    changed = SyncChatOutput(many=True)
+    removed = serializers.ListField(child=serializers.IntegerField())
+    new = ChatOutput(many=True)

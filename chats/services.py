@@ -15,7 +15,7 @@ from accounts.selectors import UserNotFound
 from accounts.social import BlockedError, blocked_between
 from chats import events
 from chats.models import Chat, Membership, Message
-from chats.selectors import ChatNotFound, chat_members, message_unread_counts
+from chats.selectors import ChatNotFound, MessageNotFound, chat_members, messages_data
 from chatserver import outbox
 from chatserver.errors import ApplicationError, PermissionDenied
 
@@ -64,9 +64,18 @@ def _membership_locked(*, chat: Chat, user_id: int) -> Membership:
     return membership
 
 
+def _chat_changed(chat: Chat) -> int:
+    """Bump the chat's version (the caller holds the chat's row lock: no gap)."""
+    chat.version += 1
+    Chat.objects.filter(id=chat.id).update(version=chat.version)
+    return chat.version
+
+
 def _publish_to_chat(*, chat: Chat, type: str, data: dict, user_ids, access=()) -> outbox.OutboxEvent:
+    """Queue a chat event; every chat event is a change of the chat, with its version."""
+    version = _chat_changed(chat)
     return outbox.enqueue(
-        payload=outbox.event_payload(type=type, data=data, chat_id=chat.id),
+        payload=outbox.event_payload(type=type, data=data, chat_id=chat.id, version=version),
         user_ids=user_ids,
         chat_id=chat.id,
         access=access,
@@ -325,10 +334,10 @@ def member_set_role(*, chat_id: int, actor_id: int, user_id: int, role: str) -> 
 
 # --- Messages ---------------------------------------------------------------------------
 
-# Takes the next seq (and the chat's row lock) only if the author may post: a member,
-# not restricted, and in a direct chat neither side has blocked the other.
+# Takes the next seq and version (and the chat's row lock) only if the author may post: a
+# member, not restricted, and in a direct chat neither side has blocked the other.
 _SEQ_BUMP_SQL = """
-    UPDATE chats_chat SET last_seq = last_seq + 1, activity_at = %(now)s
+    UPDATE chats_chat SET last_seq = last_seq + 1, version = version + 1, activity_at = %(now)s
     WHERE id = %(chat)s
       AND EXISTS (
         SELECT 1 FROM chats_membership
@@ -338,7 +347,7 @@ _SEQ_BUMP_SQL = """
           ON (b.user_id = other.user_id AND b.blocked_id = %(author)s)
           OR (b.user_id = %(author)s AND b.blocked_id = other.user_id)
         WHERE other.chat_id = %(chat)s AND other.user_id <> %(author)s))
-    RETURNING last_seq
+    RETURNING last_seq, version
 """
 
 
@@ -349,39 +358,44 @@ def message_send(
     content: str,
     reply_to_id: int | None = None,
     client_id: str | None = None,
-) -> tuple[Message, int, bool]:
-    """Store a message and queue its event atomically; return (message, unread_count, created).
+) -> tuple[dict, bool]:
+    """Store a message and queue its event atomically; return (message object, created).
 
     One statement both checks that the author may post and takes the next seq under the
-    chat's row lock, so concurrent senders get 1, 2, 3... and a kick cannot slip in
-    between the check and the write. The same (author, client_id) again returns the first
-    message (created=False) and writes nothing, also when the two requests race. The
-    author's read pointer moves to the new message. Members get `message.created` on
-    their user topics and the chat's topic.
+    chat's row lock, so concurrent senders get 1, 2, 3... and a kick or a block cannot
+    slip in between the check and the write. The same (author, client_id) again returns
+    the first message (created=False) and writes nothing, also when the two requests
+    race. The author's read pointer moves to the new message. Members get
+    `message.created` on their user topics and the chat's topic, carrying the very object
+    returned here.
     """
     if client_id:
         existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
         if existing is not None:
-            return existing, _unread_of(existing), False
-    if reply_to_id is not None and not Message.objects.filter(id=reply_to_id, chat_id=chat_id).exists():
-        raise InvalidInput("reply_to", "No such message in this chat.")
+            return messages_data(chat_id=chat_id, messages=[existing])[0], False
+    original = None
+    if reply_to_id is not None:
+        original = Message.objects.filter(id=reply_to_id, chat_id=chat_id).first()
+        if original is None:
+            raise InvalidInput("reply_to", "No such message in this chat.")
     try:
         with transaction.atomic():
-            return (*_message_insert(
+            data = _message_insert(
                 chat_id=chat_id, author_id=author_id, content=content,
-                reply_to_id=reply_to_id, client_id=client_id,
-            ), True)
+                original=original, client_id=client_id,
+            )
+            return data, True
     except IntegrityError:
         if client_id:
             existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
             if existing is not None:
-                return existing, _unread_of(existing), False
+                return messages_data(chat_id=chat_id, messages=[existing])[0], False
         raise
 
 
 def _message_insert(
-    *, chat_id: int, author_id: int, content: str, reply_to_id: int | None, client_id: str | None
-) -> tuple[Message, int]:
+    *, chat_id: int, author_id: int, content: str, original: Message | None, client_id: str | None
+) -> dict:
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(_SEQ_BUMP_SQL, {"now": now, "chat": chat_id, "author": author_id})
@@ -393,36 +407,137 @@ def _message_insert(
         if role == Role.RESTRICTED:
             raise CannotPost()
         raise BlockedError("You cannot message this user.")
-    seq = row[0]
+    seq, version = row
     member_ids = list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))
     message = Message.objects.create(
         chat_id=chat_id,
         seq=seq,
         author_id=author_id,
         content=content,
-        reply_to_id=reply_to_id,
+        reply_to=original,
         client_id=client_id or None,
         created_at=now,
+        version=version,
     )
     Membership.objects.filter(chat_id=chat_id, user_id=author_id).update(
-        last_read_seq=seq, last_read_message_id=message.id
+        last_read_seq=seq, last_read_message_id=message.id,
+        last_delivered_seq=seq, last_delivered_message_id=message.id,
     )
-    unread = len(member_ids) - 1
+    # Nobody else can have read a message that did not exist.
+    data = events.message_data(
+        message, unread_count=len(member_ids) - 1, reply_preview=events.reply_preview(original)
+    )
     outbox.enqueue(
-        payload=outbox.event_payload(
-            type="message.created",
-            data=events.message_data(message, unread_count=unread),
-            chat_id=chat_id,
-        ),
+        payload=outbox.event_payload(type="message.created", data=data, chat_id=chat_id, version=version),
         user_ids=member_ids,
         chat_id=chat_id,
     )
-    return message, unread
+    return data
 
 
 def _message_by_client_id(*, chat_id: int, author_id: int, client_id: str) -> Message | None:
     return Message.objects.filter(chat_id=chat_id, author_id=author_id, client_id=client_id).first()
 
 
-def _unread_of(message: Message) -> int:
-    return message_unread_counts(chat_id=message.chat_id, messages=[message])[message.id]
+class NotAuthor(PermissionDenied):
+    code = "not_author"
+    message = "Only the author can edit a message."
+
+
+class MessageDeleted(ApplicationError):
+    status_code = 409
+    code = "message_deleted"
+    message = "This message was deleted."
+
+
+def message_update(
+    *, chat_id: int, actor_id: int, message_id: int, content: str | None = None, delete: bool = False
+) -> dict:
+    """Edit (the author only; sets `edited_at`) or soft-delete (the author, or an admin or
+    the owner of a group) a message; return its object. Members get `message.updated`.
+
+    A deleted message keeps its row, seq and place in history; its content is replaced
+    by a fixed text, replies' previews follow, and it no longer counts as unread.
+    Deleting again changes nothing; editing a deleted message is 409.
+    """
+    with transaction.atomic():
+        chat = _lock_chat(chat_id)
+        actor = _membership_locked(chat=chat, user_id=actor_id)
+        message = Message.objects.filter(chat=chat, id=message_id).first()
+        if message is None:
+            raise MessageNotFound()
+        if delete:
+            may = message.author_id == actor_id or (
+                chat.kind == Chat.Kind.GROUP and RANK[actor.role] >= RANK[Role.ADMIN]
+            )
+            if not may:
+                raise NotAllowed("Only the author, or an admin of the group, can delete this message.")
+            if message.deleted:
+                return messages_data(chat_id=chat.id, messages=[message])[0]
+            message.deleted = True
+            message.content = events.DELETED_CONTENT
+        else:
+            if message.author_id != actor_id:
+                raise NotAuthor()
+            if message.deleted:
+                raise MessageDeleted()
+            message.content = content
+            message.edited_at = timezone.now()
+        message.version = _chat_changed(chat)
+        message.save(update_fields=["content", "deleted", "edited_at", "version"])
+        data = messages_data(chat_id=chat.id, messages=[message])[0]
+        outbox.enqueue(
+            payload=outbox.event_payload(
+                type="message.updated", data=data, chat_id=chat.id, version=message.version
+            ),
+            user_ids=Membership.objects.filter(chat=chat).values_list("user_id", flat=True),
+            chat_id=chat.id,
+        )
+    return data
+
+
+def pointer_move(
+    *, chat_id: int, user, message_id: int, read: bool
+) -> Membership:
+    """Move the caller's read (read=True) or delivered pointer forward to a message;
+    never back. Reading implies delivery. Returns the membership.
+
+    When it moved, the chat's members get `read.updated` (both pointers), unless the user
+    turned read receipts off: then only its own devices are told (to sync unread counts).
+    Not under the chat lock: a pointer can only name a message that is already
+    committed, and pointers only grow, so concurrent moves need no order.
+    """
+    membership = Membership.objects.filter(chat_id=chat_id, user=user).first()
+    if membership is None:
+        raise ChatNotFound()
+    message = Message.objects.filter(chat_id=chat_id, id=message_id).values("id", "seq").first()
+    if message is None:
+        raise MessageNotFound()
+    seq, mid = message["seq"], message["id"]
+    with transaction.atomic():
+        changes = {"last_delivered_seq": seq, "last_delivered_message_id": mid}
+        delivered = Membership.objects.filter(id=membership.id, last_delivered_seq__lt=seq).update(**changes)
+        moved = 0
+        if read:
+            changes = {"last_read_seq": seq, "last_read_message_id": mid}
+            moved = Membership.objects.filter(id=membership.id, last_read_seq__lt=seq).update(**changes)
+        membership.refresh_from_db()
+        if moved or delivered:
+            data = {
+                "user": user.id,
+                "last_read_message_id": membership.last_read_message_id,
+                "last_read_seq": membership.last_read_seq,
+                "last_delivered_message_id": membership.last_delivered_message_id,
+                "last_delivered_seq": membership.last_delivered_seq,
+            }
+            if user.read_receipts:
+                recipients = list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))
+                topic_chat = chat_id
+            else:
+                recipients, topic_chat = [user.id], None
+            outbox.enqueue(
+                payload=outbox.event_payload(type="read.updated", data=data, chat_id=chat_id),
+                user_ids=recipients,
+                chat_id=topic_chat,
+            )
+    return membership

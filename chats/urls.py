@@ -5,7 +5,19 @@ from chats import views
 urlpatterns = [
     path("", views.ChatsView.as_view(), name="chats"),
     path("<id:chat_id>/", views.ChatDetailView.as_view(), name="chat-detail"),
+    path("sync/", views.SyncView.as_view(), name="sync"),
     path("<id:chat_id>/messages/", views.ChatMessagesView.as_view(), name="chat-messages"),
+    path("<id:chat_id>/messages/<id:message_id>/", views.MessageDetailView.as_view(), name="message"),
     path("<id:chat_id>/users/", views.ChatMembersView.as_view(), name="chat-members"),
     path("<id:chat_id>/users/<id:user_id>/", views.ChatMemberView.as_view(), name="chat-member"),
+    path(
+        "<id:chat_id>/users/<id:user_id>/messages/<id:message_id>/",
+        views.PointerView.as_view(read=True),
+        name="read-pointer",
+    ),
+    path(
+        "<id:chat_id>/users/<id:user_id>/delivered/<id:message_id>/",
+        views.PointerView.as_view(read=False),
+        name="delivered-pointer",
+    ),
 ]

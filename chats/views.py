@@ -3,7 +3,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chats import events, selectors, services
+from chatserver.errors import PermissionDenied
 from chats.serializers import (
+    SyncInput,
+    SyncOutput,
+    MessageUpdateInput,
     ChatCreateInput,
     ChatOutput,
     ChatRenameInput,
@@ -74,8 +78,7 @@ class ChatMessagesView(APIView):
         query.is_valid(raise_exception=True)
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         page, has_more = selectors.message_page(chat_id=chat_id, **query.validated_data)
-        unread = selectors.message_unread_counts(chat_id=chat_id, messages=page)
-        results = [events.message_data(m, unread_count=unread[m.id]) for m in page]
+        results = selectors.messages_data(chat_id=chat_id, messages=page)
         return Response({"results": results, "has_more": has_more})
 
     @extend_schema(
@@ -88,16 +91,73 @@ class ChatMessagesView(APIView):
         data = MessageCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
-        message, unread, created = services.message_send(
+        message, created = services.message_send(
             chat_id=chat_id,
             author_id=request.user.id,
             content=data.validated_data["content"],
             reply_to_id=data.validated_data["reply_to"],
             client_id=data.validated_data["client_id"],
         )
-        return Response(
-            events.message_data(message, unread_count=unread), status=201 if created else 200
+        return Response(message, status=201 if created else 200)
+
+
+class MessageDetailView(APIView):
+    @extend_schema(
+        request=MessageUpdateInput,
+        responses={200: MessageOutput},
+        tags=["messages"],
+        description="`{content}` edits (author only); `{deleted: true}` soft-deletes (author, "
+        "or an admin or the owner of a group).",
+    )
+    def patch(self, request, chat_id: int, message_id: int):
+        data = MessageUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        message = services.message_update(
+            chat_id=chat_id,
+            actor_id=request.user.id,
+            message_id=message_id,
+            content=data.validated_data.get("content"),
+            delete=data.validated_data.get("deleted", False),
         )
+        return Response(message)
+
+
+class NotYours(PermissionDenied):
+    code = "not_yours"
+    message = "You can only move your own pointers."
+
+
+class PointerView(APIView):
+    """Move the caller's read pointer (`.../messages/<mid>/`) or delivered pointer
+    (`.../delivered/<mid>/`) forward; it never moves back."""
+
+    read = True
+
+    @extend_schema(request=None, responses={200: MemberOutput}, tags=["members"])
+    def patch(self, request, chat_id: int, user_id: int, message_id: int):
+        if user_id != request.user.id:
+            selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
+            raise NotYours()
+        membership = services.pointer_move(
+            chat_id=chat_id, user=request.user, message_id=message_id, read=self.read
+        )
+        membership.user = request.user
+        return Response(events.member_data(membership))
+
+
+class SyncView(APIView):
+    @extend_schema(
+        request=SyncInput,
+        responses={200: SyncOutput},
+        tags=["sync"],
+        description="Catch up after being away: send the highest `version` you have of "
+        "each chat; get what changed since in each (messages sent, edited, deleted, "
+        "with members), the chats you left or lost, and the chats you joined.",
+    )
+    def post(self, request):
+        data = SyncInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(selectors.sync(user_id=request.user.id, **data.validated_data))
 
 
 class ChatMembersView(APIView):

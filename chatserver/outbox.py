@@ -21,15 +21,21 @@ NOTIFY_CHANNEL = "chat_outbox"
 RELAY_HEARTBEAT_MAX_AGE = timedelta(seconds=5)
 
 
-def event_payload(*, type: str, data: dict, chat_id: int | None = None) -> str:
-    """The JSON published over MQTT: `{type, chat?, data, ts}`.
+def event_payload(
+    *, type: str, data: dict, chat_id: int | None = None, version: int | None = None
+) -> str:
+    """The JSON published over MQTT: `{type, chat?, version?, data, ts}`.
 
-    Uses DRF's encoder so that a message in an event is byte-for-byte the object the
-    HTTP API returns (same datetime format).
+    `version` is the chat's change counter after this change (see Chat.version): a client
+    keeps the highest it has seen per chat and hands it to /sync/ to catch up. Uses DRF's
+    encoder so that a message in an event is byte-for-byte the object the HTTP API
+    returns (same datetime format).
     """
     event = {"type": type}
     if chat_id is not None:
         event["chat"] = chat_id
+    if version is not None:
+        event["version"] = version
     event["data"] = data
     event["ts"] = timezone.now()
     return json.dumps(event, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False)

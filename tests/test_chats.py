@@ -143,8 +143,8 @@ def test_messages_get_seq_1_2_3_and_an_event_for_every_member():
     assert [b["seq"] for b in bodies] == [1, 2, 3]
     first = bodies[0]
     assert set(first) == {
-        "id", "chat", "seq", "author", "type", "content", "reply_to", "client_id",
-        "created_at", "edited_at", "deleted", "unread_count", "attachment",
+        "id", "chat", "seq", "author", "type", "content", "reply_to", "reply_preview",
+        "client_id", "created_at", "edited_at", "deleted", "version", "unread_count", "attachment",
     }
     assert first["author"] == alice.id
     assert first["chat"] == chat["id"]
