@@ -92,9 +92,15 @@ def device_logout(*, device: Device) -> None:
     (which also disconnects it) as soon as the relay gets to it, normally before this
     returns."""
     with transaction.atomic():
-        username = device.mqtt_username
+        op = {
+            "op": "device_remove",
+            "username": device.mqtt_username,
+            # For the relay, to clear the device's retained presence.
+            "user": device.user_id,
+            "client_id": device.mqtt_client_id,
+        }
         device.delete()
-        event = outbox.enqueue(access=[{"op": "device_remove", "username": username}])
+        event = outbox.enqueue(access=[op])
     outbox.wait_applied([event])
 
 

@@ -15,6 +15,7 @@ every transaction that writes to the outbox, and polls on SQLite.
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -24,7 +25,15 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
-from chatserver.broker_access import DynsecAccess, chat_topic, user_topic
+from accounts.presence import PresenceTracker, presence_apply, presence_reset_absent
+from chatserver.broker_access import (
+    PRESENCE_FILTER,
+    DynsecAccess,
+    chat_topic,
+    parse_presence_topic,
+    presence_topic,
+    user_topic,
+)
 from chatserver.models import OutboxEvent, RelayStatus
 from chatserver.mqtt import BrokerConnection
 from chatserver.outbox import NOTIFY_CHANNEL
@@ -36,6 +45,9 @@ HEARTBEAT_EVERY = 1.0
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 # Any 64-bit number only this program uses: the key of the "one relay" advisory lock.
 ADVISORY_LOCK_KEY = 0x636861745F72656C  # "chat_rel"
+# After (re)connecting, the broker sends every retained presence at once; once this long
+# has passed, users the database has online but no device reported are set offline.
+PRESENCE_SETTLE = 2.0
 
 
 class Wakeup:
@@ -99,6 +111,12 @@ class Relay:
             keepalive=settings.MQTT_KEEPALIVE,
         )
         self.wakeup = Wakeup()
+        # Presence reports arrive on paho's thread; the loop applies them.
+        self.presence = PresenceTracker()
+        self.presence_inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.broker.subscribe(PRESENCE_FILTER, self._on_presence)
+        self.connected_since: float | None = None
+        self.presence_reconciled = False
         self.baseline_applied = False
         self.last_heartbeat = 0.0
         self.reported_connected: bool | None = None
@@ -138,8 +156,12 @@ class Relay:
             # The connection reconnects by itself; look again soon, without backing off,
             # so that delivery resumes within moments of the broker's return.
             self.baseline_applied = False
+            self.connected_since = None
             self.stop.wait(0.05)
             return True
+        if self.connected_since is None:
+            self.connected_since = time.monotonic()
+        self.presence_step()
         if not self.baseline_applied:
             pending = self.broker.control(self.access.baseline())
             if not self.broker.wait([pending], timeout=settings.RELAY_ACK_TIMEOUT):
@@ -161,6 +183,11 @@ class Relay:
                 pending = self.broker.control(commands)
                 pendings.append(pending)
                 controls.append(pending)
+            for op in row.access:
+                if op["op"] == "device_remove" and "client_id" in op:
+                    # A device the broker disconnects leaves no Last Will: clear its
+                    # retained presence, or it would look online forever.
+                    pendings.append(self.broker.publish(presence_topic(op["user"], op["client_id"]), b"", retain=True))
             if row.payload:
                 data = row.payload.encode()
                 for user_id in row.user_ids:
@@ -174,6 +201,28 @@ class Relay:
             self._log_command_errors(pending.result)
         OutboxEvent.objects.filter(id__in=[row.id for row in rows]).delete()
         return True
+
+    def _on_presence(self, topic: str, payload: bytes, retain: bool) -> None:
+        parsed = parse_presence_topic(topic)
+        if parsed is not None:
+            self.presence_inbox.put((*parsed, payload))
+
+    def presence_step(self) -> None:
+        """Fold the device reports that came in, and apply the users' changes that are due."""
+        while True:
+            try:
+                user_id, client_id, payload = self.presence_inbox.get_nowait()
+            except queue.Empty:
+                break
+            self.presence.observe(user_id, client_id, payload)
+        for user_id, state in self.presence.due(time.monotonic()):
+            presence_apply(user_id=user_id, presence=state)
+        settled = time.monotonic() - self.connected_since >= PRESENCE_SETTLE
+        if not self.presence_reconciled and settled:
+            stale = presence_reset_absent(present=self.presence.known_present())
+            if stale:
+                logger.info("set %d users offline that no device reports present", len(stale))
+            self.presence_reconciled = True
 
     def _log_command_errors(self, results) -> None:
         # A command that failed for another reason than "already so" will not succeed by

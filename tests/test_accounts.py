@@ -175,7 +175,14 @@ def test_logout_revokes_that_device_only():
     assert alice.client.get("/accounts/me/").status_code == 401
     assert other_device.get("/accounts/me/").status_code == 200
     [event] = OutboxEvent.objects.all()
-    assert event.access == [{"op": "device_remove", "username": alice.mqtt["username"]}]
+    assert event.access == [
+        {
+            "op": "device_remove",
+            "username": alice.mqtt["username"],
+            "user": alice.id,
+            "client_id": alice.mqtt["client_id"],
+        }
+    ]
 
 
 def test_user_profile_shows_presence_and_404s_for_unknown_ids():

@@ -1,0 +1,111 @@
+"""Presence: each device's `online`/`away`/`offline` folded into one state per user.
+
+Devices publish their state (retained) on `chat/presence/<user>/<client id>`, with a
+retained Last Will `offline`; the relay subscribes and feeds `PresenceTracker`, then
+applies what it decides with `presence_apply`. A user is online if any device is, else
+away if any is, else offline. Flapping is damped: a user's friends hear at most one
+change per `min_interval`, and only if the state differs from what they were last told.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.events import user_data
+from accounts.models import Friendship, User
+from chatserver import outbox
+
+STATES = ("online", "away", "offline")
+# Device client ids are chat-<user id>-<device id> (accounts.models.Device).
+_CLIENT_ID = re.compile(r"^chat-(\d+)-(\d+)$")
+# A user may publish on chat/presence/<own id>/+ under any client id; only its real
+# devices count, and at most this many per user are tracked.
+MAX_DEVICES = 32
+
+
+def fold(states) -> str:
+    states = set(states)
+    return "online" if "online" in states else "away" if "away" in states else "offline"
+
+
+@dataclass
+class _User:
+    devices: dict[str, str] = field(default_factory=dict)
+    told: str | None = None  # what was last applied (None: not since start)
+    told_at: float = float("-inf")
+
+
+class PresenceTracker:
+    """Pure state: device reports in, per-user decisions out (no I/O, clock passed in)."""
+
+    def __init__(self, *, min_interval: float = 2.0) -> None:
+        self.min_interval = min_interval
+        self.users: dict[int, _User] = {}
+
+    def observe(self, user_id: int, client_id: str, payload: bytes) -> bool:
+        """Record one device report; False if it is not a valid one (and is ignored).
+
+        An empty payload (a cleared retained message, e.g. after logout) means the device
+        is gone.
+        """
+        match = _CLIENT_ID.match(client_id)
+        if match is None or int(match.group(1)) != user_id:
+            return False
+        try:
+            state = payload.decode().strip().lower() if payload else "offline"
+        except UnicodeDecodeError:
+            return False
+        if state not in STATES:
+            return False
+        user = self.users.setdefault(user_id, _User())
+        if state == "offline":
+            user.devices.pop(client_id, None)
+        elif client_id in user.devices or len(user.devices) < MAX_DEVICES:
+            user.devices[client_id] = state
+        return True
+
+    def due(self, now: float) -> list[tuple[int, str]]:
+        """Users whose folded state differs from what was last applied and may be applied
+        now (throttled); marks them applied."""
+        decisions = []
+        for user_id, user in self.users.items():
+            state = fold(user.devices.values())
+            if state != user.told and now - user.told_at >= self.min_interval:
+                user.told, user.told_at = state, now
+                decisions.append((user_id, state))
+        return decisions
+
+    def known_present(self) -> set[int]:
+        return {uid for uid, user in self.users.items() if user.devices}
+
+
+def presence_apply(*, user_id: int, presence: str) -> bool:
+    """Store a user's presence and `last_seen`, and tell it and its friends
+    (`presence.updated`) if it changed. Returns whether it changed."""
+    with transaction.atomic():
+        user = User.objects.select_for_update().filter(id=user_id).first()
+        if user is None or user.presence == presence:
+            return False
+        user.presence = presence
+        # Last seen: now, whether the user just came or just went.
+        user.last_seen = timezone.now()
+        user.save(update_fields=["presence", "last_seen"])
+        friends = list(Friendship.objects.filter(user_id=user_id).values_list("friend_id", flat=True))
+        outbox.enqueue(
+            payload=outbox.event_payload(type="presence.updated", data=user_data(user)),
+            user_ids=[user_id, *friends],
+        )
+    return True
+
+
+def presence_reset_absent(*, present: set[int]) -> list[int]:
+    """Set offline every user the database has online or away but who has no device
+    present (after a restart of the server or the broker, nobody stays stuck online)."""
+    stale = list(
+        User.objects.exclude(presence=User.Presence.OFFLINE).exclude(id__in=present).values_list("id", flat=True)
+    )
+    for user_id in stale:
+        presence_apply(user_id=user_id, presence=User.Presence.OFFLINE)
+    return stale

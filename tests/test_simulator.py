@@ -1,0 +1,196 @@
+"""The simulator (`android-client-sim/`, the `chat-sim` command) against the real stack.
+
+Every test runs the installed `chat-sim` console script as a subprocess, like a QA
+engineer would, against gunicorn + relay + Mosquitto + PostgreSQL (`live_stack`), with
+its profiles in a temporary home.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHAT_SIM = Path(sys.executable).parent / "chat-sim"
+SCENARIOS = Path(__file__).resolve().parents[1] / "android-client-sim" / "scenarios"
+PASSWORD = "pass word 123"
+
+
+@pytest.fixture
+def sim(live_stack, tmp_path):
+    """`sim(*args)` runs chat-sim against the live stack; returns the CompletedProcess."""
+    assert CHAT_SIM.exists(), f"{CHAT_SIM} missing: requirements.txt installs ./android-client-sim"
+    env = {**os.environ, "CHAT_SIM_HOME": str(tmp_path / "home"), "CHAT_SIM_SERVER": live_stack.url}
+
+    def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([str(CHAT_SIM), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    run.env = env
+    return run
+
+
+def ok_json(result: subprocess.CompletedProcess):
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_signup_login_me_and_logout(sim):
+    # when
+    alice = ok_json(sim("--profile", "alice", "signup", "alice", "--password", PASSWORD, "--json"))
+    me = ok_json(sim("-p", "alice", "me", "--json"))
+    tablet = ok_json(sim("-p", "tablet", "login", "alice", "--password", PASSWORD, "--json"))
+
+    # then: one user, two devices with their own MQTT identities
+    assert me["id"] == alice["id"] == tablet["id"]
+    assert me["username"] == "alice"
+    assert me["mqtt"]["user_topic"] == f"chat/users/{alice['id']}"
+    assert tablet["mqtt"]["client_id"] != alice["mqtt"]["client_id"]
+
+    # when: the phone logs out
+    assert ok_json(sim("-p", "alice", "logout", "--json")) == {"logged_out": True}
+
+    # then: that profile has no session any more, the tablet's still works
+    again = sim("-p", "alice", "me")
+    assert again.returncode == 2
+    assert "not signed in" in again.stderr
+    assert ok_json(sim("-p", "tablet", "me", "--json"))["id"] == alice["id"]
+
+
+def test_wrong_password_prints_the_server_error_envelope(sim):
+    sim("-p", "alice", "signup", "alice", "--password", PASSWORD)
+
+    result = sim("-p", "other", "login", "alice", "--password", "wrong password", "--json")
+
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {
+        "status": 401, "error": {"code": "invalid_credentials", "message": "Wrong username or password."},
+    }
+
+
+def test_create_a_chat_send_and_read_history_as_json(sim):
+    # given
+    sim("-p", "alice", "signup", "alice", "--password", PASSWORD)
+    bob = ok_json(sim("-p", "bob", "signup", "bob", "--password", PASSWORD, "--json"))
+
+    # when: bob given by his local profile's name
+    chat = ok_json(sim("-p", "alice", "chats", "create", "bob", "--json"))
+    first = ok_json(sim("-p", "alice", "send", str(chat["id"]), "hello bob", "--json"))
+    reply = ok_json(sim("-p", "bob", "send", str(chat["id"]), "hi alice", "--reply-to", str(first["id"]), "--json"))
+    history = ok_json(sim("-p", "bob", "history", str(chat["id"]), "--json"))
+
+    # then
+    assert chat["type"] == "direct"
+    assert {m["id"] for m in chat["members"]} == {chat["members"][0]["id"], bob["id"]}
+    assert [m["content"] for m in history["results"]] == ["hello bob", "hi alice"]
+    assert [m["seq"] for m in history["results"]] == [1, 2]
+    assert history["results"][1]["reply_to"] == first["id"] == reply["reply_to"]
+    assert history["has_more"] is False
+
+
+def test_an_endpoint_the_server_lacks_gives_a_clean_error_not_a_traceback(sim):
+    # The read pointer is in the contract but not on the server yet; whatever the
+    # server answers, the CLI prints one line and exits 1.
+    sim("-p", "alice", "signup", "alice", "--password", PASSWORD)
+    sim("-p", "bob", "signup", "bob", "--password", PASSWORD)
+    chat = ok_json(sim("-p", "alice", "chats", "create", "bob", "--json"))
+    sent = ok_json(sim("-p", "alice", "send", str(chat["id"]), "x", "--json"))
+
+    result = sim("-p", "bob", "read", str(chat["id"]), str(sent["id"]))
+
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
+    if result.returncode == 1:
+        assert result.stderr.startswith("error: PATCH ")
+
+
+def test_listen_prints_live_messages_in_order(sim):
+    # given: bob listening
+    sim("-p", "alice", "signup", "alice", "--password", PASSWORD)
+    sim("-p", "bob", "signup", "bob", "--password", PASSWORD)
+    chat = ok_json(sim("-p", "alice", "chats", "create", "bob", "--json"))
+    listener = subprocess.Popen([str(CHAT_SIM), "-p", "bob", "listen", "--json", "--count", "3", "--duration", "20"],
+                                env=sim.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[dict] = []
+    caught_up = threading.Event()
+
+    def read() -> None:
+        for line in listener.stdout:
+            lines.append(json.loads(line))
+            if lines[-1]["type"] == "caught_up":
+                caught_up.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert caught_up.wait(15), listener.stderr.read() if listener.poll() is not None else lines
+
+        # when
+        sent = [ok_json(sim("-p", "alice", "send", str(chat["id"]), f"live {i}", "--json")) for i in range(3)]
+
+        # then: it stops by itself after 3 messages
+        assert listener.wait(20) == 0
+    finally:
+        listener.kill()
+    reader.join(5)
+    messages = [line for line in lines if line["kind"] == "message"]
+    assert [m["data"] for m in messages] == sent
+    assert {m["source"] for m in messages} == {"live"}
+    assert [line for line in lines if line["kind"] in ("gap", "error")] == []
+
+
+@pytest.mark.parametrize("name", ["seed004_flows", "group_roles", "background_delivery"])
+def test_shipped_scenario_passes(sim, name):
+    # blocking.yaml is not run: the server has no blocks yet.
+    result = sim("scenario", str(SCENARIOS / f"{name}.yaml"), timeout=60)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✗" not in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("passed")
+
+
+def test_a_scenario_with_an_unmet_expectation_exits_1_at_that_step(sim, tmp_path):
+    script = tmp_path / "unmet.yaml"
+    script.write_text(
+        "users: [alice, bob]\n"
+        "steps:\n"
+        "  - create_chat: {as: alice, members: [bob], save: dm}\n"
+        "  - send: {as: bob, chat: dm, content: this succeeds, status: 403}\n"
+        "  - send: {as: alice, chat: dm, content: never sent}\n"
+    )
+
+    result = sim("scenario", str(script))
+
+    assert result.returncode == 1
+    assert "✗  2 send" in result.stdout
+    assert "expected 403, got 201" in result.stdout
+    assert "never sent" not in result.stdout
+
+
+def test_a_malformed_scenario_exits_2(sim, tmp_path):
+    script = tmp_path / "bad.yaml"
+    script.write_text("users: [alice]\nsteps:\n  - fly: {as: alice}\n")
+
+    result = sim("scenario", str(script))
+
+    assert result.returncode == 2
+    assert "unknown action 'fly'" in result.stdout
+
+
+def test_a_short_load_run_loses_duplicates_and_reorders_nothing(sim):
+    result = sim("load", "--users", "6", "--chats", "3", "--rate", "20", "--duration", "3", "--grace", "10",
+                 "--json", timeout=60)
+
+    report = ok_json(result)
+    assert report["phones"] == 6
+    assert report["chats"] == 3
+    assert report["errors"] == {}
+    assert report["accepted"] == report["sent"] >= 50
+    assert report["copies_expected"] == 2 * report["accepted"]
+    assert report["copies_received"] == report["copies_expected"]
+    assert (report["lost"], report["duplicated"], report["out_of_order"]) == (0, 0, 0)
+    assert report["receipt_ms"]["p50"] is not None
