@@ -4,7 +4,7 @@ These are also the HTTP API's output shapes, so an event carries exactly what th
 returns for the same object.
 """
 
-from chats.models import Chat, Membership, Message
+from chats.models import Attachment, Chat, Membership, Message
 
 
 # What a deleted message shows instead of its content (the row is kept).
@@ -25,6 +25,31 @@ def reply_preview(original: Message | None) -> dict | None:
     }
 
 
+def attachment_or_none(message: Message) -> Attachment | None:
+    try:
+        return message.attachment
+    except Attachment.DoesNotExist:
+        return None
+
+
+def attachment_data(message: Message) -> dict | None:
+    """The attachment's metadata (never its bytes). URLs are paths on the API's host and
+    need a member's token; `.../attachment/link/` gives a short-lived signed one."""
+    attachment = attachment_or_none(message)
+    if attachment is None:
+        return None
+    base = f"/chats/{message.chat_id}/messages/{message.id}/attachment/"
+    return {
+        "url": base,
+        "thumbnail_url": f"{base}thumbnail/" if attachment.thumbnail else None,
+        "mime": attachment.mime,
+        "size": attachment.size,
+        "name": attachment.name,
+        "width": attachment.width,
+        "height": attachment.height,
+    }
+
+
 def message_data(message: Message, *, unread_count: int, reply_preview: dict | None = None) -> dict:
     return {
         "id": message.id,
@@ -41,7 +66,7 @@ def message_data(message: Message, *, unread_count: int, reply_preview: dict | N
         "deleted": message.deleted,
         "version": message.version,
         "unread_count": unread_count,
-        "attachment": None,
+        "attachment": attachment_data(message),
     }
 
 

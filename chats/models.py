@@ -109,3 +109,18 @@ class Message(models.Model):
                 fields=["chat", "seq"], condition=Q(deleted=True), name="chats_message_deleted_idx"
             ),
         ]
+
+
+class Attachment(models.Model):
+    """The file of a media message, stored through Django's storage API."""
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="attachment")
+    # Storage names, chosen by the server (chats.media.store).
+    file = models.CharField(max_length=255)
+    thumbnail = models.CharField(max_length=255, blank=True)
+    mime = models.CharField(max_length=100)
+    size = models.BigIntegerField()
+    # The client's file name, for display and downloads only.
+    name = models.CharField(max_length=200)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)

@@ -61,7 +61,7 @@ def message_page(
     ) if cursors else {}
     if cursors - seqs.keys():
         raise InvalidCursor()
-    messages = Message.objects.filter(chat_id=chat_id)
+    messages = Message.objects.filter(chat_id=chat_id).select_related("attachment")
     if before is not None:
         messages = messages.filter(seq__lt=seqs[before])
     if after is not None:
@@ -139,6 +139,7 @@ def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
         after = reduce(or_, (Q(chat_id=m.chat_id, version__gt=chats[m.chat_id]) for m in changed))
         first_changes = (
             Message.objects.filter(after)
+            .select_related("attachment")
             .annotate(rank=Window(RowNumber(), partition_by=F("chat_id"), order_by=F("version").asc()))
             .filter(rank__lte=limit + 1)
             .order_by("chat_id", "version")
@@ -185,7 +186,7 @@ def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
 
 
 def message_get_in_chat(*, chat_id: int, message_id: int) -> Message:
-    message = Message.objects.filter(chat_id=chat_id, id=message_id).first()
+    message = Message.objects.filter(chat_id=chat_id, id=message_id).select_related("attachment").first()
     if message is None:
         raise MessageNotFound()
     return message
@@ -226,7 +227,7 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
     last_messages = {}
     if with_messages:
         newest = reduce(or_, (Q(chat_id=m.chat_id, seq=m.chat.last_seq) for m in with_messages))
-        last_messages = {msg.chat_id: msg for msg in Message.objects.filter(newest)}
+        last_messages = {msg.chat_id: msg for msg in Message.objects.filter(newest).select_related("attachment")}
     deleted_unread = {}
     behind = [m for m in memberships if m.chat.last_seq > m.last_read_seq]
     if behind:

@@ -25,16 +25,22 @@ class ChatRenameInput(serializers.Serializer):
 
 
 class MessageCreateInput(serializers.Serializer):
-    content = StrictCharField(max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False)
+    """JSON `{content, reply_to?, client_id?}`, or multipart with a `file` (then
+    `content` is an optional caption)."""
+
+    content = StrictCharField(
+        max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False, default=""
+    )
+    file = serializers.FileField(required=False, allow_empty_file=False, default=None)
     reply_to = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, allow_null=True, default=None)
     client_id = StrictCharField(
         max_length=64, required=False, allow_null=True, default=None, trim_whitespace=False
     )
 
-    def validate_content(self, value: str) -> str:
-        if not value.strip():
-            raise serializers.ValidationError("This field may not be blank.")
-        return value
+    def validate(self, attrs):
+        if attrs["file"] is None and not attrs["content"].strip():
+            raise serializers.ValidationError({"content": ["This field may not be blank."]})
+        return attrs
 
     def validate_client_id(self, value: str | None) -> str | None:
         if value is not None and (not value or not value.isprintable()):
@@ -73,6 +79,12 @@ class SyncInput(serializers.Serializer):
         if not all(key.isdigit() and len(key) <= 19 for key in value):
             raise serializers.ValidationError("Keys are chat ids.")
         return {int(key): version for key, version in value.items()}
+
+
+class AttachmentLinkOutput(serializers.Serializer):
+    url = serializers.CharField()
+    thumbnail_url = serializers.CharField(allow_null=True)
+    expires_at = serializers.DateTimeField()
 
 
 class HistoryQuery(serializers.Serializer):

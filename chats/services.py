@@ -13,8 +13,8 @@ from django.utils import timezone
 from accounts.models import Block
 from accounts.selectors import UserNotFound
 from accounts.social import BlockedError, blocked_between
-from chats import events
-from chats.models import Chat, Membership, Message
+from chats import events, media
+from chats.models import Attachment, Chat, Membership, Message
 from chats.selectors import ChatNotFound, MessageNotFound, chat_members, messages_data
 from chatserver import outbox
 from chatserver.errors import ApplicationError, PermissionDenied
@@ -145,6 +145,14 @@ def _chat_populate(*, chat: Chat, roles: dict[int, str]) -> outbox.OutboxEvent:
     )
 
 
+def _chat_destroy(chat: Chat) -> None:
+    """Delete a chat with its history; its files go once the deletion is committed."""
+    names = [n for pair in Attachment.objects.filter(message__chat=chat).values_list("file", "thumbnail") for n in pair]
+    chat.delete()
+    if names:
+        transaction.on_commit(lambda: media.discard(*names))
+
+
 def chat_rename(*, chat_id: int, actor_id: int, name: str) -> Chat:
     """Rename a group (admin or owner); members get `chat.updated`."""
     with transaction.atomic():
@@ -194,7 +202,7 @@ def chat_delete(*, chat_id: int, actor_id: int) -> None:
             user_ids=user_ids,
             access=[{"op": "chat_remove", "chat": chat.id}],
         )
-        chat.delete()
+        _chat_destroy(chat)
 
 
 # --- Members ----------------------------------------------------------------------------
@@ -266,7 +274,7 @@ def member_remove(*, chat_id: int, actor_id: int, user_id: int) -> None:
         revoke = {"op": "member_revoke", "chat": chat.id, "user": user_id}
         if not remaining:
             outbox.enqueue(access=[revoke, {"op": "chat_remove", "chat": chat.id}])
-            chat.delete()
+            _chat_destroy(chat)
             return
         event = _publish_to_chat(
             chat=chat,
@@ -358,16 +366,21 @@ def message_send(
     content: str,
     reply_to_id: int | None = None,
     client_id: str | None = None,
+    upload=None,
 ) -> tuple[dict, bool]:
-    """Store a message and queue its event atomically; return (message object, created).
+    """Store a message (with its file, if any) and queue its event atomically; return
+    (message object, created).
 
     One statement both checks that the author may post and takes the next seq under the
     chat's row lock, so concurrent senders get 1, 2, 3... and a kick or a block cannot
     slip in between the check and the write. The same (author, client_id) again returns
-    the first message (created=False) and writes nothing, also when the two requests
-    race. The author's read pointer moves to the new message. Members get
-    `message.created` on their user topics and the chat's topic, carrying the very object
-    returned here.
+    the first message (created=False) and writes nothing, not even the file, also when
+    the two requests race. The author's read pointer moves to the new message. Members
+    get `message.created` on their user topics and the chat's topic, carrying the very
+    object returned here.
+
+    A file is classified and stored before the transaction (outside the chat's lock);
+    if anything fails afterwards it is deleted again: no orphan file.
     """
     if client_id:
         existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
@@ -378,23 +391,41 @@ def message_send(
         original = Message.objects.filter(id=reply_to_id, chat_id=chat_id).first()
         if original is None:
             raise InvalidInput("reply_to", "No such message in this chat.")
+    attachment, stored = None, ()
+    if upload is not None:
+        sniffed = media.sniff(upload)
+        stored = media.store(chat_id=chat_id, upload=upload, sniffed=sniffed)
+        attachment = Attachment(
+            file=stored[0], thumbnail=stored[1], mime=sniffed.mime, size=upload.size,
+            name=media.display_name(upload.name), width=sniffed.width, height=sniffed.height,
+        )
     try:
         with transaction.atomic():
             data = _message_insert(
                 chat_id=chat_id, author_id=author_id, content=content,
-                original=original, client_id=client_id,
+                original=original, client_id=client_id, attachment=attachment,
             )
             return data, True
     except IntegrityError:
+        media.discard(*stored)
         if client_id:
             existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
             if existing is not None:
                 return messages_data(chat_id=chat_id, messages=[existing])[0], False
         raise
+    except BaseException:
+        media.discard(*stored)
+        raise
 
 
 def _message_insert(
-    *, chat_id: int, author_id: int, content: str, original: Message | None, client_id: str | None
+    *,
+    chat_id: int,
+    author_id: int,
+    content: str,
+    original: Message | None,
+    client_id: str | None,
+    attachment: Attachment | None,
 ) -> dict:
     now = timezone.now()
     with connection.cursor() as cursor:
@@ -413,12 +444,18 @@ def _message_insert(
         chat_id=chat_id,
         seq=seq,
         author_id=author_id,
+        type=_type_of(attachment),
         content=content,
         reply_to=original,
         client_id=client_id or None,
         created_at=now,
         version=version,
     )
+    if attachment is not None:
+        attachment.message = message
+        attachment.save()
+    # Known now: reading message.attachment below must not query.
+    Message.attachment.related.set_cached_value(message, attachment)
     Membership.objects.filter(chat_id=chat_id, user_id=author_id).update(
         last_read_seq=seq, last_read_message_id=message.id,
         last_delivered_seq=seq, last_delivered_message_id=message.id,
@@ -435,8 +472,18 @@ def _message_insert(
     return data
 
 
+def _type_of(attachment: Attachment | None) -> str:
+    if attachment is None:
+        return Message.Type.TEXT
+    return {"image": "image", "audio": "audio", "video": "video"}.get(attachment.mime.split("/")[0], "file")
+
+
 def _message_by_client_id(*, chat_id: int, author_id: int, client_id: str) -> Message | None:
-    return Message.objects.filter(chat_id=chat_id, author_id=author_id, client_id=client_id).first()
+    return (
+        Message.objects.filter(chat_id=chat_id, author_id=author_id, client_id=client_id)
+        .select_related("attachment")
+        .first()
+    )
 
 
 class NotAuthor(PermissionDenied):
@@ -463,7 +510,7 @@ def message_update(
     with transaction.atomic():
         chat = _lock_chat(chat_id)
         actor = _membership_locked(chat=chat, user_id=actor_id)
-        message = Message.objects.filter(chat=chat, id=message_id).first()
+        message = Message.objects.filter(chat=chat, id=message_id).select_related("attachment").first()
         if message is None:
             raise MessageNotFound()
         if delete:
@@ -476,6 +523,7 @@ def message_update(
                 return messages_data(chat_id=chat.id, messages=[message])[0]
             message.deleted = True
             message.content = events.DELETED_CONTENT
+            _attachment_drop(message)
         else:
             if message.author_id != actor_id:
                 raise NotAuthor()
@@ -494,6 +542,17 @@ def message_update(
             chat_id=chat.id,
         )
     return data
+
+
+def _attachment_drop(message: Message) -> None:
+    """Delete a message's attachment; its files go once that is committed."""
+    attachment = events.attachment_or_none(message)
+    if attachment is None:
+        return
+    names = (attachment.file, attachment.thumbnail)
+    attachment.delete()
+    Message.attachment.related.set_cached_value(message, None)
+    transaction.on_commit(lambda: media.discard(*names))
 
 
 def pointer_move(

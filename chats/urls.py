@@ -8,6 +8,21 @@ urlpatterns = [
     path("sync/", views.SyncView.as_view(), name="sync"),
     path("<id:chat_id>/messages/", views.ChatMessagesView.as_view(), name="chat-messages"),
     path("<id:chat_id>/messages/<id:message_id>/", views.MessageDetailView.as_view(), name="message"),
+    path(
+        "<id:chat_id>/messages/<id:message_id>/attachment/",
+        views.AttachmentView.as_view(),
+        name="attachment",
+    ),
+    path(
+        "<id:chat_id>/messages/<id:message_id>/attachment/thumbnail/",
+        views.AttachmentView.as_view(thumbnail=True),
+        name="attachment-thumbnail",
+    ),
+    path(
+        "<id:chat_id>/messages/<id:message_id>/attachment/link/",
+        views.AttachmentLinkView.as_view(),
+        name="attachment-link",
+    ),
     path("<id:chat_id>/users/", views.ChatMembersView.as_view(), name="chat-members"),
     path("<id:chat_id>/users/<id:user_id>/", views.ChatMemberView.as_view(), name="chat-member"),
     path(

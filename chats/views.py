@@ -1,10 +1,19 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chats import events, selectors, services
-from chatserver.errors import PermissionDenied
+from chats import downloads, events, selectors, services
+from chatserver.errors import ApplicationError, PermissionDenied
 from chats.serializers import (
+    AttachmentLinkOutput,
     SyncInput,
     SyncOutput,
     MessageUpdateInput,
@@ -63,7 +72,47 @@ class ChatDetailView(APIView):
         return Response(status=204)
 
 
+class PayloadTooLarge(ApplicationError):
+    status_code = 413
+    code = "payload_too_large"
+
+    def __init__(self) -> None:
+        limit = settings.ATTACHMENT_MAX_SIZE // (1024 * 1024)
+        super().__init__(f"Files are limited to {limit} MB.")
+
+
+class SizeLimitUploadHandler(FileUploadHandler):
+    """Stops reading an upload as soon as it passes the limit (bodies without a
+    Content-Length, e.g. chunked, are only caught this way)."""
+
+    def __init__(self, request=None, limit: int = 0) -> None:
+        super().__init__(request)
+        self.limit, self.received, self.exceeded = limit, 0, False
+
+    def receive_data_chunk(self, raw_data, start):
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            self.exceeded = True
+            raise StopUpload(connection_reset=True)
+        return raw_data
+
+    def file_complete(self, file_size):
+        return None
+
+
 class ChatMessagesView(APIView):
+    parser_classes = [JSONParser, MultiPartParser]
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if request.method == "POST" and request.content_type.startswith("multipart/"):
+            # Refuse before reading: the declared length, with room for the form fields.
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            if declared > settings.ATTACHMENT_MAX_SIZE + 64 * 1024:
+                raise PayloadTooLarge()
+            self.size_guard = SizeLimitUploadHandler(request._request, settings.ATTACHMENT_MAX_SIZE)
+            request._request.upload_handlers.insert(0, self.size_guard)
+
     @extend_schema(
         parameters=[
             OpenApiParameter("before", int, description="Only messages older than this id."),
@@ -89,6 +138,9 @@ class ChatMessagesView(APIView):
     )
     def post(self, request, chat_id: int):
         data = MessageCreateInput(data=request.data)
+        guard = getattr(self, "size_guard", None)
+        if guard is not None and guard.exceeded:
+            raise PayloadTooLarge()
         data.is_valid(raise_exception=True)
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         message, created = services.message_send(
@@ -97,6 +149,7 @@ class ChatMessagesView(APIView):
             content=data.validated_data["content"],
             reply_to_id=data.validated_data["reply_to"],
             client_id=data.validated_data["client_id"],
+            upload=data.validated_data["file"],
         )
         return Response(message, status=201 if created else 200)
 
@@ -120,6 +173,57 @@ class MessageDetailView(APIView):
             delete=data.validated_data.get("deleted", False),
         )
         return Response(message)
+
+
+def _member_attachment(request, chat_id: int, message_id: int):
+    selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
+    message = selectors.message_get_in_chat(chat_id=chat_id, message_id=message_id)
+    attachment = events.attachment_or_none(message)
+    if attachment is None:
+        raise downloads.AttachmentNotFound()
+    return attachment
+
+
+class AttachmentView(APIView):
+    """The file (or its thumbnail), for members, with their token."""
+
+    thumbnail = False
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    def get(self, request, chat_id: int, message_id: int):
+        return downloads.serve(_member_attachment(request, chat_id, message_id), thumbnail=self.thumbnail)
+
+
+class AttachmentLinkView(APIView):
+    @extend_schema(
+        responses={200: AttachmentLinkOutput},
+        tags=["messages"],
+        description="Short-lived URLs that need no token, for loaders and players that "
+        "cannot send headers (ATTACHMENT_LINK_TTL seconds, 300 by default).",
+    )
+    def get(self, request, chat_id: int, message_id: int):
+        attachment = _member_attachment(request, chat_id, message_id)
+        expires = timezone.now() + timedelta(seconds=settings.ATTACHMENT_LINK_TTL)
+        thumb = downloads.link_token(attachment=attachment, thumbnail=True) if attachment.thumbnail else None
+        return Response(
+            {
+                "url": f"/media/{downloads.link_token(attachment=attachment, thumbnail=False)}/",
+                "thumbnail_url": f"/media/{thumb}/" if thumb else None,
+                "expires_at": expires,
+            }
+        )
+
+
+class SignedMediaView(APIView):
+    """A file by signed link: no token, but the link expires."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    def get(self, request, token: str):
+        attachment, thumbnail = downloads.attachment_from_token(token)
+        return downloads.serve(attachment, thumbnail=thumbnail)
 
 
 class NotYours(PermissionDenied):

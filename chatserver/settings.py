@@ -174,6 +174,35 @@ SPECTACULAR_SETTINGS = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024)
 MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
 
+# --- Attachments ------------------------------------------------------------------------
+
+# The largest upload; a bigger body is refused with 413 before it is read.
+ATTACHMENT_MAX_SIZE = env_int("ATTACHMENT_MAX_SIZE", 25 * 1024 * 1024)
+# How long a signed download link (for players that cannot send a token) works.
+ATTACHMENT_LINK_TTL = env_int("ATTACHMENT_LINK_TTL", 300)
+MEDIA_ROOT = env("MEDIA_ROOT", str(DATA_DIR / "media"))
+# Files go through Django's storage API: on disk under MEDIA_ROOT by default, or an
+# S3-compatible store with MEDIA_STORAGE=s3 (`pip install django-storages[s3]`).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if env("MEDIA_STORAGE") == "s3":
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env("S3_BUCKET"),
+            "endpoint_url": env("S3_ENDPOINT_URL") or None,
+            "region_name": env("S3_REGION") or None,
+            "access_key": env("S3_ACCESS_KEY_ID"),
+            "secret_key": env("S3_SECRET_ACCESS_KEY"),
+            "default_acl": "private",
+            "querystring_auth": True,
+        },
+    }
+# Uploads above this go to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- MQTT -------------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""Serving attachments: to members with their token, or to anyone holding a short-lived
+signed link (for image loaders and players that cannot send headers).
+
+Every answer is a download that cannot run as a page: the type is the one sniffed at
+upload (media) or `application/octet-stream` (everything else, as an attachment),
+`X-Content-Type-Options: nosniff`, and a CSP that allows nothing.
+"""
+
+from django.conf import settings
+from django.core import signing
+from django.core.files.storage import default_storage
+from django.http import FileResponse
+from django.utils.http import content_disposition_header
+
+from chats.media import DOWNLOAD_ONLY
+from chats.models import Attachment
+from chatserver.errors import ApplicationError, NotFound
+
+_SALT = "chats.attachment-link"
+
+
+class AttachmentNotFound(NotFound):
+    code = "attachment_not_found"
+    message = "Attachment not found."
+
+
+class LinkExpired(ApplicationError):
+    status_code = 403
+    code = "link_expired"
+    message = "This link has expired; ask for a new one."
+
+
+def link_token(*, attachment: Attachment, thumbnail: bool) -> str:
+    return signing.dumps({"a": attachment.id, "t": int(thumbnail)}, salt=_SALT, compress=False)
+
+
+def attachment_from_token(token: str) -> tuple[Attachment, bool]:
+    try:
+        value = signing.loads(token, salt=_SALT, max_age=settings.ATTACHMENT_LINK_TTL)
+    except signing.SignatureExpired:
+        raise LinkExpired()
+    except signing.BadSignature:
+        raise AttachmentNotFound()
+    attachment = Attachment.objects.select_related("message").filter(id=value["a"]).first()
+    if attachment is None:
+        raise AttachmentNotFound()
+    return attachment, bool(value["t"])
+
+
+def serve(attachment: Attachment, *, thumbnail: bool = False) -> FileResponse:
+    name = attachment.thumbnail if thumbnail else attachment.file
+    if not name:
+        raise AttachmentNotFound()
+    try:
+        handle = default_storage.open(name, "rb")
+    except FileNotFoundError:
+        raise AttachmentNotFound()
+    mime = "image/webp" if thumbnail else attachment.mime
+    response = FileResponse(handle, content_type=mime)
+    inline = mime != DOWNLOAD_ONLY
+    response["Content-Disposition"] = content_disposition_header(not inline, attachment.name)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, max-age=300"
+    return response
