@@ -15,7 +15,7 @@ class DeviceTokenAuthentication(authentication.TokenAuthentication):
         try:
             device = Device.objects.select_related("user").get(token_hash=hash_token(key))
         except Device.DoesNotExist:
-            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+            raise exceptions.AuthenticationFailed("Invalid or revoked token.") from None
         if not device.user.is_active:
             raise exceptions.AuthenticationFailed("User inactive or deleted.")
         return device.user, device

@@ -1,10 +1,9 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from chatserver.fields import StrictCharField
-
 from accounts.models import Device, User, UsernameValidator
 from chatserver.broker_access import user_topic
+from chatserver.fields import StrictCharField
 
 
 class CredentialsInput(serializers.Serializer):

@@ -51,7 +51,7 @@ def user_signup(*, username: str, password: str, device_name: str = "") -> tuple
     try:
         password_validation.validate_password(password, user=candidate)
     except DjangoValidationError as exc:
-        raise WeakPassword(fields={"password": list(exc.messages)})
+        raise WeakPassword(fields={"password": list(exc.messages)}) from None
     if user_get_by_username(username=username) is not None:
         raise UsernameTaken(fields={"username": ["This username is taken."]})
     try:
@@ -62,7 +62,7 @@ def user_signup(*, username: str, password: str, device_name: str = "") -> tuple
             event = outbox.enqueue(access=[{"op": "user_add", "user": candidate.id}, *access])
     except IntegrityError:
         # Two signups raced for the same name; the other one won.
-        raise UsernameTaken(fields={"username": ["This username is taken."]})
+        raise UsernameTaken(fields={"username": ["This username is taken."]}) from None
     outbox.wait_applied([event])
     return device, token
 

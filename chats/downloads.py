@@ -38,9 +38,9 @@ def attachment_from_token(token: str) -> tuple[Attachment, bool]:
     try:
         value = signing.loads(token, salt=_SALT, max_age=settings.ATTACHMENT_LINK_TTL)
     except signing.SignatureExpired:
-        raise LinkExpired()
+        raise LinkExpired() from None
     except signing.BadSignature:
-        raise AttachmentNotFound()
+        raise AttachmentNotFound() from None
     attachment = Attachment.objects.select_related("message").filter(id=value["a"]).first()
     if attachment is None:
         raise AttachmentNotFound()
@@ -54,7 +54,7 @@ def serve(attachment: Attachment, *, thumbnail: bool = False) -> FileResponse:
     try:
         handle = default_storage.open(name, "rb")
     except FileNotFoundError:
-        raise AttachmentNotFound()
+        raise AttachmentNotFound() from None
     mime = "image/webp" if thumbnail else attachment.mime
     response = FileResponse(handle, content_type=mime)
     inline = mime != DOWNLOAD_ONLY

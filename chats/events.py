@@ -6,7 +6,6 @@ returns for the same object.
 
 from chats.models import Attachment, Chat, Membership, Message
 
-
 # What a deleted message shows instead of its content (the row is kept).
 DELETED_CONTENT = "This message was deleted."
 PREVIEW_LENGTH = 100

@@ -7,9 +7,8 @@ serializers here describe them for the API schema.
 from django.conf import settings
 from rest_framework import serializers
 
-from chatserver.fields import StrictCharField
-
 from chats.models import Chat, Membership, Message
+from chatserver.fields import StrictCharField
 from chatserver.urls_converters import MAX_ID
 
 

@@ -11,12 +11,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chats import downloads, events, selectors, services
-from chatserver.errors import ApplicationError, PermissionDenied
 from chats.serializers import (
     AttachmentLinkOutput,
-    SyncInput,
-    SyncOutput,
-    MessageUpdateInput,
     ChatCreateInput,
     ChatOutput,
     ChatRenameInput,
@@ -26,7 +22,11 @@ from chats.serializers import (
     MessageCreateInput,
     MessageOutput,
     MessagePageOutput,
+    MessageUpdateInput,
+    SyncInput,
+    SyncOutput,
 )
+from chatserver.errors import ApplicationError, PermissionDenied
 
 
 def _chat_response(chat, status: int = 200) -> Response:

@@ -342,7 +342,7 @@ class BrokerConnection:
         for pending in finished:
             pending.responses = list(pending._answers.values())
             errors = [response.get("error") for response in pending.responses]
-            pending._complete(result=list(zip(pending.commands, errors)))
+            pending._complete(result=list(zip(pending.commands, errors, strict=True)))
 
     def _reset(self, reason: str) -> None:
         """Fail everything outstanding and start a new generation (caller holds the lock)."""

@@ -41,7 +41,7 @@ def test_racing_direct_chat_creates_make_one_chat():
     responses = race(
         [
             (lambda c=c, o=o: c.post("/chats/", {"members": [o]}, format="json"))
-            for c, o in zip(clients, others)
+            for c, o in zip(clients, others, strict=True)
         ]
     )
 

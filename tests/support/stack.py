@@ -120,7 +120,7 @@ def relay(transactional_db, relay_process, mosquitto, settings) -> ServerProcess
     try:
         wait_until(lambda: relay_status()["broker"] == "up", 15, "the relay to report the broker up")
     except AssertionError:
-        raise AssertionError(f"relay not connected; its log:\n{relay_process.log_tail()}")
+        raise AssertionError(f"relay not connected; its log:\n{relay_process.log_tail()}") from None
     return relay_process
 
 
