@@ -386,6 +386,12 @@ def message_send(
         existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
         if existing is not None:
             return messages_data(chat_id=chat_id, messages=[existing])[0], False
+    if (reply_to_id is not None or upload is not None) and not Membership.objects.filter(
+        chat_id=chat_id, user_id=author_id
+    ).exists():
+        # Before looking up the replied message (no oracle for outsiders) or storing a
+        # file; a plain message is checked by the seq statement itself.
+        raise ChatNotFound()
     original = None
     if reply_to_id is not None:
         original = Message.objects.filter(id=reply_to_id, chat_id=chat_id).first()

@@ -142,7 +142,8 @@ class ChatMessagesView(APIView):
         if guard is not None and guard.exceeded:
             raise PayloadTooLarge()
         data.is_valid(raise_exception=True)
-        selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
+        # No membership query here: message_send's seq statement checks it (404 for
+        # outsiders), one round trip less on the hottest path.
         message, created = services.message_send(
             chat_id=chat_id,
             author_id=request.user.id,
