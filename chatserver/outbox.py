@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
@@ -48,24 +48,13 @@ def enqueue(
     chat_id: int | None = None,
     access: Iterable[dict] = (),
 ) -> OutboxEvent:
-    """Queue one outbox row in the current transaction, and wake the relay at commit."""
+    """Queue one outbox row in the current transaction; the relay gets it after commit."""
     assert connection.in_atomic_block, "enqueue() belongs inside the change's transaction"
-    event = OutboxEvent.objects.create(
+    # On PostgreSQL the insert also wakes the relay at commit (a trigger sends NOTIFY:
+    # migration chatserver 0002); SQLite is polled by the relay.
+    return OutboxEvent.objects.create(
         payload=payload, user_ids=list(user_ids), chat_id=chat_id, access=list(access)
     )
-    notify_relay()
-    return event
-
-
-def notify_relay() -> None:
-    """On PostgreSQL, NOTIFY the relay; it is delivered at commit, never before.
-
-    Several NOTIFYs of one transaction on one channel are folded into one by PostgreSQL.
-    SQLite has no such thing: there the relay polls every RELAY_POLL_INTERVAL.
-    """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 def relay_status() -> dict:
@@ -102,8 +91,3 @@ def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None)
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
     return True
-
-
-def on_commit_wait(events: list[OutboxEvent]) -> None:
-    """Wait for `events` once the current transaction commits (see `wait_applied`)."""
-    transaction.on_commit(lambda: wait_applied(events))
