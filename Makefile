@@ -1,5 +1,6 @@
 # make run   set everything up and start the stack in the foreground (Ctrl-C stops it)
 # make test  set everything up and run the suite (PYTEST_ARGS="-x -k foo" to narrow it)
+# make bench a fresh PostgreSQL stack under standard load profiles (BENCH_ARGS="--quick")
 #
 # Both work on a fresh Debian machine as root: the virtualenv, the requirements and the
 # Debian packages (Mosquitto; PostgreSQL for the tests) are installed when missing.
@@ -8,8 +9,9 @@ PYTHON := .venv/bin/python
 # Touched after a successful install: pip runs again only when requirements.txt is newer.
 VENV_STAMP := .venv/.requirements-installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: venv system-deps system-deps-test run test clean
+.PHONY: venv system-deps system-deps-test run test bench clean
 
 venv: $(VENV_STAMP)
 
@@ -34,6 +36,10 @@ run: venv system-deps
 
 test: venv system-deps-test
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Results are saved under bench/results/ (see bench/run.py).
+bench: venv system-deps-test
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 # Removes the default data directory (database, broker state, uploads, secrets).
 clean:

@@ -1,0 +1,418 @@
+"""`chat-sim load`: many simulated phones against a running stack.
+
+Phases: users (signed up once, then reused from a cache in the profile home), chats
+(direct chats for --group-size 2, else groups), phones (one MQTT connection each, hosted
+by receiver processes, see `chat_sim.swarm`), --settle seconds for the server to absorb
+the connect burst (each phone publishes its presence), then --duration seconds of sending at
+--rate messages/s (open loop: each message has its due time; when every connection is
+busy and the short queue is full, the message is counted as skipped), then up to --grace
+seconds for the last copies.
+
+What it reports:
+- accepted: 2xx answers per second of sending; errors by status; skipped sends.
+- POST latency: request written -> answer read, accepted messages only.
+- POST -> MQTT receipt latency: request written -> copy received, over every copy that
+  reached every member's phone (the author's own phone included: the server publishes
+  to every member's user topic).
+- lost: (accepted message, member) pairs never received by that member's phone;
+  duplicated: a copy of an id the phone already had; out of order: a copy whose seq is
+  below one the phone already received in that chat. All three must be 0.
+Exit status 1 when any of the three is not 0, 2 when the run could not be set up.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import secrets
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from chat_sim.async_http import AsyncHttp, HttpError
+from chat_sim.output import print_json
+from chat_sim.profiles import write_private_json
+from chat_sim.swarm import C_DELIVERED, C_READY, N_COUNTERS, PhoneSpec, receiver_main
+
+SETUP_CONNECTIONS = 8
+# The server applies each phone's "online" in its relay loop, ahead of the outbox (measured
+# ~3 ms a phone on this kind of machine): sending starts once a connect burst has passed.
+SETTLE_BASE, SETTLE_PER_PHONE = 2.0, 0.004
+# Copies one receiver process can take per second with room to spare (paho parses and
+# acknowledges each one in Python: ~40-60 us).
+DELIVERIES_PER_RECEIVER = 6000
+
+
+class LoadError(Exception):
+    """The run could not be set up (refused signups, phones that cannot connect...)."""
+
+
+@dataclass
+class LoadConfig:
+    server: str
+    users: int = 20
+    chats: int = 10
+    group_size: int = 2
+    rate: float = 50.0
+    duration: float = 10.0
+    grace: float = 10.0
+    connections: int = 16
+    receivers: int = 0
+    settle: float | None = None  # None: SETTLE_BASE + SETTLE_PER_PHONE x users
+    cache_dir: Path = Path.home() / ".chat-sim" / "load"
+    user_prefix: str = "load"
+
+    def check(self) -> None:
+        if self.group_size < 2 or self.group_size > self.users:
+            raise LoadError("--group-size must be at least 2 and at most --users")
+        if self.chats < 1 or self.rate <= 0 or self.duration <= 0 or self.connections < 1:
+            raise LoadError("--chats, --rate, --duration and --connections must be positive")
+
+
+@dataclass
+class User:
+    name: str
+    id: int
+    token: str
+    mqtt: dict
+
+
+@dataclass
+class Chat:
+    id: int
+    members: list[User]
+
+
+def percentiles(samples: list[float]) -> dict:
+    """p50/p95/p99/max in milliseconds (nearest rank), or Nones without samples."""
+    if not samples:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(samples)
+
+    def rank(q: float) -> float:
+        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000, 2)
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": round(ordered[-1] * 1000, 2)}
+
+
+class Load:
+    def __init__(self, config: LoadConfig, *, say) -> None:
+        config.check()
+        self.config = config
+        self.say = say
+        parts = urlsplit(config.server if "://" in config.server else f"http://{config.server}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.tag = "lt" + secrets.token_hex(4)
+        self.timings: dict[str, float] = {}
+        self.accepted: dict[int, list[int]] = defaultdict(list)
+        self.post_latencies: list[float] = []
+        self.errors: Counter = Counter()
+        self.sent = self.skipped = 0
+        self.receivers: list[tuple] = []  # (process, connection, counters)
+
+    # --- setup --------------------------------------------------------------------------
+
+    async def _parallel(self, items: list, work) -> list:
+        """`await work(http, item)` for every item over SETUP_CONNECTIONS connections,
+        results in the items' order."""
+        results: list = [None] * len(items)
+        queue = list(enumerate(items))
+
+        async def worker() -> None:
+            http = AsyncHttp(self.host, self.port)
+            try:
+                while queue:
+                    index, item = queue.pop()
+                    results[index] = await work(http, item)
+            finally:
+                http.close()
+
+        await asyncio.gather(*(worker() for _ in range(SETUP_CONNECTIONS)))
+        return results
+
+    async def users(self) -> list[User]:
+        """The run's users: cached tokens still valid, else login, else signup."""
+        started = time.monotonic()
+        cache_path = self.config.cache_dir / f"{self.host}_{self.port}.json"
+        cache = _read_json(cache_path) or {}
+        password = cache.setdefault("password", "load-" + secrets.token_urlsafe(16))
+        known = cache.setdefault("users", {})
+        names = [f"{self.config.user_prefix}-{i}" for i in range(self.config.users)]
+
+        async def ensure(http: AsyncHttp, name: str) -> User:
+            entry = known.get(name)
+            if entry:
+                status, me = await http.request("GET", "/accounts/me/", token=entry["token"])
+                if status == 200:
+                    return User(name, me["id"], entry["token"], me["mqtt"])
+            credentials = {"username": name, "password": password}
+            status, session = await http.request("POST", "/accounts/login/", credentials)
+            if status == 401:
+                status, session = await http.request("POST", "/accounts/signup/", credentials)
+            if status == 429:
+                raise LoadError("signup/login throttled (429): start the server with a higher "
+                                "AUTH_THROTTLE_RATE for load tests, e.g. AUTH_THROTTLE_RATE=100000/minute")
+            if status == 409:
+                raise LoadError(f"user {name} exists with another password: use another --user-prefix")
+            if status not in (200, 201):
+                raise LoadError(f"cannot sign in {name}: {status} {session}")
+            return User(name, session["id"], session["token"], session["mqtt"])
+
+        try:
+            users = await self._parallel(names, ensure)
+        except HttpError as exc:
+            raise LoadError(f"the server does not answer: {exc}") from None
+        for user in users:
+            known[user.name] = {"token": user.token}
+        write_private_json(cache_path, cache)
+        self.timings["users_s"] = time.monotonic() - started
+        return users
+
+    async def chats(self, users: list[User]) -> list[Chat]:
+        """Chat j has the group_size users from j * group_size on (wrapping around)."""
+        started = time.monotonic()
+        size, n = self.config.group_size, len(users)
+        plans = [[users[(j * size + k) % n] for k in range(size)] for j in range(self.config.chats)]
+
+        async def create(http: AsyncHttp, members: list[User]) -> Chat:
+            body = {"members": [m.id for m in members[1:]]}
+            if size > 2:
+                body["name"] = f"{self.tag} load group"
+            status, chat = await http.request("POST", "/chats/", body, token=members[0].token)
+            if status not in (200, 201):
+                raise LoadError(f"cannot create a chat: {status} {chat}")
+            return Chat(chat["id"], members)
+
+        created = await self._parallel(plans, create)
+        # Direct chats are one per pair: two plans of the same pair are one chat.
+        unique = list({chat.id: chat for chat in created}.values())
+        self.timings["chats_s"] = time.monotonic() - started
+        return unique
+
+    def start_phones(self, users: list[User], chats: list[Chat]) -> None:
+        """One receiver process per DELIVERIES_PER_RECEIVER expected copies/s, at most
+        one per core; every user's phone connected and subscribed before this returns."""
+        started = time.monotonic()
+        memberships = defaultdict(list)
+        for chat in chats:
+            for member in chat.members:
+                memberships[member.id].append(chat.id)
+        count = self.config.receivers or min(
+            os.cpu_count() or 1, max(1, math.ceil(self.config.rate * self.config.group_size / DELIVERIES_PER_RECEIVER))
+        )
+        count = min(count, len(users))
+        context = multiprocessing.get_context("spawn")
+        for r in range(count):
+            specs = [PhoneSpec(u.id, u.mqtt, memberships[u.id]) for u in users[r::count]]
+            parent, child = context.Pipe()
+            counters = context.Array("q", N_COUNTERS, lock=False)
+            process = context.Process(target=receiver_main, args=(child, specs, self.tag, counters),
+                                      name=f"chat-sim-receiver-{r}", daemon=True)
+            process.start()
+            self.receivers.append((process, parent, counters))
+        deadline = time.monotonic() + 30 + len(users) / 50
+        while self.total(C_READY) < len(users):
+            if time.monotonic() > deadline:
+                raise LoadError(f"only {self.total(C_READY)} of {len(users)} phones connected and subscribed")
+            if not all(process.is_alive() for process, _, _ in self.receivers):
+                raise LoadError("a receiver process died")
+            time.sleep(0.05)
+        self.timings["phones_s"] = time.monotonic() - started
+
+    def total(self, index: int) -> int:
+        return sum(counters[index] for _, _, counters in self.receivers)
+
+    def stop_phones(self) -> None:
+        for process, conn, _ in self.receivers:
+            if process.is_alive():
+                try:
+                    conn.send(("stop", None))
+                except (BrokenPipeError, OSError):
+                    pass
+        for process, _, _ in self.receivers:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+    # --- sending ------------------------------------------------------------------------
+
+    async def send(self, chats: list[Chat]) -> None:
+        config = self.config
+        queue: asyncio.Queue = asyncio.Queue(maxsize=config.connections)
+        workers = [asyncio.create_task(self._sender(queue, chats)) for _ in range(config.connections)]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        end = started + config.duration
+        progress = asyncio.create_task(self._progress(chats, started))
+        due = 0
+        while (now := loop.time()) < end:
+            while due < (now - started) * config.rate:
+                try:
+                    queue.put_nowait(due)
+                    self.sent += 1
+                except asyncio.QueueFull:
+                    self.skipped += 1
+                due += 1
+            await asyncio.sleep(max(0.0, min(started + due / config.rate, end) - loop.time()))
+        for _ in workers:
+            await queue.put(None)
+        await asyncio.gather(*workers)
+        self.timings["sending_s"] = loop.time() - started
+        await self._grace(chats)
+        progress.cancel()
+
+    async def _sender(self, queue: asyncio.Queue, chats: list[Chat]) -> None:
+        http = AsyncHttp(self.host, self.port)
+        try:
+            while (k := await queue.get()) is not None:
+                chat = chats[k % len(chats)]
+                author = chat.members[(k // len(chats)) % len(chat.members)]
+                sent = time.time()
+                # The content carries the run tag and the send time: receivers measure
+                # the receipt latency from it.
+                body = {"content": f"{self.tag} {sent:.6f} {k}", "client_id": f"{self.tag}-{k}"}
+                try:
+                    status, message = await http.request("POST", f"/chats/{chat.id}/messages/", body, author.token)
+                except HttpError:
+                    self.errors["no answer"] += 1
+                    continue
+                if status in (200, 201):
+                    self.post_latencies.append(time.time() - sent)
+                    self.accepted[chat.id].append(message["id"])
+                else:
+                    self.errors[str(status)] += 1
+        finally:
+            http.close()
+
+    def expected(self, chats: list[Chat]) -> int:
+        return sum(len(self.accepted.get(chat.id, ())) * len(chat.members) for chat in chats)
+
+    async def _grace(self, chats: list[Chat]) -> None:
+        started = time.monotonic()
+        while self.total(C_DELIVERED) < self.expected(chats) and time.monotonic() - started < self.config.grace:
+            await asyncio.sleep(0.05)
+        self.timings["waited_s"] = time.monotonic() - started
+
+    async def _progress(self, chats: list[Chat], started: float) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0
+        while True:
+            await asyncio.sleep(1.0)
+            accepted = len(self.post_latencies)
+            self.say(f"[{loop.time() - started:5.1f}s] accepted {accepted} (+{accepted - last}/s), "
+                     f"errors {sum(self.errors.values())}, skipped {self.skipped} | copies received "
+                     f"{self.total(C_DELIVERED)}/{self.expected(chats)}")
+            last = accepted
+
+    # --- the report ---------------------------------------------------------------------
+
+    def report(self, users: list[User], chats: list[Chat]) -> dict:
+        accepted = dict(self.accepted)
+        parts = []
+        for _, conn, _ in self.receivers:
+            conn.send(("report", accepted))
+        for _, conn, _ in self.receivers:
+            _, part = conn.recv()
+            parts.append(part)
+        latencies = [sample for part in parts for sample in _floats(part.pop("latencies"))]
+        n_accepted = len(self.post_latencies)
+        sending = self.timings.get("sending_s", self.config.duration)
+        return {
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
+            "phones": len(users),
+            "chats": len(chats),
+            "receiver_processes": len(self.receivers),
+            "sent": self.sent,
+            "skipped": self.skipped,
+            "accepted": n_accepted,
+            "accepted_per_s": round(n_accepted / sending, 1),
+            "errors": dict(self.errors),
+            "post_ms": percentiles(self.post_latencies),
+            "receipt_ms": percentiles(latencies),
+            "copies_expected": self.expected(chats),
+            "copies_received": sum(p["delivered"] for p in parts),
+            "lost": sum(p["lost"] for p in parts),
+            "duplicated": sum(p["duplicates"] for p in parts),
+            "out_of_order": sum(p["out_of_order"] for p in parts),
+            "reconnects": sum(p["reconnects"] for p in parts),
+            "lost_examples": [e for p in parts for e in p["lost_examples"]][:10],
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+
+def _floats(raw: bytes) -> list[float]:
+    samples = array.array("d")
+    samples.frombytes(raw)
+    return samples.tolist()
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def human(report: dict) -> str:
+    c = report["config"]
+
+    def ms(p: dict) -> str:
+        if p["p50"] is None:
+            return "no samples"
+        return f"p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  p99 {p['p99']:.1f} ms  max {p['max']:.0f} ms"
+
+    errors = ", ".join(f"{k}: {v}" for k, v in report["errors"].items()) or "none"
+    t = report["timings_s"]
+    return "\n".join([
+        f"load: {report['phones']} phones ({report['receiver_processes']} receiver processes), "
+        f"{report['chats']} chats of {c['group_size']}, target {c['rate']:g} msg/s for {c['duration']:g} s",
+        f"  accepted     {report['accepted']} messages, {report['accepted_per_s']} msg/s "
+        f"(errors: {errors}; skipped: {report['skipped']})",
+        f"  POST         {ms(report['post_ms'])}",
+        f"  POST->MQTT   {ms(report['receipt_ms'])}",
+        f"  copies       {report['copies_received']} received of {report['copies_expected']} expected: "
+        f"lost {report['lost']} (not received within --grace), duplicated {report['duplicated']}, "
+        f"out of order {report['out_of_order']}",
+        f"  setup        users {t.get('users_s', 0):.1f} s, chats {t.get('chats_s', 0):.1f} s, "
+        f"phones {t.get('phones_s', 0):.1f} s; waited {t.get('waited_s', 0):.1f} s for the last copies",
+    ] + ([f"  lost e.g.    {report['lost_examples'][:3]}"] if report["lost"] else []))
+
+
+def run_load(config: LoadConfig, *, json_mode: bool) -> int:
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        load = Load(config, say=say)
+    except LoadError as exc:
+        say(f"load: {exc}")
+        return 2
+    try:
+        users = asyncio.run(load.users())
+        say(f"{len(users)} users ready ({load.timings['users_s']:.1f} s)")
+        chats = asyncio.run(load.chats(users))
+        say(f"{len(chats)} chats ready ({load.timings['chats_s']:.1f} s)")
+        load.start_phones(users, chats)
+        say(f"{len(users)} phones connected and subscribed ({load.timings['phones_s']:.1f} s)")
+        settle = config.settle if config.settle is not None else SETTLE_BASE + SETTLE_PER_PHONE * len(users)
+        say(f"settling {settle:.1f} s")
+        time.sleep(settle)
+        asyncio.run(load.send(chats))
+        report = load.report(users, chats)
+    except LoadError as exc:
+        say(f"load: {exc}")
+        return 2
+    finally:
+        load.stop_phones()
+    if json_mode:
+        print_json(report)
+    else:
+        print(human(report), flush=True)
+    return 1 if report["lost"] or report["duplicated"] or report["out_of_order"] else 0

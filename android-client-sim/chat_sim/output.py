@@ -1,0 +1,138 @@
+"""How things look on the terminal: tables, message lines, events; or JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from chat_sim.api import Api, ApiError
+
+
+def print_json(data: Any, *, file=None) -> None:
+    """One JSON document per line (JSON Lines when called repeatedly)."""
+    print(json.dumps(data, ensure_ascii=False, default=str), file=file or sys.stdout, flush=True)
+
+
+def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """A plain text table of `rows` with `(key, header)` columns; "(none)" when empty."""
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    headers = [header for _, header in columns]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= 48 else text[:47] + "…"
+
+
+def clock(iso: str | None) -> str:
+    """HH:MM:SS (UTC) of an ISO-8601 timestamp, or '--:--:--'."""
+    if not iso:
+        return "--:--:--"
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return moment.astimezone(UTC).strftime("%H:%M:%S")
+
+
+class Names:
+    """User id -> username, asked of the server once per id. Thread-safe."""
+
+    def __init__(self, api: Api, known: dict[int, str] | None = None) -> None:
+        self.api = api
+        self._names = dict(known or {})
+        self._lock = threading.Lock()
+
+    def learn(self, user_id: int, username: str) -> None:
+        with self._lock:
+            self._names[user_id] = username
+
+    def __call__(self, user_id: int | None) -> str:
+        if user_id is None:
+            return "(system)"
+        with self._lock:
+            if user_id not in self._names:
+                try:
+                    self._names[user_id] = self.api.user(user_id)["username"]
+                except ApiError:
+                    self._names[user_id] = f"user {user_id}"
+            return self._names[user_id]
+
+
+def message_line(message: dict, names: Names, *, own_id: int | None = None, source: str = "") -> str:
+    """`12:00:01 #3 alice: hello` with reply, attachment, edit, read and origin marks."""
+    text = message.get("content", "")
+    if message.get("deleted"):
+        text = f"({text})"
+    extras = []
+    if message.get("reply_to"):
+        extras.append(f"↩ {message['reply_to']}")
+    attachment = message.get("attachment")
+    if isinstance(attachment, dict):
+        extras.append(f"[{message.get('type', 'file')}: {attachment.get('name')}, {attachment.get('size')} bytes]")
+    if message.get("edited_at"):
+        extras.append("edited")
+    if own_id is not None and message.get("author") == own_id:
+        # ✓ stored by the server; ✓✓ read by every other member
+        extras.append("✓✓" if message.get("unread_count") == 0 else "✓")
+    if source == "fetched":
+        extras.append("(fetched)")
+    tail = f"  {' '.join(extras)}" if extras else ""
+    return (f"{clock(message.get('created_at'))} [chat {message.get('chat')} #{message.get('seq')} "
+            f"id {message.get('id')}] {names(message.get('author'))}: {text}{tail}")
+
+
+def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
+    """One line for a non-message event."""
+    where = f"[chat {chat}] " if chat is not None else ""
+    member = data.get("member") if isinstance(data.get("member"), dict) else {}
+    who = member.get("username") or (names(member["id"]) if member.get("id") else "")
+    by = f" by {names(data['by'])}" if data.get("by") else ""
+    if kind == "member.added":
+        return f"* {where}{who} joined{by}"
+    if kind == "member.removed":
+        if not data.get("by") or data.get("by") == member.get("id"):
+            return f"* {where}{who} left"
+        return f"* {where}{who} was removed{by}"
+    if kind == "member.updated":
+        return f"* {where}{who} is now {member.get('role')}{by}"
+    if kind in ("chat.created", "chat.updated"):
+        name = data.get("name") or "direct chat"
+        members = ", ".join(m.get("username", "?") for m in data.get("members", []))
+        verb = "new chat" if kind == "chat.created" else "chat renamed:"
+        return f"* {where}{verb} {name!r} ({members})"
+    if kind == "chat.deleted":
+        return f"* {where}chat deleted"
+    if kind == "message.updated":
+        state = "deleted" if data.get("deleted") else f"edited: {data.get('content', '')}"
+        return f"* {where}message {data.get('id')} {state}"
+    if kind == "read.updated":
+        reader = data.get("user")
+        return (f"* {where}{names(reader) if isinstance(reader, int) else reader}: delivered up to "
+                f"{data.get('last_delivered_message_id')}, read up to {data.get('last_read_message_id')}")
+    if kind == "presence.updated":
+        user = data.get("id") or data.get("user")
+        return f"* {names(user) if isinstance(user, int) else user} is {data.get('presence')}"
+    if kind.startswith("friend."):
+        other = data.get("username") or data.get("id") or data.get("user")
+        return f"* {kind.split('.', 1)[1]}: {other}"
+    return f"* {where}{kind} {json.dumps(data, ensure_ascii=False, default=str)}"
+
+
+def error_line(error: ApiError) -> str:
+    return f"error: {error}"

@@ -1,0 +1,97 @@
+"""Profiles: one simulated phone each, kept as JSON files under the home directory.
+
+Layout of the home (`--home`, else `$CHAT_SIM_HOME`, else `~/.chat-sim`):
+
+    profiles/<name>.json   server, user, device token, MQTT credentials, and the phone's
+                           read cursors: the newest message id seen per chat
+    load/                  cached load-test users per server (see `chat_sim.load`)
+
+Guarantees: files holding a token are created 0600 inside 0700 directories, and every
+write replaces the file atomically (a crash never leaves half a profile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
+
+
+def home_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("CHAT_SIM_HOME") or Path.home() / ".chat-sim").expanduser()
+
+
+@dataclass
+class Profile:
+    """One phone: where it talks to, who it is there, and what it has seen."""
+
+    name: str
+    server: str = DEFAULT_SERVER
+    user_id: int | None = None
+    username: str | None = None
+    token: str | None = None
+    mqtt: dict | None = None
+    device_name: str = ""
+    # chat id (as a string: JSON keys) -> newest message id this phone has shown
+    cursors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def signed_in(self) -> bool:
+        return bool(self.token and self.user_id)
+
+    def adopt_session(self, session: dict, server: str) -> None:
+        """Take the answer of signup/login: a new device, so its cursors start afresh."""
+        self.server = server
+        self.user_id = session["id"]
+        self.username = session["username"]
+        self.token = session["token"]
+        self.mqtt = session["mqtt"]
+        self.cursors = {}
+
+    def forget_session(self) -> None:
+        self.user_id = self.username = self.token = self.mqtt = None
+        self.cursors = {}
+
+
+class ProfileStore:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.dir = home / "profiles"
+
+    def path(self, name: str) -> Path:
+        if not _NAME_RE.match(name):
+            raise ValueError(f"bad profile name {name!r}: use letters, digits and . _ @ + -")
+        return self.dir / f"{name}.json"
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def load(self, name: str) -> Profile:
+        """The stored profile, or a new empty one (not written until `save`)."""
+        try:
+            data = json.loads(self.path(name).read_text())
+        except FileNotFoundError:
+            return Profile(name=name)
+        known = Profile.__dataclass_fields__
+        return Profile(**{k: v for k, v in data.items() if k in known} | {"name": name})
+
+    def save(self, profile: Profile) -> None:
+        write_private_json(self.path(profile.name), asdict(profile))
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.dir.glob("*.json")) if self.dir.exists() else []
+
+
+def write_private_json(path: Path, data) -> None:
+    """Write JSON atomically, readable by the owner only (it holds tokens)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)

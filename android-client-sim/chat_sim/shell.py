@@ -1,0 +1,254 @@
+"""`chat-sim shell`: a minimal chat app in the terminal, line by line.
+
+Type text to send it to the open chat; commands start with `/` (`/help` lists them).
+Everything that arrives (messages of every chat, member changes, read marks, presence)
+is printed as it comes, by the same `Listener` as `chat-sim listen`, so the shell also
+catches up over HTTP after every reconnect. Own messages show ✓ once stored by the
+server and ✓✓ once every other member has read them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+from pathlib import Path
+
+from chat_sim import output
+from chat_sim.api import Api, ApiError
+from chat_sim.mqtt import Item, Listener
+from chat_sim.output import Names, table
+from chat_sim.profiles import Profile, ProfileStore
+
+HELP = """\
+  TEXT                 send TEXT to the open chat
+  /chats               your chats, with unread counts
+  /open CHAT           open a chat: its last messages, marked read
+  /new USER... [-n NAME]  start a direct chat (one user) or a group
+  /history [N]         N older messages of the open chat (default 20)
+  /reply ID TEXT       reply to message ID
+  /file PATH [TEXT]    send a file
+  /edit ID TEXT        edit your message;  /unsend ID  delete it
+  /members             members, roles and read pointers
+  /add USER, /kick USER, /role USER ROLE, /leave
+  /read                mark the open chat read up to its newest message
+  /who USER            a user's presence and last seen
+  /quit                leave (Ctrl-D too)"""
+
+
+class Shell:
+    def __init__(self, store: ProfileStore, profile: Profile, *, chat_id: int | None = None) -> None:
+        self.store = store
+        self.profile = profile
+        self.me = profile.user_id
+        self.api = Api(profile.server, profile.token)
+        self.names = Names(Api(profile.server, profile.token), {profile.user_id: profile.username})
+        self.chat: int | None = None
+        self.oldest: int | None = None  # oldest message id shown of the open chat
+        self.printed: set[int] = set()  # message ids already on screen
+        self.auto_read = True
+        self._out = threading.Lock()
+        self.listener = Listener(Api(profile.server, profile.token), user_id=profile.user_id,
+                                 mqtt=profile.mqtt, on_item=self._on_item,
+                                 cursors={int(k): v for k, v in profile.cursors.items()})
+        self.first_chat = chat_id
+
+    # --- output -------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        with self._out:
+            print(text, flush=True)
+
+    def _show_message(self, message: dict, source: str = "") -> None:
+        if message["id"] in self.printed:
+            return
+        self.printed.add(message["id"])
+        line = output.message_line(message, self.names, own_id=self.me, source=source)
+        self.say(line if message["chat"] == self.chat else f"  (chat {message['chat']}) {line}")
+
+    def _on_item(self, item: Item) -> None:
+        if item.kind == "message":
+            self._show_message(item.data, item.source)
+            if item.chat == self.chat and item.data.get("author") != self.me:
+                self._mark_read(item.data["id"], api=self.listener.api)
+        elif item.kind == "event":
+            self.say(output.event_line(item.type, item.chat, item.data, self.names))
+        elif item.kind == "gap":
+            self.say(f"! chat {item.chat}: {item.data['missing']} message(s) missed live, fetched over HTTP")
+        elif item.type == "disconnected":
+            self.say("~ connection lost; reconnecting")
+        elif item.type == "caught_up" and item.data["fetched"]:
+            self.say(f"~ caught up: {item.data['fetched']} message(s) fetched")
+        elif item.kind == "error":
+            self.say(f"! {item.type}: {item.data}")
+
+    def _mark_read(self, message_id: int, *, api: Api) -> None:
+        if not self.auto_read or self.chat is None:
+            return
+        try:
+            api.read(self.chat, self.me, message_id)
+        except ApiError as exc:
+            # Said once: the app keeps working without read marks.
+            self.auto_read = False
+            self.say(f"(read marks off: {exc})")
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.say(f"signed in as {self.profile.username} on {self.profile.server}; /help for commands")
+        self.listener.start()
+        if not self.listener.wait_ready(15):
+            self.say("~ not connected to the broker yet; messages will come once it is")
+        try:
+            if self.first_chat is not None:
+                self.handle(f"/open {self.first_chat}")
+            else:
+                self.handle("/chats")
+            while True:
+                try:
+                    line = input(f"chat {self.chat}> " if self.chat and sys.stdin.isatty() else "")
+                except EOFError:
+                    break
+                if line.strip() in ("/quit", "/q", "/exit"):
+                    break
+                self.handle(line)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.listener.stop()
+            self.profile.cursors = {str(k): v for k, v in self.listener.shown_cursors().items()}
+            self.store.save(self.profile)
+        return 0
+
+    def handle(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        try:
+            if line.startswith("/"):
+                self.command(line)
+            else:
+                self.send(line)
+        except ApiError as exc:
+            self.say(output.error_line(exc))
+        except (ValueError, IndexError, OSError) as exc:
+            self.say(f"? {exc} (/help)")
+
+    def send(self, text: str, *, reply_to: int | None = None, file: Path | None = None) -> None:
+        if self.chat is None:
+            self.say("? open a chat first: /chats, /open CHAT")
+            return
+        if file is not None:
+            message = self.api.send_file(self.chat, file, content=text, reply_to=reply_to)
+        else:
+            message = self.api.send(self.chat, text, reply_to=reply_to)
+        self._show_message(message)
+
+    def command(self, line: str) -> None:
+        name, *args = shlex.split(line)
+        name = name[1:]
+        if name == "help":
+            self.say(HELP)
+        elif name == "chats":
+            self.say(self._chats_table())
+        elif name == "open":
+            self.open(int(args[0]))
+        elif name == "new":
+            self.new_chat(args)
+        elif name == "history":
+            self.history(int(args[0]) if args else 20)
+        elif name == "reply":
+            self.send(" ".join(args[1:]), reply_to=int(args[0]))
+        elif name == "file":
+            self.send(" ".join(args[1:]), file=Path(args[0]))
+        elif name == "edit":
+            self.api.message_edit(self._open_chat(), int(args[0]), " ".join(args[1:]))
+        elif name == "unsend":
+            self.api.message_delete(self._open_chat(), int(args[0]))
+        elif name == "members":
+            self.say(table(self.api.members(self._open_chat()),
+                           [("id", "ID"), ("username", "USERNAME"), ("role", "ROLE"),
+                            ("last_read_message_id", "LAST READ")]))
+        elif name == "add":
+            self.api.member_add(self._open_chat(), self.user(args[0]))
+        elif name == "kick":
+            self.api.member_remove(self._open_chat(), self.user(args[0]))
+        elif name == "role":
+            self.api.member_role(self._open_chat(), self.user(args[0]), args[1])
+        elif name == "leave":
+            self.api.member_remove(self._open_chat(), self.me)
+            self.chat = None
+        elif name == "read":
+            newest = self.api.messages(self._open_chat(), limit=1)["results"]
+            if newest:
+                self.auto_read = True
+                self._mark_read(newest[-1]["id"], api=self.api)
+        elif name == "who":
+            user = self.api.user(self.user(args[0]))
+            self.say(f"{user['username']}: {user.get('presence')} (last seen {user.get('last_seen') or '-'})")
+        else:
+            self.say(f"? unknown command /{name} (/help)")
+
+    # --- actions ------------------------------------------------------------------------
+
+    def _open_chat(self) -> int:
+        if self.chat is None:
+            raise ValueError("no chat open")
+        return self.chat
+
+    def user(self, ref: str) -> int:
+        ref = ref.lstrip("@")
+        if ref.isdigit():
+            return int(ref)
+        for user in self.api.search_users(ref):
+            if user.get("username") == ref:
+                self.names.learn(user["id"], ref)
+                return user["id"]
+        raise ValueError(f"no user named {ref!r}")
+
+    def _chats_table(self) -> str:
+        rows = [{
+            "id": c["id"], "name": c.get("name") or "(direct)",
+            "members": ", ".join(m.get("username", "?") for m in c.get("members", []) if m.get("id") != self.me),
+            "unread": c.get("unread_count"), "last": (c.get("last_message") or {}).get("content"),
+        } for c in self.api.user_chats(self.me)]
+        return table(rows, [("id", "ID"), ("name", "NAME"), ("members", "WITH"), ("unread", "UNREAD"),
+                            ("last", "LAST MESSAGE")])
+
+    def open(self, chat_id: int) -> None:
+        chat = self.api.chat(chat_id)
+        for member in chat.get("members", []):
+            self.names.learn(member["id"], member["username"])
+        self.chat = chat_id
+        others = ", ".join(m["username"] for m in chat.get("members", []) if m["id"] != self.me)
+        self.say(f"--- chat {chat_id}: {chat.get('name') or 'direct'} with {others}")
+        page = self.api.messages(chat_id, limit=20)
+        self.oldest = page["results"][0]["id"] if page["results"] else None
+        for message in page["results"]:
+            self.printed.discard(message["id"])
+            self._show_message(message)
+        if page["results"]:
+            self._mark_read(page["results"][-1]["id"], api=self.api)
+
+    def history(self, count: int) -> None:
+        chat_id = self._open_chat()
+        if self.oldest is None:
+            self.say("(no older messages)")
+            return
+        page = self.api.messages(chat_id, before=self.oldest, limit=count)
+        if not page["results"]:
+            self.say("(no older messages)")
+            return
+        self.oldest = page["results"][0]["id"]
+        for message in page["results"]:
+            self.printed.discard(message["id"])
+            self._show_message(message)
+
+    def new_chat(self, args: list[str]) -> None:
+        name = ""
+        if "-n" in args:
+            i = args.index("-n")
+            name = " ".join(args[i + 1:])
+            args = args[:i]
+        chat = self.api.chat_create([self.user(a) for a in args], name)
+        self.open(chat["id"])

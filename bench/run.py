@@ -1,0 +1,175 @@
+"""`make bench`: a fresh stack on PostgreSQL, the standard load profiles, one table.
+
+Profiles (each step is one `chat-sim load --json` run, a subprocess, against the stack):
+  1:1      200 phones in 100 direct chats, at increasing rates until the server
+           saturates (accepted < 90% of the target);
+  group    one 100-member group, at increasing rates until copies fall behind
+           (receipt p50 > 1 s, or any copy lost within the grace period);
+  idle     2,000 phones connected, 100 of them chatting in 50 direct chats.
+
+The table is printed and saved with every report under bench/results/<UTC timestamp>
+(.txt and .json). Users are signed up once per run and reused by later steps.
+
+    python bench/run.py [--duration SECONDS] [--only 1:1,group,idle] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from stack import ROOT, BenchStack  # noqa: E402  (bench/ is not a package)
+
+CHAT_SIM = Path(sys.executable).parent / "chat-sim"
+RESULTS = HERE / "results"
+
+ONE_TO_ONE_RATES = [50, 100, 150, 200, 300, 400, 600, 800, 1200]
+GROUP_RATES = [10, 25, 50, 75, 100, 150, 200, 300]
+
+
+def load(url: str, home: Path, *, users: int, chats: int, group_size: int, rate: float,
+         duration: float, grace: float) -> dict:
+    args = [str(CHAT_SIM), "--server", url, "--json", "load", "--users", str(users), "--chats", str(chats),
+            "--group-size", str(group_size), "--rate", str(rate), "--duration", str(duration),
+            "--grace", str(grace)]
+    env = {**os.environ, "CHAT_SIM_HOME": str(home)}
+    started = time.monotonic()
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=duration + grace + 600)
+    if result.returncode not in (0, 1):  # 1: lost/duplicated/out of order, reported as such
+        raise RuntimeError(f"chat-sim load failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    report = json.loads(result.stdout)
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def row(profile: str, report: dict) -> dict:
+    c = report["config"]
+    return {
+        "profile": profile,
+        "phones": report["phones"],
+        "chats": f"{report['chats']}x{c['group_size']}",
+        "target": c["rate"],
+        "accepted": report["accepted_per_s"],
+        "skipped": report["skipped"],
+        "errors": sum(report["errors"].values()),
+        "post": report["post_ms"],
+        "receipt": report["receipt_ms"],
+        "copies": report["copies_received"],
+        "expected": report["copies_expected"],
+        "lost": report["lost"],
+        "dup": report["duplicated"],
+        "ooo": report["out_of_order"],
+    }
+
+
+def saturated(report: dict) -> bool:
+    return report["accepted_per_s"] < 0.9 * report["config"]["rate"]
+
+
+def behind(report: dict) -> bool:
+    p50 = report["receipt_ms"]["p50"]
+    return report["lost"] > 0 or p50 is None or p50 > 1000
+
+
+def render(rows: list[dict]) -> str:
+    def ms(p: dict) -> str:
+        return "-" if p["p50"] is None else f"{p['p50']:.1f} / {p['p95']:.1f} / {p['p99']:.1f}"
+
+    header = ["profile", "phones", "chats", "target/s", "accepted/s", "skipped", "errors",
+              "POST ms p50/p95/p99", "POST->MQTT ms p50/p95/p99", "copies", "lost", "dup", "ooo"]
+    lines = [[r["profile"], str(r["phones"]), r["chats"], f"{r['target']:g}", f"{r['accepted']:.0f}",
+              str(r["skipped"]), str(r["errors"]), ms(r["post"]), ms(r["receipt"]),
+              f"{r['copies']}/{r['expected']}", str(r["lost"]), str(r["dup"]), str(r["ooo"])] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit = git.stdout.strip()
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(), "commit": commit,
+            "note": "load generator, server, relay, broker and database share these cores"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending per step")
+    parser.add_argument("--only", default="1:1,group,idle", help="comma-separated profiles")
+    parser.add_argument("--quick", action="store_true", help="short steps and few rates (a smoke run)")
+    args = parser.parse_args()
+    profiles = set(args.only.split(","))
+    duration = 3.0 if args.quick else args.duration
+    one_rates = ONE_TO_ONE_RATES[:2] if args.quick else ONE_TO_ONE_RATES
+    group_rates = GROUP_RATES[:2] if args.quick else GROUP_RATES
+    idle_phones = 300 if args.quick else 2000
+
+    if not CHAT_SIM.exists():
+        print(f"{CHAT_SIM} is missing: `make venv` installs ./android-client-sim", file=sys.stderr)
+        return 2
+    started = datetime.now(UTC)
+    rows, reports = [], []
+
+    def step(profile: str, **kwargs) -> dict:
+        report = load(stack.url, home, **kwargs)
+        report["profile"] = profile
+        reports.append(report)
+        rows.append(row(profile, report))
+        r = rows[-1]
+        print(f"  {profile:<6} {kwargs['rate']:>6g}/s -> accepted {r['accepted']:.0f}/s, POST p50 "
+              f"{r['post']['p50']} ms, receipt p50 {r['receipt']['p50']} ms p99 {r['receipt']['p99']} ms, "
+              f"lost {r['lost']} ({report['wall_s']} s)", flush=True)
+        return report
+
+    with BenchStack() as stack, tempfile.TemporaryDirectory(prefix="chat-bench-home-") as home_dir:
+        home = Path(home_dir)
+        print(f"stack up at {stack.url} ({stack.workdir})", flush=True)
+        if "1:1" in profiles:
+            for rate in one_rates:
+                if saturated(step("1:1", users=200, chats=100, group_size=2, rate=rate, duration=duration, grace=10)):
+                    break
+        if "group" in profiles:
+            for rate in group_rates:
+                if behind(step("group", users=100, chats=1, group_size=100, rate=rate, duration=duration, grace=20)):
+                    break
+        if "idle" in profiles:
+            step("idle", users=idle_phones, chats=50, group_size=2, rate=100, duration=duration, grace=10)
+        described = stack.describe()
+
+    table = render(rows)
+    title = (f"chat backend bench, {started:%Y-%m-%d %H:%M} UTC, {machine()['cpus']} cores, "
+             f"{duration:g} s per step")
+    text = f"{title}\n{json.dumps(described)}\n\n{table}\n"
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"{stamp}.txt").write_text(text)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(
+        {"started": started.isoformat(), "machine": machine(), "stack": described, "duration_s": duration,
+         "rows": rows, "reports": reports}, indent=1) + "\n")
+    print(f"saved bench/results/{stamp}.txt and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""A fresh, throw-away stack for benchmarks: PostgreSQL, Mosquitto, migrations, gunicorn
+and the relay, built from the test suite's own process helpers (tests/support).
+
+    with BenchStack() as stack:
+        stack.url            # http://127.0.0.1:<port>
+        stack.describe()     # what runs, for the results file
+
+Everything lives in one temporary directory, removed on exit (kept, with its logs, when
+starting failed). Like the test stacks it uses a fast password hasher and no signup
+throttle; PostgreSQL runs with fsync and synchronous_commit off (see
+tests/support/postgres.py), so figures are those of the application, not of a disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WEB_WORKERS = 2
+WEB_THREADS = 4
+
+
+class BenchStack:
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+        self.pg = None
+        self.broker = None
+        self.processes = []
+        self.url = ""
+
+    def __enter__(self) -> BenchStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop(keep=True)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(keep=exc[0] is not None)
+
+    def start(self) -> None:
+        # Settings are read at import: point them at this stack before anything imports
+        # them, so that no secret is generated under the repository's var/.
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatserver.settings")
+        os.environ["DATA_DIR"] = str(self.workdir)
+        os.environ["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
+        os.environ["MQTT_ADMIN_PASSWORD"] = secrets.token_urlsafe(24)
+        import psycopg
+
+        from tests.support.mosquitto import MosquittoBroker, make_workdir
+        from tests.support.postgres import PostgresCluster
+        from tests.support.stack import HttpServer, ServerProcess, server_env
+
+        self.pg = PostgresCluster().start()
+        with psycopg.connect(self.pg.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE chat")
+        self.broker = MosquittoBroker(make_workdir("chat-bench-mqtt-"))
+        self.broker.start()
+        env = server_env(database_url=self.pg.url("chat"), broker=self.broker, data_dir=self.workdir)
+        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
+                                 capture_output=True, text=True)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
+        relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], env, self.workdir).start()
+        self.processes.append(relay)
+        web = HttpServer(env, self.workdir, workers=WEB_WORKERS)
+        self.processes.append(web)
+        web.start()
+        self.url = web.url
+        self._wait_healthy(timeout=30)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        body = {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health/", timeout=2) as response:
+                    body = json.loads(response.read())
+            except (urllib.error.HTTPError, OSError, ValueError):
+                body = {}
+            if body.get("relay") == "running" and body.get("broker") == "up":
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the stack is not healthy after {timeout}s: {body}")
+
+    def describe(self) -> dict:
+        return {
+            "database": f"PostgreSQL ({self.pg.bindir.parent.name}, fsync off)",
+            "web": f"gunicorn gthread {WEB_WORKERS} workers x {WEB_THREADS} threads",
+            "broker": "mosquitto (project config)",
+            "relay": "1 process",
+            "hasher": "MD5 (throw-away stack)",
+        }
+
+    def stop(self, *, keep: bool = False) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            if not keep:
+                shutil.rmtree(self.broker.workdir, ignore_errors=True)
+        if self.pg is not None:
+            self.pg.stop()
+        if keep:
+            print(f"bench stack directory kept: {self.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    # `python bench/stack.py`: just run a fresh stack until Ctrl-C or SIGTERM (by hand).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with BenchStack() as stack:
+        print(f"stack up: {stack.url} (logs in {stack.workdir}); Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
