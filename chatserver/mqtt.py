@@ -92,7 +92,10 @@ class BrokerConnection:
     CONTROL_TOPIC = DynsecAccess.CONTROL_TOPIC
     RESPONSE_TOPIC = DynsecAccess.RESPONSE_TOPIC
     # paho's own limit is 20 unacknowledged QoS 1 messages; the relay pipelines batches.
-    MAX_INFLIGHT = 1000
+    # Not more: paho scans its whole window on every acknowledgement, and 1,000 halved
+    # the publish rate (measured with 30k QoS 1 publishes to this broker: 10.2k/s at
+    # 1,000, 21.8k/s at 100). It also matches the broker's max_inflight_messages.
+    MAX_INFLIGHT = 100
     RECONNECT_MIN_DELAY = 0.5
     RECONNECT_MAX_DELAY = 8.0
 

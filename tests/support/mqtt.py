@@ -135,7 +135,6 @@ class MqttProbe:
         client = self._client
         if client is None:
             return
-        client.reconnect_on_failure = False
         sock = client.socket()
         if sock is not None:
             try:
@@ -148,7 +147,6 @@ class MqttProbe:
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            client.reconnect_on_failure = False
             client.disconnect()
             client.loop_stop()
 
