@@ -19,7 +19,7 @@ from accounts.serializers import (
 )
 from chats import selectors as chat_selectors
 from chats.serializers import ChatSummaryOutput
-from chatserver.errors import PermissionDenied
+from chatserver.errors import NotYours
 
 
 class SignupView(APIView):
@@ -81,11 +81,6 @@ class UserDetailView(APIView):
         return Response(UserOutput(selectors.user_get_visible(user_id=user_id, caller=request.user)).data)
 
 
-class NotYours(PermissionDenied):
-    code = "not_yours"
-    message = "You can only see and change your own."
-
-
 def _own(request, user_id: int) -> None:
     if user_id != request.user.id:
         raise NotYours()
@@ -108,8 +103,11 @@ class UserSearchView(generics.ListAPIView):
         return selectors.user_search(caller=self.request.user, prefix=prefix[:32])
 
 
-class FriendsView(generics.ListAPIView):
+class _OwnUserList(generics.ListAPIView):
+    """A paginated list of users that belongs to the caller (`/accounts/<me>/...`)."""
+
     serializer_class = UserOutput
+    selector = None
 
     @extend_schema(tags=["people"])
     def get(self, request, *args, **kwargs):
@@ -117,7 +115,11 @@ class FriendsView(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        return selectors.friend_list(user=self.request.user)
+        return self.selector(user=self.request.user)
+
+
+class FriendsView(_OwnUserList):
+    selector = staticmethod(selectors.friend_list)
 
 
 class FriendRequestsView(APIView):
@@ -149,16 +151,8 @@ class FriendView(APIView):
         return Response(status=204)
 
 
-class BlocksView(generics.ListAPIView):
-    serializer_class = UserOutput
-
-    @extend_schema(tags=["people"])
-    def get(self, request, *args, **kwargs):
-        _own(request, kwargs["user_id"])
-        return super().get(request, *args, **kwargs)
-
-    def get_queryset(self):
-        return selectors.block_list(user=self.request.user)
+class BlocksView(_OwnUserList):
+    selector = staticmethod(selectors.block_list)
 
 
 class BlockView(APIView):

@@ -26,7 +26,7 @@ from chats.serializers import (
     SyncInput,
     SyncOutput,
 )
-from chatserver.errors import ApplicationError, PermissionDenied
+from chatserver.errors import ApplicationError, NotYours
 
 
 def _chat_response(chat, status: int = 200) -> Response:
@@ -225,11 +225,6 @@ class SignedMediaView(APIView):
     def get(self, request, token: str):
         attachment, thumbnail = downloads.attachment_from_token(token)
         return downloads.serve(attachment, thumbnail=thumbnail)
-
-
-class NotYours(PermissionDenied):
-    code = "not_yours"
-    message = "You can only move your own pointers."
 
 
 class PointerView(APIView):

@@ -31,3 +31,10 @@ class Conflict(ApplicationError):
     status_code = 409
     code = "conflict"
     message = "This conflicts with the current state."
+
+
+class NotYours(PermissionDenied):
+    """A path names another user where only one's own is allowed (`/accounts/<id>/...`)."""
+
+    code = "not_yours"
+    message = "You can only see and change your own."
