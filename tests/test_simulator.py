@@ -140,6 +140,48 @@ def test_listen_prints_live_messages_in_order(sim):
     assert [line for line in lines if line["kind"] in ("gap", "error")] == []
 
 
+def test_listen_catches_up_on_new_edited_and_deleted_messages_once_each(sim):
+    # given: bob's first listen shows the chat's history, then he closes the app
+    sim("-p", "alice", "signup", "alice", "--password", PASSWORD)
+    sim("-p", "bob", "signup", "bob", "--password", PASSWORD)
+    chat = ok_json(sim("-p", "alice", "chats", "create", "bob", "--json"))
+    cid = str(chat["id"])
+    kept, typo, oops = (ok_json(sim("-p", "alice", "send", cid, text, "--json")) for text in ("kept", "typo", "oops"))
+    first = sim("-p", "bob", "listen", "--json", "--count", "3", "--duration", "15", timeout=20)
+    assert first.returncode == 0, first.stderr
+    history = [json.loads(line) for line in first.stdout.splitlines()]
+    assert [(i["data"]["id"], i["source"]) for i in history if i["kind"] == "message"] == [
+        (kept["id"], "fetched"), (typo["id"], "fetched"), (oops["id"], "fetched"),
+    ]
+
+    # when: while he is away (his persistent session queues the events), alice sends,
+    # edits and deletes
+    fresh = ok_json(sim("-p", "alice", "send", cid, "fresh", "--json"))
+    sim("-p", "alice", "edit", cid, str(typo["id"]), "fixed")
+    sim("-p", "alice", "delete-message", cid, str(oops["id"]))
+    back = sim("-p", "bob", "listen", "--json", "--duration", "2", timeout=20)
+
+    # then: the catch-up shows each change once; the queued live copies are dropped
+    assert back.returncode == 0, back.stderr
+    items = [json.loads(line) for line in back.stdout.splitlines()]
+    shown = [(i["kind"], i["type"], i["data"]["id"]) for i in items if i["type"].startswith("message.")]
+    assert shown == [  # in the order they happened
+        ("message", "message.created", fresh["id"]),
+        ("event", "message.updated", typo["id"]),
+        ("event", "message.updated", oops["id"]),
+    ]
+    changes = {i["data"]["id"]: i["data"] for i in items if i["type"].startswith("message.")}
+    assert changes[fresh["id"]]["content"] == "fresh"
+    assert (changes[typo["id"]]["content"], changes[typo["id"]]["deleted"]) == ("fixed", False)
+    assert changes[oops["id"]]["deleted"] is True
+    assert [i for i in items if i["kind"] in ("gap", "error")] == []
+    caught_up = next(i for i in items if i["type"] == "caught_up")
+    assert caught_up["data"] == {"fetched": 1, "updated": 2}
+    # and the profile keeps the version to catch up from next time
+    profile = json.loads((Path(sim.env["CHAT_SIM_HOME"]) / "profiles" / "bob.json").read_text())
+    assert profile["versions"] == {cid: changes[oops["id"]]["version"]}
+
+
 def test_the_shell_shows_a_chat_and_sends_what_is_typed(sim):
     # given
     sim("-p", "alice", "signup", "alice", "--password", PASSWORD)

@@ -369,20 +369,24 @@ def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
         if item.kind == "message":
             print(output.message_line(item.data, names, own_id=profile.user_id, source=item.source), flush=True)
         elif item.kind == "event":
-            print(output.event_line(item.type, item.chat, item.data, names), flush=True)
+            line = output.event_line(item.type, item.chat, item.data, names)
+            print(f"{line}  (fetched)" if item.source == "fetched" else line, flush=True)
         elif item.kind == "gap":
             print(f"! [chat {item.chat}] gap: {item.data['missing']} message(s) missing after "
-                  f"#{item.data['after_seq']}; fetching them over HTTP", flush=True)
+                  f"#{item.data['after_seq']}; catching up over HTTP", flush=True)
         elif item.type == "caught_up":
-            print(f"~ connected; caught up over HTTP: {item.data['fetched']} message(s)", flush=True)
+            print(f"~ connected; caught up over HTTP: {item.data['fetched']} message(s), "
+                  f"{item.data['updated']} edit(s)/deletion(s)", flush=True)
+        elif item.type == "chat_removed":
+            print(f"~ [chat {item.chat}] no longer a member: forgotten", flush=True)
         elif item.kind == "error":
             print(f"! {item.type}: {item.data}", file=sys.stderr, flush=True)
         elif item.type == "disconnected":
             print(f"~ disconnected ({item.data['reason']}); reconnecting", flush=True)
 
-    cursors = {int(k): v for k, v in profile.cursors.items()}
     listener = Listener(api, user_id=profile.user_id, mqtt=profile.mqtt, on_item=on_item,
-                        cursors=cursors, chats=args.chat)
+                        cursors={int(k): v for k, v in profile.cursors.items()},
+                        versions={int(k): v for k, v in profile.versions.items()}, chats=args.chat)
     deadline = time.monotonic() + args.duration if args.duration else None
 
     def running() -> bool:
@@ -412,10 +416,11 @@ def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
             listener.come_back()
             listener.wait_ready(15)
             after = listener.stats
-            report = {"fetched": after.fetched - before.fetched,
+            report = {"fetched": after.fetched - before.fetched, "updated": after.updates - before.updates,
                       "queued_copies_dropped": after.duplicates - before.duplicates}
             _note(ctx, "foreground", report,
-                  f"~ back: {report['fetched']} message(s) fetched over HTTP; "
+                  f"~ back: {report['fetched']} message(s) and {report['updated']} edit(s)/deletion(s) "
+                  "fetched over HTTP; "
                   f"{report['queued_copies_dropped']} copies the broker had queued arrived and "
                   "were dropped as already shown")
     except KeyboardInterrupt:
@@ -423,6 +428,7 @@ def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
     finally:
         listener.stop()
         profile.cursors = {str(k): v for k, v in listener.shown_cursors().items()}
+        profile.versions = {str(k): v for k, v in listener.shown_versions().items()}
         ctx.store.save(profile)
     if listener.refused.is_set():
         print("chat-sim: the broker refuses this device's credentials (logged out?)", file=sys.stderr)
@@ -584,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "listen", cmd_listen,
                 "receive like the phone: persistent MQTT session, presence, catch-up over HTTP")
     p.add_argument("--chat", type=int, action="append", default=[],
-                   help="also follow this chat from its newest message (repeatable)")
+                   help="follow this chat from its newest message, without its history (repeatable)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--count", type=int, help="stop after this many messages")
     p.add_argument("--background", type=float, metavar="SECONDS",

@@ -7,11 +7,18 @@ HTTP catch-up that makes "nothing is lost, only delayed" true for the user.
   retained `online` there on every connect. paho reconnects by itself after a drop (the
   broker drops a user's connections whenever its chat memberships change).
 - On every (re)connect, in this order: subscribe to the user topic and wait for the
-  SUBACK, then fetch over HTTP every message after the newest one shown per chat, then
-  process what MQTT delivered meanwhile, dropping copies already shown (by id). The
-  other order would lose what is published between the fetch and the subscription.
-- Each message is handed out once, in per-chat seq order. A live message whose seq skips
-  ahead reports a gap, and the missing ones are fetched over HTTP before it is shown.
+  SUBACK, then catch up with `POST /chats/sync/` naming the highest version it has of
+  each chat (asking again while a chat `has_more`), then process what MQTT delivered
+  meanwhile. The other order would lose what is published between the catch-up and the
+  subscription. Chats the answer calls `removed` are forgotten; `new` ones have their
+  history fetched (after the newest message shown if known, else the newest page).
+- Each message is handed out once as a message, in per-chat seq order; each later
+  version of it (an edit, a deletion) once as a `message.updated` event, whether it came
+  from the catch-up or live. Copies are dropped by message id, keeping the highest
+  `version`. A live message whose seq skips ahead reports a gap, and a catch-up runs
+  before it is shown.
+- Per chat, it keeps the version up to which it has every change (live events advance it
+  only without holes; a catch-up sets it): that is what the next catch-up names.
 - Like the app, it tells the server what it received: whenever it has nothing else to
   do, one `delivered` pointer update per chat that got new messages (so senders see
   their delivered marks); a server that refuses it is told once, then left alone.
@@ -38,15 +45,21 @@ from chat_sim.api import Api, ApiError
 # paho reports 3.1.1's codes 4 and 5 as the MQTT 5 reason codes 134 and 135.
 _FATAL_CONNACK = {134, 135}
 
+# Messages shown of a chat the phone meets for the first time (its newest page).
+HISTORY_PAGE = 20
+
 
 @dataclass
 class Item:
     """One thing the phone shows, in the order it shows them.
 
-    kind: "message" (a message.created, first copy only), "event" (any other event),
-          "gap" (seqs missing before a live message), "status" (connection and catch-up
-          news), "error" (something failed; the listener carries on).
-    source: "live" (MQTT) or "fetched" (HTTP catch-up) for messages.
+    kind: "message" (a message, first copy only), "event" (any other event; type
+          "message.updated" is a later version of a message already shown, an edit or a
+          deletion, once per version), "gap" (seqs missing before a live message),
+          "status" (connection and catch-up news; "chat_removed": a chat the catch-up
+          says the user is no longer in, forgotten), "error" (something failed; the
+          listener carries on).
+    source: "live" (MQTT) or "fetched" (HTTP catch-up) for messages and their updates.
     """
 
     kind: str
@@ -60,10 +73,17 @@ class Item:
 @dataclass
 class ChatCursor:
     """What the phone has shown of one chat. `last_seq` None: not known yet (the first
-    message seen sets it)."""
+    message seen sets it). `version` None: not known yet (the next catch-up does not name
+    the chat, so the server lists it as new)."""
 
     last_id: int = 0
     last_seq: int | None = None
+    # Every change of the chat up to this version has been handled.
+    version: int | None = None
+    # Versions seen live above `version`, waiting for the ones in between.
+    ahead: set[int] = field(default_factory=set)
+    # Message id -> highest version shown, for the messages seen by this listener.
+    seen: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +93,7 @@ class Stats:
     duplicates: int = 0
     gaps: int = 0
     connects: int = 0
+    updates: int = 0
 
     def copy(self) -> Stats:
         return Stats(**self.__dict__)
@@ -86,9 +107,12 @@ class Listener:
 
     def __init__(self, api: Api, *, user_id: int, mqtt: dict,
                  on_item: Callable[[Item], None], cursors: dict[int, int] | None = None,
-                 chats: Iterable[int] = (), keepalive: int = 30) -> None:
-        """`cursors`: newest message id already shown per chat (a phone's saved state).
-        `chats`: chats to follow from their newest message on, if no cursor says more."""
+                 versions: dict[int, int] | None = None, chats: Iterable[int] = (),
+                 keepalive: int = 30) -> None:
+        """`cursors`: newest message id already shown per chat, and `versions`: highest
+        chat version handled per chat (a phone's saved state). A chat without either is
+        shown from its newest page of history; `chats`: chats to follow from their newest
+        message on instead, without history."""
         self.api = api
         self.user_id = user_id
         self.mqtt = mqtt
@@ -96,7 +120,11 @@ class Listener:
         self.keepalive = keepalive
         self.presence_topic = f"chat/presence/{user_id}/{mqtt['client_id']}"
         self.cursors: dict[int, ChatCursor] = {cid: ChatCursor(last_id=mid) for cid, mid in (cursors or {}).items()}
-        self._start_chats = [cid for cid in chats if cid not in self.cursors]
+        for cid, version in (versions or {}).items():
+            self.cursors.setdefault(cid, ChatCursor()).version = version
+        self._start_chats = {cid for cid in chats if cid not in self.cursors}
+        # Chats left or deleted: late copies of their events must not bring them back.
+        self._gone: set[int] = set()
         self._delivered: dict[int, int] = {}  # chat id -> newest id reported delivered
         self._delivered_ok = True
         self.stats = Stats()
@@ -170,6 +198,10 @@ class Listener:
     def shown_cursors(self) -> dict[int, int]:
         """The newest message id shown per chat (for the profile to save)."""
         return {cid: c.last_id for cid, c in self.cursors.items() if c.last_id}
+
+    def shown_versions(self) -> dict[int, int]:
+        """The chat version handled per chat (for the profile to save)."""
+        return {cid: c.version for cid, c in self.cursors.items() if c.version is not None}
 
     # --- paho side (network thread): only hand over to the worker ----------------------
 
@@ -276,58 +308,92 @@ class Listener:
         if granted >= 0x80:
             self._emit(Item("error", "subscribe_refused", data={"topic": topic, "code": granted}))
             return
-        before = self.stats.fetched
-        self._catch_up(first=self.stats.connects == 1)
-        self._emit(Item("status", "caught_up", data={"fetched": self.stats.fetched - before}))
+        before = self.stats.copy()
+        self._catch_up()
+        self._emit(Item("status", "caught_up", data={"fetched": self.stats.fetched - before.fetched,
+                                                     "updated": self.stats.updates - before.updates}))
         self.caught_up.set()
 
-    def _catch_up(self, *, first: bool) -> None:
-        """Fetch what was missed, for every chat the phone knows of (and, once the server
-        lists a user's chats, for chats it did not know of yet)."""
-        try:
-            listed = self.api.user_chats(self.user_id)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            listed = None  # the server cannot list chats: follow the ones already known
-        if first:
-            start = set(self._start_chats)
-            if listed is not None:
-                start |= {c["id"] for c in listed if c["id"] not in self.cursors}
-            for chat_id in start:
-                self._baseline(chat_id, listed)
-        if listed is not None:
-            for chat in listed:
-                if chat["id"] not in self.cursors:  # appeared while away: show it all
-                    self.cursors[chat["id"]] = ChatCursor(last_id=0, last_seq=0)
-            newest = {c["id"]: (c.get("last_message") or {}).get("id", 0) for c in listed}
-            stale = [cid for cid, cur in self.cursors.items() if newest.get(cid, 0) > cur.last_id]
-        else:
-            stale = list(self.cursors)
-        for chat_id in stale:
-            self._fetch(chat_id)
+    def _catch_up(self) -> None:
+        """One `POST /chats/sync/` naming every chat whose version is known (plus one more
+        while a chat `has_more`): shows what changed, forgets the chats left, and fetches
+        the history of the chats not named."""
+        first = True
+        while True:
+            known = {cid: c.version for cid, c in self.cursors.items() if c.version is not None}
+            answer = self.api.sync(known)
+            for chat_id in answer["removed"]:
+                self._forget(chat_id)
+                self._emit(Item("status", "chat_removed", chat=chat_id))
+            listed = {chat["id"] for chat in answer["new"]}
+            self._gone -= listed
+            if first:
+                # Named nowhere and not new: chats the user is not in (any more).
+                for chat_id in [cid for cid, c in self.cursors.items() if c.version is None and cid not in listed]:
+                    self._forget(chat_id)
+                first = False
+            for chat in answer["new"]:
+                self._adopt(chat)
+            more = False
+            for change in answer["changed"]:
+                cursor = self.cursors.setdefault(change["id"], ChatCursor())
+                for message in change["messages"]:
+                    self._take(message, source="fetched")
+                self._settle(cursor, change["version"])
+                more = more or change["has_more"]
+            if not more:
+                return
 
-    def _baseline(self, chat_id: int, listed: list[dict] | None) -> None:
-        """Start a chat at its newest message, without showing the history."""
-        last = None
-        if listed is not None:
-            last = next((c.get("last_message") for c in listed if c["id"] == chat_id), None)
-        else:
-            page = self.api.messages(chat_id, limit=1)["results"]
-            last = page[-1] if page else None
-        self.cursors[chat_id] = ChatCursor(last_id=last["id"], last_seq=last["seq"]) if last else ChatCursor(0, 0)
-
-    def _fetch(self, chat_id: int) -> None:
-        cursor = self.cursors[chat_id]
+    def _adopt(self, chat: dict) -> None:
+        """A chat the catch-up did not name: show what came after the newest message shown
+        (a phone that knew the chat but not its version), its newest page of history, or
+        (for `chats` given at start) nothing, then follow it from the version listed."""
+        chat_id = chat["id"]
+        cursor = self.cursors.setdefault(chat_id, ChatCursor())
         try:
-            missed = self.api.messages_after(chat_id, cursor.last_id)
+            if cursor.last_id:
+                missed = self.api.messages_after(chat_id, cursor.last_id)
+            elif chat_id in self._start_chats:  # follow from its newest message, without history
+                newest = self.api.messages(chat_id, limit=1)["results"]
+                if newest:
+                    cursor.last_id, cursor.last_seq = newest[-1]["id"], newest[-1]["seq"]
+                missed = []
+            else:
+                missed = self.api.messages(chat_id, limit=HISTORY_PAGE)["results"]
         except ApiError as exc:
-            if exc.status in (403, 404):  # no longer a member: stop following it
-                self.cursors.pop(chat_id, None)
+            if exc.status in (403, 404):  # left or deleted meanwhile
+                self._forget(chat_id)
                 return
             raise
+        self._start_chats.discard(chat_id)
         for message in missed:
-            self._show(message, source="fetched")
+            self._take(message, source="fetched")
+        if cursor.last_seq is None:
+            cursor.last_seq = chat.get("last_seq")
+        self._settle(cursor, chat["version"])
+
+    def _forget(self, chat_id: int) -> None:
+        self.cursors.pop(chat_id, None)
+        self._gone.add(chat_id)
+
+    def _settle(self, cursor: ChatCursor, version: int) -> None:
+        """Every change up to `version` has been handled (a catch-up's answer)."""
+        cursor.version = max(cursor.version or 0, version)
+        cursor.ahead = {v for v in cursor.ahead if v > cursor.version}
+        self._absorb(cursor)
+
+    def _saw_version(self, cursor: ChatCursor, version: int) -> None:
+        """A live event of the chat at `version`: advance without skipping any."""
+        if cursor.version is None or version <= cursor.version:
+            return
+        cursor.ahead.add(version)
+        self._absorb(cursor)
+
+    @staticmethod
+    def _absorb(cursor: ChatCursor) -> None:
+        while cursor.version is not None and cursor.version + 1 in cursor.ahead:
+            cursor.version += 1
+            cursor.ahead.discard(cursor.version)
 
     def _on_payload(self, payload: bytes) -> None:
         try:
@@ -337,49 +403,75 @@ class Listener:
             self._emit(Item("error", "bad_payload", data={"payload": payload[:200].decode(errors="replace")}))
             return
         chat_id = event.get("chat")
+        version = event.get("version")
         data = event.get("data") or {}
-        if kind == "message.created":
+        if kind in ("message.created", "message.updated"):
+            if data.get("chat") in self._gone:
+                self.stats.duplicates += 1  # a late copy from a chat left since
+                return
             self._on_live_message(data)
-            return
-        if kind == "chat.created" and chat_id not in self.cursors:
-            self.cursors[chat_id] = ChatCursor(last_id=0, last_seq=0)
-        elif kind == "member.added" and (data.get("member") or {}).get("id") == self.user_id:
-            self.cursors.setdefault(chat_id, ChatCursor())
-        elif kind == "chat.deleted" or (
-            kind == "member.removed" and (data.get("member") or {}).get("id") == self.user_id
-        ):
-            self.cursors.pop(chat_id, None)
-        self._emit(Item("event", kind, chat=chat_id, data=data, at=time.time()))
+        else:
+            if kind == "chat.created" and chat_id not in self.cursors:
+                # A new chat: everything from its first message on will come live.
+                self.cursors[chat_id] = ChatCursor(last_id=0, last_seq=0, version=version)
+                self._gone.discard(chat_id)
+            elif kind == "member.added" and (data.get("member") or {}).get("id") == self.user_id:
+                # Joined: follow from here on (its history is not shown).
+                self.cursors.setdefault(chat_id, ChatCursor(version=version))
+                self._gone.discard(chat_id)
+            elif (kind == "chat.deleted" and not data.get("hidden")) or (
+                kind == "member.removed" and (data.get("member") or {}).get("id") == self.user_id
+            ):
+                self._forget(chat_id)
+            self._emit(Item("event", kind, chat=chat_id, data=data, at=time.time()))
+        cursor = self.cursors.get(chat_id) if chat_id is not None else None
+        if cursor is not None and isinstance(version, int):
+            self._saw_version(cursor, version)
 
     def _on_live_message(self, message: dict) -> None:
         chat_id = message["chat"]
         cursor = self.cursors.setdefault(chat_id, ChatCursor())
-        if message["id"] <= cursor.last_id:
-            self.stats.duplicates += 1
-            return
-        if cursor.last_seq is not None and message["seq"] > cursor.last_seq + 1:
+        if (message["id"] > cursor.last_id and cursor.last_seq is not None
+                and message["seq"] > cursor.last_seq + 1):
             self.stats.gaps += 1
             self._emit(Item("gap", "gap", chat=chat_id, data={
                 "after_seq": cursor.last_seq, "next_seq": message["seq"],
                 "missing": message["seq"] - cursor.last_seq - 1,
             }))
-            self._fetch(chat_id)  # fills the gap, and shows this message too
-            if message["id"] <= cursor.last_id:
+            self._catch_up()  # fills the gap, and shows this message too
+            cursor = self.cursors.get(chat_id)
+            if cursor is None:  # no longer in the chat
                 return
-        self._show(message, source="live")
+        self._take(message, source="live")
 
-    def _show(self, message: dict, *, source: str) -> None:
+    def _take(self, message: dict, *, source: str) -> None:
+        """Show a message once, and each later version of it once; drop the rest."""
         cursor = self.cursors.setdefault(message["chat"], ChatCursor())
-        if message["id"] <= cursor.last_id:
+        message_id, version = message["id"], message.get("version") or 0
+        if message_id > cursor.last_id:
+            cursor.last_id = message_id
+            cursor.last_seq = max(cursor.last_seq or 0, message["seq"])
+            cursor.seen[message_id] = version
+            if source == "live":
+                self.stats.live += 1
+            else:
+                self.stats.fetched += 1
+            self._emit(Item("message", "message.created", chat=message["chat"], data=message, source=source))
+            return
+        shown = cursor.seen.get(message_id)
+        if shown is not None:
+            stale = version <= shown
+        else:
+            # Shown before this listener started: its versions up to the chat's handled
+            # version are on screen already, and an unchanged message is a mere copy.
+            stale = ((cursor.version is not None and version <= cursor.version)
+                     or not (message.get("edited_at") or message.get("deleted")))
+        if stale:
             self.stats.duplicates += 1
             return
-        cursor.last_id = message["id"]
-        cursor.last_seq = message["seq"]
-        if source == "live":
-            self.stats.live += 1
-        else:
-            self.stats.fetched += 1
-        self._emit(Item("message", "message.created", chat=message["chat"], data=message, source=source))
+        cursor.seen[message_id] = version
+        self.stats.updates += 1
+        self._emit(Item("event", "message.updated", chat=message["chat"], data=message, source=source))
 
     def _emit(self, item: Item) -> None:
         self.on_item(item)

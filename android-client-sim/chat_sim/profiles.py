@@ -3,7 +3,8 @@
 Layout of the home (`--home`, else `$CHAT_SIM_HOME`, else `~/.chat-sim`):
 
     profiles/<name>.json   server, user, device token, MQTT credentials, and the phone's
-                           read cursors: the newest message id seen per chat
+                           read cursors: the newest message id seen and the highest
+                           chat version handled per chat (what `listen` catches up from)
     load/                  cached load-test users per server (see `chat_sim.load`)
 
 Guarantees: files holding a token are created 0600 inside 0700 directories, and every
@@ -39,6 +40,8 @@ class Profile:
     device_name: str = ""
     # chat id (as a string: JSON keys) -> newest message id this phone has shown
     cursors: dict[str, int] = field(default_factory=dict)
+    # chat id -> the chat's version up to which this phone has every change (sync cursor)
+    versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def signed_in(self) -> bool:
@@ -52,10 +55,12 @@ class Profile:
         self.token = session["token"]
         self.mqtt = session["mqtt"]
         self.cursors = {}
+        self.versions = {}
 
     def forget_session(self) -> None:
         self.user_id = self.username = self.token = self.mqtt = None
         self.cursors = {}
+        self.versions = {}
 
 
 class ProfileStore:

@@ -50,7 +50,8 @@ class Shell:
         self._out = threading.Lock()
         self.listener = Listener(Api(profile.server, profile.token), user_id=profile.user_id,
                                  mqtt=profile.mqtt, on_item=self._on_item,
-                                 cursors={int(k): v for k, v in profile.cursors.items()})
+                                 cursors={int(k): v for k, v in profile.cursors.items()},
+                                 versions={int(k): v for k, v in profile.versions.items()})
         self.first_chat = chat_id
 
     # --- output -------------------------------------------------------------------------
@@ -117,6 +118,7 @@ class Shell:
         finally:
             self.listener.stop()
             self.profile.cursors = {str(k): v for k, v in self.listener.shown_cursors().items()}
+            self.profile.versions = {str(k): v for k, v in self.listener.shown_versions().items()}
             self.store.save(self.profile)
         return 0
 
