@@ -6,6 +6,8 @@ seqs have no gap and no duplicate, outbox rows of one chat are in commit order (
 relay keeps per-chat order), and a membership check cannot race a kick.
 """
 
+from typing import NoReturn
+
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -342,20 +344,72 @@ def member_set_role(*, chat_id: int, actor_id: int, user_id: int, role: str) -> 
 
 # --- Messages ---------------------------------------------------------------------------
 
-# Takes the next seq and version (and the chat's row lock) only if the author may post: a
-# member, not restricted, and in a direct chat neither side has blocked the other.
-_SEQ_BUMP_SQL = """
-    UPDATE chats_chat SET last_seq = last_seq + 1, version = version + 1, activity_at = %(now)s
-    WHERE id = %(chat)s
-      AND EXISTS (
+# Who may post, as a condition on the chat row being updated: a member that is not
+# restricted, and in a direct chat neither side has blocked the other.
+_MAY_POST_SQL = """
+    EXISTS (
         SELECT 1 FROM chats_membership
         WHERE chat_id = %(chat)s AND user_id = %(author)s AND role <> 'restricted')
-      AND (kind = 'group' OR NOT EXISTS (
+    AND (kind = 'group' OR NOT EXISTS (
         SELECT 1 FROM chats_membership other JOIN accounts_block b
           ON (b.user_id = other.user_id AND b.blocked_id = %(author)s)
           OR (b.user_id = %(author)s AND b.blocked_id = other.user_id)
         WHERE other.chat_id = %(chat)s AND other.user_id <> %(author)s))
+"""
+
+# The ORM path: takes the next seq and version (and the chat's row lock) only if the
+# author may post. SQLite has UPDATE ... RETURNING but no data-modifying CTE.
+_SEQ_BUMP_SQL = f"""
+    UPDATE chats_chat SET last_seq = last_seq + 1, version = version + 1, activity_at = %(now)s
+    WHERE id = %(chat)s AND {_MAY_POST_SQL}
     RETURNING last_seq, version
+"""
+
+# The PostgreSQL path: the whole write in one statement. `bump` takes the next seq and
+# version (and the chat's row lock) only if the author may post and has not sent this
+# client_id yet; `message` inserts the message with them; `pointer` moves the author's
+# read and delivered pointers to it. It returns what the message object needs, the
+# member ids, and whether its snapshot was current when it got the lock.
+#
+# All sub-statements read one snapshot, taken before the statement waits for the lock.
+# Every change to a chat's members or roles bumps the chat's version under that lock, so
+# when the version grew by our own bump only, the memberships read are those the lock
+# protects. Otherwise a send or a member change committed while this one waited: the
+# checks and member ids are read again (`_RECHECK_SQL`), under the lock.
+_SEND_SQL = f"""
+    WITH seen AS (
+        SELECT version FROM chats_chat WHERE id = %(chat)s
+    ), bump AS (
+        UPDATE chats_chat SET last_seq = last_seq + 1, version = version + 1, activity_at = %(now)s
+        WHERE id = %(chat)s AND {_MAY_POST_SQL}
+          AND NOT EXISTS (
+            SELECT 1 FROM chats_message
+            WHERE chat_id = %(chat)s AND author_id = %(author)s AND client_id = %(client_id)s)
+        RETURNING last_seq, version
+    ), message AS (
+        INSERT INTO chats_message
+            (chat_id, seq, author_id, type, content, reply_to_id, client_id, created_at, deleted, version)
+        SELECT %(chat)s, last_seq, %(author)s, %(type)s, %(content)s, %(reply_to)s, %(client_id)s,
+               %(now)s, false, version
+        FROM bump
+        RETURNING id, seq, version
+    ), pointer AS (
+        UPDATE chats_membership
+        SET last_read_seq = message.seq, last_read_message_id = message.id,
+            last_delivered_seq = message.seq, last_delivered_message_id = message.id
+        FROM message
+        WHERE chats_membership.chat_id = %(chat)s AND chats_membership.user_id = %(author)s
+    )
+    SELECT message.id, message.seq, message.version, message.version = seen.version + 1,
+           ARRAY(SELECT user_id FROM chats_membership WHERE chat_id = %(chat)s)
+    FROM message, seen
+"""
+
+# Under the chat's lock, in a new statement (hence a new snapshot): may the author still
+# post, and who are the members now.
+_RECHECK_SQL = f"""
+    SELECT {_MAY_POST_SQL}, ARRAY(SELECT user_id FROM chats_membership WHERE chat_id = %(chat)s)
+    FROM chats_chat WHERE id = %(chat)s
 """
 
 
@@ -371,26 +425,32 @@ def message_send(
     """Store a message (with its file, if any) and queue its event atomically; return
     (message object, created).
 
-    One statement both checks that the author may post and takes the next seq under the
-    chat's row lock, so concurrent senders get 1, 2, 3... and a kick or a block cannot
-    slip in between the check and the write. The same (author, client_id) again returns
-    the first message (created=False) and writes nothing, not even the file, also when
-    the two requests race. The author's read pointer moves to the new message. Members
-    get `message.created` on their user topics and the chat's topic, carrying the very
-    object returned here.
+    The check that the author may post and the taking of the next seq are one statement
+    under the chat's row lock, so concurrent senders get 1, 2, 3... and a kick or a block
+    cannot slip in between the check and the write. The same (author, client_id) again
+    returns the first message (created=False) and writes nothing, not even the file, also
+    when the two requests race. The author's read and delivered pointers move to the new
+    message. Members get `message.created` on their user topics and the chat's topic,
+    carrying the very object returned here.
+
+    On PostgreSQL the message, the seq and the pointers are written by one statement
+    (`_SEND_SQL`), the outbox row by a second; elsewhere (SQLite) through the ORM. Both
+    keep the guarantees above.
 
     A file is classified and stored before the transaction (outside the chat's lock);
     if anything fails afterwards it is deleted again: no orphan file.
     """
-    if client_id:
-        existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
-        if existing is not None:
-            return messages_data(chat_id=chat_id, messages=[existing])[0], False
+    if upload is not None:
+        # A retry must not even store its file: look before storing it. (The write looks
+        # for itself, under the chat's lock.)
+        sent = _message_sent_before(chat_id=chat_id, author_id=author_id, client_id=client_id)
+        if sent is not None:
+            return sent, False
     if (reply_to_id is not None or upload is not None) and not Membership.objects.filter(
         chat_id=chat_id, user_id=author_id
     ).exists():
         # Before looking up the replied message (no oracle for outsiders) or storing a
-        # file; a plain message is checked by the seq statement itself.
+        # file; a plain message is checked by the write itself.
         raise ChatNotFound()
     original = None
     if reply_to_id is not None:
@@ -405,26 +465,38 @@ def message_send(
             file=stored[0], thumbnail=stored[1], mime=sniffed.mime, size=upload.size,
             name=media.display_name(upload.name), width=sniffed.width, height=sniffed.height,
         )
+    insert = _message_inserter()
     try:
         with transaction.atomic():
-            data = _message_insert(
+            data, created = insert(
                 chat_id=chat_id, author_id=author_id, content=content,
                 original=original, client_id=client_id, attachment=attachment,
             )
-            return data, True
     except IntegrityError:
+        # Most likely a concurrent request with the same client_id committed first.
         media.discard(*stored)
-        if client_id:
-            existing = _message_by_client_id(chat_id=chat_id, author_id=author_id, client_id=client_id)
-            if existing is not None:
-                return messages_data(chat_id=chat_id, messages=[existing])[0], False
+        sent = _message_sent_before(chat_id=chat_id, author_id=author_id, client_id=client_id)
+        if sent is not None:
+            return sent, False
         raise
     except BaseException:
         media.discard(*stored)
         raise
+    if not created:
+        media.discard(*stored)
+    return data, created
 
 
-def _message_insert(
+def _message_inserter():
+    """The write of `message_send` for this database: one statement on PostgreSQL, which
+    has data-modifying CTEs; the ORM elsewhere (SQLite). Both take the same arguments and
+    return (message object, created), created=False for a known client_id."""
+    if connection.vendor == "postgresql":
+        return _message_insert_one_statement
+    return _message_insert_orm
+
+
+def _message_insert_one_statement(
     *,
     chat_id: int,
     author_id: int,
@@ -432,18 +504,57 @@ def _message_insert(
     original: Message | None,
     client_id: str | None,
     attachment: Attachment | None,
-) -> dict:
+) -> tuple[dict, bool]:
+    now = timezone.now()
+    message = Message(
+        chat_id=chat_id, author_id=author_id, type=_type_of(attachment), content=content,
+        reply_to=original, client_id=client_id or None, created_at=now,
+    )
+    params = {
+        "chat": chat_id, "author": author_id, "now": now, "type": message.type, "content": content,
+        "reply_to": message.reply_to_id, "client_id": message.client_id,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_SEND_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        # Nothing written: a known client_id (answered first, even if the author may no
+        # longer post, as on the ORM path), or the author may not post.
+        sent = _message_sent_before(chat_id=chat_id, author_id=author_id, client_id=client_id)
+        if sent is not None:
+            return sent, False
+        _refuse_post(chat_id=chat_id, author_id=author_id)
+    message.id, message.seq, message.version, current, member_ids = row
+    if not current:
+        # Another change to the chat committed while this statement waited for the lock
+        # (a concurrent send, a kick...): check again. Raising rolls the write back.
+        with connection.cursor() as cursor:
+            cursor.execute(_RECHECK_SQL, params)
+            may_post, member_ids = cursor.fetchone()
+        if not may_post:
+            _refuse_post(chat_id=chat_id, author_id=author_id)
+    data = _message_created(message=message, attachment=attachment, original=original, member_ids=member_ids)
+    return data, True
+
+
+def _message_insert_orm(
+    *,
+    chat_id: int,
+    author_id: int,
+    content: str,
+    original: Message | None,
+    client_id: str | None,
+    attachment: Attachment | None,
+) -> tuple[dict, bool]:
+    sent = _message_sent_before(chat_id=chat_id, author_id=author_id, client_id=client_id)
+    if sent is not None:
+        return sent, False
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(_SEQ_BUMP_SQL, {"now": now, "chat": chat_id, "author": author_id})
         row = cursor.fetchone()
     if row is None:
-        role = Membership.objects.filter(chat_id=chat_id, user_id=author_id).values_list("role", flat=True).first()
-        if role is None:
-            raise ChatNotFound()
-        if role == Role.RESTRICTED:
-            raise CannotPost()
-        raise BlockedError("You cannot message this user.")
+        _refuse_post(chat_id=chat_id, author_id=author_id)
     seq, version = row
     member_ids = list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))
     message = Message.objects.create(
@@ -457,23 +568,45 @@ def _message_insert(
         created_at=now,
         version=version,
     )
+    Membership.objects.filter(chat_id=chat_id, user_id=author_id).update(
+        last_read_seq=seq, last_read_message_id=message.id,
+        last_delivered_seq=seq, last_delivered_message_id=message.id,
+    )
+    data = _message_created(message=message, attachment=attachment, original=original, member_ids=member_ids)
+    return data, True
+
+
+def _refuse_post(*, chat_id: int, author_id: int) -> NoReturn:
+    """Why the author may not post: not a member (404, as for a chat that does not
+    exist), restricted, or a block in a direct chat."""
+    role = Membership.objects.filter(chat_id=chat_id, user_id=author_id).values_list("role", flat=True).first()
+    if role is None:
+        raise ChatNotFound()
+    if role == Role.RESTRICTED:
+        raise CannotPost()
+    raise BlockedError("You cannot message this user.")
+
+
+def _message_created(
+    *, message: Message, attachment: Attachment | None, original: Message | None, member_ids: list[int]
+) -> dict:
+    """Store the written message's attachment and queue `message.created` to the members;
+    return the message object."""
     if attachment is not None:
         attachment.message = message
         attachment.save()
     # Known now: reading message.attachment below must not query.
     Message.attachment.related.set_cached_value(message, attachment)
-    Membership.objects.filter(chat_id=chat_id, user_id=author_id).update(
-        last_read_seq=seq, last_read_message_id=message.id,
-        last_delivered_seq=seq, last_delivered_message_id=message.id,
-    )
     # Nobody else can have read a message that did not exist.
     data = events.message_data(
         message, unread_count=len(member_ids) - 1, reply_preview=events.reply_preview(original)
     )
     outbox.enqueue(
-        payload=outbox.event_payload(type="message.created", data=data, chat_id=chat_id, version=version),
+        payload=outbox.event_payload(
+            type="message.created", data=data, chat_id=message.chat_id, version=message.version
+        ),
         user_ids=member_ids,
-        chat_id=chat_id,
+        chat_id=message.chat_id,
     )
     return data
 
@@ -484,12 +617,16 @@ def _type_of(attachment: Attachment | None) -> str:
     return {"image": "image", "audio": "audio", "video": "video"}.get(attachment.mime.split("/")[0], "file")
 
 
-def _message_by_client_id(*, chat_id: int, author_id: int, client_id: str) -> Message | None:
-    return (
+def _message_sent_before(*, chat_id: int, author_id: int, client_id: str | None) -> dict | None:
+    """The object of the author's message with this client_id in the chat, if any."""
+    if not client_id:
+        return None
+    existing = (
         Message.objects.filter(chat_id=chat_id, author_id=author_id, client_id=client_id)
         .select_related("attachment")
         .first()
     )
+    return None if existing is None else messages_data(chat_id=chat_id, messages=[existing])[0]
 
 
 class NotAuthor(PermissionDenied):

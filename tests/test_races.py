@@ -1,17 +1,20 @@
 """Concurrent requests on a real PostgreSQL: one direct chat per pair, seqs without gaps
-or duplicates, one message per client_id. Threads with their own connections, so these
-tests commit (transactional_db)."""
+or duplicates, one message per client_id, and sends that waited for another change to
+the chat. Threads with their own connections, so these tests commit (transactional_db)."""
 
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
+from chats import services
 from chats.models import Chat, Membership, Message
+from chatserver import outbox
 from tests.support.factories import authed_client, make_user
 from tests.support.mqtt import MqttProbe
+from tests.support.stack import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,3 +112,93 @@ def test_racing_retries_with_one_client_id_store_one_message():
     assert len({r.json()["id"] for r in responses}) == 1
     assert Message.objects.filter(chat_id=cid).count() == 1
     assert Chat.objects.get(id=cid).last_seq == 1
+
+
+def _send_waits_for_the_chat_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            ["%UPDATE chats_chat SET last_seq%"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def send_behind(change, user, cid):
+    """Send as `user` while `change` (run in a transaction that holds the chat's lock)
+    has not committed yet: the send's statement starts, waits for the lock, and goes on
+    once the change is committed. Returns the send's response."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                change()
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def send():
+        try:
+            return authed_client(user.token).post(f"/chats/{cid}/messages/", {"content": "hi"}, format="json")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        holding = pool.submit(hold)
+        assert held.wait(10)
+        sending = pool.submit(send)
+        wait_until(_send_waits_for_the_chat_lock, 10, "the send to wait for the chat's lock")
+        release.set()
+        holding.result()
+        return sending.result()
+
+
+@pytest.fixture
+def message_events(monkeypatch):
+    """The message.created events queued during the test, as (payload, user ids): read
+    at enqueue time, since a relay left running by an earlier test may already have
+    published and deleted the rows."""
+    queued = []
+    enqueue = outbox.enqueue
+
+    def recording(**kwargs):
+        payload = json.loads(kwargs.get("payload") or "{}")
+        if payload.get("type") == "message.created":
+            queued.append((payload, list(kwargs["user_ids"])))
+        return enqueue(**kwargs)
+
+    monkeypatch.setattr(outbox, "enqueue", recording)
+    return queued
+
+
+def test_a_send_that_waited_for_a_kick_of_its_author_is_refused_and_writes_nothing(message_events):
+    # given
+    alice, bob = make_user(), make_user()
+    cid = alice.client.post("/chats/", {"members": [bob.id], "name": "g"}, format="json").json()["id"]
+
+    # when: the send's statement read the chat before the kick committed
+    response = send_behind(lambda: services.member_remove(chat_id=cid, actor_id=alice.id, user_id=bob.id), bob, cid)
+
+    # then
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "chat_not_found"
+    assert Message.objects.count() == 0
+    assert Chat.objects.get(id=cid).last_seq == 0
+    assert message_events == []
+
+
+def test_a_member_added_while_a_send_waited_for_the_lock_is_among_its_recipients(message_events):
+    # given
+    alice, bob, carol = make_user(), make_user(), make_user()
+    cid = alice.client.post("/chats/", {"members": [bob.id], "name": "g"}, format="json").json()["id"]
+
+    # when: the send's statement read the members before carol's addition committed
+    response = send_behind(lambda: services.member_add(chat_id=cid, actor_id=alice.id, user_id=carol.id), bob, cid)
+
+    # then
+    assert response.status_code == 201
+    assert response.json()["unread_count"] == 2
+    [(payload, user_ids)] = message_events
+    assert sorted(user_ids) == sorted([alice.id, bob.id, carol.id])
+    assert payload["data"] == response.json()
