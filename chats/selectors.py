@@ -76,28 +76,38 @@ def message_page(
     return page, has_more
 
 
-def _visible_read_seq(last_read_seq: int, joined_seq: int, read_receipts: bool) -> int:
-    # A user who turned read receipts off shows as having read nothing since it joined.
-    return last_read_seq if read_receipts else joined_seq
+class UnreadCounter:
+    """How many members of a chat have not read a message, from their read pointers.
+
+    The pointers are sorted once, then each message costs a binary search, so a
+    1,000-member group costs no more than its one list of pointers. A member's pointer
+    starts at the chat's seq when it joined, so it never counts for older messages; a
+    user with read receipts off shows as having read nothing since it joined; deleted
+    messages count 0.
+    """
+
+    def __init__(self, pointers) -> None:
+        """`pointers`: (last_read_seq, joined_seq, read_receipts) of each member."""
+        self.seqs = sorted(read if receipts else joined for read, joined, receipts in pointers)
+
+    @classmethod
+    def of_members(cls, members: list[Membership]) -> "UnreadCounter":
+        return cls((m.last_read_seq, m.joined_seq, m.user.read_receipts) for m in members)
+
+    def count(self, message: Message) -> int:
+        return 0 if message.deleted else bisect_left(self.seqs, message.seq)
 
 
 def message_unread_counts(*, chat_id: int, messages: list[Message]) -> dict[int, int]:
-    """For each message, how many members have not read it yet.
-
-    From the read pointers alone: one query for the chat's pointers, then a binary search
-    per message, so a 1,000-member group costs one small query. A member's pointer starts
-    at the chat's seq when it joined, so a member never counts for messages from before
-    it joined; deleted messages count 0.
-    """
+    """For each message, how many members have not read it yet (one small query)."""
     if not messages:
         return {}
-    pointers = sorted(
-        _visible_read_seq(*row)
-        for row in Membership.objects.filter(chat_id=chat_id).values_list(
+    counter = UnreadCounter(
+        Membership.objects.filter(chat_id=chat_id).values_list(
             "last_read_seq", "joined_seq", "user__read_receipts"
         )
     )
-    return {m.id: 0 if m.deleted else bisect_left(pointers, m.seq) for m in messages}
+    return {m.id: counter.count(m) for m in messages}
 
 
 def messages_data(*, chat_id: int, messages: list[Message]) -> list[dict]:
@@ -158,10 +168,7 @@ def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
         chat, page = membership.chat, changes[membership.chat_id]
         has_more = len(page) > limit
         page = page[:limit]
-        pointers = sorted(
-            _visible_read_seq(m.last_read_seq, m.joined_seq, m.user.read_receipts)
-            for m in members[chat.id]
-        )
+        counter = UnreadCounter.of_members(members[chat.id])
         changed_out.append(
             {
                 "id": chat.id,
@@ -169,7 +176,7 @@ def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
                 "messages": [
                     events.message_data(
                         m,
-                        unread_count=0 if m.deleted else bisect_left(pointers, m.seq),
+                        unread_count=counter.count(m),
                         reply_preview=events.reply_preview(originals.get(m.reply_to_id)),
                     )
                     for m in page
@@ -245,12 +252,8 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
         last = last_messages.get(chat.id)
         last_data = None
         if last is not None:
-            pointers = sorted(
-                _visible_read_seq(m.last_read_seq, m.joined_seq, m.user.read_receipts)
-                for m in members[chat.id]
-            )
             last_data = events.message_data(
-                last, unread_count=0 if last.deleted else bisect_left(pointers, last.seq)
+                last, unread_count=UnreadCounter.of_members(members[chat.id]).count(last)
             )
         unread = chat.last_seq - membership.last_read_seq - deleted_unread.get(chat.id, 0)
         summaries.append(

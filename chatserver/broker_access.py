@@ -13,8 +13,9 @@ Access operations (all idempotent: replaying any sequence of them ends in the sa
         and Last Will) on chat/presence/5/+
     {"op": "device_add", "user": 5, "username": "...", "password": "...", "client_id": "..."}
         one login = one device account, in the user's group, bound to its client id
-    {"op": "device_remove", "username": "..."}
-        deletes the account; the broker drops its live connection at once
+    {"op": "device_remove", "username": "...", "user": 5, "client_id": "..."}
+        deletes the account; the broker drops its live connection at once; with `user`
+        and `client_id`, also clears the device's retained presence (see `publishes`)
     {"op": "chat_add", "chat": 7}
         the chat's role: subscribe + receive on chat/chats/7
     {"op": "member_grant", "chat": 7, "user": 5} / {"op": "member_revoke", "chat": 7, "user": 5}
@@ -258,6 +259,17 @@ class DynsecAccess:
         if kind == "chat_remove":
             return [{"command": "deleteRole", "rolename": cls.chat_role(_id(op.get("chat")))}]
         raise ValueError(f"unknown access operation: {kind!r}")
+
+    @staticmethod
+    def publishes(op: Op) -> list[tuple[str, bytes]]:
+        """Retained messages to publish after `op`'s commands: (topic, payload).
+
+        A device the broker disconnects leaves no Last Will, so removing one clears its
+        retained presence itself; otherwise it would look online forever.
+        """
+        if op.get("op") == "device_remove" and "client_id" in op:
+            return [(presence_topic(op["user"], op["client_id"]), b"")]
+        return []
 
     @classmethod
     def is_benign(cls, command: Command, error: str) -> bool:

@@ -31,7 +31,6 @@ from chatserver.broker_access import (
     DynsecAccess,
     chat_topic,
     parse_presence_topic,
-    presence_topic,
     user_topic,
 )
 from chatserver.models import OutboxEvent, RelayStatus
@@ -184,10 +183,8 @@ class Relay:
                 pendings.append(pending)
                 controls.append(pending)
             for op in row.access:
-                if op["op"] == "device_remove" and "client_id" in op:
-                    # A device the broker disconnects leaves no Last Will: clear its
-                    # retained presence, or it would look online forever.
-                    pendings.append(self.broker.publish(presence_topic(op["user"], op["client_id"]), b"", retain=True))
+                for topic, payload in self.access.publishes(op):
+                    pendings.append(self.broker.publish(topic, payload, retain=True))
             if row.payload:
                 data = row.payload.encode()
                 for user_id in row.user_ids:

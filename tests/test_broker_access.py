@@ -822,3 +822,11 @@ def test_connection_subscriptions_deliver_and_survive_a_restart(own_broker, prob
         assert received.get(timeout=5) == (presence_topic(1, "x"), b"two", False)
     finally:
         conn.close()
+
+
+def test_removing_a_device_clears_its_retained_presence_and_nothing_else_publishes():
+    assert DynsecAccess.publishes(
+        {"op": "device_remove", "username": "device-9", "user": 5, "client_id": "chat-5-9"}
+    ) == [("chat/presence/5/chat-5-9", b"")]
+    assert DynsecAccess.publishes({"op": "device_remove", "username": "device-9"}) == []
+    assert DynsecAccess.publishes({"op": "member_grant", "chat": 1, "user": 5}) == []
