@@ -16,6 +16,7 @@ from django.utils import timezone
 from accounts.events import user_data
 from accounts.models import Friendship, User
 from chatserver import outbox
+from chatserver.events import Event, EventType
 
 STATES = ("online", "away", "offline")
 # Device client ids are chat-<user id>-<device id> (accounts.models.Device).
@@ -94,8 +95,7 @@ def presence_apply(*, user_id: int, presence: str) -> bool:
         user.save(update_fields=["presence", "last_seen"])
         friends = list(Friendship.objects.filter(user_id=user_id).values_list("friend_id", flat=True))
         outbox.enqueue(
-            payload=outbox.event_payload(type="presence.updated", data=user_data(user)),
-            user_ids=[user_id, *friends],
+            event=Event(type=EventType.PRESENCE_UPDATED, data=user_data(user)), user_ids=[user_id, *friends]
         )
     return True
 

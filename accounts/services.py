@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 from accounts.models import Device, User, hash_token
 from accounts.selectors import user_get_by_username
 from chatserver import outbox
+from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
 from chatserver.errors import ApplicationError, Conflict
 
 
@@ -26,17 +27,16 @@ class WeakPassword(ApplicationError):
     message = "Invalid input."
 
 
-def _device_create(*, user: User, name: str = "") -> tuple[Device, str, list[dict]]:
+def _device_create(*, user: User, name: str = "") -> tuple[Device, str, list[DeviceAdd]]:
     token = Device.new_token()
     device = Device.objects.create(user=user, token_hash=hash_token(token), name=name)
     access = [
-        {
-            "op": "device_add",
-            "user": user.id,
-            "username": device.mqtt_username,
-            "password": device.mqtt_password,
-            "client_id": device.mqtt_client_id,
-        }
+        DeviceAdd(
+            user=user.id,
+            username=device.mqtt_username,
+            password=device.mqtt_password,
+            client_id=device.mqtt_client_id,
+        )
     ]
     return device, token, access
 
@@ -59,7 +59,7 @@ def user_signup(*, username: str, password: str, device_name: str = "") -> tuple
             candidate.set_password(password)
             candidate.save()
             device, token, access = _device_create(user=candidate, name=device_name)
-            event = outbox.enqueue(access=[{"op": "user_add", "user": candidate.id}, *access])
+            event = outbox.enqueue(access=[UserAdd(user=candidate.id), *access])
     except IntegrityError:
         # Two signups raced for the same name; the other one won.
         raise UsernameTaken(fields={"username": ["This username is taken."]}) from None
@@ -92,13 +92,7 @@ def device_logout(*, device: Device) -> None:
     (which also disconnects it) as soon as the relay gets to it, normally before this
     returns."""
     with transaction.atomic():
-        op = {
-            "op": "device_remove",
-            "username": device.mqtt_username,
-            # For the relay, to clear the device's retained presence.
-            "user": device.user_id,
-            "client_id": device.mqtt_client_id,
-        }
+        op = DeviceRemove(user=device.user_id, username=device.mqtt_username, client_id=device.mqtt_client_id)
         device.delete()
         event = outbox.enqueue(access=[op])
     outbox.wait_applied([event])

@@ -12,6 +12,7 @@ from accounts.events import user_data
 from accounts.models import Block, FriendRequest, Friendship, User
 from accounts.selectors import UserNotFound
 from chatserver import outbox
+from chatserver.events import Event, EventType
 from chatserver.errors import ApplicationError, NotFound, PermissionDenied
 
 
@@ -44,11 +45,8 @@ def blocked_between(a_id: int, b_id: int) -> bool:
     return Block.objects.filter(Q(user_id=a_id, blocked_id=b_id) | Q(user_id=b_id, blocked_id=a_id)).exists()
 
 
-def _tell(type: str, *, about: User, by: User, user_ids: list[int]) -> None:
-    outbox.enqueue(
-        payload=outbox.event_payload(type=type, data={"user": user_data(about), "by": by.id}),
-        user_ids=user_ids,
-    )
+def _tell(type: EventType, *, about: User, by: User, user_ids: list[int]) -> None:
+    outbox.enqueue(event=Event(type=type, data={"user": user_data(about), "by": by.id}), user_ids=user_ids)
 
 
 def friend_request_send(*, user: User, target_id: int) -> tuple[str, bool]:
@@ -70,13 +68,13 @@ def friend_request_send(*, user: User, target_id: int) -> tuple[str, bool]:
             Friendship.objects.bulk_create(
                 [Friendship(user=user, friend=target), Friendship(user=target, friend=user)]
             )
-            _tell("friend.accepted", about=user, by=user, user_ids=[target.id])
-            _tell("friend.accepted", about=target, by=user, user_ids=[user.id])
+            _tell(EventType.FRIEND_ACCEPTED, about=user, by=user, user_ids=[target.id])
+            _tell(EventType.FRIEND_ACCEPTED, about=target, by=user, user_ids=[user.id])
             return "friends", True
         _, created = FriendRequest.objects.get_or_create(from_user=user, to_user=target)
         if created:
-            _tell("friend.requested", about=user, by=user, user_ids=[target.id])
-            _tell("friend.requested", about=target, by=user, user_ids=[user.id])
+            _tell(EventType.FRIEND_REQUESTED, about=user, by=user, user_ids=[target.id])
+            _tell(EventType.FRIEND_REQUESTED, about=target, by=user, user_ids=[user.id])
         return "requested", created
 
 
@@ -87,8 +85,8 @@ def friend_remove(*, user: User, target_id: int) -> None:
         removed = _unlink(user, target)
         if not removed:
             raise NothingToRemove()
-        _tell("friend.removed", about=user, by=user, user_ids=[target.id])
-        _tell("friend.removed", about=target, by=user, user_ids=[user.id])
+        _tell(EventType.FRIEND_REMOVED, about=user, by=user, user_ids=[target.id])
+        _tell(EventType.FRIEND_REMOVED, about=target, by=user, user_ids=[user.id])
 
 
 def _unlink(user: User, target: User) -> int:
@@ -106,8 +104,8 @@ def block_add(*, user: User, target_id: int) -> bool:
         target = _lock_pair(user, target_id)
         _, created = Block.objects.get_or_create(user=user, blocked=target)
         if _unlink(user, target):
-            _tell("friend.removed", about=user, by=user, user_ids=[target.id])
-            _tell("friend.removed", about=target, by=user, user_ids=[user.id])
+            _tell(EventType.FRIEND_REMOVED, about=user, by=user, user_ids=[target.id])
+            _tell(EventType.FRIEND_REMOVED, about=target, by=user, user_ids=[user.id])
         return created
 
 

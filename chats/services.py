@@ -19,6 +19,8 @@ from chats import events, media
 from chats.models import Attachment, Chat, Membership, Message
 from chats.selectors import ChatNotFound, MessageNotFound, chat_members, messages_data
 from chatserver import outbox
+from chatserver.broker_access import ChatAdd, ChatRemove, MemberGrant, MemberRevoke
+from chatserver.events import Event, EventType
 from chatserver.errors import ApplicationError, PermissionDenied
 
 User = get_user_model()
@@ -66,6 +68,30 @@ def _membership_locked(*, chat: Chat, user_id: int) -> Membership:
     return membership
 
 
+# Chat events that leave the chat's version alone, and why. Every other chat event is a
+# change that /chats/sync/ must be able to replay, so it takes the chat's next version.
+UNVERSIONED: dict[EventType, str] = {
+    EventType.READ_UPDATED: (
+        "pointers move many times per message and without the chat's lock; /chats/sync/ "
+        "answers the members' current pointers instead of replaying each move"
+    ),
+}
+# The same for one variant of an event type, named by a flag set in its data.
+UNVERSIONED_WHEN: dict[tuple[EventType, str], str] = {
+    (EventType.CHAT_DELETED, "hidden"): (
+        "hiding a direct chat changes it for the hider's own list only; the other member "
+        "must not see a change, so only the hider's devices are told"
+    ),
+}
+
+
+def bumps_version(type: EventType, data: dict) -> bool:
+    """Whether an event of this type, with this data, is a change of its chat's version."""
+    if type in UNVERSIONED:
+        return False
+    return not any(data.get(flag) for (t, flag) in UNVERSIONED_WHEN if t == type)
+
+
 def _chat_changed(chat: Chat) -> int:
     """Bump the chat's version (the caller holds the chat's row lock: no gap)."""
     chat.version += 1
@@ -73,13 +99,32 @@ def _chat_changed(chat: Chat) -> int:
     return chat.version
 
 
-def _publish_to_chat(*, chat: Chat, type: str, data: dict, user_ids, access=()) -> outbox.OutboxEvent:
-    """Queue a chat event; every chat event is a change of the chat, with its version."""
-    version = _chat_changed(chat)
+def chat_event(
+    *,
+    chat: Chat | int,
+    type: EventType,
+    data: dict,
+    user_ids,
+    access=(),
+    to_chat_topic: bool = True,
+    version: int | None = None,
+) -> outbox.OutboxEvent:
+    """Queue a chat event: the one way a chat event enters the outbox.
+
+    Events that change the chat (`bumps_version`) take its next version, under the chat's
+    row lock the caller holds; pass `version` only when the write itself already took it
+    (the message send statement). The others carry none.
+    """
+    chat_id = chat if isinstance(chat, int) else chat.id
+    if bumps_version(type, data):
+        if version is None:
+            version = _chat_changed(chat)
+    elif version is not None:
+        raise outbox.InvalidOutboxRow(f"{type} does not change the chat's version")
     return outbox.enqueue(
-        payload=outbox.event_payload(type=type, data=data, chat_id=chat.id, version=version),
+        event=Event(type=type, data=data, chat=chat_id, version=version),
         user_ids=user_ids,
-        chat_id=chat.id,
+        chat_topic=chat_id if to_chat_topic else None,
         access=access,
     )
 
@@ -136,11 +181,10 @@ def _chat_populate(*, chat: Chat, roles: dict[int, str]) -> outbox.OutboxEvent:
         [Membership(chat=chat, user_id=uid, role=role) for uid, role in roles.items()]
     )
     members = chat_members(chat_id=chat.id)
-    access = [{"op": "chat_add", "chat": chat.id}]
-    access += [{"op": "member_grant", "chat": chat.id, "user": uid} for uid in roles]
-    return _publish_to_chat(
+    access = [ChatAdd(chat=chat.id), *(MemberGrant(chat=chat.id, user=uid) for uid in roles)]
+    return chat_event(
         chat=chat,
-        type="chat.created",
+        type=EventType.CHAT_CREATED,
         data=events.chat_data(chat, members),
         user_ids=list(roles),
         access=access,
@@ -167,9 +211,9 @@ def chat_rename(*, chat_id: int, actor_id: int, name: str) -> Chat:
         chat.name = name
         chat.save(update_fields=["name"])
         members = chat_members(chat_id=chat.id)
-        _publish_to_chat(
+        chat_event(
             chat=chat,
-            type="chat.updated",
+            type=EventType.CHAT_UPDATED,
             data=events.chat_data(chat, members),
             user_ids=[m.user_id for m in members],
         )
@@ -187,22 +231,23 @@ def chat_delete(*, chat_id: int, actor_id: int) -> None:
         if chat.kind == Chat.Kind.DIRECT:
             actor.hidden_at_seq = chat.last_seq
             actor.save(update_fields=["hidden_at_seq"])
-            outbox.enqueue(
-                payload=outbox.event_payload(
-                    type="chat.deleted", data={"id": chat.id, "hidden": True}, chat_id=chat.id
-                ),
+            chat_event(
+                chat=chat,
+                type=EventType.CHAT_DELETED,
+                data={"id": chat.id, "hidden": True},
                 user_ids=[actor_id],
+                to_chat_topic=False,
             )
             return
         if actor.role != Role.OWNER:
             raise NotAllowed("Only the owner can delete the chat.")
         user_ids = list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
-        _publish_to_chat(
+        chat_event(
             chat=chat,
-            type="chat.deleted",
+            type=EventType.CHAT_DELETED,
             data={"id": chat.id},
             user_ids=user_ids,
-            access=[{"op": "chat_remove", "chat": chat.id}],
+            access=[ChatRemove(chat=chat.id)],
         )
         _chat_destroy(chat)
 
@@ -236,12 +281,12 @@ def member_add(*, chat_id: int, actor_id: int, user_id: int) -> tuple[Membership
             chat=chat, user=user, joined_seq=chat.last_seq, last_read_seq=chat.last_seq
         )
         user_ids = list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
-        event = _publish_to_chat(
+        event = chat_event(
             chat=chat,
-            type="member.added",
+            type=EventType.MEMBER_ADDED,
             data={"member": events.member_data(membership), "by": actor_id},
             user_ids=user_ids,
-            access=[{"op": "member_grant", "chat": chat.id, "user": user.id}],
+            access=[MemberGrant(chat=chat.id, user=user.id)],
         )
     outbox.wait_applied([event])
     return membership, True
@@ -273,14 +318,14 @@ def member_remove(*, chat_id: int, actor_id: int, user_id: int) -> None:
             raise NotAGroup("You cannot leave a direct chat.")
         target.delete()
         remaining = chat_members(chat_id=chat.id)
-        revoke = {"op": "member_revoke", "chat": chat.id, "user": user_id}
+        revoke = MemberRevoke(chat=chat.id, user=user_id)
         if not remaining:
-            outbox.enqueue(access=[revoke, {"op": "chat_remove", "chat": chat.id}])
+            outbox.enqueue(access=[revoke, ChatRemove(chat=chat.id)])
             _chat_destroy(chat)
             return
-        event = _publish_to_chat(
+        event = chat_event(
             chat=chat,
-            type="member.removed",
+            type=EventType.MEMBER_REMOVED,
             data={"member": {"id": user_id, "username": target.user.username}, "by": actor_id},
             user_ids=[m.user_id for m in remaining] + [user_id],
             access=[revoke],
@@ -294,9 +339,9 @@ def _ownership_pass(*, chat: Chat, remaining: list[Membership]) -> None:
     heir = min(remaining, key=lambda m: (-RANK[m.role], m.joined_at, m.id))
     heir.role = Role.OWNER
     heir.save(update_fields=["role"])
-    _publish_to_chat(
+    chat_event(
         chat=chat,
-        type="member.updated",
+        type=EventType.MEMBER_UPDATED,
         data={"member": events.member_data(heir), "by": None},
         user_ids=[m.user_id for m in remaining],
     )
@@ -333,9 +378,9 @@ def member_set_role(*, chat_id: int, actor_id: int, user_id: int, role: str) -> 
         target.save(update_fields=["role"])
         user_ids = list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
         for membership in changed:
-            _publish_to_chat(
+            chat_event(
                 chat=chat,
-                type="member.updated",
+                type=EventType.MEMBER_UPDATED,
                 data={"member": events.member_data(membership), "by": actor_id},
                 user_ids=user_ids,
             )
@@ -601,12 +646,13 @@ def _message_created(
     data = events.message_data(
         message, unread_count=len(member_ids) - 1, reply_preview=events.reply_preview(original)
     )
-    outbox.enqueue(
-        payload=outbox.event_payload(
-            type="message.created", data=data, chat_id=message.chat_id, version=message.version
-        ),
+    # The write statement took the version under the chat's lock.
+    chat_event(
+        chat=message.chat_id,
+        type=EventType.MESSAGE_CREATED,
+        data=data,
         user_ids=member_ids,
-        chat_id=message.chat_id,
+        version=message.version,
     )
     return data
 
@@ -677,12 +723,12 @@ def message_update(
         message.version = _chat_changed(chat)
         message.save(update_fields=["content", "deleted", "edited_at", "version"])
         data = messages_data(chat_id=chat.id, messages=[message])[0]
-        outbox.enqueue(
-            payload=outbox.event_payload(
-                type="message.updated", data=data, chat_id=chat.id, version=message.version
-            ),
+        chat_event(
+            chat=chat,
+            type=EventType.MESSAGE_UPDATED,
+            data=data,
             user_ids=Membership.objects.filter(chat=chat).values_list("user_id", flat=True),
-            chat_id=chat.id,
+            version=message.version,
         )
     return data
 
@@ -734,12 +780,13 @@ def pointer_move(
             }
             if user.read_receipts:
                 recipients = list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))
-                topic_chat = chat_id
             else:
-                recipients, topic_chat = [user.id], None
-            outbox.enqueue(
-                payload=outbox.event_payload(type="read.updated", data=data, chat_id=chat_id),
+                recipients = [user.id]
+            chat_event(
+                chat=chat_id,
+                type=EventType.READ_UPDATED,
+                data=data,
                 user_ids=recipients,
-                chat_id=topic_chat,
+                to_chat_topic=user.read_receipts,
             )
     return membership

@@ -1,26 +1,29 @@
-"""Who may do what on the broker: topics, and access operations turned into broker commands.
+"""Who may do what on the broker: topics, typed access operations, and broker commands.
 
-Pure functions and data, no MQTT client and no Django: the outbox stores access operations
-as plain JSON dicts, the relay turns them into broker commands with `commands(op)` and
-sends those over its one admin connection (`chatserver.mqtt.BrokerConnection.control`).
-Everything Mosquitto-specific about access is in `DynsecAccess`; another broker (the planned
-RabbitMQ cluster) gets another class with the same methods.
+Pure functions and data, no MQTT client and no Django. Services build access operations
+with the dataclasses below (each checks its fields when made, so a wrong one fails the
+request that made it); the outbox stores them as JSON (`to_json`), and the relay reads
+them back (`access_op_from_json`, ValueError for anything it cannot understand) and turns
+them into broker commands with `commands(op)`, sent over its one admin connection
+(`chatserver.mqtt.BrokerConnection.control`). Everything Mosquitto-specific about access
+is in `DynsecAccess`; another broker (the planned RabbitMQ cluster) gets another class
+with the same methods.
 
 Access operations (all idempotent: replaying any sequence of them ends in the same state):
 
-    {"op": "user_add", "user": 5}
+    UserAdd(user=5)
         the user's role and group: subscribe + receive on chat/users/5, publish (presence
         and Last Will) on chat/presence/5/+
-    {"op": "device_add", "user": 5, "username": "...", "password": "...", "client_id": "..."}
+    DeviceAdd(user=5, username=..., password=..., client_id=...)
         one login = one device account, in the user's group, bound to its client id
-    {"op": "device_remove", "username": "...", "user": 5, "client_id": "..."}
-        deletes the account; the broker drops its live connection at once; with `user`
-        and `client_id`, also clears the device's retained presence (see `publishes`)
-    {"op": "chat_add", "chat": 7}
+    DeviceRemove(user=5, username=..., client_id=...)
+        deletes the account; the broker drops its live connection at once; also clears
+        the device's retained presence (see `publishes`)
+    ChatAdd(chat=7)
         the chat's role: subscribe + receive on chat/chats/7
-    {"op": "member_grant", "chat": 7, "user": 5} / {"op": "member_revoke", "chat": 7, "user": 5}
+    MemberGrant(chat=7, user=5) / MemberRevoke(chat=7, user=5)
         the chat's role added to / removed from the user's group
-    {"op": "chat_remove", "chat": 7}
+    ChatRemove(chat=7)
         the chat's role (every member loses access)
 
 Mosquitto 2.0.11 facts this relies on (tests/test_broker_access.py checks them):
@@ -42,9 +45,10 @@ Mosquitto 2.0.11 facts this relies on (tests/test_broker_access.py checks them):
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-Op = dict[str, Any]
 Command = dict[str, Any]
 
 PRESENCE_FILTER = "chat/presence/+/+"
@@ -89,11 +93,102 @@ def _client_id(value: Any) -> str:
     return value
 
 
-def _text(op: Op, key: str) -> str:
-    value = op.get(key)
+def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{op.get('op')}: {key!r} must be a non-empty string")
+        raise ValueError(f"expected a non-empty string, got {value!r}")
     return value
+
+
+# --- access operations --------------------------------------------------------------------
+
+# Field name -> the check its value must pass (returns it, or raises ValueError).
+_CHECKS = {"user": _id, "chat": _id, "username": _text, "password": _text, "client_id": _client_id}
+
+
+@dataclass(frozen=True)
+class AccessOp:
+    """One broker access change. Subclasses name their `op` and their fields; every field
+    is checked when the operation is made."""
+
+    op: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            try:
+                _CHECKS[f.name](getattr(self, f.name))
+            except ValueError as exc:
+                raise ValueError(f"{self.op}.{f.name}: {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class UserAdd(AccessOp):
+    op = "user_add"
+    user: int
+
+
+@dataclass(frozen=True)
+class DeviceAdd(AccessOp):
+    op = "device_add"
+    user: int
+    username: str
+    password: str = dataclasses.field(repr=False)
+    client_id: str
+
+
+@dataclass(frozen=True)
+class DeviceRemove(AccessOp):
+    op = "device_remove"
+    user: int
+    username: str
+    client_id: str
+
+
+@dataclass(frozen=True)
+class ChatAdd(AccessOp):
+    op = "chat_add"
+    chat: int
+
+
+@dataclass(frozen=True)
+class MemberGrant(AccessOp):
+    op = "member_grant"
+    chat: int
+    user: int
+
+
+@dataclass(frozen=True)
+class MemberRevoke(AccessOp):
+    op = "member_revoke"
+    chat: int
+    user: int
+
+
+@dataclass(frozen=True)
+class ChatRemove(AccessOp):
+    op = "chat_remove"
+    chat: int
+
+
+ACCESS_OPS: dict[str, type[AccessOp]] = {
+    cls.op: cls for cls in (UserAdd, DeviceAdd, DeviceRemove, ChatAdd, MemberGrant, MemberRevoke, ChatRemove)
+}
+
+
+def access_op_from_json(value: Any) -> AccessOp:
+    """An operation as stored in the outbox, checked again (ValueError if it is not one)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"an access operation is a JSON object, got {value!r}")
+    fields = dict(value)
+    cls = ACCESS_OPS.get(fields.pop("op", None))
+    if cls is None:
+        raise ValueError(f"unknown access operation: {value.get('op')!r}")
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        raise ValueError(f"{cls.op}: {exc}") from None
 
 
 class DynsecAccess:
@@ -192,83 +287,77 @@ class DynsecAccess:
     # --- operations --------------------------------------------------------------------
 
     @classmethod
-    def commands(cls, op: Op) -> list[Command]:
-        """The dynsec commands applying `op`, in order (ValueError for a bad op)."""
-        if not isinstance(op, dict):
-            raise ValueError(f"an access operation is a dict, got {op!r}")
-        kind = op.get("op")
-        if kind == "user_add":
-            user = _id(op.get("user"))
-            topic = user_topic(user)
-            return [
-                {
-                    "command": "createRole",
-                    "rolename": cls.user_role(user),
-                    "acls": [
-                        {"acltype": "subscribeLiteral", "topic": topic, "allow": True},
-                        {"acltype": "publishClientReceive", "topic": topic, "allow": True},
-                        {
-                            "acltype": "publishClientSend",
-                            "topic": f"chat/presence/{user}/+",
-                            "allow": True,
-                        },
-                    ],
-                },
-                {
-                    "command": "createGroup",
-                    "groupname": cls.user_group(user),
-                    "roles": [{"rolename": cls.user_role(user)}],
-                },
-            ]
-        if kind == "device_add":
-            user = _id(op.get("user"))
-            return [
-                {
-                    "command": "createClient",
-                    "username": _text(op, "username"),
-                    "password": _text(op, "password"),
-                    # The binding: this account connects with this client id only.
-                    "clientid": _client_id(op.get("client_id")),
-                    "groups": [{"groupname": cls.user_group(user)}],
-                }
-            ]
-        if kind == "device_remove":
-            return [{"command": "deleteClient", "username": _text(op, "username")}]
-        if kind == "chat_add":
-            chat = _id(op.get("chat"))
-            topic = chat_topic(chat)
-            return [
-                {
-                    "command": "createRole",
-                    "rolename": cls.chat_role(chat),
-                    "acls": [
-                        {"acltype": "subscribeLiteral", "topic": topic, "allow": True},
-                        {"acltype": "publishClientReceive", "topic": topic, "allow": True},
-                    ],
-                }
-            ]
-        if kind in ("member_grant", "member_revoke"):
-            chat, user = _id(op.get("chat")), _id(op.get("user"))
-            return [
-                {
-                    "command": "addGroupRole" if kind == "member_grant" else "removeGroupRole",
-                    "groupname": cls.user_group(user),
-                    "rolename": cls.chat_role(chat),
-                }
-            ]
-        if kind == "chat_remove":
-            return [{"command": "deleteRole", "rolename": cls.chat_role(_id(op.get("chat")))}]
-        raise ValueError(f"unknown access operation: {kind!r}")
+    def commands(cls, op: AccessOp) -> list[Command]:
+        """The dynsec commands applying `op`, in order."""
+        match op:
+            case UserAdd(user=user):
+                topic = user_topic(user)
+                return [
+                    {
+                        "command": "createRole",
+                        "rolename": cls.user_role(user),
+                        "acls": [
+                            {"acltype": "subscribeLiteral", "topic": topic, "allow": True},
+                            {"acltype": "publishClientReceive", "topic": topic, "allow": True},
+                            {
+                                "acltype": "publishClientSend",
+                                "topic": f"chat/presence/{user}/+",
+                                "allow": True,
+                            },
+                        ],
+                    },
+                    {
+                        "command": "createGroup",
+                        "groupname": cls.user_group(user),
+                        "roles": [{"rolename": cls.user_role(user)}],
+                    },
+                ]
+            case DeviceAdd():
+                return [
+                    {
+                        "command": "createClient",
+                        "username": op.username,
+                        "password": op.password,
+                        # The binding: this account connects with this client id only.
+                        "clientid": op.client_id,
+                        "groups": [{"groupname": cls.user_group(op.user)}],
+                    }
+                ]
+            case DeviceRemove(username=username):
+                return [{"command": "deleteClient", "username": username}]
+            case ChatAdd(chat=chat):
+                topic = chat_topic(chat)
+                return [
+                    {
+                        "command": "createRole",
+                        "rolename": cls.chat_role(chat),
+                        "acls": [
+                            {"acltype": "subscribeLiteral", "topic": topic, "allow": True},
+                            {"acltype": "publishClientReceive", "topic": topic, "allow": True},
+                        ],
+                    }
+                ]
+            case MemberGrant(chat=chat, user=user) | MemberRevoke(chat=chat, user=user):
+                return [
+                    {
+                        "command": "addGroupRole" if isinstance(op, MemberGrant) else "removeGroupRole",
+                        "groupname": cls.user_group(user),
+                        "rolename": cls.chat_role(chat),
+                    }
+                ]
+            case ChatRemove(chat=chat):
+                return [{"command": "deleteRole", "rolename": cls.chat_role(chat)}]
+        raise ValueError(f"not an access operation: {op!r}")
 
     @staticmethod
-    def publishes(op: Op) -> list[tuple[str, bytes]]:
+    def publishes(op: AccessOp) -> list[tuple[str, bytes]]:
         """Retained messages to publish after `op`'s commands: (topic, payload).
 
         A device the broker disconnects leaves no Last Will, so removing one clears its
         retained presence itself; otherwise it would look online forever.
         """
-        if op.get("op") == "device_remove" and "client_id" in op:
-            return [(presence_topic(op["user"], op["client_id"]), b"")]
+        if isinstance(op, DeviceRemove):
+            return [(presence_topic(op.user, op.client_id), b"")]
         return []
 
     @classmethod

@@ -4,7 +4,6 @@ Services call `enqueue` inside their transaction; the relay (`manage.py relay`, 
 `chatserver/relay.py`) does the rest after commit. Nothing here talks to the broker.
 """
 
-import json
 import time
 from collections.abc import Iterable
 from datetime import timedelta
@@ -12,8 +11,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
-from rest_framework.utils.encoders import JSONEncoder
 
+from chatserver.broker_access import AccessOp
+from chatserver.events import Event
 from chatserver.models import OutboxEvent, RelayStatus
 
 NOTIFY_CHANNEL = "chat_outbox"
@@ -21,39 +21,53 @@ NOTIFY_CHANNEL = "chat_outbox"
 RELAY_HEARTBEAT_MAX_AGE = timedelta(seconds=5)
 
 
-def event_payload(
-    *, type: str, data: dict, chat_id: int | None = None, version: int | None = None
-) -> str:
-    """The JSON published over MQTT: `{type, chat?, version?, data, ts}`.
-
-    `version` is the chat's change counter after this change (see Chat.version): a client
-    keeps the highest it has seen per chat and hands it to /sync/ to catch up. Uses DRF's
-    encoder so that a message in an event is byte-for-byte the object the HTTP API
-    returns (same datetime format).
-    """
-    event = {"type": type}
-    if chat_id is not None:
-        event["chat"] = chat_id
-    if version is not None:
-        event["version"] = version
-    event["data"] = data
-    event["ts"] = timezone.now()
-    return json.dumps(event, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False)
+class InvalidOutboxRow(ValueError):
+    """A service tried to queue something the relay could not handle: a bug, raised in
+    the request that made it."""
 
 
 def enqueue(
     *,
-    payload: str = "",
+    event: Event | None = None,
     user_ids: Iterable[int] = (),
-    chat_id: int | None = None,
-    access: Iterable[dict] = (),
+    chat_topic: int | None = None,
+    access: Iterable[AccessOp] = (),
 ) -> OutboxEvent:
-    """Queue one outbox row in the current transaction; the relay gets it after commit."""
+    """Queue one outbox row in the current transaction; the relay gets it after commit.
+
+    The relay applies `access` in order, then publishes `event` to the user topic of each
+    of `user_ids` and, if set, to the topic of chat `chat_topic`.
+    """
     assert connection.in_atomic_block, "enqueue() belongs inside the change's transaction"
+    access = list(access)
+    user_ids = list(user_ids)
+    for op in access:
+        if not isinstance(op, AccessOp):
+            raise InvalidOutboxRow(f"not an access operation: {op!r}")
+    for user_id in user_ids:
+        if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
+            raise InvalidOutboxRow(f"not a user id: {user_id!r}")
+    if event is None:
+        if user_ids or chat_topic is not None or not access:
+            raise InvalidOutboxRow("a row without an event carries access operations only")
+    else:
+        if not isinstance(event, Event):
+            raise InvalidOutboxRow(f"not an Event: {event!r}")
+        if not user_ids and chat_topic is None:
+            raise InvalidOutboxRow(f"{event.type} has no recipient")
+        if chat_topic is not None and chat_topic != event.chat:
+            raise InvalidOutboxRow(f"{event.type} of chat {event.chat} sent to chat {chat_topic}'s topic")
+        if settings.OUTBOX_CHECK_SCHEMAS:
+            from chatserver.contract import check_event
+
+            check_event(event)
     # On PostgreSQL the insert also wakes the relay at commit (a trigger sends NOTIFY:
     # migration chatserver 0002); SQLite is polled by the relay.
     return OutboxEvent.objects.create(
-        payload=payload, user_ids=list(user_ids), chat_id=chat_id, access=list(access)
+        payload=event.encode() if event is not None else "",
+        user_ids=user_ids,
+        chat_id=chat_topic,
+        access=[op.to_json() for op in access],
     )
 
 

@@ -29,6 +29,7 @@ from accounts.presence import PresenceTracker, presence_apply, presence_reset_ab
 from chatserver.broker_access import (
     PRESENCE_FILTER,
     DynsecAccess,
+    access_op_from_json,
     chat_topic,
     parse_presence_topic,
     user_topic,
@@ -177,12 +178,13 @@ class Relay:
         """Send a batch and delete it once the broker acknowledged all of it."""
         pendings, controls = [], []
         for row in rows:
-            commands = [c for op in row.access for c in self.access.commands(op)]
+            ops = [access_op_from_json(op) for op in row.access]
+            commands = [c for op in ops for c in self.access.commands(op)]
             if commands:
                 pending = self.broker.control(commands)
                 pendings.append(pending)
                 controls.append(pending)
-            for op in row.access:
+            for op in ops:
                 for topic, payload in self.access.publishes(op):
                     pendings.append(self.broker.publish(topic, payload, retain=True))
             if row.payload:

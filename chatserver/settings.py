@@ -238,6 +238,10 @@ RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
 RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
 
+# Check every queued event against its JSON Schema in docs/asyncapi.yaml (the suite turns
+# it on; it costs a schema validation per event, so production leaves it off).
+OUTBOX_CHECK_SCHEMAS = env_bool("OUTBOX_CHECK_SCHEMAS")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

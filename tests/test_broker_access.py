@@ -24,6 +24,7 @@ import pytest
 from chatserver.broker_access import (
     PRESENCE_FILTER,
     DynsecAccess,
+    access_op_from_json,
     chat_topic,
     parse_presence_topic,
     presence_topic,
@@ -62,10 +63,19 @@ class Device:
         return {"username": self.username, "password": self.password, "client_id": self.client_id}
 
 
+def commands(op: dict) -> list[dict]:
+    """The broker commands of an access operation in its stored (JSON) form."""
+    return DynsecAccess.commands(access_op_from_json(op))
+
+
+def publishes(op: dict) -> list[tuple[str, bytes]]:
+    return DynsecAccess.publishes(access_op_from_json(op))
+
+
 def apply(conn: BrokerConnection, *ops: dict) -> list[tuple[dict, str | None]]:
     """Apply access operations; fail on any error that is not benign."""
     assert conn.connect(timeout=10)
-    pending = conn.control([c for op in ops for c in DynsecAccess.commands(op)])
+    pending = conn.control([c for op in ops for c in DynsecAccess.commands(access_op_from_json(op))])
     assert conn.wait([pending], timeout=5), pending
     bad = [(c["command"], e) for c, e in pending.result if e and not DynsecAccess.is_benign(c, e)]
     assert bad == []
@@ -473,7 +483,7 @@ def test_device_remove_disconnects_at_once_and_refuses_the_login(admin, probes, 
     observer.wait_for(1)
     # when
     started = time.monotonic()
-    apply(admin, {"op": "device_remove", "username": device.username})
+    apply(admin, {"op": "device_remove", "username": device.username, "user": device.user, "client_id": device.client_id})
     # then
     assert probe.wait_disconnected(timeout=2)
     assert time.monotonic() - started < 1.0
@@ -490,7 +500,7 @@ def test_retained_presence_of_a_removed_device_stays_until_the_server_clears_it(
     topic = retained(presence_topic(device.user, device.client_id))
     probe = phone(probes, device)
     assert probe.publish(topic, "online", retain=True)
-    apply(admin, {"op": "device_remove", "username": device.username})
+    apply(admin, {"op": "device_remove", "username": device.username, "user": device.user, "client_id": device.client_id})
     # when: the server subscribes afresh (as after a relay restart)
     fresh = observe(device.user)
     # then: Mosquitto still hands it out (check_retain_source does not drop it)
@@ -536,7 +546,7 @@ def test_replaying_any_suffix_of_the_operations_ends_in_the_same_state(admin, pr
         {"op": "chat_add", "chat": c2},
         {"op": "member_grant", "chat": c2, "user": u1},
         {"op": "member_revoke", "chat": c1, "user": u2},
-        {"op": "device_remove", "username": d3.username},
+        {"op": "device_remove", "username": d3.username, "user": d3.user, "client_id": d3.client_id},
         {"op": "chat_remove", "chat": c2},
     ]
     apply(admin, *ops)
@@ -573,7 +583,7 @@ def test_topics():
 
 
 def test_commands_user_add():
-    assert DynsecAccess.commands({"op": "user_add", "user": 5}) == [
+    assert commands({"op": "user_add", "user": 5}) == [
         {"command": "createRole", "rolename": "user-5", "acls": [
             {"acltype": "subscribeLiteral", "topic": "chat/users/5", "allow": True},
             {"acltype": "publishClientReceive", "topic": "chat/users/5", "allow": True},
@@ -585,29 +595,29 @@ def test_commands_user_add():
 
 def test_commands_device_add_and_remove():
     op = {"op": "device_add", "user": 5, "username": "u", "password": "p", "client_id": "c"}
-    assert DynsecAccess.commands(op) == [
+    assert commands(op) == [
         {"command": "createClient", "username": "u", "password": "p", "clientid": "c",
          "groups": [{"groupname": "user-5"}]},
     ]
-    assert DynsecAccess.commands({"op": "device_remove", "username": "u"}) == [
+    assert commands({"op": "device_remove", "user": 5, "username": "u", "client_id": "c"}) == [
         {"command": "deleteClient", "username": "u"},
     ]
 
 
 def test_commands_chats_and_members():
-    assert DynsecAccess.commands({"op": "chat_add", "chat": 7}) == [
+    assert commands({"op": "chat_add", "chat": 7}) == [
         {"command": "createRole", "rolename": "chat-7", "acls": [
             {"acltype": "subscribeLiteral", "topic": "chat/chats/7", "allow": True},
             {"acltype": "publishClientReceive", "topic": "chat/chats/7", "allow": True},
         ]},
     ]
-    assert DynsecAccess.commands({"op": "member_grant", "chat": 7, "user": 5}) == [
+    assert commands({"op": "member_grant", "chat": 7, "user": 5}) == [
         {"command": "addGroupRole", "groupname": "user-5", "rolename": "chat-7"},
     ]
-    assert DynsecAccess.commands({"op": "member_revoke", "chat": 7, "user": 5}) == [
+    assert commands({"op": "member_revoke", "chat": 7, "user": 5}) == [
         {"command": "removeGroupRole", "groupname": "user-5", "rolename": "chat-7"},
     ]
-    assert DynsecAccess.commands({"op": "chat_remove", "chat": 7}) == [
+    assert commands({"op": "chat_remove", "chat": 7}) == [
         {"command": "deleteRole", "rolename": "chat-7"},
     ]
 
@@ -634,11 +644,13 @@ def test_commands_baseline():
     {"op": "device_add", "user": 5, "username": "u", "password": "p", "client_id": "a/b"},
     {"op": "device_add", "user": 5, "username": "", "password": "p", "client_id": "c"},
     {"op": "member_grant", "chat": 7},
+    {"op": "member_grant", "chat": 7, "user": 5, "extra": 1},
+    {"op": "device_remove", "username": "u"},
     ["user_add", 5],
 ])
 def test_commands_refuse_bad_operations(op):
     with pytest.raises(ValueError):
-        DynsecAccess.commands(op)
+        commands(op)
 
 
 def test_is_benign():
@@ -694,14 +706,14 @@ def test_connection_publish_is_acknowledged_and_delivered(mosquitto, admin, prob
 def test_connection_control_answers_each_command_in_order(admin):
     # given
     chat = next(_ids)
-    commands = DynsecAccess.commands({"op": "chat_add", "chat": chat}) * 2 + [{"command": "bogus"}]
+    batch = commands({"op": "chat_add", "chat": chat}) * 2 + [{"command": "bogus"}]
     # when
-    pending = admin.control(commands)
+    pending = admin.control(batch)
     # then
     assert admin.wait([pending], timeout=5)
     assert pending.result == [
-        (commands[0], None), (commands[1], "Role already exists"), (commands[2], "Unknown command")]
-    assert "correlationData" not in commands[0]
+        (batch[0], None), (batch[1], "Role already exists"), (batch[2], "Unknown command")]
+    assert "correlationData" not in batch[0]
 
 
 def test_connection_reports_a_publish_the_broker_refused(admin):
@@ -825,8 +837,7 @@ def test_connection_subscriptions_deliver_and_survive_a_restart(own_broker, prob
 
 
 def test_removing_a_device_clears_its_retained_presence_and_nothing_else_publishes():
-    assert DynsecAccess.publishes(
+    assert publishes(
         {"op": "device_remove", "username": "device-9", "user": 5, "client_id": "chat-5-9"}
     ) == [("chat/presence/5/chat-5-9", b"")]
-    assert DynsecAccess.publishes({"op": "device_remove", "username": "device-9"}) == []
-    assert DynsecAccess.publishes({"op": "member_grant", "chat": 1, "user": 5}) == []
+    assert publishes({"op": "member_grant", "chat": 1, "user": 5}) == []

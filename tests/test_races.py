@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from chats import services
 from chats.models import Chat, Membership, Message
 from chatserver import outbox
+from chatserver.events import EventType
 from tests.support.factories import authed_client, make_user
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
@@ -163,9 +164,9 @@ def message_events(monkeypatch):
     enqueue = outbox.enqueue
 
     def recording(**kwargs):
-        payload = json.loads(kwargs.get("payload") or "{}")
-        if payload.get("type") == "message.created":
-            queued.append((payload, list(kwargs["user_ids"])))
+        event = kwargs.get("event")
+        if event is not None and event.type == EventType.MESSAGE_CREATED:
+            queued.append((json.loads(event.encode()), list(kwargs["user_ids"])))
         return enqueue(**kwargs)
 
     monkeypatch.setattr(outbox, "enqueue", recording)
