@@ -1,12 +1,8 @@
 from django.db.models.functions import Lower
 
+from accounts.errors import UserNotFound
 from accounts.models import Block, FriendRequest, Friendship, User
-from chatserver.errors import NotFound
 
-
-class UserNotFound(NotFound):
-    code = "user_not_found"
-    message = "User not found."
 
 
 def user_get_by_username(*, username: str) -> User | None:

@@ -8,23 +8,11 @@ from accounts.models import Device, User, hash_token
 from accounts.selectors import user_get_by_username
 from chatserver import outbox
 from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
-from chatserver.errors import ApplicationError, Conflict
+from accounts.errors import InvalidCredentials, UsernameTaken
+from chatserver.errors import InvalidInput
 
 
-class UsernameTaken(Conflict):
-    code = "username_taken"
-    message = "This username is taken."
 
-
-class InvalidCredentials(ApplicationError):
-    status_code = 401
-    code = "invalid_credentials"
-    message = "Wrong username or password."
-
-
-class WeakPassword(ApplicationError):
-    code = "validation_error"
-    message = "Invalid input."
 
 
 def _device_create(*, user: User, name: str = "") -> tuple[Device, str, list[DeviceAdd]]:
@@ -51,9 +39,9 @@ def user_signup(*, username: str, password: str, device_name: str = "") -> tuple
     try:
         password_validation.validate_password(password, user=candidate)
     except DjangoValidationError as exc:
-        raise WeakPassword(fields={"password": list(exc.messages)}) from None
+        raise InvalidInput(fields={"password": list(exc.messages)}) from None
     if user_get_by_username(username=username) is not None:
-        raise UsernameTaken(fields={"username": ["This username is taken."]})
+        raise UsernameTaken()
     try:
         with transaction.atomic():
             candidate.set_password(password)
@@ -62,7 +50,7 @@ def user_signup(*, username: str, password: str, device_name: str = "") -> tuple
             event = outbox.enqueue(access=[UserAdd(user=candidate.id), *access])
     except IntegrityError:
         # Two signups raced for the same name; the other one won.
-        raise UsernameTaken(fields={"username": ["This username is taken."]}) from None
+        raise UsernameTaken() from None
     outbox.wait_applied([event])
     return device, token
 
@@ -98,9 +86,9 @@ def device_logout(*, device: Device) -> None:
     outbox.wait_applied([event])
 
 
-def user_settings_update(*, user: User, read_receipts: bool | None = None) -> User:
-    """Change the user's own settings (today: whether others see its read pointer)."""
-    if read_receipts is not None and read_receipts != user.read_receipts:
-        user.read_receipts = read_receipts
-        user.save(update_fields=["read_receipts"])
-    return user
+def user_settings_update(*, actor: User, read_receipts: bool | None = None) -> User:
+    """Change the actor's own settings (today: whether others see its read pointer)."""
+    if read_receipts is not None and read_receipts != actor.read_receipts:
+        actor.read_receipts = read_receipts
+        actor.save(update_fields=["read_receipts"])
+    return actor

@@ -14,5 +14,4 @@ urlpatterns = [
     path("<id:user_id>/friends/<id:friend_id>/", views.FriendView.as_view(), name="friend"),
     path("<id:user_id>/blocks/", views.BlocksView.as_view(), name="blocks"),
     path("<id:user_id>/blocks/<id:blocked_id>/", views.BlockView.as_view(), name="block"),
-    path("<id:user_id>/chats/", views.UserChatsView.as_view(), name="user-chats"),
 ]

@@ -17,8 +17,6 @@ from accounts.serializers import (
     UserOutput,
     session_data,
 )
-from chats import selectors as chat_selectors
-from chats.serializers import ChatSummaryOutput
 from chatserver.errors import NotYours
 
 
@@ -71,7 +69,7 @@ class MeView(APIView):
     def patch(self, request):
         data = SettingsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.user_settings_update(user=request.user, **data.validated_data)
+        services.user_settings_update(actor=request.user, **data.validated_data)
         return Response(session_data(device=request.auth, request=request))
 
 
@@ -140,14 +138,14 @@ class FriendView(APIView):
     )
     def post(self, request, user_id: int, friend_id: int):
         _own(request, user_id)
-        status, changed = social.friend_request_send(user=request.user, target_id=friend_id)
+        status, changed = social.friend_request_send(actor=request.user, target_id=friend_id)
         code = 201 if status == "requested" and changed else 200
         return Response({"status": status}, status=code)
 
     @extend_schema(responses={204: None}, tags=["people"], description="Unfriend, cancel or decline.")
     def delete(self, request, user_id: int, friend_id: int):
         _own(request, user_id)
-        social.friend_remove(user=request.user, target_id=friend_id)
+        social.friend_remove(actor=request.user, target_id=friend_id)
         return Response(status=204)
 
 
@@ -159,28 +157,11 @@ class BlockView(APIView):
     @extend_schema(request=None, responses={201: BlockStatusOutput, 200: BlockStatusOutput}, tags=["people"])
     def post(self, request, user_id: int, blocked_id: int):
         _own(request, user_id)
-        created = social.block_add(user=request.user, target_id=blocked_id)
+        created = social.block_add(actor=request.user, target_id=blocked_id)
         return Response({"status": "blocked"}, status=201 if created else 200)
 
     @extend_schema(responses={204: None}, tags=["people"])
     def delete(self, request, user_id: int, blocked_id: int):
         _own(request, user_id)
-        social.block_remove(user=request.user, target_id=blocked_id)
+        social.block_remove(actor=request.user, target_id=blocked_id)
         return Response(status=204)
-
-
-class UserChatsView(generics.ListAPIView):
-    """The caller's chats, most recent activity first, each with its members,
-    `last_message` and `unread_count`."""
-
-    @extend_schema(responses={200: ChatSummaryOutput(many=True)}, tags=["chats"])
-    def get(self, request, *args, **kwargs):
-        _own(request, kwargs["user_id"])
-        return super().get(request, *args, **kwargs)
-
-    def get_queryset(self):
-        return chat_selectors.chat_list_queryset(user_id=self.request.user.id)
-
-    def list(self, request, *args, **kwargs):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(chat_selectors.chat_summaries(memberships=page))

@@ -14,20 +14,11 @@ from django.utils.http import content_disposition_header
 
 from chats.media import DOWNLOAD_ONLY
 from chats.models import Attachment
-from chatserver.errors import ApplicationError, NotFound
+from chats.errors import AttachmentNotFound, LinkExpired
 
 _SALT = "chats.attachment-link"
 
 
-class AttachmentNotFound(NotFound):
-    code = "attachment_not_found"
-    message = "Attachment not found."
-
-
-class LinkExpired(ApplicationError):
-    status_code = 403
-    code = "link_expired"
-    message = "This link has expired; ask for a new one."
 
 
 def link_token(*, attachment: Attachment, thumbnail: bool) -> str:

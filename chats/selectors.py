@@ -8,19 +8,11 @@ from operator import or_
 from django.db.models import Count, F, Q, Window
 from django.db.models.functions import RowNumber
 
-from chats import events
+from chats import shapes
 from chats.models import Membership, Message
-from chatserver.errors import ApplicationError, NotFound
+from chats.errors import ChatNotFound, InvalidCursor, MessageNotFound
 
 
-class ChatNotFound(NotFound):
-    code = "chat_not_found"
-    message = "Chat not found."
-
-
-class MessageNotFound(NotFound):
-    code = "message_not_found"
-    message = "Message not found."
 
 
 def membership_get_for_member(*, chat_id: int, user_id: int) -> Membership:
@@ -38,10 +30,6 @@ def chat_members(*, chat_id: int) -> list[Membership]:
         Membership.objects.filter(chat_id=chat_id).select_related("user").order_by("joined_at", "id")
     )
 
-
-class InvalidCursor(ApplicationError):
-    code = "invalid_cursor"
-    message = "No such message in this chat."
 
 
 def message_page(
@@ -110,17 +98,21 @@ def message_unread_counts(*, chat_id: int, messages: list[Message]) -> dict[int,
     return {m.id: counter.count(m) for m in messages}
 
 
-def messages_data(*, chat_id: int, messages: list[Message]) -> list[dict]:
-    """The API objects of messages of one chat: unread counts and reply previews in two
-    queries whatever their number."""
+def messages_annotate(*, chat_id: int, messages: list[Message]) -> list[Message]:
+    """Give messages of one chat what their API object needs beyond their row
+    (`unread_count`, `reply_original`: see `chats.shapes.message_output`), in two queries
+    whatever their number."""
     unread = message_unread_counts(chat_id=chat_id, messages=messages)
     originals = _reply_originals(messages)
-    return [
-        events.message_data(
-            m, unread_count=unread[m.id], reply_preview=events.reply_preview(originals.get(m.reply_to_id))
-        )
-        for m in messages
-    ]
+    for m in messages:
+        m.unread_count = unread[m.id]
+        m.reply_original = originals.get(m.reply_to_id)
+    return messages
+
+
+def messages_data(*, chat_id: int, messages: list[Message]) -> list[dict]:
+    """The API objects of messages of one chat."""
+    return [shapes.message_output(m) for m in messages_annotate(chat_id=chat_id, messages=messages)]
 
 
 def _reply_originals(messages: list[Message]) -> dict[int, Message]:
@@ -174,21 +166,21 @@ def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
                 "id": chat.id,
                 "version": page[-1].version if has_more else chat.version,
                 "messages": [
-                    events.message_data(
+                    shapes.message_data(
                         m,
                         unread_count=counter.count(m),
-                        reply_preview=events.reply_preview(originals.get(m.reply_to_id)),
+                        reply_preview=shapes.reply_preview(originals.get(m.reply_to_id)),
                     )
                     for m in page
                 ],
                 "has_more": has_more,
-                "members": [events.member_data(m) for m in members[chat.id]],
+                "members": [shapes.member_data(m) for m in members[chat.id]],
             }
         )
     return {
         "changed": changed_out,
         "removed": removed,
-        "new": [events.chat_data(m.chat, members[m.chat_id]) for m in new],
+        "new": [shapes.chat_data(m.chat, members[m.chat_id]) for m in new],
     }
 
 
@@ -252,13 +244,13 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
         last = last_messages.get(chat.id)
         last_data = None
         if last is not None:
-            last_data = events.message_data(
+            last_data = shapes.message_data(
                 last, unread_count=UnreadCounter.of_members(members[chat.id]).count(last)
             )
         unread = chat.last_seq - membership.last_read_seq - deleted_unread.get(chat.id, 0)
         summaries.append(
             {
-                **events.chat_data(chat, members[chat.id]),
+                **shapes.chat_data(chat, members[chat.id]),
                 "last_message": last_data,
                 "unread_count": max(unread, 0),
             }

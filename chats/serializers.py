@@ -1,6 +1,6 @@
 """Input serializers validate shape and never save; output ones list their fields.
 
-The output shapes are built by `chats.events` (shared with the MQTT events); the output
+The output shapes are built by `chats.shapes` (shared with the MQTT events); the output
 serializers here describe them for the API schema.
 """
 

@@ -5,17 +5,24 @@ from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chats import downloads, events, selectors, services
+from chats import downloads, selectors, shapes
+from chats.services import chats as chat_services
+from chats.services import members as member_services
+from chats.services.message_edit import message_update
+from chats.services.message_send import message_send
+from chats.services.pointers import pointer_move
 from chats.serializers import (
     AttachmentLinkOutput,
     ChatCreateInput,
     ChatOutput,
     ChatRenameInput,
+    ChatSummaryOutput,
     HistoryQuery,
     MemberOutput,
     MemberRoleInput,
@@ -26,12 +33,13 @@ from chats.serializers import (
     SyncInput,
     SyncOutput,
 )
-from chatserver.errors import ApplicationError, NotYours
+from chats.errors import PayloadTooLarge
+from chatserver.errors import NotYours
 
 
 def _chat_response(chat, status: int = 200) -> Response:
     members = selectors.chat_members(chat_id=chat.id)
-    return Response(events.chat_data(chat, members), status=status)
+    return Response(shapes.chat_data(chat, members), status=status)
 
 
 class ChatsView(APIView):
@@ -45,8 +53,8 @@ class ChatsView(APIView):
     def post(self, request):
         data = ChatCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        chat, created = services.chat_create(
-            creator=request.user,
+        chat, created = chat_services.chat_create(
+            actor=request.user,
             member_ids=data.validated_data["members"],
             name=data.validated_data["name"],
         )
@@ -63,22 +71,14 @@ class ChatDetailView(APIView):
     def patch(self, request, chat_id: int):
         data = ChatRenameInput(data=request.data)
         data.is_valid(raise_exception=True)
-        chat = services.chat_rename(chat_id=chat_id, actor_id=request.user.id, **data.validated_data)
+        chat = chat_services.chat_rename(chat_id=chat_id, actor=request.user, **data.validated_data)
         return _chat_response(chat)
 
     @extend_schema(responses={204: None}, tags=["chats"])
     def delete(self, request, chat_id: int):
-        services.chat_delete(chat_id=chat_id, actor_id=request.user.id)
+        chat_services.chat_delete(chat_id=chat_id, actor=request.user)
         return Response(status=204)
 
-
-class PayloadTooLarge(ApplicationError):
-    status_code = 413
-    code = "payload_too_large"
-
-    def __init__(self) -> None:
-        limit = settings.ATTACHMENT_MAX_SIZE // (1024 * 1024)
-        super().__init__(f"Files are limited to {limit} MB.")
 
 
 class SizeLimitUploadHandler(FileUploadHandler):
@@ -144,15 +144,15 @@ class ChatMessagesView(APIView):
         data.is_valid(raise_exception=True)
         # No membership query here: message_send's seq statement checks it (404 for
         # outsiders), one round trip less on the hottest path.
-        message, created = services.message_send(
+        message, created = message_send(
+            actor=request.user,
             chat_id=chat_id,
-            author_id=request.user.id,
             content=data.validated_data["content"],
             reply_to_id=data.validated_data["reply_to"],
             client_id=data.validated_data["client_id"],
             upload=data.validated_data["file"],
         )
-        return Response(message, status=201 if created else 200)
+        return Response(shapes.message_output(message), status=201 if created else 200)
 
 
 class MessageDetailView(APIView):
@@ -166,20 +166,20 @@ class MessageDetailView(APIView):
     def patch(self, request, chat_id: int, message_id: int):
         data = MessageUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        message = services.message_update(
+        message = message_update(
+            actor=request.user,
             chat_id=chat_id,
-            actor_id=request.user.id,
             message_id=message_id,
             content=data.validated_data.get("content"),
             delete=data.validated_data.get("deleted", False),
         )
-        return Response(message)
+        return Response(shapes.message_output(message))
 
 
 def _member_attachment(request, chat_id: int, message_id: int):
     selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
     message = selectors.message_get_in_chat(chat_id=chat_id, message_id=message_id)
-    attachment = events.attachment_or_none(message)
+    attachment = shapes.attachment_or_none(message)
     if attachment is None:
         raise downloads.AttachmentNotFound()
     return attachment
@@ -238,11 +238,8 @@ class PointerView(APIView):
         if user_id != request.user.id:
             selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
             raise NotYours()
-        membership = services.pointer_move(
-            chat_id=chat_id, user=request.user, message_id=message_id, read=self.read
-        )
-        membership.user = request.user
-        return Response(events.member_data(membership))
+        membership = pointer_move(actor=request.user, chat_id=chat_id, message_id=message_id, read=self.read)
+        return Response(shapes.member_data(membership))
 
 
 class SyncView(APIView):
@@ -265,27 +262,43 @@ class ChatMembersView(APIView):
     def get(self, request, chat_id: int):
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         members = selectors.chat_members(chat_id=chat_id)
-        return Response([events.member_data(m) for m in members])
+        return Response([shapes.member_data(m) for m in members])
 
 
 class ChatMemberView(APIView):
     @extend_schema(request=None, responses={201: MemberOutput, 200: MemberOutput}, tags=["members"])
     def post(self, request, chat_id: int, user_id: int):
-        membership, created = services.member_add(
-            chat_id=chat_id, actor_id=request.user.id, user_id=user_id
-        )
-        return Response(events.member_data(membership), status=201 if created else 200)
+        membership, created = member_services.member_add(chat_id=chat_id, actor=request.user, user_id=user_id)
+        return Response(shapes.member_data(membership), status=201 if created else 200)
 
     @extend_schema(request=MemberRoleInput, responses={200: MemberOutput}, tags=["members"])
     def patch(self, request, chat_id: int, user_id: int):
         data = MemberRoleInput(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = services.member_set_role(
-            chat_id=chat_id, actor_id=request.user.id, user_id=user_id, **data.validated_data
+        membership = member_services.member_set_role(
+            chat_id=chat_id, actor=request.user, user_id=user_id, **data.validated_data
         )
-        return Response(events.member_data(membership))
+        return Response(shapes.member_data(membership))
 
     @extend_schema(responses={204: None}, tags=["members"])
     def delete(self, request, chat_id: int, user_id: int):
-        services.member_remove(chat_id=chat_id, actor_id=request.user.id, user_id=user_id)
+        member_services.member_remove(chat_id=chat_id, actor=request.user, user_id=user_id)
         return Response(status=204)
+
+
+class UserChatsView(generics.ListAPIView):
+    """The caller's chats (`/accounts/<me>/chats/`), most recent activity first, each with
+    its members, `last_message` and `unread_count`."""
+
+    @extend_schema(responses={200: ChatSummaryOutput(many=True)}, tags=["chats"])
+    def get(self, request, *args, **kwargs):
+        if kwargs["user_id"] != request.user.id:
+            raise NotYours()
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return selectors.chat_list_queryset(user_id=self.request.user.id)
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(selectors.chat_summaries(memberships=page))

@@ -1,12 +1,38 @@
 """Errors that services raise. They carry their HTTP status and a machine-readable code.
 
-Services never import DRF: the exception handler turns these into the error envelope.
+Services never import DRF: the exception handler turns these into the error envelope
+`{"error": {"code", "message", "fields"?}}`. Every code a client can get is a member of
+one `StrEnum`: the generic ones below, and each app's own in its `errors.py`
+(`accounts.errors.AccountsErrorCode`, `chats.errors.ChatsErrorCode`). No code is in two
+enums, and docs/http-api.md lists them all (tests/chatserver/test_errors.py checks both).
 """
+
+from enum import StrEnum, unique
+
+
+@unique
+class ErrorCode(StrEnum):
+    """Codes of the envelope that belong to no app: the request's shape, authentication,
+    limits, and the generic refusals."""
+
+    BAD_REQUEST = "bad_request"
+    VALIDATION_ERROR = "validation_error"
+    MALFORMED_BODY = "malformed_body"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_AUTHENTICATED = "not_authenticated"
+    INVALID_TOKEN = "invalid_token"
+    THROTTLED = "throttled"
+    NOT_FOUND = "not_found"
+    PERMISSION_DENIED = "permission_denied"
+    CONFLICT = "conflict"
+    NOT_YOURS = "not_yours"
+    SERVER_ERROR = "server_error"
 
 
 class ApplicationError(Exception):
     status_code = 400
-    code = "bad_request"
+    code: StrEnum = ErrorCode.BAD_REQUEST
     message = "Bad request."
 
     def __init__(self, message: str | None = None, *, fields: dict | None = None) -> None:
@@ -15,26 +41,37 @@ class ApplicationError(Exception):
         self.fields = fields
 
 
+class InvalidInput(ApplicationError):
+    """Input a serializer could not judge (it needs the database): one field's error, in
+    the same envelope as DRF's validation errors."""
+
+    code = ErrorCode.VALIDATION_ERROR
+    message = "Invalid input."
+
+    def __init__(self, field: str | None = None, message: str | None = None, *, fields: dict | None = None) -> None:
+        super().__init__(fields=fields if fields is not None else {field: [message]})
+
+
 class NotFound(ApplicationError):
     status_code = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     message = "Not found."
 
 
 class PermissionDenied(ApplicationError):
     status_code = 403
-    code = "permission_denied"
+    code = ErrorCode.PERMISSION_DENIED
     message = "You may not do this."
 
 
 class Conflict(ApplicationError):
     status_code = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
     message = "This conflicts with the current state."
 
 
 class NotYours(PermissionDenied):
     """A path names another user where only one's own is allowed (`/accounts/<id>/...`)."""
 
-    code = "not_yours"
+    code = ErrorCode.NOT_YOURS
     message = "You can only see and change your own."

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chats.events import DELETED_CONTENT
+from chats.shapes import DELETED_CONTENT
 from chats.models import Membership, Message
 from chatserver.models import OutboxEvent
 from tests.support.factories import make_user

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection, transaction
 
-from chats import services
+from chats.services import members as member_services
 from chats.models import Chat, Membership, Message
 from chatserver import outbox
 from chatserver.events import EventType
@@ -179,7 +179,7 @@ def test_a_send_that_waited_for_a_kick_of_its_author_is_refused_and_writes_nothi
     cid = alice.client.post("/chats/", {"members": [bob.id], "name": "g"}, format="json").json()["id"]
 
     # when: the send's statement read the chat before the kick committed
-    response = send_behind(lambda: services.member_remove(chat_id=cid, actor_id=alice.id, user_id=bob.id), bob, cid)
+    response = send_behind(lambda: member_services.member_remove(chat_id=cid, actor=alice, user_id=bob.id), bob, cid)
 
     # then
     assert response.status_code == 404
@@ -195,7 +195,7 @@ def test_a_member_added_while_a_send_waited_for_the_lock_is_among_its_recipients
     cid = alice.client.post("/chats/", {"members": [bob.id], "name": "g"}, format="json").json()["id"]
 
     # when: the send's statement read the members before carol's addition committed
-    response = send_behind(lambda: services.member_add(chat_id=cid, actor_id=alice.id, user_id=carol.id), bob, cid)
+    response = send_behind(lambda: member_services.member_add(chat_id=cid, actor=alice, user_id=carol.id), bob, cid)
 
     # then
     assert response.status_code == 201

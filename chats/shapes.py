@@ -1,7 +1,9 @@
-"""The data of each chat event: pure functions from rows to JSON-able dicts.
+"""The API shapes of chats, members and messages: pure functions from rows to JSON-able
+dicts, the one place they are built.
 
-These are also the HTTP API's output shapes, so an event carries exactly what the API
-returns for the same object.
+The MQTT events carry the same shapes, so an event carries exactly what the HTTP API
+returns for the same object. (The output serializers in `chats.serializers` describe
+them for the OpenAPI schema; docs/asyncapi.yaml for the events.)
 """
 
 from chats.models import Attachment, Chat, Membership, Message
@@ -67,6 +69,14 @@ def message_data(message: Message, *, unread_count: int, reply_preview: dict | N
         "unread_count": unread_count,
         "attachment": attachment_data(message),
     }
+
+
+def message_output(message: Message) -> dict:
+    """The API object of a message that carries `unread_count` and `reply_original` (the
+    message it replies to, or None), as `selectors.messages_annotate` and the send give."""
+    return message_data(
+        message, unread_count=message.unread_count, reply_preview=reply_preview(message.reply_original)
+    )
 
 
 def member_data(membership: Membership) -> dict:

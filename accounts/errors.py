@@ -1,0 +1,50 @@
+"""The errors of accounts, devices, friends and blocks, with their codes."""
+
+from enum import StrEnum, unique
+
+from chatserver.errors import ApplicationError, Conflict, NotFound, PermissionDenied
+
+
+@unique
+class AccountsErrorCode(StrEnum):
+    USERNAME_TAKEN = "username_taken"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    USER_NOT_FOUND = "user_not_found"
+    BLOCKED = "blocked"
+    INVALID_TARGET = "invalid_target"
+
+
+class UsernameTaken(Conflict):
+    code = AccountsErrorCode.USERNAME_TAKEN
+    message = "This username is taken."
+
+    def __init__(self) -> None:
+        super().__init__(fields={"username": [self.message]})
+
+
+class InvalidCredentials(ApplicationError):
+    status_code = 401
+    code = AccountsErrorCode.INVALID_CREDENTIALS
+    message = "Wrong username or password."
+
+
+class UserNotFound(NotFound):
+    code = AccountsErrorCode.USER_NOT_FOUND
+    message = "User not found."
+
+
+class BlockedError(PermissionDenied):
+    """Either user has blocked the other: the same answer both ways, so it does not tell
+    who blocked whom."""
+
+    code = AccountsErrorCode.BLOCKED
+    message = "You cannot do this with this user."
+
+
+class NothingToRemove(NotFound):
+    message = "No friendship or request with this user."
+
+
+class SelfTarget(ApplicationError):
+    code = AccountsErrorCode.INVALID_TARGET
+    message = "You cannot do this with yourself."

@@ -1,0 +1,79 @@
+"""Edits and soft deletes of messages."""
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from chats import media, shapes
+from chats.errors import MessageDeleted, MessageNotFound, NotAllowed, NotAuthor
+from chats.models import Chat, Message
+from chats.selectors import messages_annotate
+from chats.services.common import (
+    RANK,
+    Role,
+    chat_event,
+    chat_version_bump,
+    lock_chat,
+    member_ids,
+    membership_locked,
+)
+from chatserver.events import EventType
+
+
+def message_update(
+    *, chat_id: int, actor: User, message_id: int, content: str | None = None, delete: bool = False
+) -> Message:
+    """Edit (the author only; sets `edited_at`) or soft-delete (the author, or an admin or
+    the owner of a group) a message; return it, annotated for `shapes.message_output`.
+    Members get `message.updated`.
+
+    A deleted message keeps its row, seq and place in history; its content is replaced
+    by a fixed text, replies' previews follow, and it no longer counts as unread.
+    Deleting again changes nothing; editing a deleted message is 409.
+    """
+    with transaction.atomic():
+        chat = lock_chat(chat_id)
+        actor_member = membership_locked(chat=chat, user_id=actor.id)
+        message = Message.objects.filter(chat=chat, id=message_id).select_related("attachment").first()
+        if message is None:
+            raise MessageNotFound()
+        if delete:
+            may = message.author_id == actor.id or (
+                chat.kind == Chat.Kind.GROUP and RANK[actor_member.role] >= RANK[Role.ADMIN]
+            )
+            if not may:
+                raise NotAllowed("Only the author, or an admin of the group, can delete this message.")
+            if message.deleted:
+                return messages_annotate(chat_id=chat.id, messages=[message])[0]
+            message.deleted = True
+            message.content = shapes.DELETED_CONTENT
+            _attachment_drop(message)
+        else:
+            if message.author_id != actor.id:
+                raise NotAuthor()
+            if message.deleted:
+                raise MessageDeleted()
+            message.content = content
+            message.edited_at = timezone.now()
+        message.version = chat_version_bump(chat)
+        message.save(update_fields=["content", "deleted", "edited_at", "version"])
+        messages_annotate(chat_id=chat.id, messages=[message])
+        chat_event(
+            chat=chat,
+            type=EventType.MESSAGE_UPDATED,
+            data=shapes.message_output(message),
+            user_ids=member_ids(chat.id),
+            version=message.version,
+        )
+    return message
+
+
+def _attachment_drop(message: Message) -> None:
+    """Delete a message's attachment; its files go once that is committed."""
+    attachment = shapes.attachment_or_none(message)
+    if attachment is None:
+        return
+    names = (attachment.file, attachment.thumbnail)
+    attachment.delete()
+    Message.attachment.related.set_cached_value(message, None)
+    transaction.on_commit(lambda: media.discard(*names))

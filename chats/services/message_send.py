@@ -1,0 +1,195 @@
+"""The message send: the hottest path (its statements are in `chats.send_sql`)."""
+
+from typing import NoReturn
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from accounts.errors import BlockedError
+from accounts.models import User
+from chats import media, send_sql, shapes
+from chats.errors import CannotPost, ChatNotFound
+from chats.models import Attachment, Membership, Message
+from chats.selectors import messages_annotate
+from chats.services.common import Role, chat_event
+from chatserver.errors import InvalidInput
+from chatserver.events import EventType
+
+
+def message_send(
+    *,
+    actor: User,
+    chat_id: int,
+    content: str,
+    reply_to_id: int | None = None,
+    client_id: str | None = None,
+    upload=None,
+) -> tuple[Message, bool]:
+    """Store a message (with its file, if any) and queue its event atomically; return
+    (message, created). The message carries `unread_count` and `reply_original`, for
+    `chats.shapes.message_output`.
+
+    The check that the author may post and the taking of the next seq are one statement
+    under the chat's row lock, so concurrent senders get 1, 2, 3... and a kick or a block
+    cannot slip in between the check and the write. The same (author, client_id) again
+    returns the first message (created=False) and writes nothing, not even the file, also
+    when the two requests race. The author's read and delivered pointers move to the new
+    message. Members get `message.created` on their user topics and the chat's topic,
+    carrying the very object the API returns for it.
+
+    On PostgreSQL the message, the seq and the pointers are written by one statement
+    (`send_sql.SEND`), the outbox row by a second; on SQLite through `send_sql.SEQ_BUMP`
+    and the ORM. Both keep the guarantees above (the suite runs the send on both).
+
+    A file is classified and stored before the transaction (outside the chat's lock);
+    if anything fails afterwards it is deleted again: no orphan file.
+    """
+    if upload is not None:
+        # A retry must not even store its file: look before storing it. (The write looks
+        # for itself, under the chat's lock.)
+        sent = _message_sent_before(chat_id=chat_id, author_id=actor.id, client_id=client_id)
+        if sent is not None:
+            return sent, False
+    if (reply_to_id is not None or upload is not None) and not Membership.objects.filter(
+        chat_id=chat_id, user_id=actor.id
+    ).exists():
+        # Before looking up the replied message (no oracle for outsiders) or storing a
+        # file; a plain message is checked by the write itself.
+        raise ChatNotFound()
+    original = None
+    if reply_to_id is not None:
+        original = Message.objects.filter(id=reply_to_id, chat_id=chat_id).first()
+        if original is None:
+            raise InvalidInput("reply_to", "No such message in this chat.")
+    attachment, stored = None, ()
+    if upload is not None:
+        sniffed = media.sniff(upload)
+        stored = media.store(chat_id=chat_id, upload=upload, sniffed=sniffed)
+        attachment = Attachment(
+            file=stored[0], thumbnail=stored[1], mime=sniffed.mime, size=upload.size,
+            name=media.display_name(upload.name), width=sniffed.width, height=sniffed.height,
+        )
+    message = Message(
+        chat_id=chat_id, author_id=actor.id, type=_type_of(attachment), content=content,
+        reply_to=original, client_id=client_id or None, created_at=timezone.now(),
+    )
+    insert = _insert_one_statement if connection.vendor == "postgresql" else _insert_orm
+    try:
+        with transaction.atomic():
+            sent = insert(message)
+            if sent is None:
+                _message_created(message=message, attachment=attachment, original=original)
+    except IntegrityError:
+        # Most likely a concurrent request with the same client_id committed first.
+        media.discard(*stored)
+        sent = _message_sent_before(chat_id=chat_id, author_id=actor.id, client_id=client_id)
+        if sent is not None:
+            return sent, False
+        raise
+    except BaseException:
+        media.discard(*stored)
+        raise
+    if sent is not None:
+        media.discard(*stored)
+        return sent, False
+    return message, True
+
+
+def _insert_one_statement(message: Message) -> Message | None:
+    """Write `message` (setting its id, seq and version, and `member_ids`) in one
+    statement; or return the author's earlier message with this client_id."""
+    params = send_sql.params(
+        chat_id=message.chat_id, author_id=message.author_id, now=message.created_at,
+        type=message.type, content=message.content, reply_to=message.reply_to_id,
+        client_id=message.client_id,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(send_sql.SEND, params)
+        row = cursor.fetchone()
+    if row is None:
+        # Nothing written: a known client_id (answered first, even if the author may no
+        # longer post, as on the ORM path), or the author may not post.
+        sent = _message_sent_before(chat_id=message.chat_id, author_id=message.author_id, client_id=message.client_id)
+        if sent is not None:
+            return sent
+        _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
+    message.id, message.seq, message.version, current, message.member_ids = row
+    if not current:
+        # Another change to the chat committed while this statement waited for the lock
+        # (a concurrent send, a kick...): check again. Raising rolls the write back.
+        with connection.cursor() as cursor:
+            cursor.execute(send_sql.RECHECK, params)
+            may_post, message.member_ids = cursor.fetchone()
+        if not may_post:
+            _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
+    return None
+
+
+def _insert_orm(message: Message) -> Message | None:
+    """The same as `_insert_one_statement`, for databases without data-modifying CTEs."""
+    sent = _message_sent_before(chat_id=message.chat_id, author_id=message.author_id, client_id=message.client_id)
+    if sent is not None:
+        return sent
+    params = send_sql.params(chat_id=message.chat_id, author_id=message.author_id, now=message.created_at)
+    with connection.cursor() as cursor:
+        cursor.execute(send_sql.SEQ_BUMP, params)
+        row = cursor.fetchone()
+    if row is None:
+        _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
+    message.seq, message.version = row
+    message.member_ids = list(Membership.objects.filter(chat_id=message.chat_id).values_list("user_id", flat=True))
+    message.save(force_insert=True)
+    Membership.objects.filter(chat_id=message.chat_id, user_id=message.author_id).update(
+        last_read_seq=message.seq, last_read_message_id=message.id,
+        last_delivered_seq=message.seq, last_delivered_message_id=message.id,
+    )
+    return None
+
+
+def _refuse_post(*, chat_id: int, author_id: int) -> NoReturn:
+    """Why the author may not post: not a member (404, as for a chat that does not
+    exist), restricted, or a block in a direct chat."""
+    role = Membership.objects.filter(chat_id=chat_id, user_id=author_id).values_list("role", flat=True).first()
+    if role is None:
+        raise ChatNotFound()
+    if role == Role.RESTRICTED:
+        raise CannotPost()
+    raise BlockedError("You cannot message this user.")
+
+
+def _message_created(*, message: Message, attachment: Attachment | None, original: Message | None) -> None:
+    """Store the written message's attachment and queue `message.created` to the members."""
+    if attachment is not None:
+        attachment.message = message
+        attachment.save()
+    # Known now: reading message.attachment below must not query.
+    Message.attachment.related.set_cached_value(message, attachment)
+    # Nobody else can have read a message that did not exist.
+    message.unread_count = len(message.member_ids) - 1
+    message.reply_original = original
+    # The write statement took the version under the chat's lock.
+    chat_event(
+        chat=message.chat_id,
+        type=EventType.MESSAGE_CREATED,
+        data=shapes.message_output(message),
+        user_ids=message.member_ids,
+        version=message.version,
+    )
+
+
+def _type_of(attachment: Attachment | None) -> str:
+    if attachment is None:
+        return Message.Type.TEXT
+    return {"image": "image", "audio": "audio", "video": "video"}.get(attachment.mime.split("/")[0], "file")
+
+
+def _message_sent_before(*, chat_id: int, author_id: int, client_id: str | None) -> Message | None:
+    """The author's message with this client_id in the chat, if any (annotated)."""
+    if not client_id:
+        return None
+    existing = (
+        Message.objects.filter(chat_id=chat_id, author_id=author_id, client_id=client_id)
+        .select_related("attachment")
+        .first()
+    )
+    return None if existing is None else messages_annotate(chat_id=chat_id, messages=[existing])[0]

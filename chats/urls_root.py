@@ -1,0 +1,10 @@
+"""The chats app's routes outside `/chats/`."""
+
+from django.urls import path
+
+from chats import views
+
+urlpatterns = [
+    path("accounts/<id:user_id>/chats/", views.UserChatsView.as_view(), name="user-chats"),
+    path("media/<str:token>/", views.SignedMediaView.as_view(), name="signed-media"),
+]
