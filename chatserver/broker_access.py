@@ -26,7 +26,7 @@ Access operations (all idempotent: replaying any sequence of them ends in the sa
     ChatRemove(chat=7)
         the chat's role (every member loses access)
 
-Mosquitto 2.0.11 facts this relies on (tests/test_broker_access.py checks them):
+Mosquitto 2.0.11 facts this relies on (tests/chatserver/test_broker_access.py checks them):
 - dynsec ACLs have no %u/%c substitution, hence one role + group per user, one role per chat.
 - A device account is bound to its client id: another account presenting that client id is
   refused, so nobody takes over a device's session.

@@ -1,4 +1,6 @@
-"""Settings, read from the environment (every variable is listed in `.env.example`).
+"""Settings, read from the environment (every variable is listed in `.env.example`), and
+from a `.env` file beside `manage.py` for what the environment does not set (`ENV_FILE`
+names another file; `ENV_FILE=` with nothing reads none).
 
 Behaviour differs between deployments only by these values, never by an environment's
 name. Secrets are never in the repository: a missing one is generated once under
@@ -11,7 +13,12 @@ from pathlib import Path
 
 import dj_database_url
 
+from chatserver import dotenv
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+if os.environ.get("ENV_FILE", "x").strip():
+    dotenv.load(Path(os.environ.get("ENV_FILE") or BASE_DIR / ".env"))
 
 
 def env(name: str, default: str = "") -> str:

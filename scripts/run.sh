@@ -9,17 +9,11 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-# Values from a .env file apply only where the environment does not set them already.
-if [[ -f .env ]]; then
-    while IFS= read -r line || [[ -n $line ]]; do
-        line=${line#export }
-        [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue  # comments, blanks
-        key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
-        if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
-            value=${BASH_REMATCH[1]}
-        fi
-        [[ -v $key ]] || export "$key=$value"
-    done <.env
+# Values from .env apply only where the environment does not set them already (the same
+# rule and parser as the settings: chatserver/dotenv.py).
+# ENV_FILE names another file; set but empty, none is read.
+if [[ -n ${ENV_FILE-.env} ]]; then
+    eval "$(.venv/bin/python -m chatserver.dotenv "${ENV_FILE-.env}")"
 fi
 
 export HTTP_PORT="${HTTP_PORT:-8000}"

@@ -3,12 +3,22 @@
 The process fixtures live in `tests/support/` as pytest plugins: a throw-away PostgreSQL
 cluster (postgres.py), Mosquitto started from `broker/mosquitto.conf` (mosquitto.py) and
 the relay and HTTP server processes pointed at both (stack.py).
+
+Two tiers: tests that go through HTTP and, where they say so, the real relay, broker and
+paho clients; and a fast service tier (`tests/*/services/`) that calls services directly
+and asserts on what they queued (`outbox`).
 """
+
+import json
+from dataclasses import dataclass
 
 import pytest
 from django.core.cache import cache
+from django.db.models import Max
 
-from tests.support.factories import FAST_HASHER
+from chatserver.broker_access import AccessOp, access_op_from_json
+from chatserver.events import EventType
+from chatserver.models import OutboxEvent
 
 pytest_plugins = [
     "tests.support.postgres",
@@ -18,12 +28,60 @@ pytest_plugins = [
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # The real hasher costs ~0.5 s a call by design; the suite signs up hundreds of users.
-    settings.PASSWORD_HASHERS = [FAST_HASHER]
-
-
-@pytest.fixture(autouse=True)
 def _fresh_throttle_counters():
     # Throttle counters live in the cache: each test starts with none.
     cache.clear()
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One outbox row as the relay will read it."""
+
+    type: EventType | None
+    chat: int | None
+    version: int | None
+    data: dict | None
+    user_ids: list[int]
+    chat_topic: int | None
+    access: list[AccessOp]
+
+
+class OutboxCapture:
+    """The outbox rows queued since the fixture started (or since `clear()`).
+
+    For tests that call services directly: their transaction is never committed, so no
+    relay ever sees these rows, and the test reads exactly what its services queued.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._after = OutboxEvent.objects.aggregate(last=Max("id"))["last"] or 0
+
+    @property
+    def rows(self) -> list[Queued]:
+        rows = []
+        for row in OutboxEvent.objects.filter(id__gt=self._after).order_by("id"):
+            event = json.loads(row.payload) if row.payload else {}
+            rows.append(
+                Queued(
+                    type=EventType(event["type"]) if event else None,
+                    chat=event.get("chat"),
+                    version=event.get("version"),
+                    data=event.get("data"),
+                    user_ids=sorted(row.user_ids),
+                    chat_topic=row.chat_id,
+                    access=[access_op_from_json(op) for op in row.access],
+                )
+            )
+        return rows
+
+    @property
+    def types(self) -> list[EventType | None]:
+        return [row.type for row in self.rows]
+
+
+@pytest.fixture
+def outbox(db) -> OutboxCapture:
+    return OutboxCapture()

@@ -6,9 +6,8 @@ from itertools import count
 from rest_framework.test import APIClient
 
 from accounts import services as account_services
-from accounts.models import Device
+from accounts.models import Device, User
 
-FAST_HASHER = "django.contrib.auth.hashers.MD5PasswordHasher"
 PASSWORD = "correct horse battery staple"
 _names = count(1)
 
@@ -48,3 +47,8 @@ def login(user: TestUser) -> TestUser:
     """Another device of the same user."""
     device, token = account_services.user_login(username=user.username, password=PASSWORD)
     return TestUser(user.id, user.username, token, device, authed_client(token))
+
+
+def make_actor(username: str | None = None) -> User:
+    """A user, as services take the acting one (for the service tier)."""
+    return User.objects.get(id=make_user(username).id)

@@ -1,4 +1,4 @@
-"""The send scenario of tests/test_sqlite.py, run in a child process on SQLite.
+"""The send scenario of tests/chats/test_sqlite.py, run in a child process on SQLite.
 
     DATA_DIR=<empty dir> python -m tests.support.sqlite_send
 

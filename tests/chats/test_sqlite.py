@@ -21,8 +21,8 @@ def seen(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(
         DATA_DIR=str(tmp_path_factory.mktemp("sqlite")),
-        DJANGO_SETTINGS_MODULE="chatserver.settings",
-        PASSWORD_HASHERS="django.contrib.auth.hashers.MD5PasswordHasher",
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        ENV_FILE="",
     )
     child = subprocess.run(
         [sys.executable, "-m", "tests.support.sqlite_send"],

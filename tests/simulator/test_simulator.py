@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHAT_SIM = Path(sys.executable).parent / "chat-sim"
-SCENARIOS = Path(__file__).resolve().parents[1] / "android-client-sim" / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "android-client-sim" / "scenarios"
 PASSWORD = "pass word 123"
 
 

@@ -1,0 +1,31 @@
+"""Every error code a client can get is in one enum, once."""
+
+from enum import StrEnum
+
+from accounts.errors import AccountsErrorCode
+from chats.errors import ChatsErrorCode
+from chatserver.errors import ApplicationError, ErrorCode
+
+ENUMS: list[type[StrEnum]] = [ErrorCode, AccountsErrorCode, ChatsErrorCode]
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_no_code_is_in_two_enums():
+    codes = [code.value for enum in ENUMS for code in enum]
+    assert len(codes) == len(set(codes))
+
+
+def test_every_application_error_uses_a_code_of_an_enum():
+    import accounts.services  # noqa: F401  (every module that declares errors is loaded)
+    import chats.views  # noqa: F401
+
+    members = {code for enum in ENUMS for code in enum}
+    errors = list(_subclasses(ApplicationError))
+    assert len(errors) > 20
+    assert [e.__name__ for e in errors if e.code not in members] == []
+    assert [e.__name__ for e in errors if not isinstance(e.code, StrEnum)] == []

@@ -1,0 +1,12 @@
+"""The suite's settings: the shipped ones, with what only tests want.
+
+pytest.ini names this module; the processes the suite starts (gunicorn, the workers) get
+the same values through their environment (tests/support/stack.py).
+"""
+
+from chatserver.settings import *  # noqa: F403
+
+# The real hasher costs ~0.5 s a call by design; the suite signs up hundreds of users.
+# (`make bench` keeps the real one, outside its timed window.)
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
