@@ -85,3 +85,4 @@ class OutboxCapture:
 @pytest.fixture
 def outbox(db) -> OutboxCapture:
     return OutboxCapture()
+

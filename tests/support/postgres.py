@@ -4,7 +4,9 @@ Fixtures (all session-scoped):
 
 - `postgres`: a started `PostgresCluster`, stopped and deleted at the end of the session.
 - `django_db_modify_db_settings`: pytest-django's hook, overridden so that the test
-  database (`test_chat`) is created in that cluster, whatever DATABASE_URL says.
+  database (`test_chat`) is created in that cluster, whatever DATABASE_URL says; unless
+  `TEST_DATABASE=sqlite`, which leaves the settings' SQLite default (an in-memory test
+  database; tests/chats/test_sqlite.py runs the service tier that way).
 - `test_database_url`: `postgres://...` of that test database, for the processes a test
   starts (gunicorn, the relay) as their DATABASE_URL.
 
@@ -213,12 +215,17 @@ def postgres() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(request: pytest.FixtureRequest,
-                                 postgres: PostgresCluster) -> None:
+def django_db_modify_db_settings(request: pytest.FixtureRequest) -> None:
     """Point Django's default database at the cluster (pytest-django's hook)."""
     from django.conf import settings
     from django.db import connections
 
+    if os.environ.get("TEST_DATABASE") == "sqlite":
+        if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+            raise RuntimeError("TEST_DATABASE=sqlite needs the SQLite default: unset DATABASE_URL")
+        request.getfixturevalue("django_db_modify_db_settings_parallel_suffix")
+        return
+    postgres: PostgresCluster = request.getfixturevalue("postgres")
     # In place: django.db.connections holds this very dict.
     db = settings.DATABASES["default"]
     db.update(

@@ -1,0 +1,112 @@
+"""Account, device, friend and presence services, called directly (service tier)."""
+
+import os
+
+import pytest
+from django.db import connection
+
+from accounts import services, social
+from accounts.errors import BlockedError, UsernameTaken
+from accounts.models import Device
+from accounts.presence import presence_apply
+from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
+from chatserver.events import EventType
+from tests.support.factories import PASSWORD, make_actor
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_suite_runs_on_the_database_it_was_asked_for():
+    expected = "sqlite" if os.environ.get("TEST_DATABASE") == "sqlite" else "postgresql"
+    assert connection.vendor == expected
+
+
+def test_signup_queues_the_user_and_its_device_for_the_broker_and_no_event(outbox):
+    # when
+    device, token = services.user_signup(username="ann", password=PASSWORD)
+
+    # then
+    (row,) = outbox.rows
+    assert row.type is None
+    assert row.access == [
+        UserAdd(user=device.user_id),
+        DeviceAdd(
+            user=device.user_id, username=device.mqtt_username, password=device.mqtt_password,
+            client_id=device.mqtt_client_id,
+        ),
+    ]
+    assert Device.objects.get(id=device.id).token_hash != token
+
+
+def test_a_taken_name_in_any_case_queues_nothing(outbox):
+    services.user_signup(username="ann", password=PASSWORD)
+    outbox.clear()
+
+    with pytest.raises(UsernameTaken):
+        services.user_signup(username="ANN", password=PASSWORD)
+
+    assert outbox.rows == []
+
+
+def test_logout_removes_the_device_on_the_broker(outbox):
+    device, _ = services.user_signup(username="ann", password=PASSWORD)
+    device_id, expected = device.id, DeviceRemove(
+        user=device.user_id, username=device.mqtt_username, client_id=device.mqtt_client_id
+    )
+    outbox.clear()
+
+    services.device_logout(device=device)
+
+    (row,) = outbox.rows
+    assert row.access == [expected]
+    assert not Device.objects.filter(id=device_id).exists()
+
+
+def test_friend_events_tell_each_side_about_the_other(outbox):
+    # given
+    alice, bob = make_actor(), make_actor()
+    outbox.clear()
+
+    # when
+    social.friend_request_send(actor=alice, target_id=bob.id)
+    social.friend_request_send(actor=bob, target_id=alice.id)
+
+    # then
+    told = [(row.type, row.user_ids, row.data["user"]["id"], row.data["by"]) for row in outbox.rows]
+    assert told == [
+        (EventType.FRIEND_REQUESTED, [bob.id], alice.id, alice.id),
+        (EventType.FRIEND_REQUESTED, [alice.id], bob.id, alice.id),
+        (EventType.FRIEND_ACCEPTED, [alice.id], bob.id, bob.id),
+        (EventType.FRIEND_ACCEPTED, [bob.id], alice.id, bob.id),
+    ]
+
+
+def test_a_block_refuses_friendship_both_ways_and_queues_nothing(outbox):
+    alice, bob = make_actor(), make_actor()
+    social.block_add(actor=bob, target_id=alice.id)
+    outbox.clear()
+
+    for actor, target in ((alice, bob), (bob, alice)):
+        with pytest.raises(BlockedError):
+            social.friend_request_send(actor=actor, target_id=target.id)
+
+    assert outbox.rows == []
+
+
+def test_presence_is_told_to_the_user_and_its_friends_once_per_change(outbox):
+    # given
+    alice, bob, carol = make_actor(), make_actor(), make_actor()
+    social.friend_request_send(actor=alice, target_id=bob.id)
+    social.friend_request_send(actor=bob, target_id=alice.id)
+    outbox.clear()
+
+    # when
+    changed = [presence_apply(user_id=alice.id, presence=p) for p in ("online", "online", "away")]
+
+    # then
+    assert changed == [True, False, True]
+    assert [(row.type, row.user_ids, row.data["presence"]) for row in outbox.rows] == [
+        (EventType.PRESENCE_UPDATED, sorted([alice.id, bob.id]), "online"),
+        (EventType.PRESENCE_UPDATED, sorted([alice.id, bob.id]), "away"),
+    ]
+    assert carol.id not in outbox.rows[0].user_ids
