@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.events import user_data
+from accounts.shapes import user_data
 from accounts.models import Friendship, User
 from chatserver import outbox
 from chatserver.events import Event, EventType

@@ -8,7 +8,7 @@ interleave with an accept. Each change tells the affected users on their topics.
 from django.db import transaction
 from django.db.models import Q
 
-from accounts.events import user_data
+from accounts.shapes import user_data
 from accounts.models import Block, FriendRequest, Friendship, User
 from accounts.errors import BlockedError, NothingToRemove, SelfTarget, UserNotFound
 from chatserver import outbox

@@ -1,4 +1,5 @@
-"""Data of account events and API answers: pure functions from rows to JSON-able dicts."""
+"""The API shapes of users (also carried by account events): pure functions from rows to
+JSON-able dicts."""
 
 from accounts.models import User
 
