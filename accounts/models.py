@@ -26,6 +26,8 @@ class User(AbstractUser):
     # Off: the user's read pointer still drives its own unread counts, but nobody else
     # sees it (no read.updated to others, counted as unread in per-message counts).
     read_receipts = models.BooleanField(default=True)
+    # Off: pushes to the user's phones say who wrote in which chat, not what.
+    push_previews = models.BooleanField(default=True)
 
     class Meta:
         constraints = [
@@ -50,6 +52,9 @@ class Device(models.Model):
     token_hash = models.CharField(max_length=64, unique=True)
     name = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The phone's FCM registration token, if it registered one: where pushes go while it
+    # has no live MQTT connection. A token belongs to one device at a time (unique).
+    push_token = models.CharField(max_length=1024, null=True, blank=True, unique=True)
 
     @staticmethod
     def new_token() -> str:

@@ -1,8 +1,6 @@
-from django.conf import settings
 from rest_framework import serializers
 
 from accounts.models import Device, User, UsernameValidator
-from chatserver.broker_access import user_topic
 from chatserver.fields import StrictCharField
 
 
@@ -31,17 +29,9 @@ class MqttOutput(serializers.Serializer):
     user_topic = serializers.CharField()
 
 
-def mqtt_block(*, device: Device, request) -> dict:
-    host = settings.MQTT_PUBLIC_HOST or request.get_host().rsplit(":", 1)[0].strip("[]")
-    return {
-        "host": host,
-        "port": settings.MQTT_PUBLIC_PORT,
-        "ws_port": settings.MQTT_PUBLIC_WS_PORT,
-        "username": device.mqtt_username,
-        "password": device.mqtt_password,
-        "client_id": device.mqtt_client_id,
-        "user_topic": user_topic(device.user_id),
-    }
+class SettingsOutput(serializers.Serializer):
+    read_receipts = serializers.BooleanField()
+    push_previews = serializers.BooleanField()
 
 
 class SessionOutput(serializers.Serializer):
@@ -51,14 +41,8 @@ class SessionOutput(serializers.Serializer):
     username = serializers.CharField()
     token = serializers.CharField(required=False)
     mqtt = MqttOutput()
-
-
-def session_data(*, device: Device, request, token: str | None = None) -> dict:
-    data = {"id": device.user_id, "username": device.user.username}
-    if token is not None:
-        data["token"] = token
-    data["mqtt"] = mqtt_block(device=device, request=request)
-    return data
+    settings = SettingsOutput()
+    push = serializers.BooleanField(help_text="Whether this device has a push token registered.")
 
 
 class UserOutput(serializers.ModelSerializer):
@@ -82,3 +66,16 @@ class BlockStatusOutput(serializers.Serializer):
 
 class SettingsInput(serializers.Serializer):
     read_receipts = serializers.BooleanField(required=False)
+    push_previews = serializers.BooleanField(required=False)
+
+
+class PushTokenInput(serializers.Serializer):
+    """An FCM registration token (FCM's are ~150-200 characters of letters, digits and
+    `-_:`; anything printable without spaces is accepted, up to 1024)."""
+
+    token = StrictCharField(max_length=1024, trim_whitespace=False)
+
+    def validate_token(self, value: str) -> str:
+        if not value.isascii() or not value.isprintable() or " " in value:
+            raise serializers.ValidationError("Printable ASCII without spaces.")
+        return value

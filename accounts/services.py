@@ -4,11 +4,11 @@ from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
+from accounts.errors import InvalidCredentials, UsernameTaken
 from accounts.models import Device, User, hash_token
 from accounts.selectors import user_get_by_username
 from chatserver import outbox
 from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
-from accounts.errors import InvalidCredentials, UsernameTaken
 from chatserver.errors import InvalidInput
 
 
@@ -86,9 +86,43 @@ def device_logout(*, device: Device) -> None:
     outbox.wait_applied([event])
 
 
-def user_settings_update(*, actor: User, read_receipts: bool | None = None) -> User:
-    """Change the actor's own settings (today: whether others see its read pointer)."""
-    if read_receipts is not None and read_receipts != actor.read_receipts:
-        actor.read_receipts = read_receipts
-        actor.save(update_fields=["read_receipts"])
+def user_settings_update(
+    *, actor: User, read_receipts: bool | None = None, push_previews: bool | None = None
+) -> User:
+    """Change the actor's own settings: whether others see its read pointer
+    (`read_receipts`), whether its pushes carry message previews (`push_previews`)."""
+    changes = {
+        name: value
+        for name, value in (("read_receipts", read_receipts), ("push_previews", push_previews))
+        if value is not None and value != getattr(actor, name)
+    }
+    for name, value in changes.items():
+        setattr(actor, name, value)
+    if changes:
+        actor.save(update_fields=list(changes))
     return actor
+
+
+def push_token_set(*, device: Device, token: str) -> None:
+    """Register (or replace) the device's FCM registration token. A token another device
+    had moves to this one: the app was reinstalled or the phone changed hands, and the
+    token now reaches only this device."""
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                Device.objects.filter(push_token=token).exclude(id=device.id).update(push_token=None)
+                Device.objects.filter(id=device.id).update(push_token=token)
+            break
+        except IntegrityError:
+            # Two devices registered the same token at once; the other one committed
+            # first. Once more: now its row is visible and moves.
+            if attempt:
+                raise
+    device.push_token = token
+
+
+def push_token_clear(*, device: Device) -> None:
+    """Forget the device's token: no more pushes to it (logout does this too, with the
+    device)."""
+    Device.objects.filter(id=device.id).update(push_token=None)
+    device.push_token = None

@@ -8,6 +8,7 @@ urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),
     path("me/", views.MeView.as_view(), name="me"),
+    path("me/push/", views.PushTokenView.as_view(), name="push-token"),
     path("<id:user_id>/", views.UserDetailView.as_view(), name="user-detail"),
     path("<id:user_id>/friends/", views.FriendsView.as_view(), name="friends"),
     path("<id:user_id>/friends/requests/", views.FriendRequestsView.as_view(), name="friend-requests"),

@@ -12,11 +12,12 @@ from accounts.serializers import (
     FriendRequestsOutput,
     FriendStatusOutput,
     SessionOutput,
+    PushTokenInput,
     SettingsInput,
     SignupInput,
     UserOutput,
-    session_data,
 )
+from accounts.shapes import session_data
 from chatserver.errors import NotYours
 
 
@@ -64,13 +65,30 @@ class MeView(APIView):
         request=SettingsInput,
         responses={200: SessionOutput},
         tags=["accounts"],
-        description="`read_receipts: false` stops others from seeing how far you read.",
+        description="`read_receipts: false` stops others from seeing how far you read; "
+        "`push_previews: false` keeps message text out of your pushes.",
     )
     def patch(self, request):
         data = SettingsInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.user_settings_update(actor=request.user, **data.validated_data)
         return Response(session_data(device=request.auth, request=request))
+
+
+class PushTokenView(APIView):
+    """The calling device's FCM registration token (never shown back)."""
+
+    @extend_schema(request=PushTokenInput, responses={200: SessionOutput}, tags=["accounts"])
+    def put(self, request):
+        data = PushTokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.push_token_set(device=request.auth, token=data.validated_data["token"])
+        return Response(session_data(device=request.auth, request=request))
+
+    @extend_schema(responses={204: None}, tags=["accounts"])
+    def delete(self, request):
+        services.push_token_clear(device=request.auth)
+        return Response(status=204)
 
 
 class UserDetailView(APIView):

@@ -1,3 +1,5 @@
+from datetime import UTC, datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -25,6 +27,11 @@ class Chat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} chat {self.pk}"
+
+
+# `muted_until` of a chat muted for good: far enough to never come, and still a plain time
+# for clients that compare it with their clock.
+MUTED_FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 class Membership(models.Model):
@@ -55,6 +62,9 @@ class Membership(models.Model):
     # A direct chat "deleted" by this member: hidden from its list until a message newer
     # than this seq arrives (the pair's chat itself stays, unique).
     hidden_at_seq = models.BigIntegerField(null=True, blank=True)
+    # No pushes for this chat until then (MUTED_FOREVER: for good); MQTT delivery and
+    # unread counts are not affected. Seen by the member only.
+    muted_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

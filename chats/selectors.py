@@ -7,10 +7,11 @@ from operator import or_
 
 from django.db.models import Count, F, Q, Window
 from django.db.models.functions import RowNumber
+from django.utils import timezone
 
 from chats import shapes
-from chats.models import Membership, Message
 from chats.errors import ChatNotFound, InvalidCursor, MessageNotFound
+from chats.models import Membership, Message
 
 
 
@@ -239,6 +240,7 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
         )
 
     summaries = []
+    now = timezone.now()
     for membership in memberships:
         chat = membership.chat
         last = last_messages.get(chat.id)
@@ -253,6 +255,7 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
                 **shapes.chat_data(chat, members[chat.id]),
                 "last_message": last_data,
                 "unread_count": max(unread, 0),
+                **shapes.mute_data(membership, now=now),
             }
         )
     return summaries

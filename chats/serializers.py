@@ -7,7 +7,7 @@ serializers here describe them for the API schema.
 from django.conf import settings
 from rest_framework import serializers
 
-from chats.models import Chat, Membership, Message
+from chats.models import MUTED_FOREVER, Chat, Membership, Message
 from chatserver.fields import StrictCharField
 from chatserver.urls_converters import MAX_ID
 
@@ -92,8 +92,26 @@ class HistoryQuery(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50)
 
 
-class MemberRoleInput(serializers.Serializer):
-    role = serializers.ChoiceField(choices=Membership.Role.choices)
+class MutedUntilField(serializers.DateTimeField):
+    """An ISO-8601 time, `"forever"` (stored as `MUTED_FOREVER`), or null (not muted)."""
+
+    def to_internal_value(self, value):
+        if value == "forever":
+            return MUTED_FOREVER
+        return super().to_internal_value(value)
+
+
+class MemberUpdateInput(serializers.Serializer):
+    """`{role}` changes a member's role; `{muted_until}` mutes the chat for oneself.
+    One of them per request."""
+
+    role = serializers.ChoiceField(choices=Membership.Role.choices, required=False)
+    muted_until = MutedUntilField(required=False, allow_null=True)
+
+    def validate(self, attrs):
+        if len(attrs) != 1:
+            raise serializers.ValidationError("Send either role or muted_until.")
+        return attrs
 
 
 class MemberOutput(serializers.Serializer):
@@ -102,6 +120,13 @@ class MemberOutput(serializers.Serializer):
     role = serializers.ChoiceField(choices=Membership.Role.choices)
     last_read_message_id = serializers.IntegerField(allow_null=True)
     last_delivered_message_id = serializers.IntegerField(allow_null=True)
+
+
+class OwnMemberOutput(MemberOutput):
+    """The caller's own membership: with its mute, which nobody else sees."""
+
+    muted_until = serializers.DateTimeField(allow_null=True)
+    muted = serializers.BooleanField(help_text="muted_until is in the future.")
 
 
 class ChatOutput(serializers.Serializer):
@@ -142,6 +167,8 @@ class ChatSummaryOutput(ChatOutput):
 
     last_message = MessageOutput(allow_null=True)
     unread_count = serializers.IntegerField()
+    muted_until = serializers.DateTimeField(allow_null=True, help_text="The caller's mute of this chat.")
+    muted = serializers.BooleanField()
 
 
 class SyncChatOutput(serializers.Serializer):

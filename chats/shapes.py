@@ -6,6 +6,8 @@ returns for the same object. (The output serializers in `chats.serializers` desc
 them for the OpenAPI schema; docs/asyncapi.yaml for the events.)
 """
 
+from datetime import datetime
+
 from chats.models import Attachment, Chat, Membership, Message
 
 # What a deleted message shows instead of its content (the row is kept).
@@ -87,6 +89,12 @@ def member_data(membership: Membership) -> dict:
         "last_read_message_id": membership.last_read_message_id,
         "last_delivered_message_id": membership.last_delivered_message_id,
     }
+
+
+def mute_data(membership: Membership, *, now: datetime) -> dict:
+    """One's own mute of a chat: shown to oneself only, never in events to others."""
+    until = membership.muted_until
+    return {"muted_until": until, "muted": until is not None and until > now}
 
 
 def chat_data(chat: Chat, members: list[Membership]) -> dict:

@@ -25,11 +25,12 @@ from chats.serializers import (
     ChatSummaryOutput,
     HistoryQuery,
     MemberOutput,
-    MemberRoleInput,
+    MemberUpdateInput,
     MessageCreateInput,
     MessageOutput,
     MessagePageOutput,
     MessageUpdateInput,
+    OwnMemberOutput,
     SyncInput,
     SyncOutput,
 )
@@ -257,12 +258,24 @@ class SyncView(APIView):
         return Response(selectors.sync(user_id=request.user.id, **data.validated_data))
 
 
+def _member_output(membership, *, caller_id: int) -> dict:
+    """A member as the caller sees it: its own entry also carries its mute."""
+    data = shapes.member_data(membership)
+    if membership.user_id == caller_id:
+        data.update(shapes.mute_data(membership, now=timezone.now()))
+    return data
+
+
 class ChatMembersView(APIView):
-    @extend_schema(responses={200: MemberOutput(many=True)}, tags=["members"])
+    @extend_schema(
+        responses={200: MemberOutput(many=True)},
+        tags=["members"],
+        description="The caller's own entry also has `muted_until` and `muted` (OwnMemberOutput).",
+    )
     def get(self, request, chat_id: int):
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         members = selectors.chat_members(chat_id=chat_id)
-        return Response([shapes.member_data(m) for m in members])
+        return Response([_member_output(m, caller_id=request.user.id) for m in members])
 
 
 class ChatMemberView(APIView):
@@ -271,14 +284,29 @@ class ChatMemberView(APIView):
         membership, created = member_services.member_add(chat_id=chat_id, actor=request.user, user_id=user_id)
         return Response(shapes.member_data(membership), status=201 if created else 200)
 
-    @extend_schema(request=MemberRoleInput, responses={200: MemberOutput}, tags=["members"])
+    @extend_schema(
+        request=MemberUpdateInput,
+        responses={200: OwnMemberOutput},
+        tags=["members"],
+        description="`{role}` changes a member's role (see the roles matrix); "
+        "`{muted_until: <ISO-8601> | \"forever\" | null}` on oneself mutes the chat's pushes "
+        "until then, for good, or no more (MQTT delivery and unread counts go on).",
+    )
     def patch(self, request, chat_id: int, user_id: int):
-        data = MemberRoleInput(data=request.data)
+        data = MemberUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = member_services.member_set_role(
-            chat_id=chat_id, actor=request.user, user_id=user_id, **data.validated_data
-        )
-        return Response(shapes.member_data(membership))
+        if "muted_until" in data.validated_data:
+            if user_id != request.user.id:
+                selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
+                raise NotYours()
+            membership = member_services.member_mute(
+                chat_id=chat_id, actor=request.user, until=data.validated_data["muted_until"]
+            )
+        else:
+            membership = member_services.member_set_role(
+                chat_id=chat_id, actor=request.user, user_id=user_id, role=data.validated_data["role"]
+            )
+        return Response(_member_output(membership, caller_id=request.user.id))
 
     @extend_schema(responses={204: None}, tags=["members"])
     def delete(self, request, chat_id: int, user_id: int):

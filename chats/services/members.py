@@ -1,11 +1,13 @@
 """Writes about a group's members: add, remove (leave or kick), change roles."""
 
+from datetime import datetime
+
 from django.db import transaction
 
 from accounts.errors import BlockedError, UserNotFound
 from accounts.models import Block, User
 from chats import shapes
-from chats.errors import NotAGroup, NotAllowed
+from chats.errors import ChatNotFound, NotAGroup, NotAllowed
 from chats.models import Chat, Membership
 from chats.selectors import chat_members
 from chats.services.chats import chat_destroy
@@ -145,3 +147,17 @@ def member_set_role(*, chat_id: int, actor: User, user_id: int, role: str) -> Me
                 user_ids=user_ids,
             )
     return target
+
+
+def member_mute(*, chat_id: int, actor: User, until: datetime | None) -> Membership:
+    """Mute the chat's pushes for the actor until `until` (`MUTED_FOREVER`: for good;
+    None: unmute). Only pushes stop: MQTT delivery and unread counts go on. Nobody else
+    is told or can see it; no event (the actor's other devices read it from the chat
+    list)."""
+    membership = Membership.objects.select_related("user").filter(chat_id=chat_id, user_id=actor.id).first()
+    if membership is None:
+        raise ChatNotFound()
+    if membership.muted_until != until:
+        membership.muted_until = until
+        membership.save(update_fields=["muted_until"])
+    return membership
