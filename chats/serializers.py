@@ -114,6 +114,27 @@ class ChatOutput(serializers.Serializer):
     members = MemberOutput(many=True)
 
 
+class ReplyPreviewOutput(serializers.Serializer):
+    """The message replied to, as it is now (first 100 characters)."""
+
+    id = serializers.IntegerField()
+    author = serializers.IntegerField(allow_null=True)
+    content = serializers.CharField()
+    deleted = serializers.BooleanField()
+
+
+class AttachmentOutput(serializers.Serializer):
+    """A message's file: paths on the API's host, which need a member's token."""
+
+    url = serializers.CharField()
+    thumbnail_url = serializers.CharField(allow_null=True)
+    mime = serializers.CharField()
+    size = serializers.IntegerField()
+    name = serializers.CharField()
+    width = serializers.IntegerField(allow_null=True)
+    height = serializers.IntegerField(allow_null=True)
+
+
 class MessageOutput(serializers.Serializer):
     id = serializers.IntegerField()
     chat = serializers.IntegerField()
@@ -122,14 +143,14 @@ class MessageOutput(serializers.Serializer):
     type = serializers.ChoiceField(choices=Message.Type.choices)
     content = serializers.CharField()
     reply_to = serializers.IntegerField(allow_null=True)
-    reply_preview = serializers.JSONField(allow_null=True)
+    reply_preview = ReplyPreviewOutput(allow_null=True)
     client_id = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()
     edited_at = serializers.DateTimeField(allow_null=True)
     deleted = serializers.BooleanField()
     version = serializers.IntegerField()
     unread_count = serializers.IntegerField()
-    attachment = serializers.JSONField(allow_null=True)
+    attachment = AttachmentOutput(allow_null=True)
 
 
 class MessagePageOutput(serializers.Serializer):

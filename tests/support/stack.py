@@ -93,6 +93,8 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
         # Throw-away stack: a fast hasher, and no signup throttle for load-like tests.
         PASSWORD_HASHERS="django.contrib.auth.hashers.MD5PasswordHasher",
         AUTH_THROTTLE_RATE="100000/minute",
+        # Every event these processes queue is checked against docs/asyncapi.yaml.
+        OUTBOX_CHECK_SCHEMAS="true",
         PYTHONUNBUFFERED="1",
     )
     return env
