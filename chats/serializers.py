@@ -122,11 +122,11 @@ class MemberOutput(serializers.Serializer):
     last_delivered_message_id = serializers.IntegerField(allow_null=True)
 
 
-class OwnMemberOutput(MemberOutput):
-    """The caller's own membership: with its mute, which nobody else sees."""
+class MemberListOutput(MemberOutput):
+    """A member in the members list: the caller's own entry (only) has its mute."""
 
-    muted_until = serializers.DateTimeField(allow_null=True)
-    muted = serializers.BooleanField(help_text="muted_until is in the future.")
+    muted_until = serializers.DateTimeField(allow_null=True, required=False)
+    muted = serializers.BooleanField(required=False, help_text="muted_until is in the future.")
 
 
 class ChatOutput(serializers.Serializer):
@@ -139,6 +139,27 @@ class ChatOutput(serializers.Serializer):
     members = MemberOutput(many=True)
 
 
+class ReplyPreviewOutput(serializers.Serializer):
+    """The message replied to, as it is now (first 100 characters)."""
+
+    id = serializers.IntegerField()
+    author = serializers.IntegerField(allow_null=True)
+    content = serializers.CharField()
+    deleted = serializers.BooleanField()
+
+
+class AttachmentOutput(serializers.Serializer):
+    """A message's file: paths on the API's host, which need a member's token."""
+
+    url = serializers.CharField()
+    thumbnail_url = serializers.CharField(allow_null=True)
+    mime = serializers.CharField()
+    size = serializers.IntegerField()
+    name = serializers.CharField()
+    width = serializers.IntegerField(allow_null=True)
+    height = serializers.IntegerField(allow_null=True)
+
+
 class MessageOutput(serializers.Serializer):
     id = serializers.IntegerField()
     chat = serializers.IntegerField()
@@ -147,14 +168,14 @@ class MessageOutput(serializers.Serializer):
     type = serializers.ChoiceField(choices=Message.Type.choices)
     content = serializers.CharField()
     reply_to = serializers.IntegerField(allow_null=True)
-    reply_preview = serializers.JSONField(allow_null=True)
+    reply_preview = ReplyPreviewOutput(allow_null=True)
     client_id = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()
     edited_at = serializers.DateTimeField(allow_null=True)
     deleted = serializers.BooleanField()
     version = serializers.IntegerField()
     unread_count = serializers.IntegerField()
-    attachment = serializers.JSONField(allow_null=True)
+    attachment = AttachmentOutput(allow_null=True)
 
 
 class MessagePageOutput(serializers.Serializer):

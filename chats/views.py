@@ -25,12 +25,12 @@ from chats.serializers import (
     ChatSummaryOutput,
     HistoryQuery,
     MemberOutput,
+    MemberListOutput,
     MemberUpdateInput,
     MessageCreateInput,
     MessageOutput,
     MessagePageOutput,
     MessageUpdateInput,
-    OwnMemberOutput,
     SyncInput,
     SyncOutput,
 )
@@ -268,9 +268,9 @@ def _member_output(membership, *, caller_id: int) -> dict:
 
 class ChatMembersView(APIView):
     @extend_schema(
-        responses={200: MemberOutput(many=True)},
+        responses={200: MemberListOutput(many=True)},
         tags=["members"],
-        description="The caller's own entry also has `muted_until` and `muted` (OwnMemberOutput).",
+        description="The caller's own entry also has `muted_until` and `muted`.",
     )
     def get(self, request, chat_id: int):
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
@@ -286,7 +286,7 @@ class ChatMemberView(APIView):
 
     @extend_schema(
         request=MemberUpdateInput,
-        responses={200: OwnMemberOutput},
+        responses={200: MemberListOutput},
         tags=["members"],
         description="`{role}` changes a member's role (see the roles matrix); "
         "`{muted_until: <ISO-8601> | \"forever\" | null}` on oneself mutes the chat's pushes "

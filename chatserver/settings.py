@@ -173,13 +173,18 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Chat backend API",
     "DESCRIPTION": (
         "Phones send over HTTP; every change is published over MQTT "
-        "(see the README for topics and payloads)."
+        "(topics and payloads: docs/mqtt.md and docs/asyncapi.yaml in the repository)."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets are both called `type`: name them.
+    "ENUM_NAME_OVERRIDES": {
+        "ChatTypeEnum": "chats.models.Chat.Kind",
+        "MessageTypeEnum": "chats.models.Message.Type",
+    },
 }
 
 # The largest JSON body accepted (a message is at most MESSAGE_MAX_LENGTH characters).

@@ -27,7 +27,16 @@ class HealthView(APIView):
                     "broker": serializers.CharField(),
                     "outbox_pending": serializers.IntegerField(),
                 },
-            )
+            ),
+            503: inline_serializer(
+                "HealthUnavailable",
+                {
+                    "status": serializers.CharField(),
+                    "database": serializers.CharField(),
+                    "relay": serializers.CharField(),
+                    "broker": serializers.CharField(),
+                },
+            ),
         },
         tags=["health"],
     )

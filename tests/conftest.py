@@ -19,6 +19,7 @@ from django.db.models import Max
 from chatserver.broker_access import AccessOp, access_op_from_json
 from chatserver.events import EventType
 from chatserver.models import OutboxEvent
+from tests.support import mqtt as mqtt_probe
 
 pytest_plugins = [
     "tests.support.postgres",
@@ -86,3 +87,17 @@ class OutboxCapture:
 def outbox(db) -> OutboxCapture:
     return OutboxCapture()
 
+
+@pytest.fixture(autouse=True)
+def _events_match_the_contract():
+    """Every event the suite queues, and every one its MQTT probes receive, matches its
+    schema in docs/asyncapi.yaml (chatserver/contract.py). Queued events are checked by
+    `enqueue` itself (`OUTBOX_CHECK_SCHEMAS` in tests/settings.py, which the relay and
+    gunicorn processes use too: tests/support/stack.py); received ones by the probe, which
+    collects what fails to fail the test here."""
+    mqtt_probe.CONTRACT_FAILURES.clear()
+    yield
+    failures = list(mqtt_probe.CONTRACT_FAILURES)
+    mqtt_probe.CONTRACT_FAILURES.clear()
+    if failures:
+        pytest.fail("events received over MQTT do not match docs/asyncapi.yaml:\n" + "\n".join(failures[:5]))

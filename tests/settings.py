@@ -10,3 +10,6 @@ from chatserver.settings import *  # noqa: F403
 # (`make bench` keeps the real one, outside its timed window.)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+
+# Every event the suite queues is checked against docs/asyncapi.yaml when it is made.
+OUTBOX_CHECK_SCHEMAS = True

@@ -39,6 +39,17 @@ def ok_json(result: subprocess.CompletedProcess):
     return json.loads(result.stdout)
 
 
+def assert_match_the_contract(items: list[dict]) -> None:
+    """The messages and events `listen --json` showed, live or fetched, have the data
+    docs/asyncapi.yaml gives their type (ValueError names what does not)."""
+    from chatserver.contract import check_data
+
+    shown = [i for i in items if i["kind"] in ("message", "event")]
+    for item in shown:
+        check_data(item["type"], item["data"])
+    assert shown, "nothing to check"
+
+
 def test_signup_login_me_and_logout(sim):
     # when
     alice = ok_json(sim("--profile", "alice", "signup", "alice", "--password", PASSWORD, "--json"))
@@ -138,6 +149,7 @@ def test_listen_prints_live_messages_in_order(sim):
     assert [m["data"] for m in messages] == sent
     assert {m["source"] for m in messages} == {"live"}
     assert [line for line in lines if line["kind"] in ("gap", "error")] == []
+    assert_match_the_contract(lines)
 
 
 def test_listen_catches_up_on_new_edited_and_deleted_messages_once_each(sim):
@@ -164,6 +176,7 @@ def test_listen_catches_up_on_new_edited_and_deleted_messages_once_each(sim):
     # then: the catch-up shows each change once; the queued live copies are dropped
     assert back.returncode == 0, back.stderr
     items = [json.loads(line) for line in back.stdout.splitlines()]
+    assert_match_the_contract(history + items)
     shown = [(i["kind"], i["type"], i["data"]["id"]) for i in items if i["type"].startswith("message.")]
     assert shown == [  # in the order they happened
         ("message", "message.created", fresh["id"]),

@@ -2,10 +2,18 @@
 
 Every wait is on an event with a timeout; the only sleep is in `expect_nothing`, whose
 name says that it waits on purpose.
+
+Every server event a probe receives (a JSON object with a `type`, on a user or chat
+topic) is checked against its schema in docs/asyncapi.yaml as it arrives. A mismatch is
+recorded in `CONTRACT_FAILURES` (tests/conftest.py fails the test with it) and makes the
+probe's next `wait_for` fail. Other payloads (tests publish raw markers such as
+b"marker" to user topics on purpose) are not events and are not checked; a test that
+publishes a fake event itself opts out with `check_events=False`.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -14,6 +22,31 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+
+# What probes received that does not match the contract, this test (see the module doc).
+CONTRACT_FAILURES: list[str] = []
+EVENT_TOPIC_PREFIXES = ("chat/users/", "chat/chats/")
+
+
+def check_received(topic: str, payload: bytes) -> tuple[str | None, str | None]:
+    """(event type, why it breaks the contract) of a payload received on `topic`:
+    (None, None) for payloads that are not server events, (type, None) for a valid one."""
+    from chatserver.contract import check_payload
+
+    if not topic.startswith(EVENT_TOPIC_PREFIXES):
+        return None, None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None, None  # not an event: a raw marker a test published
+    if not isinstance(event, dict) or "type" not in event:
+        return None, None
+    try:
+        check_payload(event)
+    except ValueError as exc:
+        return str(event["type"]), f"on {topic}: {exc}"
+    return event["type"], None
 
 
 @dataclass(frozen=True)
@@ -41,6 +74,7 @@ class MqttProbe:
         protocol: int = paho.MQTTv311,
         keepalive: int = 60,
         auto_reconnect: bool = False,
+        check_events: bool = True,
     ) -> None:
         self.host, self.port = host, port
         self.transport, self.protocol = transport, protocol
@@ -54,6 +88,11 @@ class MqttProbe:
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self._client: paho.Client | None = None
+        # Events received that do not match docs/asyncapi.yaml, and how many were checked
+        # (per type). `check_events = False` for a test that publishes fake events itself.
+        self.check_events = check_events
+        self.contract_failures: list[str] = []
+        self.events_checked: dict[str, int] = {}
 
     # --- connection ------------------------------------------------------------------------
 
@@ -191,7 +230,12 @@ class MqttProbe:
             return [m for m in self._messages if topic is None or m.topic == topic]
 
         with self._cond:
-            if not self._cond.wait_for(lambda: len(matching()) >= count, timeout):
+            found = self._cond.wait_for(lambda: len(matching()) >= count, timeout)
+            if self.contract_failures:
+                raise AssertionError(
+                    "received events that do not match docs/asyncapi.yaml:\n" + "\n".join(self.contract_failures)
+                )
+            if not found:
                 raise AssertionError(
                     f"expected {count} message(s){f' on {topic}' if topic else ''} within "
                     f"{timeout}s, got {matching()}"
@@ -235,7 +279,15 @@ class MqttProbe:
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, message) -> None:
+        event_type, violation = (
+            check_received(message.topic, message.payload) if self.check_events else (None, None)
+        )
         with self._cond:
+            if violation is not None:
+                self.contract_failures.append(violation)
+                CONTRACT_FAILURES.append(violation)
+            elif event_type is not None:
+                self.events_checked[event_type] = self.events_checked.get(event_type, 0) + 1
             self._messages.append(
                 Received(message.topic, message.payload, message.qos, bool(message.retain))
             )
