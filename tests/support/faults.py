@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -246,8 +247,6 @@ class LivePhone:
 
 
 def _nodelay(client, userdata, sock) -> None:
-    import socket
-
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
