@@ -119,6 +119,8 @@ def test_postgres_restarted_mid_load_refusals_are_503_and_nothing_accepted_is_lo
     print(f"postgres restarted: resumed after {resumed} s; {outcome}")
     assert set(outcome.refused) == {503}, outcome.refused
     assert outcome.refused[503] >= 10
+    bodies = [s.body for s in load.failed()]
+    assert [b for b in bodies if not isinstance(b, dict) or "not_json" in b] == []  # JSON, not a page
     assert outcome.missing == {}, f"{outcome}\n{world.stack.logs()}"
     assert outcome.out_of_order == {}
 

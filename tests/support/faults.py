@@ -266,7 +266,11 @@ class Sent:
     client_id: str
     started: float  # time.monotonic() when the request was sent
     status: int
-    message: dict | None  # the answer's message when accepted
+    body: dict | None  # the answer (the message when accepted); None without one
+
+    @property
+    def message(self) -> dict | None:
+        return self.body if self.accepted else None
 
     @property
     def accepted(self) -> bool:
@@ -316,7 +320,7 @@ class SteadyLoad:
         started = time.monotonic()
         status, body = call(f"{self.url}/chats/{chat.id}/messages/", "POST",
                             {"content": content, "client_id": client_id}, author.token)
-        sent = Sent(chat.id, author.id, client_id, started, status, body if status in (200, 201) else None)
+        sent = Sent(chat.id, author.id, client_id, started, status, body)
         with self._lock:
             self.sent.append(sent)
         return sent
@@ -410,7 +414,7 @@ class ChatWorld:
         markers = []
         for chat in self.chats:
             sent = load.send(chat, chat.members[0], "marker")
-            assert sent.accepted, (sent.status, sent.message)
+            assert sent.accepted, (sent.status, sent.body)
             markers.append((chat, sent.message["id"]))
         for chat, mid in markers:
             for member in chat.members:
