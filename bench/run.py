@@ -5,12 +5,23 @@ Profiles (each step is one `chat-sim load --json` run, a subprocess, against the
            saturates (accepted < 90% of the target);
   group    one 100-member group, at increasing rates until copies fall behind
            (receipt p50 > 1 s, or any copy lost within the grace period);
-  idle     2,000 phones connected, 100 of them chatting in 50 direct chats.
+  idle     2,000 phones connected, 100 of them chatting in 50 direct chats;
+  presence-burst
+           100 msg/s in 100 direct chats (200 phones, sending at once: --settle 0) and,
+           halfway, 1,000 more phones connecting at once, each publishing its presence
+           (`online`, retained, with its Last Will) as every phone does: POST->MQTT
+           receipt p50/p95/p99 of what was sent in the 5 s (--quick: 3 s) from the burst
+           on against as long just before it, and the ratio of the p99s (the goal: at
+           most 2). Its step sends for 20 s (--quick: 12 s), whatever --duration says.
 
 The table is printed and saved with every report under bench/results/<UTC timestamp>
 (.txt and .json). Users are signed up once per run and reused by later steps.
 
-    python bench/run.py [--duration SECONDS] [--only 1:1,group,idle] [--quick]
+    python bench/run.py [--duration SECONDS] [--only 1:1,group,idle,presence-burst] [--quick]
+    python bench/run.py --profile presence-burst     # that profile alone
+
+chat-sim runs from this checkout's android-client-sim/ (`python -m chat_sim`), whatever
+version the virtualenv has installed.
 """
 
 from __future__ import annotations
@@ -31,19 +42,23 @@ sys.path.insert(0, str(HERE))
 
 from stack import ROOT, BenchStack  # noqa: E402  (bench/ is not a package)
 
-CHAT_SIM = Path(sys.executable).parent / "chat-sim"
+SIM_DIR = ROOT / "android-client-sim"
+CHAT_SIM = [sys.executable, "-m", "chat_sim"]
 RESULTS = HERE / "results"
+PROFILES = ["1:1", "group", "idle", "presence-burst"]
 
 ONE_TO_ONE_RATES = [50, 100, 150, 200, 300, 400, 600, 800, 1200]
 GROUP_RATES = [10, 25, 50, 75, 100, 150, 200, 300]
+BURST_PHONES, BURST_RATE, BURST_GOAL = 1000, 100, 2.0
 
 
 def load(url: str, home: Path, *, users: int, chats: int, group_size: int, rate: float,
-         duration: float, grace: float) -> dict:
-    args = [str(CHAT_SIM), "--server", url, "--json", "load", "--users", str(users), "--chats", str(chats),
+         duration: float, grace: float, extra: tuple[str, ...] = ()) -> dict:
+    args = [*CHAT_SIM, "--server", url, "--json", "load", "--users", str(users), "--chats", str(chats),
             "--group-size", str(group_size), "--rate", str(rate), "--duration", str(duration),
-            "--grace", str(grace)]
-    env = {**os.environ, "CHAT_SIM_HOME": str(home)}
+            "--grace", str(grace), *extra]
+    env = {**os.environ, "CHAT_SIM_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(SIM_DIR), os.environ.get("PYTHONPATH")]))}
     started = time.monotonic()
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=duration + grace + 600)
     if result.returncode not in (0, 1):  # 1: lost/duplicated/out of order, reported as such
@@ -97,6 +112,27 @@ def render(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def render_burst(report: dict) -> str:
+    """The presence-burst profile's comparison, under the table."""
+    b = report["burst"]
+
+    def ms(p: dict) -> str:
+        return "-" if p["p50"] is None else f"{p['p50']:.1f} / {p['p95']:.1f} / {p['p99']:.1f}"
+
+    ready = "not all ready" if b["ready_s"] is None else f"all ready {b['ready_s']:.1f} s later"
+    ratio = b["p99_ratio"]
+    verdict = "-" if ratio is None else ("within" if ratio <= BURST_GOAL else "NOT within")
+    copies = b.get("copies", {})
+    return "\n".join([
+        f"presence burst: {b['phones']} phones connecting at once {b['at_s']:g} s into "
+        f"{report['config']['rate']:g} msg/s of 1:1 messages ({ready}); POST->MQTT ms p50/p95/p99 "
+        f"of what was sent in {b['window_s']:g} s:",
+        f"  before the burst  {ms(b['without_ms'])}  ({copies.get('without', 0)} copies)",
+        f"  from the burst on {ms(b['during_ms'])}  ({copies.get('during', 0)} copies)",
+        f"  p99 ratio         {ratio}  ({verdict} {BURST_GOAL:g}x)",
+    ])
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -115,17 +151,24 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending per step")
-    parser.add_argument("--only", default="1:1,group,idle", help="comma-separated profiles")
+    parser.add_argument("--only", "--profile", dest="only", default=",".join(PROFILES),
+                        help=f"comma-separated profiles, of {', '.join(PROFILES)}")
+    parser.add_argument("--burst-phones", type=int, default=BURST_PHONES,
+                        help="presence-burst: phones connecting at once")
     parser.add_argument("--quick", action="store_true", help="short steps and few rates (a smoke run)")
     args = parser.parse_args()
     profiles = set(args.only.split(","))
+    if profiles - set(PROFILES):
+        parser.error(f"unknown profile(s): {', '.join(sorted(profiles - set(PROFILES)))}")
     duration = 3.0 if args.quick else args.duration
     one_rates = ONE_TO_ONE_RATES[:2] if args.quick else ONE_TO_ONE_RATES
     group_rates = GROUP_RATES[:2] if args.quick else GROUP_RATES
     idle_phones = 300 if args.quick else 2000
+    # presence-burst: sending for at + window + a tail, the burst `at` seconds in
+    burst_at, burst_window, burst_duration = (6.0, 3.0, 12.0) if args.quick else (10.0, 5.0, 20.0)
 
-    if not CHAT_SIM.exists():
-        print(f"{CHAT_SIM} is missing: `make venv` installs ./android-client-sim", file=sys.stderr)
+    if not (SIM_DIR / "chat_sim").is_dir():
+        print(f"{SIM_DIR}/chat_sim is missing", file=sys.stderr)
         return 2
     started = datetime.now(UTC)
     rows, reports = [], []
@@ -154,9 +197,21 @@ def main() -> int:
                     break
         if "idle" in profiles:
             step("idle", users=idle_phones, chats=50, group_size=2, rate=100, duration=duration, grace=10)
+        if "presence-burst" in profiles:
+            # The same 200 users and chats as 1:1; the burst's users come after them.
+            report = step("presence-burst", users=200, chats=100, group_size=2, rate=BURST_RATE,
+                          duration=burst_duration, grace=10,
+                          extra=("--settle", "0", "--burst-phones", str(args.burst_phones),
+                                 "--burst-at", str(burst_at), "--burst-window", str(burst_window)))
+            b = report["burst"]
+            print(f"  presence-burst: receipt p99 {b['without_ms']['p99']} ms before, "
+                  f"{b['during_ms']['p99']} ms during the burst: ratio {b['p99_ratio']}", flush=True)
         described = stack.describe()
 
     table = render(rows)
+    bursts = [render_burst(r) for r in reports if "burst" in r]
+    if bursts:
+        table += "\n\n" + "\n\n".join(bursts)
     title = (f"chat backend bench, {started:%Y-%m-%d %H:%M} UTC, {machine()['cpus']} cores, "
              f"{duration:g} s per step")
     text = f"{title}\n{json.dumps(described)}\n\n{table}\n"

@@ -2,7 +2,8 @@
 
 The process fixtures live in `tests/support/` as pytest plugins: a throw-away PostgreSQL
 cluster (postgres.py), Mosquitto started from `broker/mosquitto.conf` (mosquitto.py) and
-the relay and HTTP server processes pointed at both (stack.py).
+the relay and HTTP server processes pointed at both (stack.py), and stacks of their own
+for the fault tests, which kill and restart processes (faults.py).
 
 Two tiers: tests that go through HTTP and, where they say so, the real relay, broker and
 paho clients; and a fast service tier (`tests/*/services/`) that calls services directly
@@ -25,6 +26,7 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.mosquitto",
     "tests.support.stack",
+    "tests.support.faults",
 ]
 
 

@@ -464,7 +464,8 @@ def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
         server=ctx.server, users=args.users, chats=args.chats, group_size=args.group_size,
         rate=args.rate, duration=args.duration, grace=args.grace, connections=args.connections,
         receivers=args.receivers, cache_dir=ctx.store.home / "load", user_prefix=args.user_prefix,
-        settle=args.settle,
+        settle=args.settle, burst_phones=args.burst_phones, burst_at=args.burst_at,
+        burst_window=args.burst_window,
     )
     return run_load(config, json_mode=ctx.json)
 
@@ -619,7 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-prefix", default="load", help="load users are named PREFIX-<n>")
     p.add_argument("--settle", type=float,
                    help="seconds between the phones' connecting (a presence burst) and sending "
-                        "(default: 2 + 0.004 per phone)")
+                        "(default: 2 + 0.004 per phone; 0 starts at once)")
+    p.add_argument("--burst-phones", type=int, default=0,
+                   help="extra phones (in no chat) that connect all at once during sending")
+    p.add_argument("--burst-at", type=float, default=0.0, help="seconds into sending the burst starts")
+    p.add_argument("--burst-window", type=float, default=5.0,
+                   help="seconds compared: sent during the burst vs. just before it")
     return parser
 
 

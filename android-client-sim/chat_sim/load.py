@@ -17,6 +17,10 @@ What it reports:
 - lost: (accepted message, member) pairs never received by that member's phone;
   duplicated: a copy of an id the phone already had; out of order: a copy whose seq is
   below one the phone already received in that chat. All three must be 0.
+- with --burst-phones N: N more phones (users of their own, in no chat) connect all at
+  once --burst-at seconds into sending, each publishing its presence like any phone; the
+  receipt latency of messages sent in the --burst-window seconds from then is reported
+  beside that of the same length of time just before, with the ratio of their p99.
 Exit status 1 when any of the three is not 0, 2 when the run could not be set up.
 """
 
@@ -68,12 +72,23 @@ class LoadConfig:
     settle: float | None = None  # None: SETTLE_BASE + SETTLE_PER_PHONE x users
     cache_dir: Path = Path.home() / ".chat-sim" / "load"
     user_prefix: str = "load"
+    burst_phones: int = 0  # extra phones connecting at once, burst_at seconds into sending
+    burst_at: float = 0.0
+    burst_window: float = 5.0  # seconds of sending compared: before the burst / from it on
 
     def check(self) -> None:
         if self.group_size < 2 or self.group_size > self.users:
             raise LoadError("--group-size must be at least 2 and at most --users")
         if self.chats < 1 or self.rate <= 0 or self.duration <= 0 or self.connections < 1:
             raise LoadError("--chats, --rate, --duration and --connections must be positive")
+        if self.settle is not None and self.settle < 0:
+            raise LoadError("--settle must not be negative")
+        if self.burst_phones < 0:
+            raise LoadError("--burst-phones must not be negative")
+        if self.burst_phones and not (
+            self.burst_window > 0 and self.burst_window <= self.burst_at <= self.duration - self.burst_window
+        ):
+            raise LoadError("a burst needs --burst-window seconds of sending before --burst-at and after it")
 
 
 @dataclass
@@ -116,6 +131,8 @@ class Load:
         self.errors: Counter = Counter()
         self.sent = self.skipped = 0
         self.receivers: list[tuple] = []  # (process, connection, counters)
+        self.burst_receivers: list[tuple] = []  # the same, for the burst's phones
+        self.burst: dict = {}
 
     # --- setup --------------------------------------------------------------------------
 
@@ -144,7 +161,7 @@ class Load:
         cache = _read_json(cache_path) or {}
         password = cache.setdefault("password", "load-" + secrets.token_urlsafe(16))
         known = cache.setdefault("users", {})
-        names = [f"{self.config.user_prefix}-{i}" for i in range(self.config.users)]
+        names = [f"{self.config.user_prefix}-{i}" for i in range(self.config.users + self.config.burst_phones)]
 
         async def ensure(http: AsyncHttp, name: str) -> User:
             entry = known.get(name)
@@ -226,17 +243,44 @@ class Load:
             time.sleep(0.05)
         self.timings["phones_s"] = time.monotonic() - started
 
-    def total(self, index: int) -> int:
-        return sum(counters[index] for _, _, counters in self.receivers)
+    def prepare_burst(self, users: list[User]) -> None:
+        """Start the burst's receiver processes, their phones held back until `_burst`."""
+        context = multiprocessing.get_context("spawn")
+        count = min(os.cpu_count() or 1, len(users))
+        for r in range(count):
+            specs = [PhoneSpec(u.id, u.mqtt, []) for u in users[r::count]]
+            parent, child = context.Pipe()
+            counters = context.Array("q", N_COUNTERS, lock=False)
+            process = context.Process(target=receiver_main, args=(child, specs, self.tag, counters, True),
+                                      name=f"chat-sim-burst-{r}", daemon=True)
+            process.start()
+            self.burst_receivers.append((process, parent, counters))
+
+    async def _burst(self, started: float) -> None:
+        """At --burst-at, every burst phone connects at once; note when all are ready."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, started + self.config.burst_at - loop.time()))
+        self.burst["started"] = time.time()
+        for _, conn, _ in self.burst_receivers:
+            conn.send(("connect", None))
+        self.say(f"burst: {self.config.burst_phones} phones connecting")
+        while self.total(C_READY, self.burst_receivers) < self.config.burst_phones:
+            await asyncio.sleep(0.02)
+        self.burst["ready_s"] = time.time() - self.burst["started"]
+        self.say(f"burst: {self.config.burst_phones} phones ready in {self.burst['ready_s']:.1f} s")
+
+    def total(self, index: int, receivers: list[tuple] | None = None) -> int:
+        return sum(counters[index] for _, _, counters in (self.receivers if receivers is None else receivers))
 
     def stop_phones(self) -> None:
-        for process, conn, _ in self.receivers:
+        everyone = self.receivers + self.burst_receivers
+        for process, conn, _ in everyone:
             if process.is_alive():
                 try:
                     conn.send(("stop", None))
                 except (BrokenPipeError, OSError):
                     pass
-        for process, _, _ in self.receivers:
+        for process, _, _ in everyone:
             process.join(10)
             if process.is_alive():
                 process.kill()
@@ -251,6 +295,7 @@ class Load:
         started = loop.time()
         end = started + config.duration
         progress = asyncio.create_task(self._progress(chats, started))
+        burst = asyncio.create_task(self._burst(started)) if self.burst_receivers else None
         due = 0
         while (now := loop.time()) < end:
             while due < (now - started) * config.rate:
@@ -267,6 +312,9 @@ class Load:
         self.timings["sending_s"] = loop.time() - started
         await self._grace(chats)
         progress.cancel()
+        if burst is not None and not burst.done():
+            burst.cancel()
+            self.say("burst: not every burst phone was ready by the end")
 
     async def _sender(self, queue: asyncio.Queue, chats: list[Chat]) -> None:
         http = AsyncHttp(self.host, self.port)
@@ -321,7 +369,10 @@ class Load:
         for _, conn, _ in self.receivers:
             _, part = conn.recv()
             parts.append(part)
-        latencies = [sample for part in parts for sample in _floats(part.pop("latencies"))]
+        latencies, sent_at = [], []
+        for part in parts:
+            latencies += _floats(part.pop("latencies"))
+            sent_at += _floats(part.pop("sent_at"))
         n_accepted = len(self.post_latencies)
         sending = self.timings.get("sending_s", self.config.duration)
         return {
@@ -344,7 +395,26 @@ class Load:
             "reconnects": sum(p["reconnects"] for p in parts),
             "lost_examples": [e for p in parts for e in p["lost_examples"]][:10],
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            **({"burst": self.burst_report(sent_at, latencies)} if self.config.burst_phones else {}),
         }
+
+    def burst_report(self, sent_at: list[float], latencies: list[float]) -> dict:
+        """Receipt latency of what was sent in the window from the burst on, against the
+        window just before it."""
+        config, started = self.config, self.burst.get("started")
+        report = {"phones": config.burst_phones, "at_s": config.burst_at, "window_s": config.burst_window,
+                  "ready": self.total(C_READY, self.burst_receivers),
+                  "ready_s": round(self.burst["ready_s"], 2) if "ready_s" in self.burst else None}
+        if started is None:
+            return {**report, "without_ms": percentiles([]), "during_ms": percentiles([]), "p99_ratio": None}
+        window = config.burst_window
+        without = [lat for sent, lat in zip(sent_at, latencies, strict=True) if started - window <= sent < started]
+        during = [lat for sent, lat in zip(sent_at, latencies, strict=True) if started <= sent < started + window]
+        report["without_ms"], report["during_ms"] = percentiles(without), percentiles(during)
+        report["copies"] = {"without": len(without), "during": len(during)}
+        p99_without, p99_during = report["without_ms"]["p99"], report["during_ms"]["p99"]
+        report["p99_ratio"] = round(p99_during / p99_without, 2) if p99_without and p99_during else None
+        return report
 
 
 def _floats(raw: bytes) -> list[float]:
@@ -382,7 +452,19 @@ def human(report: dict) -> str:
         f"out of order {report['out_of_order']}",
         f"  setup        users {t.get('users_s', 0):.1f} s, chats {t.get('chats_s', 0):.1f} s, "
         f"phones {t.get('phones_s', 0):.1f} s; waited {t.get('waited_s', 0):.1f} s for the last copies",
-    ] + ([f"  lost e.g.    {report['lost_examples'][:3]}"] if report["lost"] else []))
+    ] + ([f"  lost e.g.    {report['lost_examples'][:3]}"] if report["lost"] else [])
+      + ([_human_burst(report["burst"], ms)] if "burst" in report else []))
+
+
+def _human_burst(burst: dict, ms) -> str:
+    ready = "never all ready" if burst["ready_s"] is None else f"all ready in {burst['ready_s']:.1f} s"
+    return "\n".join([
+        f"  burst        {burst['phones']} phones connecting at {burst['at_s']:g} s ({ready}); "
+        f"POST->MQTT over {burst['window_s']:g} s windows:",
+        f"    without    {ms(burst['without_ms'])}",
+        f"    during     {ms(burst['during_ms'])}",
+        f"    p99 ratio  {burst['p99_ratio']}",
+    ])
 
 
 def run_load(config: LoadConfig, *, json_mode: bool) -> int:
@@ -397,8 +479,11 @@ def run_load(config: LoadConfig, *, json_mode: bool) -> int:
     try:
         users = asyncio.run(load.users())
         say(f"{len(users)} users ready ({load.timings['users_s']:.1f} s)")
+        users, burst_users = users[:config.users], users[config.users:]
         chats = asyncio.run(load.chats(users))
         say(f"{len(chats)} chats ready ({load.timings['chats_s']:.1f} s)")
+        if burst_users:
+            load.prepare_burst(burst_users)  # spawned now, not while sending
         load.start_phones(users, chats)
         say(f"{len(users)} phones connected and subscribed ({load.timings['phones_s']:.1f} s)")
         settle = config.settle if config.settle is not None else SETTLE_BASE + SETTLE_PER_PHONE * len(users)

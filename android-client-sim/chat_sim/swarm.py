@@ -9,6 +9,7 @@ out-of-order copies (a seq below one already received), and the POST -> receipt 
 (receipt time - the send time in the content; both clocks are this machine's).
 
 Protocol with the parent, over a multiprocessing Connection:
+    parent -> child  ("connect", None): a swarm started with `hold` connects its phones now
     parent -> child  ("report", {chat_id: [accepted message ids]})
     child -> parent  ("report", {...counts, latencies, lost...})
     parent -> child  ("stop", None): every phone publishes `offline` and disconnects
@@ -56,14 +57,16 @@ class Phone:
 
 
 class Swarm:
-    def __init__(self, specs: list[PhoneSpec], *, tag: str, counters) -> None:
+    def __init__(self, specs: list[PhoneSpec], *, tag: str, counters, hold: bool = False) -> None:
         self.phones = [Phone(spec) for spec in specs]
         self.tag = tag
         self.counters = counters
         self.selector = selectors.DefaultSelector()
         self.latencies = array.array("d")
+        self.sent_at = array.array("d")  # the send time of each latency sample
         self._reconnect_at: dict[int, float] = {}  # phone index -> when
-        self._to_connect = list(range(len(self.phones)))
+        # hold: connect only when the parent says so (a connect burst at a chosen moment)
+        self._to_connect = [] if hold else list(range(len(self.phones)))
         self._connecting = 0
 
     # --- the loop -----------------------------------------------------------------------
@@ -83,6 +86,8 @@ class Swarm:
                         return
                     if what == "report":
                         conn.send(("report", self.report(value)))
+                    if what == "connect":
+                        self._to_connect = [i for i, p in enumerate(self.phones) if p.client is None]
                     continue
                 if mask & selectors.EVENT_READ:
                     client.loop_read()
@@ -210,7 +215,9 @@ class Swarm:
             self.counters[C_OUT_OF_ORDER] += 1
         else:
             phone.top_seq[chat] = data["seq"]
-        self.latencies.append(received - float(content.split(" ", 2)[1]))
+        sent = float(content.split(" ", 2)[1])
+        self.latencies.append(received - sent)
+        self.sent_at.append(sent)
         self.counters[C_DELIVERED] += 1
 
     # --- the end ------------------------------------------------------------------------
@@ -236,6 +243,7 @@ class Swarm:
             "lost": lost,
             "lost_examples": lost_examples,
             "latencies": self.latencies.tobytes(),
+            "sent_at": self.sent_at.tobytes(),
         }
 
 
@@ -243,6 +251,6 @@ def _presence_topic(spec: PhoneSpec) -> str:
     return f"chat/presence/{spec.user_id}/{spec.mqtt['client_id']}"
 
 
-def receiver_main(conn, specs: list[PhoneSpec], tag: str, counters) -> None:
+def receiver_main(conn, specs: list[PhoneSpec], tag: str, counters, hold: bool = False) -> None:
     """Entry point of a receiver process."""
-    Swarm(specs, tag=tag, counters=counters).run(conn)
+    Swarm(specs, tag=tag, counters=counters, hold=hold).run(conn)

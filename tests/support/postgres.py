@@ -131,6 +131,17 @@ class PostgresCluster:
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
 
+    def stop_server(self) -> None:
+        """Stop the server (fast shutdown: clients are cut off, committed data is kept)
+        but keep the cluster, for `start_server` to bring it back on the same port."""
+        self._run("pg_ctl", "stop", "-m", "fast", "-w", "-D", self.datadir)
+
+    def start_server(self, timeout: float = 60.0) -> None:
+        """Start a stopped cluster again (same data, same port); return once it answers."""
+        self._run("pg_ctl", "start", "-w", "-t", str(int(timeout)),
+                  "-D", self.datadir, "-l", self.logfile, "-o", self._options())
+        self._wait_for_connection(timeout)
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])

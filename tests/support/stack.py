@@ -6,10 +6,13 @@
   broker connected (the heartbeat row is truncated with everything else between tests).
 - `http_server` (session): gunicorn on a free port, same database and broker.
 - `live_stack` (function): all of it, for tests that act like a phone over real HTTP.
+- `ProcessStack`: a relay and gunicorn of their own, on a given database and broker, that
+  a test may kill and restart (the fault tests' stacks, see tests/support/faults.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -64,6 +67,12 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash, an OOM kill)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -158,6 +167,63 @@ class HttpServer(ServerProcess):
             return True  # it answers; the body says what is up
         except OSError:
             return False
+
+
+class ProcessStack:
+    """The server's own processes, a relay and gunicorn, on a database and broker of the
+    caller's choosing, for a test that kills and restarts them (tests/support/faults.py).
+
+        stack = ProcessStack(database_url=url, broker=broker, workdir=path).start()
+        stack.relay.kill()      # SIGKILL
+        stack.start_relay()     # a new relay process, same environment, same log file
+
+    The session's `relay_process` and `http_server` are not involved.
+    """
+
+    def __init__(self, *, database_url: str, broker, workdir: Path, web_workers: int = 2) -> None:
+        self.database_url = database_url
+        self.broker = broker
+        self.workdir = Path(workdir)
+        self.env = server_env(database_url=database_url, broker=broker, data_dir=self.workdir)
+        self.relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], self.env, self.workdir)
+        self.http = HttpServer(self.env, self.workdir, workers=web_workers)
+        self.url = self.http.url
+
+    def start(self, timeout: float = 30.0) -> ProcessStack:
+        """Start both; return once `/health/` says ok (relay running, broker up)."""
+        self.relay.start()
+        self.http.start()
+        self.wait_healthy(timeout)
+        return self
+
+    def start_relay(self) -> ServerProcess:
+        """Start a new relay process (after `relay.kill()`); returns once it is spawned."""
+        if self.relay.alive():
+            raise RuntimeError("the relay is still running")
+        return self.relay.start()
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health/", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, {}
+        except (OSError, ValueError):
+            return 0, {}
+
+    def wait_healthy(self, timeout: float) -> None:
+        try:
+            wait_until(lambda: self.health()[1].get("status") == "ok", timeout, "/health/ to say ok",
+                       interval=0.05)
+        except AssertionError:
+            raise AssertionError(
+                f"stack not healthy: {self.health()}\n--- relay\n{self.relay.log_tail()}"
+                f"\n--- web\n{self.http.log_tail()}"
+            ) from None
+
+    def stop(self) -> None:
+        self.http.stop()
+        self.relay.stop()
 
 
 def free_port() -> int:
