@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     MALFORMED_BODY = "malformed_body"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_ACCEPTABLE = "not_acceptable"
     NOT_AUTHENTICATED = "not_authenticated"
     INVALID_TOKEN = "invalid_token"
     THROTTLED = "throttled"

@@ -1,6 +1,8 @@
 """Every error code a client can get is in one enum, once."""
 
+import re
 from enum import StrEnum
+from pathlib import Path
 
 from accounts.errors import AccountsErrorCode
 from chats.errors import ChatsErrorCode
@@ -29,3 +31,15 @@ def test_every_application_error_uses_a_code_of_an_enum():
     assert len(errors) > 20
     assert [e.__name__ for e in errors if e.code not in members] == []
     assert [e.__name__ for e in errors if not isinstance(e.code, StrEnum)] == []
+
+
+def test_every_code_is_documented_and_every_documented_code_exists():
+    from chatserver import exception_handler
+
+    table = (Path(__file__).resolve().parents[2] / "docs" / "http-api.md").read_text()
+    documented = set(re.findall(r"^\| \d{3} \| `([a-z_]+)` \|", table, re.M))
+    codes = {code.value for enum in ENUMS for code in enum}
+    # Django's and DRF's own refusals, as the exception handler names them, are codes too.
+    assert set(exception_handler._CODE_NAMES.values()) <= codes
+    assert sorted(codes - documented - {"conflict"}) == []  # `conflict` is only a base class
+    assert sorted(documented - codes) == []
