@@ -55,6 +55,19 @@ class Device(models.Model):
     # The phone's FCM registration token, if it registered one: where pushes go while it
     # has no live MQTT connection. A token belongs to one device at a time (unique).
     push_token = models.CharField(max_length=1024, null=True, blank=True, unique=True)
+    # What the device last reported on its presence topic (`User.Presence`), as the
+    # presence worker saw it, and until when that holds without a refresh: a device that
+    # stops refreshing is offline from then on, even if nobody noticed it going.
+    presence = models.CharField(max_length=8, choices=User.Presence, default=User.Presence.OFFLINE)
+    presence_expires_at = models.DateTimeField(null=True, blank=True)
+
+    def connected(self, *, now) -> bool:
+        """Whether the device has a live MQTT connection, as far as the server knows."""
+        return (
+            self.presence != User.Presence.OFFLINE
+            and self.presence_expires_at is not None
+            and self.presence_expires_at > now
+        )
 
     @staticmethod
     def new_token() -> str:

@@ -1,7 +1,9 @@
+from django.db.models import Q
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 from accounts.errors import UserNotFound
-from accounts.models import Block, FriendRequest, Friendship, User
+from accounts.models import Block, Device, FriendRequest, Friendship, User
 
 
 
@@ -54,3 +56,15 @@ def block_list(*, user: User):
     return User.objects.filter(
         id__in=Block.objects.filter(user=user).values("blocked_id")
     ).order_by("username", "id")
+
+
+def devices_to_wake(*, user_ids: list[int], exclude_device_ids=()) -> list[Device]:
+    """The users' devices that have a push token and no live MQTT connection (see
+    `Device.connected`): the ones a push must wake."""
+    live = Q(presence_expires_at__gt=timezone.now()) & ~Q(presence=User.Presence.OFFLINE)
+    return list(
+        Device.objects.filter(user_id__in=user_ids, push_token__isnull=False)
+        .exclude(live)
+        .exclude(id__in=[d for d in exclude_device_ids if d is not None])
+        .order_by("id")
+    )

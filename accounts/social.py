@@ -11,7 +11,7 @@ from django.db.models import Q
 from accounts.shapes import user_data
 from accounts.models import Block, FriendRequest, Friendship, User
 from accounts.errors import BlockedError, NothingToRemove, SelfTarget, UserNotFound
-from chatserver import outbox
+from chatserver import outbox, push
 from chatserver.errors import NotFound
 from chatserver.events import Event, EventType
 
@@ -61,6 +61,7 @@ def friend_request_send(*, actor: User, target_id: int) -> tuple[str, bool]:
             return "friends", True
         _, created = FriendRequest.objects.get_or_create(from_user=actor, to_user=target)
         if created:
+            push.enqueue(kind="friend_request", data={"from_id": actor.id, "to_id": target.id})
             _tell(EventType.FRIEND_REQUESTED, about=actor, by=actor, user_ids=[target.id])
             _tell(EventType.FRIEND_REQUESTED, about=target, by=actor, user_ids=[actor.id])
         return "requested", created

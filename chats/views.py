@@ -239,7 +239,9 @@ class PointerView(APIView):
         if user_id != request.user.id:
             selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
             raise NotYours()
-        membership = pointer_move(actor=request.user, chat_id=chat_id, message_id=message_id, read=self.read)
+        membership = pointer_move(
+            actor=request.user, chat_id=chat_id, message_id=message_id, read=self.read, device_id=request.auth.id
+        )
         return Response(shapes.member_data(membership))
 
 

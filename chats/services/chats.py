@@ -10,7 +10,7 @@ from chats.errors import NotAGroup, NotAllowed
 from chats.models import Attachment, Chat, Membership
 from chats.selectors import chat_members
 from chats.services.common import RANK, Role, chat_event, lock_chat, member_ids, membership_locked
-from chatserver import outbox
+from chatserver import outbox, push
 from chatserver.broker_access import ChatAdd, ChatRemove, MemberGrant
 from chatserver.errors import InvalidInput
 from chatserver.events import EventType
@@ -56,6 +56,7 @@ def chat_create(*, actor, member_ids: list[int], name: str = "") -> tuple[Chat, 
             chat = Chat.objects.create(kind=Chat.Kind.GROUP, name=name)
             roles = {actor.id: Role.OWNER, **{uid: Role.MEMBER for uid in others}}
             event = _chat_populate(chat=chat, roles=roles)
+            push.enqueue(kind="invitation", data={"chat_id": chat.id, "user_ids": others, "by": actor.id})
     outbox.wait_applied([event])
     return chat, True
 

@@ -12,7 +12,7 @@ from chats.models import Chat, Membership
 from chats.selectors import chat_members
 from chats.services.chats import chat_destroy
 from chats.services.common import RANK, Role, chat_event, lock_chat, member_ids, membership_locked
-from chatserver import outbox
+from chatserver import outbox, push
 from chatserver.broker_access import ChatRemove, MemberGrant, MemberRevoke
 from chatserver.events import EventType
 
@@ -50,6 +50,7 @@ def member_add(*, chat_id: int, actor: User, user_id: int) -> tuple[Membership, 
             user_ids=user_ids,
             access=[MemberGrant(chat=chat.id, user=user.id)],
         )
+        push.enqueue(kind="invitation", data={"chat_id": chat.id, "user_ids": [user.id], "by": actor.id})
     outbox.wait_applied([event])
     return membership, True
 

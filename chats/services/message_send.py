@@ -12,6 +12,7 @@ from chats.errors import CannotPost, ChatNotFound
 from chats.models import Attachment, Membership, Message
 from chats.selectors import messages_annotate
 from chats.services.common import Role, chat_event
+from chatserver import push
 from chatserver.errors import InvalidInput
 from chatserver.events import EventType
 
@@ -175,6 +176,8 @@ def _message_created(*, message: Message, attachment: Attachment | None, origina
         user_ids=message.member_ids,
         version=message.version,
     )
+    # The members' devices without a live connection are woken (chats/push.py).
+    push.enqueue(kind="message", data={"message_id": message.id})
 
 
 def _type_of(attachment: Attachment | None) -> str:

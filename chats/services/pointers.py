@@ -6,15 +6,20 @@ from accounts.models import User
 from chats.errors import ChatNotFound, MessageNotFound
 from chats.models import Membership, Message
 from chats.services.common import chat_event, member_ids
+from chatserver import push
 from chatserver.events import EventType
 
 
-def pointer_move(*, actor: User, chat_id: int, message_id: int, read: bool) -> Membership:
+def pointer_move(
+    *, actor: User, chat_id: int, message_id: int, read: bool, device_id: int | None = None
+) -> Membership:
     """Move the caller's read (read=True) or delivered pointer forward to a message;
     never back. Reading implies delivery. Returns the membership.
 
     When it moved, the chat's members get `read.updated` (both pointers), unless the actor
     turned read receipts off: then only its own devices are told (to sync unread counts).
+    When the read pointer moved, the actor's other devices (not `device_id`, the one that
+    read) that sleep are pushed a `read`, to clear their notifications.
     Not under the chat lock: a pointer can only name a message that is already
     committed, and pointers only grow, so concurrent moves need no order.
     """
@@ -52,5 +57,7 @@ def pointer_move(*, actor: User, chat_id: int, message_id: int, read: bool) -> M
                 user_ids=recipients,
                 to_chat_topic=actor.read_receipts,
             )
+        if moved:
+            push.enqueue(kind="read", data={"chat_id": chat_id, "user_id": actor.id, "device_id": device_id})
     membership.user = actor
     return membership

@@ -1,0 +1,136 @@
+"""What a push says about chats, and to whom: the builders of the `push` worker's jobs.
+
+Registered from `ChatsConfig.ready()`. Each builder runs in the push worker, after the
+commit, so it sees the committed rows; it picks the recipients' devices that have a push
+token and no live MQTT connection (`accounts.selectors.devices_to_wake`), and builds one
+data-only message per device (FCM data values are strings). The app builds the
+notification itself from the data.
+
+    message      a new message: every member but the author, unless muted; high priority
+    read         a read pointer moved: the reader's other devices clear their notification
+    invitation   added to a group (at its creation or later): the added members
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.selectors import devices_to_wake
+from chats.models import Chat, Membership, Message
+from chatserver.fcm import FcmMessage
+from chatserver.push import Delivery
+
+PREVIEW_LENGTH = 100
+# What a push shows for a message without text.
+MEDIA_PREVIEW = {"image": "Photo", "audio": "Audio", "video": "Video", "file": "File"}
+
+
+def collapse_key(chat_id: int) -> str:
+    # One per chat: a phone that was away gets the newest state of each chat, not a pile.
+    return f"chat-{chat_id}"
+
+
+def _preview(message: Message) -> str:
+    if message.deleted:
+        return ""
+    if message.content.strip():
+        return message.content[:PREVIEW_LENGTH]
+    return MEDIA_PREVIEW.get(message.type, "")
+
+
+def _unread_counts(chat: Chat, memberships: list[Membership]) -> dict[int, int]:
+    """Each member's unread count of the chat (as the chat list computes it)."""
+    low = min((m.last_read_seq for m in memberships), default=chat.last_seq)
+    deleted = sorted(
+        Message.objects.filter(chat=chat, deleted=True, seq__gt=low).values_list("seq", flat=True)
+    )
+    counts = {}
+    for m in memberships:
+        behind = chat.last_seq - m.last_read_seq
+        deleted_after = len(deleted) - bisect_right(deleted, m.last_read_seq)
+        counts[m.user_id] = max(behind - deleted_after, 0)
+    return counts
+
+
+def _message(ttl: int, *, token: str, data: dict, priority: str, chat_id: int) -> FcmMessage:
+    return FcmMessage(token=token, data=data, priority=priority, collapse_key=collapse_key(chat_id), ttl_seconds=ttl)
+
+
+def build_message(data: dict) -> list[Delivery]:
+    message = Message.objects.select_related("chat", "author").filter(id=data["message_id"]).first()
+    if message is None:
+        return []  # deleted with its chat since: nothing to say
+    chat, now = message.chat, timezone.now()
+    memberships = [
+        m for m in Membership.objects.filter(chat=chat).select_related("user").exclude(user_id=message.author_id)
+        if m.muted_until is None or m.muted_until <= now
+    ]
+    if not memberships:
+        return []
+    unread = _unread_counts(chat, memberships)
+    users = {m.user_id: m.user for m in memberships}
+    common = {
+        "type": "message",
+        "chat_id": str(chat.id),
+        "message_id": str(message.id),
+        "seq": str(message.seq),
+        "sender_id": str(message.author_id or ""),
+        "sender_name": message.author.username if message.author else "",
+    }
+    if chat.kind == Chat.Kind.GROUP:
+        common["chat_name"] = chat.name
+    preview = _preview(message)
+    deliveries = []
+    for device in devices_to_wake(user_ids=list(users)):
+        payload = {**common, "unread_count": str(unread[device.user_id])}
+        if users[device.user_id].push_previews and preview:
+            payload["preview"] = preview
+        deliveries.append(Delivery(device.id, _message(
+            settings.PUSH_TTL, token=device.push_token, data=payload, priority="high", chat_id=chat.id
+        )))
+    return deliveries
+
+
+def build_read(data: dict) -> list[Delivery]:
+    membership = Membership.objects.select_related("chat").filter(
+        chat_id=data["chat_id"], user_id=data["user_id"]
+    ).first()
+    if membership is None:
+        return []
+    unread = _unread_counts(membership.chat, [membership])[membership.user_id]
+    payload = {
+        "type": "read",
+        "chat_id": str(membership.chat_id),
+        "last_read_message_id": str(membership.last_read_message_id or ""),
+        "unread_count": str(unread),
+    }
+    return [
+        Delivery(device.id, _message(
+            settings.PUSH_TTL, token=device.push_token, data=payload, priority="normal", chat_id=membership.chat_id
+        ))
+        for device in devices_to_wake(user_ids=[membership.user_id], exclude_device_ids=[data.get("device_id")])
+    ]
+
+
+def build_invitation(data: dict) -> list[Delivery]:
+    chat = Chat.objects.filter(id=data["chat_id"]).first()
+    if chat is None:
+        return []
+    by = Membership.objects.select_related("user").filter(chat=chat, user_id=data["by"]).first()
+    payload = {
+        "type": "invitation",
+        "chat_id": str(chat.id),
+        "chat_name": chat.name,
+        "by_id": str(data["by"]),
+        "by_name": by.user.username if by else "",
+    }
+    invited = set(Membership.objects.filter(chat=chat, user_id__in=data["user_ids"]).values_list("user_id", flat=True))
+    return [
+        Delivery(device.id, _message(
+            settings.PUSH_TTL, token=device.push_token, data=payload, priority="high", chat_id=chat.id
+        ))
+        for device in devices_to_wake(user_ids=sorted(invited))
+    ]
