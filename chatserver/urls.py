@@ -1,7 +1,6 @@
 from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from chats.views import SignedMediaView
 from chatserver.urls_converters import IdConverter
 from chatserver.views import HealthView
 
@@ -12,7 +11,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("chats/", include("chats.urls")),
     path("health/", HealthView.as_view(), name="health"),
-    path("media/<str:token>/", SignedMediaView.as_view(), name="signed-media"),
+    path("media/", include("chats.urls_media")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
