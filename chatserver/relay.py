@@ -72,6 +72,8 @@ class Relay(Worker):
         self.baseline_applied = False
         self.last_heartbeat = float("-inf")
         self.reported_connected: bool | None = None
+        # While set, the outbox was empty at the last look: the next one is then.
+        self.idle_until: float | None = None
 
     # --- the worker -----------------------------------------------------------------
 
@@ -80,8 +82,10 @@ class Relay(Worker):
             logger.info("broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
             self.broker.connect(timeout=5.0)
             self.broker_started = True
-        # Whatever happened while this relay was not active, its heartbeat is due now.
+        # Whatever happened while this relay was not active (rows queued unheard, its
+        # heartbeat gone stale), look and report at once.
         self.reported_connected = None
+        self.idle_until = None
 
     def step(self, *, session: Session) -> bool:
         """One round: False when it could not make progress (the caller backs off)."""
@@ -101,9 +105,16 @@ class Relay(Worker):
                 if error and not self.access.is_benign(command, error):
                     logger.error("broker refused %s: %s", command.get("command"), error)
             self.baseline_applied = True
+        if self.idle_until is not None:
+            # Idle: wait for a NOTIFY, keeping the heartbeat fresh meanwhile, and look at
+            # the table anyway once RELAY_IDLE_RECHECK has passed.
+            remaining = self.idle_until - time.monotonic()
+            if remaining > 0 and not session.wait(min(remaining, HEARTBEAT_EVERY)):
+                return True
+            self.idle_until = None
         rows = list(OutboxEvent.objects.order_by("id")[: settings.RELAY_BATCH_SIZE])
         if not rows:
-            session.wait(settings.RELAY_IDLE_RECHECK)
+            self.idle_until = time.monotonic() + settings.RELAY_IDLE_RECHECK
             return True
         return self.send(rows)
 

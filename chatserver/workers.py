@@ -45,6 +45,8 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 # resumes within moments of its return.
 RECONNECT_CAP = 1.0
 STANDBY_RECHECK = 2.0
+# The longest a worker waiting for work goes without looking at its stop flag.
+WAIT_SLICE = 0.5
 
 try:
     import psycopg
@@ -148,16 +150,24 @@ class Session:
             for _ in self.conn.notifies(timeout=0):
                 pass
 
-    def wait(self, timeout: float) -> None:
-        """Until a notification on the worker's channel or `timeout` (polling on SQLite)."""
+    def wait(self, timeout: float) -> bool:
+        """Until a notification on the worker's channel or `timeout`. True if there may be
+        work: notified, or without NOTIFY (SQLite: after `poll_interval`, to poll)."""
         if self.conn is None or not self.worker.listen:
             self.stop.wait(min(timeout, self.worker.poll_interval))
-            return
-        for _ in self.conn.notifies(timeout=timeout, stop_after=1):
-            pass
+            return True
+        # In slices, so that a signal (which only sets `stop`) ends the wait soon.
+        deadline = time.monotonic() + timeout
+        notified = False
+        while not notified and not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            notified = bool(list(self.conn.notifies(timeout=min(remaining, WAIT_SLICE), stop_after=1)))
         # Drain whatever else arrived: one look at the table serves them all.
         for _ in self.conn.notifies(timeout=0):
-            pass
+            notified = True
+        return notified
 
     def close(self) -> None:
         self.active = False
@@ -193,7 +203,7 @@ def run(*, worker: Worker, stop: threading.Event) -> None:
                 session.check()
                 progressed = worker.step(session=session)
             except DATABASE_UNAVAILABLE as exc:
-                logger.warning("%s: database unavailable (%s); reconnecting", worker.name, str(exc).strip())
+                logger.warning("%s: database unavailable (%s); reconnecting", worker.name, " ".join(str(exc).split()))
                 session.close()
                 _close_django_connection()
                 progressed, outage = False, True

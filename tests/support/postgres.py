@@ -129,6 +129,17 @@ class PostgresCluster:
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
 
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: connections are terminated) but keep its data
+        and port, for `resume()`: a database restart, as a client sees it."""
+        self._run("pg_ctl", "stop", "-m", "fast", "-w", "-D", self.datadir)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start a paused server again, on the same port; returns once it accepts."""
+        self._run("pg_ctl", "start", "-w", "-t", str(int(timeout)),
+                  "-D", self.datadir, "-l", self.logfile, "-o", self._options())
+        self._wait_for_connection(timeout)
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
