@@ -158,8 +158,14 @@ class Relay(Worker):
         sent: list[tuple[OutboxEvent, Pending | None, list[tuple[str, Pending]]]] = []
         pendings: list[Pending] = []
         for row, commands, publishes in work:
-            control = self.broker.control(commands) if commands else None
-            published = [(topic, self.broker.publish(topic, data, retain=retain)) for topic, data, retain in publishes]
+            try:
+                control = self.broker.control(commands) if commands else None
+                published = [
+                    (topic, self.broker.publish(topic, data, retain=retain)) for topic, data, retain in publishes
+                ]
+            except Exception as exc:  # paho refusing what it was given: this row's doing
+                failed[row.id] = f"cannot send: {type(exc).__name__}: {exc}"
+                continue
             sent.append((row, control, published))
             if control is not None:
                 pendings.append(control)

@@ -199,7 +199,11 @@ def run(*, worker: Worker, stop: threading.Event) -> None:
                     if not session.take_lock():
                         break
                     logger.info("%s active", worker.name)
-                    worker.activated()
+                    try:
+                        worker.activated()
+                    except BaseException:
+                        session.close()  # so that the next round activates it again
+                        raise
                 session.check()
                 progressed = worker.step(session=session)
             except DATABASE_UNAVAILABLE as exc:

@@ -13,8 +13,9 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.utils import timezone
 
-from chatserver.broker_access import MemberGrant, UserAdd
+from chatserver.broker_access import DeviceRemove, MemberGrant, UserAdd
 from chatserver.models import DeadLetter, OutboxEvent
+from chatserver.relay import Relay
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
 from tests.test_stack import call
@@ -35,6 +36,51 @@ def observer(broker) -> MqttProbe:
 
 def row(payload: str = "", *, user_ids=(USER,), access=()) -> OutboxEvent:
     return OutboxEvent(payload=payload, user_ids=list(user_ids), access=list(access))
+
+
+# --- translation (no I/O) -----------------------------------------------------------------
+
+
+def test_a_row_translates_into_its_commands_then_its_publishes_in_order():
+    # given
+    op = DeviceRemove(user=5, username="u5-1", client_id="chat-5-1")
+    good = OutboxEvent(id=1, payload='{"n": 1}', user_ids=[5, 6], chat_id=7, access=[op.to_json()])
+
+    # when
+    commands, publishes = Relay().translate(good)
+
+    # then
+    assert commands == [{"command": "deleteClient", "username": "u5-1"}]
+    assert publishes == [
+        ("chat/presence/5/chat-5-1", b"", True),
+        ("chat/users/5", b'{"n": 1}', False),
+        ("chat/users/6", b'{"n": 1}', False),
+        ("chat/chats/7", b'{"n": 1}', False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields, error",
+    [
+        ({"access": [{"op": "teleport"}]}, "unknown access operation: 'teleport'"),
+        ({"access": [{"op": "user_add", "user": 0}]}, "user_add.user: an id must be a positive integer, got 0"),
+        ({"access": [{"op": "user_add", "user": 5, "extra": 1}]}, "user_add: "),
+        ({"access": {"op": "user_add", "user": 5}}, "access must be a list"),
+        ({"payload": "{}", "user_ids": [5, True]}, "an id must be a positive integer, got True"),
+        ({"payload": "{}", "user_ids": 5}, "user_ids must be a list, got 5"),
+        ({"payload": "{}", "chat_id": -1}, "an id must be a positive integer, got -1"),
+    ],
+)
+def test_a_row_the_relay_cannot_handle_fails_translation_with_its_reason(fields, error):
+    bad = OutboxEvent(id=1, **fields)
+
+    with pytest.raises(ValueError) as raised:
+        Relay().translate(bad)
+
+    assert error in str(raised.value)
+
+
+# --- end to end -----------------------------------------------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)

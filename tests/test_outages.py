@@ -20,6 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from chatserver.relay import ADVISORY_LOCK_KEY
+
 from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
 from tests.support.postgres import PostgresCluster
@@ -45,6 +47,7 @@ class Spare:
         self.broker.start()
         env = server_env(database_url=self.db_url, broker=self.broker, data_dir=workdir)
         env["RELAY_IDLE_RECHECK"] = "60"
+        self.env = env
         migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
                                  capture_output=True, text=True)
         assert migrate.returncode == 0, migrate.stderr
@@ -200,6 +203,39 @@ def test_the_workers_survive_a_postgresql_restart_with_nothing_lost_and_order_ke
         phone.close()
     assert spare.sql("SELECT count(*) FROM chat_outbox") == [(0,)]
     assert_alive(spare.relay, spare.presence, spare.web)
+
+
+RELAY_LOCK = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = %s"
+RELAY_LOCK_LOW_BITS = ADVISORY_LOCK_KEY & 0xFFFFFFFF
+
+
+def test_a_relay_whose_lock_was_lost_takes_it_again_before_sending_and_one_relay_stays_active(spare, observer):
+    # given: a second relay standing by
+    standby = ServerProcess("relay-standby", [sys.executable, "manage.py", "worker", "relay"], spare.env,
+                            spare.workdir).start()
+    relays = (spare.relay, standby)
+    try:
+        wait_until(lambda: spare.log_count(standby, "another relay is active; standing by") == 1, 15,
+                   "the second relay to stand by")
+        activations = sum(spare.log_count(r, "relay active") for r in relays)
+        [(active,)] = spare.sql(RELAY_LOCK, [RELAY_LOCK_LOW_BITS])
+
+        # when: the active relay's own session (its LISTEN and its lock) is cut, mid-stream
+        spare.enqueue(range(1, 201))
+        assert spare.sql("SELECT pg_terminate_backend(%s)", [active]) == [(True,)]
+        spare.enqueue(range(201, 401))
+
+        # then: one of them took the lock (exactly one activation), and nothing was lost
+        # or reordered
+        wait_until(lambda: len(numbers(observer)) >= 400, 15, "all 400 rows")
+        assert numbers(observer) == list(range(1, 401))
+        assert sum(spare.log_count(r, "relay active") for r in relays) == activations + 1
+        assert len(spare.sql(RELAY_LOCK, [RELAY_LOCK_LOW_BITS])) == 1
+        assert_alive(*relays)
+    finally:
+        standby.stop()
+    wait_until(lambda: len(spare.sql(RELAY_LOCK, [RELAY_LOCK_LOW_BITS])) == 1, 10, "a relay active again")
+    wait_until(spare.healthy, 10, "the spare stack healthy again")
 
 
 def test_http_answers_503_in_the_error_envelope_while_the_database_is_down(spare):
