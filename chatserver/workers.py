@@ -15,7 +15,7 @@ and `manage.py worker presence` runs one: `factory(stop=<threading.Event>)` buil
   restarted server, `pg_terminate_backend`) closes Django's connection and the session,
   and `run()` reconnects both, takes the lock again (another worker may have taken it
   meanwhile: then this one stands by) and calls `activated()` again before the next
-  `step()`. Reconnection is tried every `RECONNECT_CAP` seconds at most, so work resumes
+  `step()`. Reconnection attempts are at most `RECONNECT_CAP` seconds apart, so work resumes
   within about a second of the database's return.
 - Nothing else stops it: any other exception out of `step()` is logged with its traceback
   and the worker backs off (doubling from `BACKOFF_FIRST` up to `BACKOFF_CAP`) and goes on.
@@ -113,6 +113,7 @@ class Session:
         self.stop = stop
         self.conn = None
         self.active = False
+        self.notified = False
 
     def open(self) -> None:
         if connection.vendor != "postgresql":
@@ -148,7 +149,8 @@ class Session:
         than one batch after it was lost."""
         if self.conn is not None:
             for _ in self.conn.notifies(timeout=0):
-                pass
+                # Kept for `wait`: a wake-up read here must not be lost to it.
+                self.notified = True
 
     def wait(self, timeout: float) -> bool:
         """Until a notification on the worker's channel or `timeout`. True if there may be
@@ -156,9 +158,9 @@ class Session:
         if self.conn is None or not self.worker.listen:
             self.stop.wait(min(timeout, self.worker.poll_interval))
             return True
+        notified, self.notified = self.notified, False
         # In slices, so that a signal (which only sets `stop`) ends the wait soon.
         deadline = time.monotonic() + timeout
-        notified = False
         while not notified and not self.stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -1,11 +1,15 @@
-"""Workers: the framework's rules (pure), and chatserver/ staying free of the apps."""
+"""Workers: the framework's rules, its database session, and chatserver/ free of the apps."""
 
 import ast
+import threading
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from chatserver import workers
+from tests.support.stack import wait_until
 
 CHATSERVER = Path(__file__).resolve().parents[1] / "chatserver"
 APPS = {"accounts", "chats"}
@@ -56,3 +60,62 @@ def test_a_name_cannot_be_registered_twice_with_another_factory():
 def test_an_unknown_worker_name_is_refused_before_anything_runs():
     with pytest.raises(LookupError, match="no worker named 'push'"):
         workers.run_forever(name="push")
+
+
+# --- the session (a real PostgreSQL) ----------------------------------------------------
+
+
+class Listening(workers.Worker):
+    name = "test-listener"
+    listen = "chat_test_wakeup"
+
+
+@pytest.mark.django_db
+def test_a_wakeup_read_while_checking_the_session_is_not_lost_to_the_next_wait(test_database_url):
+    # given: a notification that the per-step check reads, before the worker waits
+    session = workers.Session(worker=Listening(), stop=threading.Event())
+    session.open()
+    try:
+        with psycopg.connect(test_database_url, autocommit=True) as other:
+            other.execute(f"NOTIFY {Listening.listen}")
+
+        def checked_one():
+            session.check()
+            return session.notified
+
+        wait_until(checked_one, 5, "the notification read by check()")
+
+        # when
+        started = time.monotonic()
+        woken = session.wait(5.0)
+
+        # then: at once, and only once
+        assert woken is True
+        assert time.monotonic() - started < 1.0
+        assert session.wait(0.2) is False
+    finally:
+        session.close()
+
+
+@pytest.mark.django_db
+def test_a_dropped_session_is_noticed_by_check_without_a_query(test_database_url):
+    # given
+    session = workers.Session(worker=Listening(), stop=threading.Event())
+    session.open()
+    pid = session.conn.info.backend_pid
+    try:
+        # when
+        with psycopg.connect(test_database_url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+        # then
+        def raised():
+            try:
+                session.check()
+            except workers.DATABASE_UNAVAILABLE:
+                return True
+            return False
+
+        wait_until(raised, 5, "check() to raise")
+    finally:
+        session.close()
