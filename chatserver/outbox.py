@@ -151,7 +151,7 @@ def dead_letters_replay(*, ids: Iterable[int] | None) -> list[OutboxEvent]:
         if ids is not None:
             letters = letters.filter(id__in=list(ids))
         letters = list(letters)
-        # One by one: bulk_create returns no ids on every database.
+        # One by one (a rare path): each new id is known whatever the database.
         events = [
             OutboxEvent.objects.create(
                 created_at=letter.created_at,
