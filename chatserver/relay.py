@@ -69,6 +69,7 @@ class Relay(Worker):
             keepalive=settings.MQTT_KEEPALIVE,
         )
         self.broker_started = False
+        self.active = False
         self.baseline_applied = False
         self.last_heartbeat = float("-inf")
         self.reported_connected: bool | None = None
@@ -86,6 +87,11 @@ class Relay(Worker):
         # heartbeat gone stale), look and report at once.
         self.reported_connected = None
         self.idle_until = None
+        self.active = True
+
+    def deactivated(self) -> None:
+        # Another relay may be the active one now: the heartbeat is its to write.
+        self.active = False
 
     def step(self, *, session: Session) -> bool:
         """One round: False when it could not make progress (the caller backs off)."""
@@ -120,7 +126,8 @@ class Relay(Worker):
 
     def close(self) -> None:
         try:
-            self.heartbeat(force=True, connected=False)
+            if self.active:  # a standby's "not connected" would hide the active relay's
+                self.heartbeat(force=True, connected=False)
         except DATABASE_UNAVAILABLE:
             pass  # the heartbeat goes stale by itself
         finally:

@@ -12,11 +12,12 @@ and `manage.py worker presence` runs one: `factory(stop=<threading.Event>)` buil
   one worker of a kind is active; another one started stands by until the lock is free.
   (SQLite has neither: the worker is polled every `poll_interval` and runs alone.)
 - Database outages are survived: a "database unavailable" error (a dropped connection, a
-  restarted server, `pg_terminate_backend`) closes Django's connection and the session,
-  and `run()` reconnects both, takes the lock again (another worker may have taken it
-  meanwhile: then this one stands by) and calls `activated()` again before the next
-  `step()`. Reconnection attempts are at most `RECONNECT_CAP` seconds apart, so work resumes
-  within about a second of the database's return.
+  restarted server, `pg_terminate_backend`) closes Django's connection and the session
+  (calling `deactivated()` first if the worker was active), then `run()` reconnects
+  both, takes the lock again (another worker may have taken it meanwhile: then this one
+  stands by) and calls `activated()` again before the next `step()`. Reconnection
+  attempts are at most `RECONNECT_CAP` seconds apart, so work resumes within about a
+  second of the database's return.
 - Nothing else stops it: any other exception out of `step()` is logged with its traceback
   and the worker backs off (doubling from `BACKOFF_FIRST` up to `BACKOFF_CAP`) and goes on.
   A worker whose items can fail one by one sets the failing item aside itself (the relay
@@ -76,6 +77,10 @@ class Worker:
     def activated(self) -> None:
         """Called each time this worker becomes the active one (first start, and again
         after a database outage), before its next `step()`."""
+
+    def deactivated(self) -> None:
+        """Called when this worker stops being the active one (its session was lost: it
+        may not hold its lock any more) until `activated()` is called again."""
 
     def step(self, *, session: Session) -> bool:
         raise NotImplementedError
@@ -210,6 +215,8 @@ def run(*, worker: Worker, stop: threading.Event) -> None:
                 progressed = worker.step(session=session)
             except DATABASE_UNAVAILABLE as exc:
                 logger.warning("%s: database unavailable (%s); reconnecting", worker.name, " ".join(str(exc).split()))
+                if session.active:
+                    worker.deactivated()
                 session.close()
                 _close_django_connection()
                 progressed, outage = False, True

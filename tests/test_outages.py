@@ -238,6 +238,23 @@ def test_a_relay_whose_lock_was_lost_takes_it_again_before_sending_and_one_relay
     wait_until(spare.healthy, 10, "the spare stack healthy again")
 
 
+def test_a_relay_that_only_stood_by_leaves_the_heartbeat_to_the_active_one_when_it_stops(spare):
+    # given
+    standby = ServerProcess("relay-standby-2", [sys.executable, "manage.py", "worker", "relay"], spare.env,
+                            spare.workdir).start()
+    try:
+        wait_until(lambda: spare.log_count(standby, "another relay is active; standing by") == 1, 15,
+                   "the second relay to stand by")
+    finally:
+        # when
+        standby.stop()
+
+    # then
+    assert spare.heartbeat_at()[1] is True
+    assert spare.log_count(standby, "relay active") == 0
+    assert_alive(spare.relay)
+
+
 def test_http_answers_503_in_the_error_envelope_while_the_database_is_down(spare):
     # given: a signed-up user, so the token is real
     status, alice = call(f"{spare.url}/accounts/signup", "POST",
