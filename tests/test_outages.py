@@ -39,6 +39,11 @@ UNAVAILABLE = {"error": {"code": "database_unavailable", "message": "The databas
 class Spare:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.pg = self.broker = None
+        self.processes: list[ServerProcess] = []
+
+    def start(self) -> None:
+        workdir = self.workdir
         self.pg = PostgresCluster().start()
         with psycopg.connect(self.pg.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE chat")
@@ -51,19 +56,22 @@ class Spare:
         migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
                                  capture_output=True, text=True)
         assert migrate.returncode == 0, migrate.stderr
-        self.relay = ServerProcess("relay", [sys.executable, "manage.py", "worker", "relay"], env, workdir).start()
-        self.presence = ServerProcess(
-            "presence", [sys.executable, "manage.py", "worker", "presence"], env, workdir
-        ).start()
-        self.web = HttpServer(env, workdir).start()
+        self.relay = ServerProcess("relay", [sys.executable, "manage.py", "worker", "relay"], env, workdir)
+        self.presence = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env, workdir)
+        self.web = HttpServer(env, workdir)
+        for process in (self.relay, self.presence, self.web):
+            self.processes.append(process)
+            process.start()
         self.url = self.web.url
 
     def stop(self) -> None:
-        for process in (self.web, self.presence, self.relay):
+        for process in reversed(self.processes):
             process.stop()
-        self.broker.stop()
-        shutil.rmtree(self.broker.workdir, ignore_errors=True)
-        self.pg.stop()
+        if self.broker is not None:
+            self.broker.stop()
+            shutil.rmtree(self.broker.workdir, ignore_errors=True)
+        if self.pg is not None:
+            self.pg.stop()
 
     def sql(self, query: str, params=()) -> list[tuple]:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
@@ -96,6 +104,7 @@ class Spare:
 def spare(tmp_path_factory):
     stack = Spare(tmp_path_factory.mktemp("spare"))
     try:
+        stack.start()
         wait_until(stack.healthy, 30, "the spare stack healthy")
         yield stack
     finally:
