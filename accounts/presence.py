@@ -1,8 +1,8 @@
 """Presence: each device's `online`/`away`/`offline` folded into one state per user.
 
 Devices publish their state (retained) on `chat/presence/<user>/<client id>`, with a
-retained Last Will `offline`; the relay subscribes and feeds `PresenceTracker`, then
-applies what it decides with `presence_apply`. A user is online if any device is, else
+retained Last Will `offline`; the presence worker (`accounts.workers`) subscribes and
+feeds `PresenceTracker`, then applies what it decides with `presence_apply`. A user is online if any device is, else
 away if any is, else offline. Flapping is damped: a user's friends hear at most one
 change per `min_interval`, and only if the state differs from what they were last told.
 """
@@ -77,6 +77,12 @@ class PresenceTracker:
                 user.told, user.told_at = state, now
                 decisions.append((user_id, state))
         return decisions
+
+    def forget_applied(self) -> None:
+        """Decide every user again at the next `due` (throttling still holds): what was
+        applied may have been lost, or changed by someone else, meanwhile."""
+        for user in self.users.values():
+            user.told = None
 
     def known_present(self) -> set[int]:
         return {uid for uid, user in self.users.items() if user.devices}

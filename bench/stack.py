@@ -1,5 +1,5 @@
 """A fresh, throw-away stack for benchmarks: PostgreSQL, Mosquitto, migrations, gunicorn
-and the relay, built from the test suite's own process helpers (tests/support).
+and the workers (relay, presence), built from the test suite's own process helpers (tests/support).
 
     with BenchStack() as stack:
         stack.url            # http://127.0.0.1:<port>
@@ -76,8 +76,9 @@ class BenchStack:
                                  capture_output=True, text=True)
         if migrate.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
-        relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], env, self.workdir).start()
-        self.processes.append(relay)
+        for worker in ("relay", "presence"):
+            process = ServerProcess(worker, [sys.executable, "manage.py", "worker", worker], env, self.workdir)
+            self.processes.append(process.start())
         web = HttpServer(env, self.workdir, workers=WEB_WORKERS)
         self.processes.append(web)
         web.start()
@@ -104,6 +105,7 @@ class BenchStack:
             "web": f"gunicorn gthread {WEB_WORKERS} workers x {WEB_THREADS} threads",
             "broker": "mosquitto (project config)",
             "relay": "1 process",
+            "presence": "1 process",
             "hasher": "MD5 (throw-away stack)",
         }
 

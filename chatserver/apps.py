@@ -1,6 +1,18 @@
 from django.apps import AppConfig
 
 
+def relay(**kwargs):
+    # Imported when the worker is started, not whenever Django is (paho and all).
+    from chatserver.relay import Relay
+
+    return Relay(**kwargs)
+
+
 class ChatserverConfig(AppConfig):
     name = "chatserver"
-    verbose_name = "Chat server plumbing (outbox, relay)"
+    verbose_name = "Chat server plumbing (outbox, relay, workers)"
+
+    def ready(self) -> None:
+        from chatserver import workers
+
+        workers.register(name="relay", factory=relay)

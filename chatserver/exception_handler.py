@@ -2,13 +2,21 @@
 
 Wraps DRF's handler (which also rolls back the request's transaction) and shapes what it
 returns; ApplicationError from the services is turned into a DRF exception first.
+
+The database being unreachable is not a bug but an outage: wherever it shows (a DRF view,
+another view, a middleware, Django's connection health check at a request's first query),
+the answer is 503 `database_unavailable` in the same envelope, never a 500 page.
 """
 
 import logging
+import sys
 
+from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from chatserver.errors import ApplicationError
 
@@ -54,7 +62,25 @@ def error_body(code: str, message: str, fields: dict | None = None) -> dict:
     return {"error": error}
 
 
+# Django's wrappers of "cannot reach the database" (a refused or dropped connection).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+DATABASE_UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly."
+
+
+def database_unavailable(exc: BaseException) -> JsonResponse:
+    logger.warning("database unavailable: %s", " ".join(str(exc).split()))
+    return json_error("database_unavailable", DATABASE_UNAVAILABLE_MESSAGE, status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        logger.warning("database unavailable: %s", " ".join(str(exc).split()))
+        set_rollback()
+        return Response(
+            error_body("database_unavailable", DATABASE_UNAVAILABLE_MESSAGE),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
     if isinstance(exc, ApplicationError):
         api_exc = _ApplicationAPIException(exc)
         response = drf_exception_handler(api_exc, context)
@@ -99,5 +125,10 @@ def handler403(request, exception=None):
 
 
 def handler500(request):
+    # Called by Django while it handles the exception: outages raised outside any view
+    # (a middleware, the connection health check) still answer 503.
+    exc = sys.exception()
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return database_unavailable(exc)
     return json_error("server_error", "Internal server error.", status.HTTP_500_INTERNAL_SERVER_ERROR)
 

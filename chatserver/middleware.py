@@ -1,5 +1,7 @@
 from django.urls import Resolver404, get_resolver
 
+from chatserver.exception_handler import DATABASE_UNAVAILABLE, database_unavailable
+
 
 class OptionalTrailingSlashMiddleware:
     """Serve `/chats/1` as `/chats/1/` by rewriting the path, never by redirecting.
@@ -26,3 +28,20 @@ class OptionalTrailingSlashMiddleware:
         except Resolver404:
             return False
         return True
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that finds the database unreachable answers 503 `database_unavailable`
+    (the error envelope), not a logged 500. DRF views get the same from the exception
+    handler; failures outside views from `handler500`."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, DATABASE_UNAVAILABLE):
+            return database_unavailable(exception)
+        return None

@@ -43,3 +43,30 @@ class RelayStatus(models.Model):
 
     class Meta:
         db_table = "chat_relay_status"
+
+
+class DeadLetter(models.Model):
+    """An outbox row the relay set aside: it could not be translated into broker work (a
+    bad access operation, a bad user id...), or the broker refused it for good (a payload
+    too large, a dynsec command failing for another reason than "already so").
+
+    The row's own fields are kept as they were (`outbox_id` is its id in the outbox), with
+    the reason in `error`. `manage.py outbox_dead_letters` lists them, replays them (back
+    into the outbox, under new ids: at the end of the line) or discards them.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    outbox_id = models.BigIntegerField()
+    created_at = models.DateTimeField()
+    access = models.JSONField(default=list, blank=True)
+    payload = models.TextField(blank=True)
+    user_ids = models.JSONField(default=list, blank=True)
+    chat_id = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField()
+    failed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "chat_dead_letter"
+
+    def __str__(self) -> str:
+        return f"dead letter #{self.id} (outbox #{self.outbox_id})"

@@ -1,20 +1,26 @@
 """The transactional outbox: what services call to have something published or granted.
 
-Services call `enqueue` inside their transaction; the relay (`manage.py relay`, see
-`chatserver/relay.py`) does the rest after commit. Nothing here talks to the broker.
+Services call `enqueue` inside their transaction; the relay (`manage.py worker relay`,
+see `chatserver/relay.py`) does the rest after commit. Rows the relay cannot handle are
+moved to the dead letters (`set_aside`), from where an operator replays or discards them
+(`dead_letters_replay`, `dead_letters_discard`: `manage.py outbox_dead_letters`).
+Nothing here talks to the broker.
 """
 
+import logging
 import time
 from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from chatserver.broker_access import AccessOp
 from chatserver.events import Event
-from chatserver.models import OutboxEvent, RelayStatus
+from chatserver.models import DeadLetter, OutboxEvent, RelayStatus
+
+logger = logging.getLogger("chatserver.outbox")
 
 NOTIFY_CHANNEL = "chat_outbox"
 # The relay refreshes its heartbeat every second; older than this, it is not running.
@@ -105,3 +111,62 @@ def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None)
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
     return True
+
+
+# --- dead letters -----------------------------------------------------------------------
+
+
+def set_aside(*, failed: dict[int, str], rows: Iterable[OutboxEvent]) -> list[DeadLetter]:
+    """Delete `rows` from the outbox and keep those in `failed` (outbox id -> error) as
+    dead letters, in one transaction: a row is either still queued or set aside, never
+    lost and never both. Each one is logged at ERROR."""
+    rows = list(rows)
+    letters = [
+        DeadLetter(
+            outbox_id=row.id,
+            created_at=row.created_at,
+            access=row.access,
+            payload=row.payload,
+            user_ids=row.user_ids,
+            chat_id=row.chat_id,
+            error=failed[row.id],
+        )
+        for row in rows
+        if row.id in failed
+    ]
+    with transaction.atomic():
+        DeadLetter.objects.bulk_create(letters)
+        OutboxEvent.objects.filter(id__in=[row.id for row in rows]).delete()
+    for letter in letters:
+        logger.error("outbox #%s set aside as dead letter #%s: %s", letter.outbox_id, letter.id, letter.error)
+    return letters
+
+
+def dead_letters_replay(*, ids: Iterable[int] | None) -> list[OutboxEvent]:
+    """Move dead letters (all of them if `ids` is None) back into the outbox, in their
+    order, in one transaction. They get new outbox ids: they go to the end of the line,
+    behind everything queued since. Unknown ids are ignored."""
+    with transaction.atomic():
+        letters = DeadLetter.objects.select_for_update().order_by("id")
+        if ids is not None:
+            letters = letters.filter(id__in=list(ids))
+        letters = list(letters)
+        # One by one (a rare path): each new id is known whatever the database.
+        events = [
+            OutboxEvent.objects.create(
+                created_at=letter.created_at,
+                access=letter.access,
+                payload=letter.payload,
+                user_ids=letter.user_ids,
+                chat_id=letter.chat_id,
+            )
+            for letter in letters
+        ]
+        DeadLetter.objects.filter(id__in=[letter.id for letter in letters]).delete()
+    return events
+
+
+def dead_letters_discard(*, ids: Iterable[int]) -> int:
+    """Delete these dead letters for good; returns how many there were."""
+    deleted, _ = DeadLetter.objects.filter(id__in=list(ids)).delete()
+    return deleted

@@ -1,106 +1,64 @@
 """The relay: drains the outbox into the broker over one long-lived MQTT connection.
 
-For each batch of outbox rows, in id order: send the rows' broker access commands and
-publish their payloads at QoS 1, all pipelined on the one connection (the broker handles
-a connection's packets in order, so a grant is in force before the publish that follows
+For each batch of outbox rows, in id order: translate every row into its broker work
+(access commands and publishes) before anything is sent, so that a row that cannot be
+translated is known to be the culprit; send the rows' access commands and publish their
+payloads at QoS 1, all pipelined on the one connection (the broker handles a
+connection's packets in order, so a grant is in force before the publish that follows
 it); then wait until the broker has acknowledged every publish and answered every
 command, and only then delete the rows. If the connection drops or the broker stalls,
 nothing is deleted and the whole batch is sent again once the broker is back: delivery
 is at-least-once, in per-chat order, and clients drop duplicates by message id.
 
-Exactly one relay works at a time (per-chat order depends on it): on PostgreSQL a second
-one waits on an advisory lock as a hot standby. It wakes on PostgreSQL's NOTIFY, sent by
-every transaction that writes to the outbox, and polls on SQLite.
+One row never stops the others: a row that cannot be translated (an unknown access
+operation, a bad user id, anything raised while building its work), or that the broker
+refuses for good (a payload too large, a publish refused with an MQTT 5 failure reason,
+a dynsec command failing for another reason than "already so"), is moved to the dead
+letters (`chatserver.models.DeadLetter`) in the transaction that deletes its batch, and
+logged at ERROR. The good path stays one SELECT and one DELETE per batch.
+
+It runs under `chatserver.workers.run` (`manage.py worker relay`, or `manage.py relay`),
+which keeps exactly one relay active on PostgreSQL (per-chat order depends on it: a
+second one stands by on an advisory lock), wakes it on PostgreSQL's NOTIFY (sent by
+every transaction that writes to the outbox; SQLite is polled), and survives database
+outages. Presence is another worker (`accounts.workers`).
 """
 
 import logging
 import os
-import queue
-import signal
 import socket
 import threading
 import time
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
-from accounts.presence import PresenceTracker, presence_apply, presence_reset_absent
-from chatserver.broker_access import (
-    PRESENCE_FILTER,
-    DynsecAccess,
-    access_op_from_json,
-    chat_topic,
-    parse_presence_topic,
-    user_topic,
-)
+from chatserver import outbox
+from chatserver.broker_access import Command, DynsecAccess, access_op_from_json, chat_topic, user_topic
 from chatserver.models import OutboxEvent, RelayStatus
-from chatserver.mqtt import BrokerConnection
-from chatserver.outbox import NOTIFY_CHANNEL
+from chatserver.mqtt import BrokerConnection, Pending
+from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker
 
 logger = logging.getLogger("chatserver.relay")
 
 HEARTBEAT_EVERY = 1.0
-# Back-off after a failed batch or a database error, doubling up to the cap.
-BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 # Any 64-bit number only this program uses: the key of the "one relay" advisory lock.
 ADVISORY_LOCK_KEY = 0x636861745F72656C  # "chat_rel"
-# After (re)connecting, the broker sends every retained presence at once; once this long
-# has passed, users the database has online but no device reported are set offline.
-PRESENCE_SETTLE = 2.0
+# MQTT 5 refusals that may pass (the broker is overloaded): the batch is sent again
+# rather than set aside.
+TRANSIENT_REFUSALS = frozenset({"Server busy", "Quota exceeded"})
+
+Publish = tuple[str, bytes, bool]  # topic, payload, retain
 
 
-class Wakeup:
-    """Waits for new outbox rows: LISTEN/NOTIFY on PostgreSQL, a short sleep elsewhere."""
+class Relay(Worker):
+    name = "relay"
+    lock_key = ADVISORY_LOCK_KEY
+    listen = outbox.NOTIFY_CHANNEL
 
-    def __init__(self) -> None:
-        self.listener = None
-
-    def open(self) -> None:
-        if connection.vendor != "postgresql":
-            return
-        import psycopg
-
-        params = connection.get_connection_params()
-        params.pop("cursor_factory", None)
-        self.listener = psycopg.connect(**params, autocommit=True)
-        self.listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-
-    def take_lock(self, stop: threading.Event) -> None:
-        """Block until this relay holds the one-relay lock (PostgreSQL only)."""
-        if self.listener is None:
-            return
-        announced = False
-        while not stop.is_set():
-            (held,) = self.listener.execute(
-                "SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY]
-            ).fetchone()
-            if held:
-                return
-            if not announced:
-                logger.info("another relay is active; standing by")
-                announced = True
-            stop.wait(2.0)
-
-    def wait(self, timeout: float) -> None:
-        if self.listener is None:
-            time.sleep(min(timeout, settings.RELAY_POLL_INTERVAL))
-            return
-        for _ in self.listener.notifies(timeout=timeout, stop_after=1):
-            pass
-        # Drain whatever else arrived: one look at the table serves them all.
-        for _ in self.listener.notifies(timeout=0):
-            pass
-
-    def close(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-
-
-class Relay:
     def __init__(self, *, stop: threading.Event | None = None) -> None:
         self.stop = stop or threading.Event()
+        self.poll_interval = settings.RELAY_POLL_INTERVAL
         self.access = DynsecAccess()
         self.broker = BrokerConnection(
             host=settings.MQTT_HOST,
@@ -110,45 +68,32 @@ class Relay:
             client_id=f"chat-relay-{socket.gethostname()}-{os.getpid()}",
             keepalive=settings.MQTT_KEEPALIVE,
         )
-        self.wakeup = Wakeup()
-        # Presence reports arrive on paho's thread; the loop applies them.
-        self.presence = PresenceTracker()
-        self.presence_inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.broker.subscribe(PRESENCE_FILTER, self._on_presence)
-        self.connected_since: float | None = None
-        self.presence_reconciled = False
+        self.broker_started = False
+        self.active = False
         self.baseline_applied = False
-        self.last_heartbeat = 0.0
+        self.last_heartbeat = float("-inf")
         self.reported_connected: bool | None = None
+        # While set, the outbox was empty at the last look: the next one is then.
+        self.idle_until: float | None = None
 
-    # --- the loop -------------------------------------------------------------------
+    # --- the worker -----------------------------------------------------------------
 
-    def run(self) -> None:
-        self.wakeup.open()
-        self.wakeup.take_lock(self.stop)
-        logger.info("relay active; broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
-        self.broker.connect(timeout=5.0)
-        backoff = BACKOFF_FIRST
-        try:
-            while not self.stop.is_set():
-                try:
-                    done = self.step()
-                except DatabaseError:
-                    logger.exception("database error; retrying")
-                    close_old_connections()
-                    connection.close()
-                    done = False
-                if done:
-                    backoff = BACKOFF_FIRST
-                else:
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_CAP)
-        finally:
-            self.heartbeat(force=True, connected=False)
-            self.broker.close()
-            self.wakeup.close()
+    def activated(self) -> None:
+        if not self.broker_started:
+            logger.info("broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
+            self.broker.connect(timeout=5.0)
+            self.broker_started = True
+        # Whatever happened while this relay was not active (rows queued unheard, its
+        # heartbeat gone stale), look and report at once.
+        self.reported_connected = None
+        self.idle_until = None
+        self.active = True
 
-    def step(self) -> bool:
+    def deactivated(self) -> None:
+        # Another relay may be the active one now: the heartbeat is its to write.
+        self.active = False
+
+    def step(self, *, session: Session) -> bool:
         """One round: False when it could not make progress (the caller backs off)."""
         connected = self.broker.connected
         self.heartbeat(connected=connected)
@@ -156,79 +101,106 @@ class Relay:
             # The connection reconnects by itself; look again soon, without backing off,
             # so that delivery resumes within moments of the broker's return.
             self.baseline_applied = False
-            self.connected_since = None
             self.stop.wait(0.05)
             return True
-        if self.connected_since is None:
-            self.connected_since = time.monotonic()
-        self.presence_step()
         if not self.baseline_applied:
             pending = self.broker.control(self.access.baseline())
             if not self.broker.wait([pending], timeout=settings.RELAY_ACK_TIMEOUT):
                 return False
-            self._log_command_errors(pending.result)
+            for command, error in pending.result:
+                if error and not self.access.is_benign(command, error):
+                    logger.error("broker refused %s: %s", command.get("command"), error)
             self.baseline_applied = True
+        if self.idle_until is not None:
+            # Idle: wait for a NOTIFY, keeping the heartbeat fresh meanwhile, and look at
+            # the table anyway once RELAY_IDLE_RECHECK has passed.
+            remaining = self.idle_until - time.monotonic()
+            if remaining > 0 and not session.wait(min(remaining, HEARTBEAT_EVERY)):
+                return True
+            self.idle_until = None
         rows = list(OutboxEvent.objects.order_by("id")[: settings.RELAY_BATCH_SIZE])
         if not rows:
-            self.wakeup.wait(settings.RELAY_IDLE_RECHECK)
+            self.idle_until = time.monotonic() + settings.RELAY_IDLE_RECHECK
             return True
         return self.send(rows)
 
+    def close(self) -> None:
+        try:
+            if self.active:  # a standby's "not connected" would hide the active relay's
+                self.heartbeat(force=True, connected=False)
+        except DATABASE_UNAVAILABLE:
+            pass  # the heartbeat goes stale by itself
+        finally:
+            self.broker.close()
+
+    # --- one batch ------------------------------------------------------------------
+
+    def translate(self, row: OutboxEvent) -> tuple[list[Command], list[Publish]]:
+        """The broker work of one row: its commands, then its publishes, in order.
+        Raises (anything) if the row is not one the relay can handle."""
+        if not isinstance(row.access, list):
+            raise ValueError(f"access must be a list, got {row.access!r}")
+        ops = [access_op_from_json(op) for op in row.access]
+        commands = [c for op in ops for c in self.access.commands(op)]
+        publishes = [(topic, payload, True) for op in ops for topic, payload in self.access.publishes(op)]
+        if row.payload:
+            if not isinstance(row.user_ids, list):
+                raise ValueError(f"user_ids must be a list, got {row.user_ids!r}")
+            data = row.payload.encode()
+            publishes += [(user_topic(user_id), data, False) for user_id in row.user_ids]
+            if row.chat_id is not None:
+                publishes.append((chat_topic(row.chat_id), data, False))
+        return commands, publishes
+
     def send(self, rows: list[OutboxEvent]) -> bool:
-        """Send a batch and delete it once the broker acknowledged all of it."""
-        pendings, controls = [], []
+        """Send a batch and delete it once the broker acknowledged all of it (setting
+        aside the rows that could not be translated or that the broker refused)."""
+        failed: dict[int, str] = {}
+        work = []
         for row in rows:
-            ops = [access_op_from_json(op) for op in row.access]
-            commands = [c for op in ops for c in self.access.commands(op)]
-            if commands:
-                pending = self.broker.control(commands)
-                pendings.append(pending)
-                controls.append(pending)
-            for op in ops:
-                for topic, payload in self.access.publishes(op):
-                    pendings.append(self.broker.publish(topic, payload, retain=True))
-            if row.payload:
-                data = row.payload.encode()
-                for user_id in row.user_ids:
-                    pendings.append(self.broker.publish(user_topic(user_id), data))
-                if row.chat_id is not None:
-                    pendings.append(self.broker.publish(chat_topic(row.chat_id), data))
+            try:
+                work.append((row, *self.translate(row)))
+            except Exception as exc:  # whatever it is, it is this row's
+                failed[row.id] = f"cannot translate: {type(exc).__name__}: {exc}"
+        sent: list[tuple[OutboxEvent, Pending | None, list[tuple[str, Pending]]]] = []
+        pendings: list[Pending] = []
+        for row, commands, publishes in work:
+            try:
+                control = self.broker.control(commands) if commands else None
+                published = [
+                    (topic, self.broker.publish(topic, data, retain=retain)) for topic, data, retain in publishes
+                ]
+            except Exception as exc:  # paho refusing what it was given: this row's doing
+                failed[row.id] = f"cannot send: {type(exc).__name__}: {exc}"
+                continue
+            sent.append((row, control, published))
+            if control is not None:
+                pendings.append(control)
+            pendings.extend(pending for _, pending in published)
         if not self.broker.wait(pendings, timeout=settings.RELAY_ACK_TIMEOUT):
             logger.warning("broker did not acknowledge a batch of %d rows; will resend", len(rows))
             return False
-        for pending in controls:
-            self._log_command_errors(pending.result)
-        OutboxEvent.objects.filter(id__in=[row.id for row in rows]).delete()
+        for row, control, published in sent:
+            refusals = []
+            if control is not None:
+                refusals += [
+                    f"{command.get('command')}: {error}"
+                    for command, error in control.result
+                    if error and not self.access.is_benign(command, error)
+                ]
+            for topic, pending in published:
+                if pending.error in TRANSIENT_REFUSALS:
+                    logger.warning("broker busy (%s on %s); will resend the batch", pending.error, topic)
+                    return False
+                if pending.error:
+                    refusals.append(f"publish to {topic}: {pending.error}")
+            if refusals:
+                failed[row.id] = "broker refused: " + "; ".join(refusals)
+        if failed:
+            outbox.set_aside(failed=failed, rows=rows)
+        else:
+            OutboxEvent.objects.filter(id__in=[row.id for row in rows]).delete()
         return True
-
-    def _on_presence(self, topic: str, payload: bytes, retain: bool) -> None:
-        parsed = parse_presence_topic(topic)
-        if parsed is not None:
-            self.presence_inbox.put((*parsed, payload))
-
-    def presence_step(self) -> None:
-        """Fold the device reports that came in, and apply the users' changes that are due."""
-        while True:
-            try:
-                user_id, client_id, payload = self.presence_inbox.get_nowait()
-            except queue.Empty:
-                break
-            self.presence.observe(user_id, client_id, payload)
-        for user_id, state in self.presence.due(time.monotonic()):
-            presence_apply(user_id=user_id, presence=state)
-        settled = time.monotonic() - self.connected_since >= PRESENCE_SETTLE
-        if not self.presence_reconciled and settled:
-            stale = presence_reset_absent(present=self.presence.known_present())
-            if stale:
-                logger.info("set %d users offline that no device reports present", len(stale))
-            self.presence_reconciled = True
-
-    def _log_command_errors(self, results) -> None:
-        # A command that failed for another reason than "already so" will not succeed by
-        # being sent again; it is logged, and the row is not allowed to block the outbox.
-        for command, error in results:
-            if error and not self.access.is_benign(command, error):
-                logger.error("broker refused %s: %s", command.get("command"), error)
 
     def heartbeat(self, *, connected: bool, force: bool = False) -> None:
         now = time.monotonic()
@@ -241,15 +213,3 @@ class Relay:
         )
         self.last_heartbeat = now
         self.reported_connected = connected
-
-
-def run_forever() -> None:
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        logger.info("signal %s: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    Relay(stop=stop).run()

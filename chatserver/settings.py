@@ -86,6 +86,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "chatserver.middleware.OptionalTrailingSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # 503 database_unavailable (the error envelope) when a view cannot reach the database.
+    "chatserver.middleware.DatabaseUnavailableMiddleware",
 ]
 # Paths work with and without their trailing slash, by rewriting, never by redirecting
 # (a redirect would drop a POST body): see OptionalTrailingSlashMiddleware.

@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chatserver import outbox
-from chatserver.models import OutboxEvent
+from chatserver.models import DeadLetter, OutboxEvent
 
 
 class HealthView(APIView):
@@ -26,6 +26,9 @@ class HealthView(APIView):
                     "relay": serializers.CharField(),
                     "broker": serializers.CharField(),
                     "outbox_pending": serializers.IntegerField(),
+                    "dead_letters": serializers.IntegerField(
+                        help_text="outbox rows the relay set aside (manage.py outbox_dead_letters)"
+                    ),
                 },
             ),
             503: inline_serializer(
@@ -46,9 +49,11 @@ class HealthView(APIView):
                 cursor.execute("SELECT 1")
             state = outbox.relay_status()
             pending = OutboxEvent.objects.count()
+            dead = DeadLetter.objects.count()
         except DatabaseError:
             body = {"status": "unavailable", "database": "down", "relay": "unknown", "broker": "unknown"}
             return Response(body, status=503)
         ok = state["broker"] == "up"
-        body = {"status": "ok" if ok else "degraded", "database": "up", **state, "outbox_pending": pending}
+        body = {"status": "ok" if ok else "degraded", "database": "up", **state, "outbox_pending": pending,
+                "dead_letters": dead}
         return Response(body)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start the whole stack in the foreground: broker, HTTP server and relay (see Procfile).
+# Start the whole stack in the foreground: broker, HTTP server, relay and presence worker
+# (see Procfile).
 # Ctrl-C (or SIGTERM) stops all of it. `make run` sets up the virtualenv and the Debian
 # packages first; this script only prepares the data directory and the database.
 #

@@ -124,14 +124,14 @@ def test_online_if_any_device_is_and_logout_clears_the_device(relay, mosquitto):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_after_a_server_restart_nobody_stays_online(relay, relay_process, mosquitto):
+def test_after_a_server_restart_nobody_stays_online(relay, presence_process, mosquitto):
     # given: the database says alice is online, but no device of hers is
     alice = make_user()
-    relay_process.stop()
+    presence_process.stop()
     User.objects.filter(id=alice.id).update(presence="online")
 
     # when
-    relay_process.start()
+    presence_process.start()
 
     # then
     wait_until(lambda: User.objects.get(id=alice.id).presence == "offline", 15, "alice reset to offline")

@@ -1,9 +1,10 @@
-"""The server's own processes for tests: the relay, and a whole stack over real HTTP.
+"""The server's own processes for tests: the workers, and a whole stack over real HTTP.
 
-- `relay_process` (session): `manage.py relay` against the test database and the test
-  broker, logging to a file.
-- `relay` (function): a transactional database plus that relay, once it reports the
-  broker connected (the heartbeat row is truncated with everything else between tests).
+- `relay_process`, `presence_process` (session): `manage.py worker relay` and
+  `manage.py worker presence` against the test database and the test broker, each
+  logging to a file.
+- `relay` (function): a transactional database plus both workers, once the relay reports
+  the broker connected (the heartbeat row is truncated with everything else between tests).
 - `http_server` (session): gunicorn on a free port, same database and broker.
 - `live_stack` (function): all of it, for tests that act like a phone over real HTTP.
 - `ProcessStack`: a relay and gunicorn of their own, on a given database and broker, that
@@ -112,21 +113,32 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
 def relay_process(test_database_url, mosquitto, tmp_path_factory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("relay")
     env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
-    process = ServerProcess("relay", [sys.executable, "manage.py", "relay"], env, workdir).start()
+    process = ServerProcess("relay", [sys.executable, "manage.py", "worker", "relay"], env, workdir).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def presence_process(test_database_url, mosquitto, tmp_path_factory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("presence")
+    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
+    process = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env, workdir).start()
     yield process
     process.stop()
 
 
 @pytest.fixture
-def relay(transactional_db, relay_process, mosquitto, settings) -> ServerProcess:
-    """A running relay, connected to the broker, for a test that commits its writes."""
+def relay(transactional_db, relay_process, presence_process, mosquitto, settings) -> ServerProcess:
+    """A running relay (and presence worker), connected to the broker, for a test that
+    commits its writes."""
     from chatserver.outbox import relay_status
 
     settings.MQTT_HOST = mosquitto.host
     settings.MQTT_PORT = settings.MQTT_PUBLIC_PORT = mosquitto.port
     settings.MQTT_WS_PORT = settings.MQTT_PUBLIC_WS_PORT = mosquitto.ws_port
-    if not relay_process.alive():
-        raise AssertionError(f"the relay died:\n{relay_process.log_tail()}")
+    for process in (relay_process, presence_process):
+        if not process.alive():
+            raise AssertionError(f"the {process.name} worker died:\n{process.log_tail()}")
     try:
         wait_until(lambda: relay_status()["broker"] == "up", 15, "the relay to report the broker up")
     except AssertionError:

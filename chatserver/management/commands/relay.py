@@ -1,10 +1,13 @@
 from django.core.management.base import BaseCommand
 
-from chatserver.relay import run_forever
+from chatserver import workers
 
 
 class Command(BaseCommand):
-    help = "Publish the outbox to the MQTT broker (one long-lived connection), until SIGTERM."
+    help = (
+        "Publish the outbox to the MQTT broker (one long-lived connection), until SIGTERM. "
+        "The same as `manage.py worker relay`."
+    )
 
     def handle(self, *args, **options):
-        run_forever()
+        workers.run_forever(name="relay")

@@ -1,0 +1,113 @@
+"""The presence worker (`manage.py worker presence`): devices' reports in, users' presence out.
+
+Its own process, with its own database connection and its own MQTT connection (the
+server's admin account, client id `chat-presence-<host>-<pid>`), subscribed to every
+device's presence (`chat/presence/+/+`). paho's thread only queues the reports; the
+worker's loop folds them (`PresenceTracker`) and applies what is due (`presence_apply`).
+Once its first broker connection has had `PRESENCE_SETTLE` seconds to deliver every
+retained presence, users the database has online but no device reports present are set
+offline (`presence_reset_absent`), so nobody stays stuck online after a restart.
+
+Exactly one is active (its state is in memory): on PostgreSQL others stand by on the
+advisory lock `ADVISORY_LOCK_KEY`. Each time it becomes active again (after a database
+outage, or taking over) it decides every user again and reconciles again: decisions lost
+in the outage, or made meanwhile by another worker, are made again, and `presence_apply`
+only acts on real changes.
+"""
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+
+from django.conf import settings
+
+from accounts.presence import PresenceTracker, presence_apply, presence_reset_absent
+from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic
+from chatserver.mqtt import BrokerConnection
+from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker
+
+logger = logging.getLogger("accounts.presence")
+
+# Any 64-bit number only this program uses: the key of the "one presence worker" lock.
+ADVISORY_LOCK_KEY = 0x636861745F707265  # "chat_pre"
+# After (re)connecting, the broker sends every retained presence at once; once this long
+# has passed, users the database has online but no device reported are set offline.
+PRESENCE_SETTLE = 2.0
+# How long one round waits for reports: throttled decisions (PresenceTracker's
+# min_interval) fall due while nothing arrives, so the loop looks again this often.
+IDLE_WAIT = 0.1
+
+
+class PresenceWorker(Worker):
+    name = "presence"
+    lock_key = ADVISORY_LOCK_KEY
+
+    def __init__(self, *, stop: threading.Event | None = None) -> None:
+        self.stop = stop or threading.Event()
+        self.broker = BrokerConnection(
+            host=settings.MQTT_HOST,
+            port=settings.MQTT_PORT,
+            username=settings.MQTT_ADMIN_USERNAME,
+            password=settings.MQTT_ADMIN_PASSWORD,
+            client_id=f"chat-presence-{socket.gethostname()}-{os.getpid()}",
+            keepalive=settings.MQTT_KEEPALIVE,
+        )
+        self.tracker = PresenceTracker()
+        # Reports arrive on paho's thread; the loop applies them.
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.broker.subscribe(PRESENCE_FILTER, self._on_presence)
+        self.broker_started = False
+        self.connected_since: float | None = None
+        self.reconciled = False
+
+    def activated(self) -> None:
+        if not self.broker_started:
+            logger.info("presence: broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
+            self.broker.connect(timeout=5.0)
+            self.broker_started = True
+        self.tracker.forget_applied()
+        self.reconciled = False
+
+    def step(self, *, session: Session) -> bool:
+        if not self.broker.connected:
+            # It reconnects by itself; reports wait in the broker's retained messages.
+            self.connected_since = None
+            self.stop.wait(0.05)
+            return True
+        if self.connected_since is None:
+            self.connected_since = time.monotonic()
+        try:
+            first = self.inbox.get(timeout=IDLE_WAIT)
+        except queue.Empty:
+            pass
+        else:
+            self.tracker.observe(*first)
+            while True:
+                try:
+                    self.tracker.observe(*self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+        for user_id, state in self.tracker.due(time.monotonic()):
+            try:
+                presence_apply(user_id=user_id, presence=state)
+            except DATABASE_UNAVAILABLE:
+                raise  # decided again once the database is back (see activated)
+            except Exception:
+                logger.exception("presence of user %s not applied", user_id)
+        if not self.reconciled and time.monotonic() - self.connected_since >= PRESENCE_SETTLE:
+            stale = presence_reset_absent(present=self.tracker.known_present())
+            if stale:
+                logger.info("set %d users offline that no device reports present", len(stale))
+            self.reconciled = True
+        return True
+
+    def close(self) -> None:
+        self.broker.close()
+
+    def _on_presence(self, topic: str, payload: bytes, retain: bool) -> None:
+        parsed = parse_presence_topic(topic)
+        if parsed is not None:
+            self.inbox.put((*parsed, payload))
