@@ -13,7 +13,10 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the API schema's names for the token schemes (drf-spectacular).
+        from accounts import push as account_push
         from accounts import schema  # noqa: F401
-        from chatserver import workers
+        from chatserver import push, workers
 
         workers.register(name="presence", factory=presence_worker)
+        push.register_builder(kind="friend_request", builder=account_push.build_friend_request)
+        push.register_dead_token_handler(account_push.forget_dead_token)

@@ -3,3 +3,11 @@ from django.apps import AppConfig
 
 class ChatsConfig(AppConfig):
     name = "chats"
+
+    def ready(self) -> None:
+        from chats import push as chat_push
+        from chatserver import push
+
+        push.register_builder(kind="message", builder=chat_push.build_message)
+        push.register_builder(kind="read", builder=chat_push.build_read)
+        push.register_builder(kind="invitation", builder=chat_push.build_invitation)

@@ -70,3 +70,30 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter #{self.id} (outbox #{self.outbox_id})"
+
+
+class PushJob(models.Model):
+    """A push to send (chatserver/push.py): queued in the transaction of the change it
+    is about, taken by the push worker once `not_before` has come.
+
+    `kind` names the builder that turns `data` into deliveries (registered by an app), or
+    is `retry`: then `data` is one delivery (device, token, FCM message) to send again,
+    `attempts` counts the sends so far and `last_error` says why the last one failed. A
+    job leaves the table once sent; one given up stays, `failed`, for the operator.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=32)
+    data = models.JSONField(default=dict)
+    attempts = models.PositiveIntegerField(default=0)
+    not_before = models.DateTimeField(default=timezone.now)
+    failed = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "chat_push_job"
+        indexes = [models.Index(fields=["failed", "not_before"], name="chat_push_job_due_idx")]
+
+    def __str__(self) -> str:
+        return f"push job #{self.id} ({self.kind})"

@@ -252,6 +252,20 @@ RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
 RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
 
+# Push notifications through Firebase Cloud Messaging HTTP v1 (chatserver/push.py). Off
+# unless both the project and a service-account JSON are given. The JSON's `token_uri` is
+# used as it is: a site of its own (or the test suite) points it at its own endpoint.
+FCM_PROJECT_ID = env("FCM_PROJECT_ID")
+FCM_SERVICE_ACCOUNT_FILE = env("FCM_SERVICE_ACCOUNT_FILE")
+FCM_ENDPOINT = env("FCM_ENDPOINT", "https://fcm.googleapis.com")
+FCM_TIMEOUT = env_float("FCM_TIMEOUT", 10.0)
+# How long FCM keeps a push for a phone that is off (FCM's maximum: 4 weeks).
+PUSH_TTL = env_int("PUSH_TTL", 2419200)
+PUSH_CONCURRENCY = env_int("PUSH_CONCURRENCY", 16)
+PUSH_BATCH_SIZE = env_int("PUSH_BATCH_SIZE", 200)
+# Sends of one push before it is given up (429s and 5xx, with back-off from 1 s doubling).
+PUSH_MAX_ATTEMPTS = env_int("PUSH_MAX_ATTEMPTS", 8)
+
 # Check every queued event against its JSON Schema in docs/asyncapi.yaml (the suite turns
 # it on; it costs a schema validation per event, so production leaves it off).
 OUTBOX_CHECK_SCHEMAS = env_bool("OUTBOX_CHECK_SCHEMAS")

@@ -18,7 +18,7 @@ from chatserver.models import DeadLetter, OutboxEvent
 from chatserver.relay import Relay
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
-from tests.test_stack import call
+from tests.support.stack import call
 
 USER = 900_000_001  # no such user: the relay does not care, the topic is what counts
 TOPIC = f"chat/users/{USER}"

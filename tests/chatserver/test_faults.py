@@ -25,7 +25,6 @@ pytestmark = pytest.mark.slow
 
 RATE = 40  # messages/s, over 3 chats
 RESUME_WITHIN = 5.0  # seconds from the fault's end to live delivery
-NEEDS_WORKERS = pytest.mark.xfail(reason="needs the relay fixes of branch workers", strict=True)
 
 
 @pytest.fixture
@@ -93,7 +92,6 @@ def test_broker_killed_mid_load_and_restarted_nothing_accepted_is_lost(fault_sta
     assert outcome.refused == {}
 
 
-@NEEDS_WORKERS
 def test_postgres_restarted_mid_load_refusals_are_503_and_nothing_accepted_is_lost(fault_stack, world):
     # given
     load = SteadyLoad(fault_stack.url, world.chats, rate=RATE).start()
@@ -152,7 +150,6 @@ def test_broker_frozen_10_s_mid_load_nothing_accepted_is_lost(fault_stack, world
     assert outcome.refused == {}
 
 
-@NEEDS_WORKERS
 def test_poison_outbox_rows_mid_load_are_set_aside_and_good_messages_flow_on(fault_stack, world):
     # given
     load = SteadyLoad(fault_stack.url, world.chats, rate=RATE).start()
@@ -180,10 +177,9 @@ def test_poison_outbox_rows_mid_load_are_set_aside_and_good_messages_flow_on(fau
     # ...and the poison rows left the outbox
     wait_until(lambda: fault_stack.sql("SELECT count(*) FROM chat_outbox WHERE id = ANY(%s)", [poison_ids])
                == [(0,)], 10, "the poison rows to leave the outbox")
-    if hasattr(chatserver_models, "DeadLetter"):
-        # set aside, not dropped: both in the dead-letter table, counted by /health/
-        table = chatserver_models.DeadLetter._meta.db_table
-        assert fault_stack.sql(f"SELECT count(*) FROM {table}") == [(2,)]
-        status, health = fault_stack.health()
-        assert status == 200
-        assert health["dead_letters"] == 2
+    # set aside, not dropped: both in the dead-letter table, counted by /health/
+    table = chatserver_models.DeadLetter._meta.db_table
+    assert fault_stack.sql(f"SELECT count(*) FROM {table}") == [(2,)]
+    status, health = fault_stack.health()
+    assert status == 200
+    assert health["dead_letters"] == 2

@@ -26,7 +26,7 @@ from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
 from tests.support.postgres import PostgresCluster
 from tests.support.stack import ROOT, HttpServer, ServerProcess, server_env, wait_until
-from tests.test_stack import call
+from tests.support.stack import call
 
 pytestmark = pytest.mark.slow
 

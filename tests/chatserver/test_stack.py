@@ -6,25 +6,9 @@ import urllib.request
 import pytest
 
 from tests.support.mqtt import MqttProbe
-from tests.support.stack import wait_until
+from tests.support.stack import call, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
-    request = urllib.request.Request(url, method=method)
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, data, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_health_reports_database_relay_and_broker(live_stack):

@@ -40,10 +40,10 @@ def test_no_module_of_chatserver_imports_an_app():
     assert {path: modules for path, modules in offending.items() if modules} == {}
 
 
-def test_the_apps_register_the_relay_and_the_presence_worker():
+def test_the_apps_register_their_workers():
     registered = workers.registered()
 
-    assert sorted(registered) == ["presence", "relay"]
+    assert sorted(registered) == ["presence", "push", "relay"]
 
 
 def test_a_name_cannot_be_registered_twice_with_another_factory():
@@ -58,8 +58,8 @@ def test_a_name_cannot_be_registered_twice_with_another_factory():
 
 
 def test_an_unknown_worker_name_is_refused_before_anything_runs():
-    with pytest.raises(LookupError, match="no worker named 'push'"):
-        workers.run_forever(name="push")
+    with pytest.raises(LookupError, match="no worker named 'no-such-worker'"):
+        workers.run_forever(name="no-such-worker")
 
 
 # --- the session (a real PostgreSQL) ----------------------------------------------------

@@ -265,3 +265,20 @@ def live_stack(relay, http_server, mosquitto):
     Stack.relay = relay
     Stack.http = http_server
     return Stack
+
+
+def call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
+    """One HTTP request to a server process over a real socket: (status, JSON body)."""
+    request = urllib.request.Request(url, method=method)
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, data, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
