@@ -24,6 +24,8 @@ _CLIENT_ID = re.compile(r"^chat-(\d+)-(\d+)$")
 # A user may publish on chat/presence/<own id>/+ under any client id; only its real
 # devices count, and at most this many per user are tracked.
 MAX_DEVICES = 32
+# Users whose changes are applied in one transaction at most.
+APPLY_BATCH = 100
 
 
 def fold(states) -> str:
@@ -67,11 +69,13 @@ class PresenceTracker:
             user.devices[client_id] = state
         return True
 
-    def due(self, now: float) -> list[tuple[int, str]]:
+    def due(self, now: float, *, limit: int | None = None) -> list[tuple[int, str]]:
         """Users whose folded state differs from what was last applied and may be applied
-        now (throttled); marks them applied."""
+        now (throttled), `limit` of them at most (the others stay due); marks them applied."""
         decisions = []
         for user_id, user in self.users.items():
+            if limit is not None and len(decisions) >= limit:
+                break
             state = fold(user.devices.values())
             if state != user.told and now - user.told_at >= self.min_interval:
                 user.told, user.told_at = state, now
@@ -91,19 +95,39 @@ class PresenceTracker:
 def presence_apply(*, user_id: int, presence: str) -> bool:
     """Store a user's presence and `last_seen`, and tell it and its friends
     (`presence.updated`) if it changed. Returns whether it changed."""
+    return bool(presence_apply_many(changes=[(user_id, presence)]))
+
+
+def presence_apply_many(*, changes: list[tuple[int, str]]) -> list[int]:
+    """`presence_apply` for many users in one transaction (a burst of phones connecting
+    costs one transaction per batch, not per user); returns the users that changed.
+
+    Users are locked in id order, so two batches cannot deadlock.
+    """
+    wanted = dict(changes)
+    if not wanted:
+        return []
     with transaction.atomic():
-        user = User.objects.select_for_update().filter(id=user_id).first()
-        if user is None or user.presence == presence:
-            return False
-        user.presence = presence
+        users = list(User.objects.select_for_update().filter(id__in=wanted).order_by("id"))
+        changed = [u for u in users if u.presence != wanted[u.id]]
+        if not changed:
+            return []
         # Last seen: now, whether the user just came or just went.
-        user.last_seen = timezone.now()
-        user.save(update_fields=["presence", "last_seen"])
-        friends = list(Friendship.objects.filter(user_id=user_id).values_list("friend_id", flat=True))
-        outbox.enqueue(
-            event=Event(type=EventType.PRESENCE_UPDATED, data=user_data(user)), user_ids=[user_id, *friends]
-        )
-    return True
+        now = timezone.now()
+        for state in {wanted[u.id] for u in changed}:
+            User.objects.filter(id__in=[u.id for u in changed if wanted[u.id] == state]).update(
+                presence=state, last_seen=now
+            )
+        friends: dict[int, list[int]] = {u.id: [] for u in changed}
+        for user_id, friend_id in Friendship.objects.filter(user_id__in=friends).values_list("user_id", "friend_id"):
+            friends[user_id].append(friend_id)
+        for user in changed:
+            user.presence, user.last_seen = wanted[user.id], now
+            outbox.enqueue(
+                event=Event(type=EventType.PRESENCE_UPDATED, data=user_data(user)),
+                user_ids=[user.id, *friends[user.id]],
+            )
+    return [u.id for u in changed]
 
 
 def presence_reset_absent(*, present: set[int]) -> list[int]:
@@ -112,6 +136,6 @@ def presence_reset_absent(*, present: set[int]) -> list[int]:
     stale = list(
         User.objects.exclude(presence=User.Presence.OFFLINE).exclude(id__in=present).values_list("id", flat=True)
     )
-    for user_id in stale:
-        presence_apply(user_id=user_id, presence=User.Presence.OFFLINE)
+    for start in range(0, len(stale), APPLY_BATCH):
+        presence_apply_many(changes=[(uid, User.Presence.OFFLINE) for uid in stale[start : start + APPLY_BATCH]])
     return stale

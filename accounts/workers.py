@@ -24,7 +24,7 @@ import time
 
 from django.conf import settings
 
-from accounts.presence import PresenceTracker, presence_apply, presence_reset_absent
+from accounts.presence import APPLY_BATCH, PresenceTracker, presence_apply_many, presence_reset_absent
 from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic
 from chatserver.mqtt import BrokerConnection
 from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker
@@ -39,6 +39,9 @@ PRESENCE_SETTLE = 2.0
 # How long one round waits for reports: throttled decisions (PresenceTracker's
 # min_interval) fall due while nothing arrives, so the loop looks again this often.
 IDLE_WAIT = 0.1
+# A full batch of changes is applied at most this often (APPLY_BATCH / APPLY_EVERY: 1,000
+# users a second).
+APPLY_EVERY = 0.1
 
 
 class PresenceWorker(Worker):
@@ -90,13 +93,27 @@ class PresenceWorker(Worker):
                     self.tracker.observe(*self.inbox.get_nowait())
                 except queue.Empty:
                     break
-        for user_id, state in self.tracker.due(time.monotonic()):
+        # At most one batch a round, and a round at most every APPLY_EVERY: a burst of
+        # phones connecting is told over a second or two (presence is damped by 2 s
+        # anyway) instead of flooding the outbox ahead of the messages.
+        due = self.tracker.due(time.monotonic(), limit=APPLY_BATCH)
+        if len(due) == APPLY_BATCH:
+            self.stop.wait(APPLY_EVERY)
+        for start in range(0, len(due), APPLY_BATCH):
+            batch = due[start : start + APPLY_BATCH]
             try:
-                presence_apply(user_id=user_id, presence=state)
+                presence_apply_many(changes=batch)
             except DATABASE_UNAVAILABLE:
                 raise  # decided again once the database is back (see activated)
             except Exception:
-                logger.exception("presence of user %s not applied", user_id)
+                # One bad user must not cost the others theirs: one by one, then.
+                for user_id, state in batch:
+                    try:
+                        presence_apply_many(changes=[(user_id, state)])
+                    except DATABASE_UNAVAILABLE:
+                        raise
+                    except Exception:
+                        logger.exception("presence of user %s not applied", user_id)
         if not self.reconciled and time.monotonic() - self.connected_since >= PRESENCE_SETTLE:
             stale = presence_reset_absent(present=self.tracker.known_present())
             if stale:

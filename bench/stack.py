@@ -91,6 +91,16 @@ class BenchStack:
         self.url = web.url
         self._wait_healthy(timeout=30)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP one of the stack's processes (the presence worker, for a control run)."""
+        self._process(name).proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self._process(name).proc.send_signal(signal.SIGCONT)
+
+    def _process(self, name: str):
+        return next(p for p in self.processes if getattr(p, "name", None) == name)
+
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         body = {}

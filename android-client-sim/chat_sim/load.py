@@ -46,8 +46,8 @@ from chat_sim.profiles import write_private_json
 from chat_sim.swarm import C_DELIVERED, C_READY, N_COUNTERS, PhoneSpec, receiver_main
 
 SETUP_CONNECTIONS = 8
-# The server applies each phone's "online" in its relay loop, ahead of the outbox (measured
-# ~3 ms a phone on this kind of machine): sending starts once a connect burst has passed.
+# A connect burst costs the broker and this process CPU that the first messages would be
+# measured against: by default sending starts once it has passed (`--settle 0`: at once).
 SETTLE_BASE, SETTLE_PER_PHONE = 2.0, 0.004
 # Copies one receiver process can take per second with room to spare (paho parses and
 # acknowledges each one in Python: ~40-60 us).

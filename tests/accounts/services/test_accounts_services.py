@@ -7,8 +7,8 @@ from django.db import connection
 
 from accounts import services, social
 from accounts.errors import BlockedError, UsernameTaken
-from accounts.models import Device
-from accounts.presence import presence_apply
+from accounts.models import Device, User
+from accounts.presence import presence_apply, presence_apply_many
 from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
 from chatserver.events import EventType
 from tests.support.factories import PASSWORD, make_actor
@@ -110,3 +110,25 @@ def test_presence_is_told_to_the_user_and_its_friends_once_per_change(outbox):
         (EventType.PRESENCE_UPDATED, sorted([alice.id, bob.id]), "away"),
     ]
     assert carol.id not in outbox.rows[0].user_ids
+
+
+def test_a_burst_of_presence_changes_is_applied_at_once_and_only_what_changed_is_told(outbox):
+    # given
+    alice, bob, carol = make_actor(), make_actor(), make_actor()
+    social.friend_request_send(actor=alice, target_id=bob.id)
+    social.friend_request_send(actor=bob, target_id=alice.id)
+    presence_apply(user_id=carol.id, presence="away")
+    outbox.clear()
+
+    # when
+    changed = presence_apply_many(changes=[(carol.id, "away"), (bob.id, "online"), (alice.id, "away")])
+
+    # then
+    assert sorted(changed) == sorted([alice.id, bob.id])
+    told = {row.data["id"]: (row.data["presence"], row.user_ids) for row in outbox.rows}
+    assert told == {
+        alice.id: ("away", sorted([alice.id, bob.id])),
+        bob.id: ("online", sorted([alice.id, bob.id])),
+    }
+    states = dict(User.objects.filter(id__in=[alice.id, bob.id, carol.id]).values_list("id", "presence"))
+    assert states == {alice.id: "away", bob.id: "online", carol.id: "away"}
