@@ -5,7 +5,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chatserver import outbox
+from chatserver import outbox, push
 from chatserver.models import DeadLetter, OutboxEvent
 
 
@@ -29,6 +29,9 @@ class HealthView(APIView):
                     "dead_letters": serializers.IntegerField(
                         help_text="outbox rows the relay set aside (manage.py outbox_dead_letters)"
                     ),
+                    "push": serializers.ChoiceField(choices=["on", "off"], help_text="FCM configured"),
+                    "push_pending": serializers.IntegerField(help_text="pushes queued or to be retried"),
+                    "push_failed": serializers.IntegerField(help_text="pushes given up"),
                 },
             ),
             503: inline_serializer(
@@ -50,10 +53,11 @@ class HealthView(APIView):
             state = outbox.relay_status()
             pending = OutboxEvent.objects.count()
             dead = DeadLetter.objects.count()
+            pushes = push.status()
         except DatabaseError:
             body = {"status": "unavailable", "database": "down", "relay": "unknown", "broker": "unknown"}
             return Response(body, status=503)
         ok = state["broker"] == "up"
         body = {"status": "ok" if ok else "degraded", "database": "up", **state, "outbox_pending": pending,
-                "dead_letters": dead}
+                "dead_letters": dead, **pushes}
         return Response(body)
