@@ -47,7 +47,7 @@ class PushWorker(Worker):
         self.outcomes: dict[int, list] = {}  # job id -> (delivery, attempts, result) answered
 
     def activated(self) -> None:
-        if self.client is None:
+        if self.client is None and push.enabled():
             self.client = FcmClient(
                 project_id=settings.FCM_PROJECT_ID,
                 service_account_file=settings.FCM_SERVICE_ACCOUNT_FILE,
@@ -65,6 +65,10 @@ class PushWorker(Worker):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def step(self, *, session) -> bool:
+        if self.client is None:
+            # Push is off (no FCM settings): nothing is ever queued; idle.
+            session.wait(60.0)
+            return True
         settled = self._settle_answered()
         started = self._start_due()
         if not settled and not started:

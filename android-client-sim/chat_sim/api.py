@@ -179,8 +179,14 @@ class Api:
         return self.request("GET", "/accounts/me/")
 
     def settings(self, **changes: Any) -> dict:
-        """Change the caller's settings (`read_receipts`)."""
+        """Change the caller's settings (`read_receipts`, `push_previews`)."""
         return self.request("PATCH", "/accounts/me/", body=changes)
+
+    def push_token(self, token: str | None) -> Any:
+        """Register this device's FCM registration token (None: remove it)."""
+        if token is None:
+            return self.request("DELETE", "/accounts/me/push/")
+        return self.request("PUT", "/accounts/me/push/", body={"token": token})
 
     def user(self, user_id: int) -> dict:
         return self.request("GET", f"/accounts/{user_id}/")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -332,10 +334,65 @@ def cmd_sync(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_settings(ctx: Context, args: argparse.Namespace) -> None:
     api = ctx.api()
-    if args.read_receipts is None:
-        raise UsageError("nothing to change: give --read-receipts on|off")
-    answer = api.settings(read_receipts=args.read_receipts == "on")
-    ctx.show(answer, f"read receipts {args.read_receipts}")
+    changes = {
+        name: value == "on"
+        for name, value in (("read_receipts", args.read_receipts), ("push_previews", args.push_previews))
+        if value is not None
+    }
+    if not changes:
+        raise UsageError("nothing to change: give --read-receipts on|off or --push-previews on|off")
+    answer = api.settings(**changes)
+    ctx.show(answer, ", ".join(f"{k.replace('_', ' ')} {'on' if v else 'off'}" for k, v in changes.items()))
+
+
+def cmd_push_token(ctx: Context, args: argparse.Namespace) -> None:
+    """Register the phone's FCM token (with fcm-sink, any string: the sink delivers it)."""
+    api = ctx.api()
+    if args.clear:
+        api.push_token(None)
+        ctx.show({"push": False}, "push token removed")
+        return
+    token = args.token or f"chat-sim-{ctx.args.profile}"
+    answer = api.push_token(token)
+    ctx.show(answer, f"push token registered: {token}")
+
+
+def cmd_fcm_sink(ctx: Context, args: argparse.Namespace) -> int:
+    """A stand-in FCM (send endpoint + OAuth2 token endpoint) printing each push."""
+    from chat_sim.fcm_sink import FcmSink
+
+    def on_push(push) -> None:
+        if ctx.json:
+            print_json({"token": push.token, "data": push.data, "android": push.android, "at": push.received_at})
+        else:
+            data = " ".join(f"{k}={v!r}" for k, v in sorted(push.data.items()))
+            print(f"push to {push.token} ({push.android.get('priority', '?')}): {data}", flush=True)
+
+    sink = FcmSink(host=args.host, port=args.port, on_push=on_push)
+    if args.write_service_account:
+        key = _rsa_key_pem()
+        Path(args.write_service_account).write_text(json.dumps(sink.service_account(private_key_pem=key)))
+        print(f"service account written to {args.write_service_account}", file=sys.stderr)
+    sink.start()
+    print(f"fcm-sink on {sink.url}: FCM_ENDPOINT={sink.url} FCM_PROJECT_ID=<any> "
+          f"FCM_SERVICE_ACCOUNT_FILE=<a file with token_uri {sink.url}/token>", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sink.stop()
+
+
+def _rsa_key_pem() -> str:
+    """A fresh RSA key for a throw-away service account (openssl, as Debian ships it)."""
+    try:
+        done = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+                              capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise UsageError(f"cannot make a key with openssl ({exc}): write the service account yourself") from None
+    return done.stdout
 
 
 def cmd_edit(ctx: Context, args: argparse.Namespace) -> None:
@@ -580,6 +637,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="messages per chat (server default 200)")
     p = command(commands, "settings", cmd_settings, "change this user's settings")
     p.add_argument("--read-receipts", choices=("on", "off"))
+    p.add_argument("--push-previews", choices=("on", "off"))
+    p = command(commands, "push-token", cmd_push_token, "register this phone's push (FCM) token")
+    p.add_argument("token", nargs="?", help="default chat-sim-<profile>")
+    p.add_argument("--clear", action="store_true", help="remove it: no more pushes to this phone")
+    p = command(commands, "fcm-sink", cmd_fcm_sink, "run a stand-in FCM server that prints each push")
+    p.add_argument("--port", type=int, default=9099)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--write-service-account", metavar="FILE",
+                   help="write a service-account JSON for the server (FCM_SERVICE_ACCOUNT_FILE)")
     p = command(commands, "edit", cmd_edit, "edit your message")
     p.add_argument("chat", type=int)
     p.add_argument("message", type=int)
