@@ -9,12 +9,13 @@ change per `min_interval`, and only if the state differs from what they were las
 
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import Device, Friendship, User
 from accounts.shapes import user_data
-from accounts.models import Friendship, User
 from chatserver import outbox
 from chatserver.events import Event, EventType
 
@@ -36,6 +37,8 @@ def fold(states) -> str:
 @dataclass
 class _User:
     devices: dict[str, str] = field(default_factory=dict)
+    # When each device's report stops counting without a refresh (the tracker's clock).
+    expires: dict[str, float] = field(default_factory=dict)
     told: str | None = None  # what was last applied (None: not since start)
     told_at: float = float("-inf")
 
@@ -46,12 +49,18 @@ class PresenceTracker:
     def __init__(self, *, min_interval: float = 2.0) -> None:
         self.min_interval = min_interval
         self.users: dict[int, _User] = {}
+        # Devices whose state changed or was refreshed since `take_devices`: device id -> state.
+        self.devices_seen: dict[int, str] = {}
 
-    def observe(self, user_id: int, client_id: str, payload: bytes) -> bool:
+    def observe(
+        self, user_id: int, client_id: str, payload: bytes, *, now: float = 0.0, ttl: float = float("inf")
+    ) -> bool:
         """Record one device report; False if it is not a valid one (and is ignored).
 
         An empty payload (a cleared retained message, e.g. after logout) means the device
-        is gone.
+        is gone. An `online` or `away` report holds for `ttl` from `now`: a device that
+        stops refreshing it (it vanished, or left without its Will) is gone then
+        (`expire`).
         """
         match = _CLIENT_ID.match(client_id)
         if match is None or int(match.group(1)) != user_id:
@@ -65,9 +74,29 @@ class PresenceTracker:
         user = self.users.setdefault(user_id, _User())
         if state == "offline":
             user.devices.pop(client_id, None)
+            user.expires.pop(client_id, None)
         elif client_id in user.devices or len(user.devices) < MAX_DEVICES:
             user.devices[client_id] = state
+            user.expires[client_id] = now + ttl
+        else:
+            return True
+        self.devices_seen[int(match.group(2))] = state
         return True
+
+    def expire(self, now: float) -> int:
+        """Forget the devices whose report ran out; return how many."""
+        gone = 0
+        for user in self.users.values():
+            for client_id in [c for c, until in user.expires.items() if until <= now]:
+                del user.devices[client_id], user.expires[client_id]
+                self.devices_seen[int(_CLIENT_ID.match(client_id).group(2))] = "offline"
+                gone += 1
+        return gone
+
+    def take_devices(self) -> dict[int, str]:
+        """The devices seen since the last call, with their state (for the database)."""
+        seen, self.devices_seen = self.devices_seen, {}
+        return seen
 
     def due(self, now: float, *, limit: int | None = None) -> list[tuple[int, str]]:
         """Users whose folded state differs from what was last applied and may be applied
@@ -128,6 +157,18 @@ def presence_apply_many(*, changes: list[tuple[int, str]]) -> list[int]:
                 user_ids=[user.id, *friends[user.id]],
             )
     return [u.id for u in changed]
+
+
+def device_presence_store(*, states: dict[int, str], ttl: float) -> None:
+    """Store what devices last reported: `Device.presence`, and until when it holds
+    without a refresh (what "a live connection" means for pushes, `Device.connected`)."""
+    until = timezone.now() + timedelta(seconds=ttl)
+    by_state: dict[str, list[int]] = {}
+    for device_id, state in states.items():
+        by_state.setdefault(state, []).append(device_id)
+    for state, ids in by_state.items():
+        expires = None if state == User.Presence.OFFLINE else until
+        Device.objects.filter(id__in=ids).update(presence=state, presence_expires_at=expires)
 
 
 def presence_reset_absent(*, present: set[int]) -> list[int]:

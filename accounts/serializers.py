@@ -27,6 +27,9 @@ class MqttOutput(serializers.Serializer):
     password = serializers.CharField()
     client_id = serializers.CharField()
     user_topic = serializers.CharField()
+    keepalive = serializers.IntegerField(
+        help_text="seconds: the MQTT keepalive to use, and how often to publish one's presence again"
+    )
 
 
 class SettingsOutput(serializers.Serializer):

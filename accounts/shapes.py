@@ -26,6 +26,8 @@ def mqtt_block(*, device: Device, request) -> dict:
         "password": device.mqtt_password,
         "client_id": device.mqtt_client_id,
         "user_topic": user_topic(device.user_id),
+        # Connect with this keepalive, and publish one's presence again this often.
+        "keepalive": settings.MQTT_KEEPALIVE,
     }
 
 

@@ -24,12 +24,25 @@ import time
 
 from django.conf import settings
 
-from accounts.presence import APPLY_BATCH, PresenceTracker, presence_apply_many, presence_reset_absent
+from accounts.presence import (
+    APPLY_BATCH,
+    PresenceTracker,
+    device_presence_store,
+    presence_apply_many,
+    presence_reset_absent,
+)
 from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic
 from chatserver.mqtt import BrokerConnection
 from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker
 
 logger = logging.getLogger("accounts.presence")
+
+
+def device_ttl() -> float:
+    """How long a device's `online`/`away` holds without a refresh: devices republish it
+    every keepalive (`mqtt.keepalive` of their session), so two of them missed means
+    the device is gone, whether or not its Will came."""
+    return 2.0 * settings.MQTT_KEEPALIVE
 
 # Any 64-bit number only this program uses: the key of the "one presence worker" lock.
 ADVISORY_LOCK_KEY = 0x636861745F707265  # "chat_pre"
@@ -39,6 +52,8 @@ PRESENCE_SETTLE = 2.0
 # How long one round waits for reports: throttled decisions (PresenceTracker's
 # min_interval) fall due while nothing arrives, so the loop looks again this often.
 IDLE_WAIT = 0.1
+# How often devices whose report ran out are looked for.
+EXPIRE_EVERY = 1.0
 # A full batch of changes is applied at most this often (APPLY_BATCH / APPLY_EVERY: 1,000
 # users a second).
 APPLY_EVERY = 0.1
@@ -65,6 +80,7 @@ class PresenceWorker(Worker):
         self.broker_started = False
         self.connected_since: float | None = None
         self.reconciled = False
+        self.next_expiry = 0.0
 
     def activated(self) -> None:
         if not self.broker_started:
@@ -82,17 +98,28 @@ class PresenceWorker(Worker):
             return True
         if self.connected_since is None:
             self.connected_since = time.monotonic()
+        ttl = device_ttl()
         try:
             first = self.inbox.get(timeout=IDLE_WAIT)
         except queue.Empty:
             pass
         else:
-            self.tracker.observe(*first)
+            now = time.monotonic()
+            self.tracker.observe(*first, now=now, ttl=ttl)
             while True:
                 try:
-                    self.tracker.observe(*self.inbox.get_nowait())
+                    self.tracker.observe(*self.inbox.get_nowait(), now=now, ttl=ttl)
                 except queue.Empty:
                     break
+        now = time.monotonic()
+        if now >= self.next_expiry:
+            gone = self.tracker.expire(now)
+            if gone:
+                logger.info("%d devices stopped refreshing their presence: offline", gone)
+            self.next_expiry = now + EXPIRE_EVERY
+        seen = self.tracker.take_devices()
+        if seen:
+            device_presence_store(states=seen, ttl=ttl)
         # At most one batch a round, and a round at most every APPLY_EVERY: a burst of
         # phones connecting is told over a second or two (presence is damped by 2 s
         # anyway) instead of flooding the outbox ahead of the messages.

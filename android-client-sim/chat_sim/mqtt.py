@@ -117,7 +117,8 @@ class Listener:
         self.user_id = user_id
         self.mqtt = mqtt
         self.on_item = on_item
-        self.keepalive = keepalive
+        # The server's, when it says (the session's `mqtt.keepalive`): presence refreshes too.
+        self.keepalive = int(mqtt.get("keepalive") or keepalive)
         self.presence_topic = f"chat/presence/{user_id}/{mqtt['client_id']}"
         self.cursors: dict[int, ChatCursor] = {cid: ChatCursor(last_id=mid) for cid, mid in (cursors or {}).items()}
         for cid, version in (versions or {}).items():
@@ -254,8 +255,18 @@ class Listener:
     # --- worker thread ------------------------------------------------------------------
 
     def _work(self) -> None:
+        refresh_at = time.monotonic() + self.keepalive
         while True:
-            what, value = self._inbox.get()
+            try:
+                what, value = self._inbox.get(timeout=max(0.0, refresh_at - time.monotonic()))
+            except queue.Empty:
+                # The server counts a device present only while it refreshes its presence
+                # (every keepalive); a phone gone without its Will is offline soon after.
+                client = self._client
+                if client is not None and self.connected.is_set():
+                    client.publish(self.presence_topic, "online", qos=1, retain=True)
+                refresh_at = time.monotonic() + self.keepalive
+                continue
             try:
                 if what == "stop":
                     return

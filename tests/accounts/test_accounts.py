@@ -34,7 +34,10 @@ def test_signup_returns_token_and_mqtt_credentials_and_queues_broker_accounts():
         "password": device.mqtt_password,
         "client_id": f"chat-{user.id}-{device.id}",
         "user_topic": f"chat/users/{user.id}",
+        "keepalive": 30,
     }
+    assert body["settings"] == {"read_receipts": True, "push_previews": True}
+    assert body["push"] is False
     # only a hash of the token is stored
     assert body["token"] not in device.token_hash
     [event] = OutboxEvent.objects.all()

@@ -1,10 +1,12 @@
 """Presence: the tracker's rules (pure), then devices, Last Wills and friends end to end."""
 
 import json
+import time
 
 import pytest
+from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import Device, User
 from accounts.presence import PresenceTracker, fold
 from tests.support.factories import login, make_user
 from tests.support.mqtt import MqttProbe
@@ -120,6 +122,63 @@ def test_online_if_any_device_is_and_logout_clears_the_device(relay, mosquitto):
     finally:
         phone.close()
         pad.close()
+
+
+def test_a_report_holds_for_its_ttl_unless_refreshed():
+    tracker = PresenceTracker(min_interval=0.0)
+    tracker.observe(5, "chat-5-1", b"online", now=0.0, ttl=10.0)
+    tracker.observe(5, "chat-5-2", b"away", now=0.0, ttl=10.0)
+    assert tracker.take_devices() == {1: "online", 2: "away"}
+    assert tracker.due(now=0.0) == [(5, "online")]
+
+    tracker.observe(5, "chat-5-1", b"online", now=8.0, ttl=10.0)  # the phone refreshes
+    assert tracker.expire(now=10.0) == 1  # the tablet did not
+    assert tracker.take_devices() == {1: "online", 2: "offline"}
+    assert tracker.expire(now=17.9) == 0
+    assert tracker.expire(now=18.0) == 1
+    assert tracker.due(now=18.0) == [(5, "offline")]
+    assert tracker.take_devices() == {1: "offline"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_device_that_leaves_without_offline_or_will_is_offline_within_two_keepalives(relay, mosquitto):
+    # given: a phone reconnecting after a kick republished `online`, then shut down
+    # cleanly without `offline` (a clean DISCONNECT fires no Will): its retained
+    # `online` stays on the broker with nobody behind it
+    alice, bob = make_user(), make_user()
+    befriend(alice, bob)
+    phone = device(mosquitto, alice)
+    phone.publish(phone.presence_topic, "online", retain=True)
+    wait_until(lambda: User.objects.get(id=alice.id).presence == "online", 10, "online")
+    assert Device.objects.get(id=alice.device.id).connected(now=timezone.now())
+
+    # when
+    phone.close()
+    gone_at = time.monotonic()
+
+    # then: offline within 2 x keepalive (5 s in the suite), plus the 2 s damping
+    wait_until(lambda: User.objects.get(id=alice.id).presence == "offline", 15, "offline")
+    assert time.monotonic() - gone_at <= 2 * 5 + 2 + 1.5
+    stored = Device.objects.get(id=alice.device.id)
+    assert (stored.presence, stored.presence_expires_at) == ("offline", None)
+    assert not stored.connected(now=timezone.now())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_device_that_refreshes_stays_online(relay, mosquitto):
+    alice = make_user()
+    phone = device(mosquitto, alice)
+    try:
+        phone.publish(phone.presence_topic, "online", retain=True)
+        wait_until(lambda: User.objects.get(id=alice.id).presence == "online", 10, "online")
+        deadline = time.monotonic() + 12  # past two keepalives
+        while time.monotonic() < deadline:
+            phone.publish(phone.presence_topic, "online", retain=True)
+            time.sleep(2.5)
+            assert User.objects.get(id=alice.id).presence == "online"
+        assert Device.objects.get(id=alice.device.id).connected(now=timezone.now())
+    finally:
+        phone.close()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -104,6 +104,9 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
         MQTT_ADMIN_PASSWORD=broker.admin_password,
         # No signup throttle for load-like tests.
         AUTH_THROTTLE_RATE="100000/minute",
+        # Devices refresh their presence this often; one that stops is gone after two:
+        # short, so that tests see it within seconds.
+        MQTT_KEEPALIVE="5",
         PYTHONUNBUFFERED="1",
     )
     return env
