@@ -25,8 +25,16 @@ _CLIENT_ID = re.compile(r"^chat-(\d+)-(\d+)$")
 # A user may publish on chat/presence/<own id>/+ under any client id; only its real
 # devices count, and at most this many per user are tracked.
 MAX_DEVICES = 32
+# A device state is a word: anything longer is not one.
+MAX_PAYLOAD = 16
 # Users whose changes are applied in one transaction at most.
 APPLY_BATCH = 100
+
+
+def is_device(user_id: int, client_id: str) -> bool:
+    """Whether `client_id` is one of the user's devices' (whether it exists or not)."""
+    match = _CLIENT_ID.match(client_id)
+    return match is not None and int(match.group(1)) == user_id
 
 
 def fold(states) -> str:
@@ -63,7 +71,7 @@ class PresenceTracker:
         (`expire`).
         """
         match = _CLIENT_ID.match(client_id)
-        if match is None or int(match.group(1)) != user_id:
+        if match is None or int(match.group(1)) != user_id or len(payload) > MAX_PAYLOAD:
             return False
         try:
             state = payload.decode().strip().lower() if payload else "offline"

@@ -28,6 +28,7 @@ from accounts.presence import (
     APPLY_BATCH,
     PresenceTracker,
     device_presence_store,
+    is_device,
     presence_apply_many,
     presence_reset_absent,
 )
@@ -105,10 +106,10 @@ class PresenceWorker(Worker):
             pass
         else:
             now = time.monotonic()
-            self.tracker.observe(*first, now=now, ttl=ttl)
+            self._observe(first, now=now, ttl=ttl)
             while True:
                 try:
-                    self.tracker.observe(*self.inbox.get_nowait(), now=now, ttl=ttl)
+                    self._observe(self.inbox.get_nowait(), now=now, ttl=ttl)
                 except queue.Empty:
                     break
         now = time.monotonic()
@@ -151,7 +152,17 @@ class PresenceWorker(Worker):
     def close(self) -> None:
         self.broker.close()
 
+    def _observe(self, report: tuple, *, now: float, ttl: float) -> None:
+        topic, user_id, client_id, payload = report
+        valid = self.tracker.observe(user_id, client_id, payload, now=now, ttl=ttl)
+        if not valid and payload and is_device(user_id, client_id):
+            # Not a state the server understands (or not a device's topic): nothing a
+            # device publishes besides its state may be kept on the broker. The empty
+            # retained message clears it (and is itself not retained).
+            logger.warning("presence: %d bytes on %s are not a device state; cleared", len(payload), topic)
+            self.broker.publish(topic, b"", retain=True)
+
     def _on_presence(self, topic: str, payload: bytes, retain: bool) -> None:
         parsed = parse_presence_topic(topic)
         if parsed is not None:
-            self.inbox.put((*parsed, payload))
+            self.inbox.put((topic, *parsed, payload))

@@ -12,10 +12,11 @@ with the same methods.
 Access operations (all idempotent: replaying any sequence of them ends in the same state):
 
     UserAdd(user=5)
-        the user's role and group: subscribe + receive on chat/users/5, publish (presence
-        and Last Will) on chat/presence/5/+
+        the user's role and group: subscribe + receive on chat/users/5
     DeviceAdd(user=5, username=..., password=..., client_id=...)
-        one login = one device account, in the user's group, bound to its client id
+        one login = one device account, in the user's group, bound to its client id, with
+        a role of its own: publish (presence and Last Will) on its own presence topic only,
+        chat/presence/5/<client_id>
     DeviceRemove(user=5, username=..., client_id=...)
         deletes the account; the broker drops its live connection at once; also clears
         the device's retained presence (see `publishes`)
@@ -226,6 +227,10 @@ class DynsecAccess:
         return f"user-{_id(user_id)}"
 
     @staticmethod
+    def device_role(username: str) -> str:
+        return f"device-{_text(username)}"
+
+    @staticmethod
     def chat_role(chat_id: int) -> str:
         return f"chat-{_id(chat_id)}"
 
@@ -299,11 +304,6 @@ class DynsecAccess:
                         "acls": [
                             {"acltype": "subscribeLiteral", "topic": topic, "allow": True},
                             {"acltype": "publishClientReceive", "topic": topic, "allow": True},
-                            {
-                                "acltype": "publishClientSend",
-                                "topic": f"chat/presence/{user}/+",
-                                "allow": True,
-                            },
                         ],
                     },
                     {
@@ -315,16 +315,33 @@ class DynsecAccess:
             case DeviceAdd():
                 return [
                     {
+                        # The device may publish (its presence, its Last Will) on its own
+                        # presence topic only: no other device's, no made-up one.
+                        "command": "createRole",
+                        "rolename": cls.device_role(op.username),
+                        "acls": [
+                            {
+                                "acltype": "publishClientSend",
+                                "topic": presence_topic(op.user, op.client_id),
+                                "allow": True,
+                            }
+                        ],
+                    },
+                    {
                         "command": "createClient",
                         "username": op.username,
                         "password": op.password,
                         # The binding: this account connects with this client id only.
                         "clientid": op.client_id,
                         "groups": [{"groupname": cls.user_group(op.user)}],
-                    }
+                        "roles": [{"rolename": cls.device_role(op.username)}],
+                    },
                 ]
             case DeviceRemove(username=username):
-                return [{"command": "deleteClient", "username": username}]
+                return [
+                    {"command": "deleteClient", "username": username},
+                    {"command": "deleteRole", "rolename": cls.device_role(username)},
+                ]
             case ChatAdd(chat=chat):
                 topic = chat_topic(chat)
                 return [

@@ -182,6 +182,32 @@ def test_a_device_that_refreshes_stays_online(relay, mosquitto):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_what_a_device_publishes_besides_its_state_is_not_kept(relay, mosquitto):
+    # given
+    alice = make_user()
+    phone = device(mosquitto, alice, will=False)
+
+    # when: 200 KB, retained, on its own presence topic
+    assert phone.publish(phone.presence_topic, b"x" * 200_000, retain=True)
+    phone.close()
+
+    # then: the server clears it; a newcomer finds nothing retained there
+    def retained_now():
+        probe = MqttProbe(mosquitto.host, mosquitto.port)
+        try:
+            assert probe.connect(username=mosquitto.admin_username, password=mosquitto.admin_password,
+                                 client_id=f"probe-{time.monotonic_ns()}") == 0
+            probe.subscribe(phone.presence_topic)
+            time.sleep(0.5)  # a retained message comes right after SUBACK
+            return [m.payload for m in probe.messages]
+        finally:
+            probe.close()
+
+    wait_until(lambda: retained_now() == [], 10, "the retained garbage to be cleared")
+    assert User.objects.get(id=alice.id).presence == "offline"
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_after_a_server_restart_nobody_stays_online(relay, presence_process, mosquitto):
     # given: the database says alice is online, but no device of hers is

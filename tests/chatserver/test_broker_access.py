@@ -402,12 +402,15 @@ def test_users_cannot_send_broker_commands(admin, probes):
 def test_presence_on_its_own_topic_reaches_the_server_and_on_another_s_does_not(admin, probes, observe):
     # given
     me, other = new_user(admin), new_user(admin)
-    mine, theirs = new_device(admin, me), new_device(admin, other)
+    mine, theirs, sibling = new_device(admin, me), new_device(admin, other), new_device(admin, me)
     observer_me, observer_other = observe(me), observe(other)
     probe = phone(probes, mine)
     # when
     assert probe.publish(retained(presence_topic(other, theirs.client_id)), "offline", retain=True)
     assert probe.publish(retained(presence_topic(other, "made-up")), "online", retain=True)
+    # ...nor a device of its own user that does not exist, nor another device of its user
+    assert probe.publish(retained(presence_topic(me, "made-up")), "online", retain=True)
+    assert probe.publish(retained(presence_topic(me, sibling.client_id)), "offline", retain=True)
     assert probe.publish(retained(presence_topic(me, mine.client_id)), "online", retain=True)
     publish(admin, presence_topic(other, "marker"), b"marker")
     # then
@@ -588,7 +591,6 @@ def test_commands_user_add():
         {"command": "createRole", "rolename": "user-5", "acls": [
             {"acltype": "subscribeLiteral", "topic": "chat/users/5", "allow": True},
             {"acltype": "publishClientReceive", "topic": "chat/users/5", "allow": True},
-            {"acltype": "publishClientSend", "topic": "chat/presence/5/+", "allow": True},
         ]},
         {"command": "createGroup", "groupname": "user-5", "roles": [{"rolename": "user-5"}]},
     ]
@@ -597,11 +599,14 @@ def test_commands_user_add():
 def test_commands_device_add_and_remove():
     op = {"op": "device_add", "user": 5, "username": "u", "password": "p", "client_id": "c"}
     assert commands(op) == [
+        {"command": "createRole", "rolename": "device-u", "acls": [
+            {"acltype": "publishClientSend", "topic": "chat/presence/5/c", "allow": True}]},
         {"command": "createClient", "username": "u", "password": "p", "clientid": "c",
-         "groups": [{"groupname": "user-5"}]},
+         "groups": [{"groupname": "user-5"}], "roles": [{"rolename": "device-u"}]},
     ]
     assert commands({"op": "device_remove", "user": 5, "username": "u", "client_id": "c"}) == [
         {"command": "deleteClient", "username": "u"},
+        {"command": "deleteRole", "rolename": "device-u"},
     ]
 
 

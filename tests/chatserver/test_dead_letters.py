@@ -50,7 +50,10 @@ def test_a_row_translates_into_its_commands_then_its_publishes_in_order():
     commands, publishes = Relay().translate(good)
 
     # then
-    assert commands == [{"command": "deleteClient", "username": "u5-1"}]
+    assert commands == [
+        {"command": "deleteClient", "username": "u5-1"},
+        {"command": "deleteRole", "rolename": "device-u5-1"},
+    ]
     assert publishes == [
         ("chat/presence/5/chat-5-1", b"", True),
         ("chat/users/5", b'{"n": 1}', False),
