@@ -30,8 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import count
@@ -44,7 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.postgres import PostgresCluster
-from tests.support.stack import ROOT, ProcessStack, server_env, wait_until
+from tests.support.stack import ROOT, ProcessStack, call, server_env, wait_until
 
 PASSWORD = "fault tolerant 123"
 TEMPLATE_DB = "fault_template"
@@ -145,30 +143,6 @@ def fault_stack(fault_cluster, tmp_path) -> Iterator[FaultStack]:
 
 
 # --- HTTP ---------------------------------------------------------------------------------
-
-
-def call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
-         timeout: float = 10) -> tuple[int, dict | None]:
-    """(status, JSON body); status 0 when no answer came (connection refused, timeout)."""
-    request = urllib.request.Request(url, method=method)
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, data, timeout=timeout) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return error.code, json.loads(raw) if raw else None
-        except ValueError:
-            return error.code, {"not_json": raw[:200].decode(errors="replace")}
-    except (OSError, ValueError):
-        return 0, None
 
 
 @dataclass

@@ -270,8 +270,10 @@ def live_stack(relay, http_server, mosquitto):
     return Stack
 
 
-def call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
-    """One HTTP request to a server process over a real socket: (status, JSON body)."""
+def call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
+         timeout: float = 10) -> tuple[int, dict | None]:
+    """One HTTP request to a server process over a real socket: (status, JSON body);
+    status 0 when no answer came (connection refused, timeout)."""
     request = urllib.request.Request(url, method=method)
     data = None
     if body is not None:
@@ -280,8 +282,14 @@ def call(url: str, method: str = "GET", body: dict | None = None, token: str | N
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, data, timeout=10) as response:
+        with urllib.request.urlopen(request, data, timeout=timeout) as response:
             raw = response.read()
             return response.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw) if raw else None
+        except ValueError:
+            return error.code, {"not_json": raw[:200].decode(errors="replace")}
+    except (OSError, ValueError):
+        return 0, None
