@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from chat_sim import output
@@ -350,10 +352,15 @@ def cmd_push_token(ctx: Context, args: argparse.Namespace) -> None:
     api = ctx.api()
     if args.clear:
         api.push_token(None)
+        ctx.profile.push_token = None
+        ctx.store.save(ctx.profile)
         ctx.show({"push": False}, "push token removed")
         return
     token = args.token or f"chat-sim-{ctx.args.profile}"
     answer = api.push_token(token)
+    ctx.profile.push_token = token
+    ctx.profile.fcm_sink = args.sink or os.environ.get("CHAT_SIM_FCM_SINK") or ctx.profile.fcm_sink
+    ctx.store.save(ctx.profile)
     ctx.show(answer, f"push token registered: {token}")
 
 
@@ -469,7 +476,12 @@ def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
                   f"~ going to the background for {args.background:g} s (connection cut; "
                   "the broker keeps the session)")
             listener.go_background()
+            pushes_before = len(_pushes(profile))
             wait(args.background)
+            for push in _pushes(profile)[pushes_before:]:
+                data = push.get("data", {})
+                _note(ctx, "push", data, "~ push while away: " + " ".join(
+                    f"{k}={v!r}" for k, v in sorted(data.items())))
             listener.come_back()
             listener.wait_ready(15)
             after = listener.stats
@@ -491,6 +503,18 @@ def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
         print("chat-sim: the broker refuses this device's credentials (logged out?)", file=sys.stderr)
         return 1
     return 0
+
+
+def _pushes(profile: Profile) -> list[dict]:
+    """What the phone's fcm-sink received for its token so far (none without a sink)."""
+    if not (profile.fcm_sink and profile.push_token):
+        return []
+    url = f"{profile.fcm_sink.rstrip('/')}/pushes?{urllib.parse.urlencode({'token': profile.push_token})}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["pushes"]
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def _note(ctx: Context, kind: str, data: dict, text: str) -> None:
@@ -641,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "push-token", cmd_push_token, "register this phone's push (FCM) token")
     p.add_argument("token", nargs="?", help="default chat-sim-<profile>")
     p.add_argument("--clear", action="store_true", help="remove it: no more pushes to this phone")
+    p.add_argument("--sink", help="the fcm-sink URL that gets this phone's pushes (listen --background "
+                                  "shows them; default $CHAT_SIM_FCM_SINK)")
     p = command(commands, "fcm-sink", cmd_fcm_sink, "run a stand-in FCM server that prints each push")
     p.add_argument("--port", type=int, default=9099)
     p.add_argument("--host", default="127.0.0.1")

@@ -42,6 +42,10 @@ class Profile:
     cursors: dict[str, int] = field(default_factory=dict)
     # chat id -> the chat's version up to which this phone has every change (sync cursor)
     versions: dict[str, int] = field(default_factory=dict)
+    # The push token this phone registered, and the stand-in FCM (`fcm-sink`) that gets its
+    # pushes, if any: `listen --background` shows what came while away.
+    push_token: str | None = None
+    fcm_sink: str | None = None
 
     @property
     def signed_in(self) -> bool:

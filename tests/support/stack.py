@@ -195,11 +195,12 @@ class ProcessStack:
     The session's `relay_process` and `http_server` are not involved.
     """
 
-    def __init__(self, *, database_url: str, broker, workdir: Path, web_workers: int = 2) -> None:
+    def __init__(self, *, database_url: str, broker, workdir: Path, web_workers: int = 2,
+                 env: dict[str, str] | None = None) -> None:
         self.database_url = database_url
         self.broker = broker
         self.workdir = Path(workdir)
-        self.env = server_env(database_url=database_url, broker=broker, data_dir=self.workdir)
+        self.env = server_env(database_url=database_url, broker=broker, data_dir=self.workdir) | (env or {})
         self.relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], self.env, self.workdir)
         self.http = HttpServer(self.env, self.workdir, workers=web_workers)
         self.url = self.http.url
