@@ -61,13 +61,11 @@ class Device(models.Model):
     presence = models.CharField(max_length=8, choices=User.Presence, default=User.Presence.OFFLINE)
     presence_expires_at = models.DateTimeField(null=True, blank=True)
 
-    def connected(self, *, now) -> bool:
-        """Whether the device has a live MQTT connection, as far as the server knows."""
-        return (
-            self.presence != User.Presence.OFFLINE
-            and self.presence_expires_at is not None
-            and self.presence_expires_at > now
-        )
+    @staticmethod
+    def connected_q(*, now) -> models.Q:
+        """The devices with a live MQTT connection, as far as the server knows: a state
+        other than offline that has not run out."""
+        return models.Q(presence_expires_at__gt=now) & ~models.Q(presence=User.Presence.OFFLINE)
 
     @staticmethod
     def new_token() -> str:

@@ -1,4 +1,3 @@
-from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -60,11 +59,10 @@ def block_list(*, user: User):
 
 def devices_to_wake(*, user_ids: list[int], exclude_device_ids=()) -> list[Device]:
     """The users' devices that have a push token and no live MQTT connection (see
-    `Device.connected`): the ones a push must wake."""
-    live = Q(presence_expires_at__gt=timezone.now()) & ~Q(presence=User.Presence.OFFLINE)
+    `Device.connected_q`): the ones a push must wake."""
     return list(
         Device.objects.filter(user_id__in=user_ids, push_token__isnull=False)
-        .exclude(live)
+        .exclude(Device.connected_q(now=timezone.now()))
         .exclude(id__in=[d for d in exclude_device_ids if d is not None])
         .order_by("id")
     )

@@ -16,9 +16,7 @@ only acts on real changes.
 """
 
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 
@@ -33,8 +31,7 @@ from accounts.presence import (
     presence_reset_absent,
 )
 from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic
-from chatserver.mqtt import BrokerConnection
-from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker
+from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_connection
 
 logger = logging.getLogger("accounts.presence")
 
@@ -66,14 +63,7 @@ class PresenceWorker(Worker):
 
     def __init__(self, *, stop: threading.Event | None = None) -> None:
         self.stop = stop or threading.Event()
-        self.broker = BrokerConnection(
-            host=settings.MQTT_HOST,
-            port=settings.MQTT_PORT,
-            username=settings.MQTT_ADMIN_USERNAME,
-            password=settings.MQTT_ADMIN_PASSWORD,
-            client_id=f"chat-presence-{socket.gethostname()}-{os.getpid()}",
-            keepalive=settings.MQTT_KEEPALIVE,
-        )
+        self.broker = broker_connection(name="presence")
         self.tracker = PresenceTracker()
         # Reports arrive on paho's thread; the loop applies them.
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -127,21 +117,19 @@ class PresenceWorker(Worker):
         due = self.tracker.due(time.monotonic(), limit=APPLY_BATCH)
         if len(due) == APPLY_BATCH:
             self.stop.wait(APPLY_EVERY)
-        for start in range(0, len(due), APPLY_BATCH):
-            batch = due[start : start + APPLY_BATCH]
-            try:
-                presence_apply_many(changes=batch)
-            except DATABASE_UNAVAILABLE:
-                raise  # decided again once the database is back (see activated)
-            except Exception:
-                # One bad user must not cost the others theirs: one by one, then.
-                for user_id, state in batch:
-                    try:
-                        presence_apply_many(changes=[(user_id, state)])
-                    except DATABASE_UNAVAILABLE:
-                        raise
-                    except Exception:
-                        logger.exception("presence of user %s not applied", user_id)
+        try:
+            presence_apply_many(changes=due)
+        except DATABASE_UNAVAILABLE:
+            raise  # decided again once the database is back (see activated)
+        except Exception:
+            # One bad user must not cost the others theirs: one by one, then.
+            for user_id, state in due:
+                try:
+                    presence_apply_many(changes=[(user_id, state)])
+                except DATABASE_UNAVAILABLE:
+                    raise
+                except Exception:
+                    logger.exception("presence of user %s not applied", user_id)
         if not self.reconciled and time.monotonic() - self.connected_since >= PRESENCE_SETTLE:
             stale = presence_reset_absent(present=self.tracker.known_present())
             if stale:

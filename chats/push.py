@@ -13,17 +13,16 @@ notification itself from the data.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-
 from django.conf import settings
 from django.utils import timezone
 
 from accounts.selectors import devices_to_wake
+from chats import shapes
 from chats.models import Chat, Membership, Message
+from chats.selectors import chat_unread_counts
 from chatserver.fcm import FcmMessage
 from chatserver.push import Delivery
 
-PREVIEW_LENGTH = 100
 # What a push shows for a message without text.
 MEDIA_PREVIEW = {"image": "Photo", "audio": "Audio", "video": "Video", "file": "File"}
 
@@ -37,26 +36,14 @@ def _preview(message: Message) -> str:
     if message.deleted:
         return ""
     if message.content.strip():
-        return message.content[:PREVIEW_LENGTH]
+        return message.content[: shapes.PREVIEW_LENGTH]
     return MEDIA_PREVIEW.get(message.type, "")
 
 
-def _unread_counts(chat: Chat, memberships: list[Membership]) -> dict[int, int]:
-    """Each member's unread count of the chat (as the chat list computes it)."""
-    low = min((m.last_read_seq for m in memberships), default=chat.last_seq)
-    deleted = sorted(
-        Message.objects.filter(chat=chat, deleted=True, seq__gt=low).values_list("seq", flat=True)
+def _message(*, token: str, data: dict, priority: str, chat_id: int) -> FcmMessage:
+    return FcmMessage(
+        token=token, data=data, priority=priority, collapse_key=collapse_key(chat_id), ttl_seconds=settings.PUSH_TTL
     )
-    counts = {}
-    for m in memberships:
-        behind = chat.last_seq - m.last_read_seq
-        deleted_after = len(deleted) - bisect_right(deleted, m.last_read_seq)
-        counts[m.user_id] = max(behind - deleted_after, 0)
-    return counts
-
-
-def _message(ttl: int, *, token: str, data: dict, priority: str, chat_id: int) -> FcmMessage:
-    return FcmMessage(token=token, data=data, priority=priority, collapse_key=collapse_key(chat_id), ttl_seconds=ttl)
 
 
 def build_message(data: dict) -> list[Delivery]:
@@ -70,7 +57,7 @@ def build_message(data: dict) -> list[Delivery]:
     ]
     if not memberships:
         return []
-    unread = _unread_counts(chat, memberships)
+    unread = chat_unread_counts(chat=chat, memberships=memberships)
     users = {m.user_id: m.user for m in memberships}
     common = {
         "type": "message",
@@ -89,7 +76,7 @@ def build_message(data: dict) -> list[Delivery]:
         if users[device.user_id].push_previews and preview:
             payload["preview"] = preview
         deliveries.append(Delivery(device.id, _message(
-            settings.PUSH_TTL, token=device.push_token, data=payload, priority="high", chat_id=chat.id
+            token=device.push_token, data=payload, priority="high", chat_id=chat.id
         )))
     return deliveries
 
@@ -100,7 +87,7 @@ def build_read(data: dict) -> list[Delivery]:
     ).first()
     if membership is None:
         return []
-    unread = _unread_counts(membership.chat, [membership])[membership.user_id]
+    unread = chat_unread_counts(chat=membership.chat, memberships=[membership])[membership.user_id]
     payload = {
         "type": "read",
         "chat_id": str(membership.chat_id),
@@ -109,7 +96,7 @@ def build_read(data: dict) -> list[Delivery]:
     }
     return [
         Delivery(device.id, _message(
-            settings.PUSH_TTL, token=device.push_token, data=payload, priority="normal", chat_id=membership.chat_id
+            token=device.push_token, data=payload, priority="normal", chat_id=membership.chat_id
         ))
         for device in devices_to_wake(user_ids=[membership.user_id], exclude_device_ids=[data.get("device_id")])
     ]
@@ -130,7 +117,7 @@ def build_invitation(data: dict) -> list[Delivery]:
     invited = set(Membership.objects.filter(chat=chat, user_id__in=data["user_ids"]).values_list("user_id", flat=True))
     return [
         Delivery(device.id, _message(
-            settings.PUSH_TTL, token=device.push_token, data=payload, priority="high", chat_id=chat.id
+            token=device.push_token, data=payload, priority="high", chat_id=chat.id
         ))
         for device in devices_to_wake(user_ids=sorted(invited))
     ]

@@ -97,6 +97,15 @@ def mute_data(membership: Membership, *, now: datetime) -> dict:
     return {"muted_until": until, "muted": until is not None and until > now}
 
 
+def member_output(membership: Membership, *, caller_id: int, now: datetime) -> dict:
+    """A member as the caller sees it (members list, member changes): its own entry also
+    carries its mute, which events to the others never do."""
+    data = member_data(membership)
+    if membership.user_id == caller_id:
+        data.update(mute_data(membership, now=now))
+    return data
+
+
 def chat_data(chat: Chat, members: list[Membership]) -> dict:
     return {
         "id": chat.id,

@@ -260,14 +260,6 @@ class SyncView(APIView):
         return Response(selectors.sync(user_id=request.user.id, **data.validated_data))
 
 
-def _member_output(membership, *, caller_id: int) -> dict:
-    """A member as the caller sees it: its own entry also carries its mute."""
-    data = shapes.member_data(membership)
-    if membership.user_id == caller_id:
-        data.update(shapes.mute_data(membership, now=timezone.now()))
-    return data
-
-
 class ChatMembersView(APIView):
     @extend_schema(
         responses={200: MemberListOutput(many=True)},
@@ -276,8 +268,8 @@ class ChatMembersView(APIView):
     )
     def get(self, request, chat_id: int):
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
-        members = selectors.chat_members(chat_id=chat_id)
-        return Response([_member_output(m, caller_id=request.user.id) for m in members])
+        members, now = selectors.chat_members(chat_id=chat_id), timezone.now()
+        return Response([shapes.member_output(m, caller_id=request.user.id, now=now) for m in members])
 
 
 class ChatMemberView(APIView):
@@ -308,7 +300,7 @@ class ChatMemberView(APIView):
             membership = member_services.member_set_role(
                 chat_id=chat_id, actor=request.user, user_id=user_id, role=data.validated_data["role"]
             )
-        return Response(_member_output(membership, caller_id=request.user.id))
+        return Response(shapes.member_output(membership, caller_id=request.user.id, now=timezone.now()))
 
     @extend_schema(responses={204: None}, tags=["members"])
     def delete(self, request, chat_id: int, user_id: int):

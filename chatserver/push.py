@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count, Q
 
 from chatserver.fcm import FcmMessage
 from chatserver.models import PushJob
@@ -103,11 +104,8 @@ def enqueue(*, kind: str, data: dict) -> PushJob | None:
 
 
 def status() -> dict:
-    """For /health/: `push` (on/off), `push_pending`, `push_failed`."""
-    if not enabled():
-        return {"push": "off", "push_pending": 0, "push_failed": PushJob.objects.filter(failed=True).count()}
-    return {
-        "push": "on",
-        "push_pending": PushJob.objects.filter(failed=False).count(),
-        "push_failed": PushJob.objects.filter(failed=True).count(),
-    }
+    """For /health/: `push` (on/off), `push_pending`, `push_failed` (one query)."""
+    counts = PushJob.objects.aggregate(
+        pending=Count("id", filter=Q(failed=False)), failed=Count("id", filter=Q(failed=True))
+    )
+    return {"push": "on" if enabled() else "off", "push_pending": counts["pending"], "push_failed": counts["failed"]}

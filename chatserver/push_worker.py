@@ -145,18 +145,16 @@ class PushWorker(Worker):
                     logger.info("push to device %s: token dropped (%s)", delivery.device_id, result.error)
                     dead.append((delivery.device_id, delivery.message.token))
                     continue
-                if result.outcome == Outcome.RETRY and attempts < settings.PUSH_MAX_ATTEMPTS:
-                    delay = max(result.retry_after or 0.0, backoff(attempts))
-                    later.append(PushJob(
-                        kind=RETRY, data=delivery.to_json(), attempts=attempts,
-                        not_before=now + timedelta(seconds=delay), last_error=result.error,
-                    ))
-                    continue
-                logger.warning(
-                    "push to device %s given up after %d attempts: %s", delivery.device_id, attempts, result.error
-                )
+                retry = result.outcome == Outcome.RETRY and attempts < settings.PUSH_MAX_ATTEMPTS
+                if not retry:
+                    logger.warning(
+                        "push to device %s given up after %d attempts: %s", delivery.device_id, attempts, result.error
+                    )
+                delay = max(result.retry_after or 0.0, backoff(attempts))
+                # A retry is due after its back-off; one given up stays, failed, for the operator.
                 later.append(PushJob(
-                    kind=RETRY, data=delivery.to_json(), attempts=attempts, failed=True, last_error=result.error,
+                    kind=RETRY, data=delivery.to_json(), attempts=attempts, failed=not retry,
+                    not_before=now + timedelta(seconds=delay), last_error=result.error,
                 ))
         with transaction.atomic():
             if later:

@@ -25,8 +25,6 @@ outages. Presence is another worker (`accounts.workers`).
 """
 
 import logging
-import os
-import socket
 import threading
 import time
 
@@ -36,8 +34,8 @@ from django.utils import timezone
 from chatserver import outbox
 from chatserver.broker_access import Command, DynsecAccess, access_op_from_json, chat_topic, user_topic
 from chatserver.models import OutboxEvent, RelayStatus
-from chatserver.mqtt import BrokerConnection, Pending
-from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker
+from chatserver.mqtt import Pending
+from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_connection
 
 logger = logging.getLogger("chatserver.relay")
 
@@ -60,14 +58,7 @@ class Relay(Worker):
         self.stop = stop or threading.Event()
         self.poll_interval = settings.RELAY_POLL_INTERVAL
         self.access = DynsecAccess()
-        self.broker = BrokerConnection(
-            host=settings.MQTT_HOST,
-            port=settings.MQTT_PORT,
-            username=settings.MQTT_ADMIN_USERNAME,
-            password=settings.MQTT_ADMIN_PASSWORD,
-            client_id=f"chat-relay-{socket.gethostname()}-{os.getpid()}",
-            keepalive=settings.MQTT_KEEPALIVE,
-        )
+        self.broker = broker_connection(name="relay")
         self.broker_started = False
         self.active = False
         self.baseline_applied = False

@@ -32,11 +32,14 @@ batch: the same shape as the relay's.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
 logger = logging.getLogger("chatserver.workers")
@@ -184,6 +187,21 @@ class Session:
                 conn.close()
             except Exception:  # already broken: nothing to release
                 pass
+
+
+def broker_connection(*, name: str):
+    """A worker's own connection to the broker, with the server's admin account (client id
+    `chat-<name>-<host>-<pid>`: unique per process, so copies never kick each other off)."""
+    from chatserver.mqtt import BrokerConnection  # paho: only in the worker processes
+
+    return BrokerConnection(
+        host=settings.MQTT_HOST,
+        port=settings.MQTT_PORT,
+        username=settings.MQTT_ADMIN_USERNAME,
+        password=settings.MQTT_ADMIN_PASSWORD,
+        client_id=f"chat-{name}-{socket.gethostname()}-{os.getpid()}",
+        keepalive=settings.MQTT_KEEPALIVE,
+    )
 
 
 def _close_django_connection() -> None:

@@ -26,6 +26,7 @@ from chatserver.fcm import SCOPE, FcmClient, FcmMessage, Outcome
 from chatserver.models import PushJob
 from chatserver.push_worker import PushWorker
 from tests.support.factories import login, make_actor, make_user
+from tests.support.stack import wait_until
 
 PROJECT = "chat-test"
 
@@ -174,15 +175,6 @@ def with_token(user, token: str) -> Device:
     return device
 
 
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_with_push_off_nothing_is_queued(settings, db):
     settings.FCM_PROJECT_ID = ""
     alice, bob = make_actor(), make_actor()
@@ -225,7 +217,7 @@ def test_a_message_wakes_the_other_members_sleeping_devices_with_its_data(push_w
         assert p.android == {"priority": "high", "ttl": "2419200s", "collapse_key": f"chat-{chat.id}"}
         assert len(json.dumps(p.message).encode()) < 4096
     assert took < 1.0
-    assert wait_until(lambda: PushJob.objects.count() == 0)
+    wait_until(lambda: PushJob.objects.count() == 0, 10, "the push queue to empty")
 
 
 def test_no_push_to_connected_devices_muted_chats_or_without_previews(push_worker, sink):
@@ -299,11 +291,11 @@ def test_a_dead_token_is_dropped_and_a_failing_device_holds_up_nobody(push_worke
 
     # then: dave's invitation arrives without waiting for carol's hang
     started = time.monotonic()
-    assert wait_until(lambda: any(p.token == f"{dave.username}-phone" for p in sink.pushes), timeout=5)
+    wait_until(lambda: any(p.token == f"{dave.username}-phone" for p in sink.pushes), 5, "dave's push")
     assert time.monotonic() - started < 1.0
-    assert wait_until(lambda: Device.objects.get(user_id=bob.id).push_token is None, timeout=5)
+    wait_until(lambda: Device.objects.get(user_id=bob.id).push_token is None, 5, "bob's dead token dropped")
     # carol's push is retried (the hang counts as a failure) until it is given up
-    assert wait_until(lambda: PushJob.objects.filter(failed=True).count() == 1, timeout=15)
+    wait_until(lambda: PushJob.objects.filter(failed=True).count() == 1, 15, "carol's push given up")
     failed = PushJob.objects.get(failed=True)
     assert failed.attempts == settings.PUSH_MAX_ATTEMPTS
     assert failed.data["token"] == f"{carol.username}-phone"
@@ -326,4 +318,4 @@ def test_a_429_is_retried_after_its_retry_after(push_worker, sink):
     assert delivered.token == "bob-phone"
     assert delivered.received_at - started >= 1.0
     assert len(sink.attempts) == 2
-    assert wait_until(lambda: PushJob.objects.count() == 0)
+    wait_until(lambda: PushJob.objects.count() == 0, 10, "the push queue to empty")
