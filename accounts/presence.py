@@ -9,7 +9,7 @@ change per `min_interval`, and only if the state differs from what they were las
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -57,8 +57,9 @@ class PresenceTracker:
     def __init__(self, *, min_interval: float = 2.0) -> None:
         self.min_interval = min_interval
         self.users: dict[int, _User] = {}
-        # Devices whose state changed or was refreshed since `take_devices`: device id -> state.
-        self.devices_seen: dict[int, str] = {}
+        # Devices whose state changed or was refreshed since `take_devices`:
+        # device id -> (state, until when it holds; None for offline).
+        self.devices_seen: dict[int, tuple[str, float | None]] = {}
 
     def observe(
         self, user_id: int, client_id: str, payload: bytes, *, now: float = 0.0, ttl: float = float("inf")
@@ -83,26 +84,37 @@ class PresenceTracker:
         if state == "offline":
             user.devices.pop(client_id, None)
             user.expires.pop(client_id, None)
+            self.devices_seen[int(match.group(2))] = (state, None)
         elif client_id in user.devices or len(user.devices) < MAX_DEVICES:
             user.devices[client_id] = state
             user.expires[client_id] = now + ttl
-        else:
-            return True
-        self.devices_seen[int(match.group(2))] = state
+            self.devices_seen[int(match.group(2))] = (state, now + ttl)
         return True
 
-    def expire(self, now: float) -> int:
-        """Forget the devices whose report ran out; return how many."""
-        gone = 0
-        for user in self.users.values():
+    def expire(self, now: float) -> list[tuple[int, str]]:
+        """Forget the devices whose report ran out; return them, (user id, client id)."""
+        gone = []
+        for user_id, user in self.users.items():
             for client_id in [c for c, until in user.expires.items() if until <= now]:
                 del user.devices[client_id], user.expires[client_id]
-                self.devices_seen[int(_CLIENT_ID.match(client_id).group(2))] = "offline"
-                gone += 1
+                self.devices_seen[int(_CLIENT_ID.match(client_id).group(2))] = ("offline", None)
+                gone.append((user_id, client_id))
         return gone
 
-    def take_devices(self) -> dict[int, str]:
-        """The devices seen since the last call, with their state (for the database)."""
+    def cap(self, until: float) -> set[int]:
+        """Make every device's report run out at `until` at the latest, unless refreshed
+        (after a reconnection to the broker nothing known before it can be trusted for
+        long); return the users that have devices."""
+        users = set()
+        for user_id, user in self.users.items():
+            for client_id, expires in user.expires.items():
+                user.expires[client_id] = min(expires, until)
+                users.add(user_id)
+        return users
+
+    def take_devices(self) -> dict[int, tuple[str, float | None]]:
+        """The devices seen since the last call: device id -> (state, until when it holds
+        on the tracker's clock, None for offline), for the database."""
         seen, self.devices_seen = self.devices_seen, {}
         return seen
 
@@ -124,6 +136,10 @@ class PresenceTracker:
         applied may have been lost, or changed by someone else, meanwhile."""
         for user in self.users.values():
             user.told = None
+
+    def is_present(self, user_id: int, client_id: str) -> bool:
+        user = self.users.get(user_id)
+        return user is not None and client_id in user.devices
 
     def known_present(self) -> set[int]:
         return {uid for uid, user in self.users.items() if user.devices}
@@ -167,16 +183,21 @@ def presence_apply_many(*, changes: list[tuple[int, str]]) -> list[int]:
     return [u.id for u in changed]
 
 
-def device_presence_store(*, states: dict[int, str], ttl: float) -> None:
-    """Store what devices last reported: `Device.presence`, and until when it holds
-    without a refresh (what "a live connection" means for pushes, `Device.connected`)."""
-    until = timezone.now() + timedelta(seconds=ttl)
-    by_state: dict[str, list[int]] = {}
-    for device_id, state in states.items():
-        by_state.setdefault(state, []).append(device_id)
-    for state, ids in by_state.items():
-        expires = None if state == User.Presence.OFFLINE else until
-        Device.objects.filter(id__in=ids).update(presence=state, presence_expires_at=expires)
+def device_presence_store(*, states: dict[int, tuple[str, datetime | None]]) -> None:
+    """Store what devices last reported: device id -> (state, until when it holds without
+    a refresh). `Device.presence_expires_at` is what "a live connection" means for pushes
+    (`Device.connected_q`)."""
+    groups: dict[tuple[str, datetime | None], list[int]] = {}
+    for device_id, (state, until) in states.items():
+        groups.setdefault((state, None if state == User.Presence.OFFLINE else until), []).append(device_id)
+    for (state, until), ids in groups.items():
+        Device.objects.filter(id__in=ids).update(presence=state, presence_expires_at=until)
+
+
+def device_presence_cap(*, until: datetime) -> int:
+    """Make every device's presence run out at `until` at the latest (the presence worker
+    reconnected: what the database holds from before cannot be trusted for long)."""
+    return Device.objects.filter(presence_expires_at__gt=until).update(presence_expires_at=until)
 
 
 def presence_reset_absent(*, present: set[int]) -> list[int]:

@@ -4,9 +4,18 @@ Its own process, with its own database connection and its own MQTT connection (t
 server's admin account, client id `chat-presence-<host>-<pid>`), subscribed to every
 device's presence (`chat/presence/+/+`). paho's thread only queues the reports; the
 worker's loop folds them (`PresenceTracker`) and applies what is due (`presence_apply`).
-Once its first broker connection has had `PRESENCE_SETTLE` seconds to deliver every
-retained presence, users the database has online but no device reports present are set
-offline (`presence_reset_absent`), so nobody stays stuck online after a restart.
+
+A device's `online`/`away` holds for two keepalives unless the device repeats it; when it
+runs out, the worker clears the device's retained message, so that nothing stale is left
+on the broker for the next start. On every (re)connection to the broker nothing known
+from before is trusted for more than `RESTART_GRACE` seconds: the retained states the
+broker hands over on subscribing hold that long only, and the users they belong to get a
+`presence.probe` (QoS 0, on their user topic), which every connected device answers by
+publishing its state again. So after a restart of this worker or of the broker, devices
+that are not connected are offline within seconds, and connected ones never flicker.
+Once the first connection has had `PRESENCE_SETTLE` seconds to deliver every retained
+presence, users the database has online but no device reports present are set offline
+(`presence_reset_absent`).
 
 Exactly one is active (its state is in memory): on PostgreSQL others stand by on the
 advisory lock `ADVISORY_LOCK_KEY`. Each time it becomes active again (after a database
@@ -19,18 +28,22 @@ import logging
 import queue
 import threading
 import time
+from datetime import timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
 from accounts.presence import (
     APPLY_BATCH,
     PresenceTracker,
+    device_presence_cap,
     device_presence_store,
     is_device,
     presence_apply_many,
     presence_reset_absent,
 )
-from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic
+from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic, presence_topic, user_topic
+from chatserver.events import Event, EventType
 from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_connection
 
 logger = logging.getLogger("accounts.presence")
@@ -47,6 +60,10 @@ ADVISORY_LOCK_KEY = 0x636861745F707265  # "chat_pre"
 # After (re)connecting, the broker sends every retained presence at once; once this long
 # has passed, users the database has online but no device reported are set offline.
 PRESENCE_SETTLE = 2.0
+# After (re)connecting, how long what was known before, and what the broker had retained,
+# holds unless the device repeats it (it is probed): with the expiry sweep and the 2 s
+# damping, a device that is not connected is offline within 10 s of a restart.
+RESTART_GRACE = 5.0
 # How long one round waits for reports: throttled decisions (PresenceTracker's
 # min_interval) fall due while nothing arrives, so the loop looks again this often.
 IDLE_WAIT = 0.1
@@ -70,6 +87,8 @@ class PresenceWorker(Worker):
         self.broker.subscribe(PRESENCE_FILTER, self._on_presence)
         self.broker_started = False
         self.connected_since: float | None = None
+        # Users probed on the current connection (see _probe).
+        self.probed: set[int] = set()
         self.reconciled = False
         self.next_expiry = 0.0
 
@@ -88,7 +107,7 @@ class PresenceWorker(Worker):
             self.stop.wait(0.05)
             return True
         if self.connected_since is None:
-            self.connected_since = time.monotonic()
+            self._connection_started()
         ttl = device_ttl()
         try:
             first = self.inbox.get(timeout=IDLE_WAIT)
@@ -106,11 +125,16 @@ class PresenceWorker(Worker):
         if now >= self.next_expiry:
             gone = self.tracker.expire(now)
             if gone:
-                logger.info("%d devices stopped refreshing their presence: offline", gone)
+                logger.info("%d devices stopped refreshing their presence: offline", len(gone))
+                # Their retained state must not outlive them (a later start would find it).
+                for user_id, client_id in gone:
+                    self.broker.publish(presence_topic(user_id, client_id), b"", retain=True)
             self.next_expiry = now + EXPIRE_EVERY
         seen = self.tracker.take_devices()
         if seen:
-            device_presence_store(states=seen, ttl=ttl)
+            device_presence_store(states={
+                device_id: (state, self._wall(until)) for device_id, (state, until) in seen.items()
+            })
         # At most one batch a round, and a round at most every APPLY_EVERY: a burst of
         # phones connecting is told over a second or two (presence is damped by 2 s
         # anyway) instead of flooding the outbox ahead of the messages.
@@ -140,8 +164,40 @@ class PresenceWorker(Worker):
     def close(self) -> None:
         self.broker.close()
 
+    def _connection_started(self) -> None:
+        """A new connection to the broker (the first, or after the broker or the network
+        went away): nothing known from before holds longer than RESTART_GRACE now."""
+        self.connected_since = now = time.monotonic()
+        self.probed = set()
+        device_presence_cap(until=self._wall(now + RESTART_GRACE))
+        for user_id in self.tracker.cap(now + RESTART_GRACE):
+            self._probe(user_id)
+
+    def _probe(self, user_id: int) -> None:
+        """Ask the user's connected devices to publish their state again (once per user and
+        connection; QoS 0: a device that is not connected is not asked later)."""
+        if user_id in self.probed:
+            return
+        self.probed.add(user_id)
+        event = Event(type=EventType.PRESENCE_PROBE, data={})
+        if settings.OUTBOX_CHECK_SCHEMAS:
+            from chatserver.contract import check_event
+
+            check_event(event)
+        self.broker.publish(user_topic(user_id), event.encode().encode(), qos=0)
+
+    @staticmethod
+    def _wall(monotonic: float | None):
+        """A time on the tracker's (monotonic) clock as a datetime, for the database."""
+        if monotonic is None:
+            return None
+        return timezone.now() + timedelta(seconds=monotonic - time.monotonic())
+
     def _observe(self, report: tuple, *, now: float, ttl: float) -> None:
-        topic, user_id, client_id, payload = report
+        topic, user_id, client_id, payload, retained = report
+        if retained:
+            # Kept by the broker from before this connection: maybe nobody is behind it.
+            ttl = min(ttl, RESTART_GRACE)
         valid = self.tracker.observe(user_id, client_id, payload, now=now, ttl=ttl)
         if not valid and payload and is_device(user_id, client_id):
             # Not a state the server understands (or not a device's topic): nothing a
@@ -149,8 +205,10 @@ class PresenceWorker(Worker):
             # retained message clears it (and is itself not retained).
             logger.warning("presence: %d bytes on %s are not a device state; cleared", len(payload), topic)
             self.broker.publish(topic, b"", retain=True)
+        elif valid and retained and payload and self.tracker.is_present(user_id, client_id):
+            self._probe(user_id)
 
     def _on_presence(self, topic: str, payload: bytes, retain: bool) -> None:
         parsed = parse_presence_topic(topic)
         if parsed is not None:
-            self.inbox.put((topic, *parsed, payload))
+            self.inbox.put((topic, *parsed, payload, retain))

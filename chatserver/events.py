@@ -33,6 +33,13 @@ class EventType(StrEnum):
     FRIEND_ACCEPTED = "friend.accepted"
     FRIEND_REMOVED = "friend.removed"
     PRESENCE_UPDATED = "presence.updated"
+    # Ephemeral (QoS 0, not through the outbox): connected devices, repeat your presence.
+    PRESENCE_PROBE = "presence.probe"
+
+    @property
+    def is_ephemeral(self) -> bool:
+        """Published at QoS 0 by a worker directly, never queued (not through the outbox)."""
+        return self is EventType.PRESENCE_PROBE
 
     @property
     def is_chat_event(self) -> bool:

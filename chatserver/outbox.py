@@ -59,6 +59,8 @@ def enqueue(
     else:
         if not isinstance(event, Event):
             raise InvalidOutboxRow(f"not an Event: {event!r}")
+        if event.type.is_ephemeral:
+            raise InvalidOutboxRow(f"{event.type} is ephemeral: published directly at QoS 0, never queued")
         if not user_ids and chat_topic is None:
             raise InvalidOutboxRow(f"{event.type} has no recipient")
         if chat_topic is not None and chat_topic != event.chat:

@@ -4,8 +4,9 @@ HTTP catch-up that makes "nothing is lost, only delayed" true for the user.
 `Listener` guarantees:
 - It connects like the app: MQTT 3.1.1, `clean_session=False`, the client id the server
   handed out, a retained Last Will `offline` on `chat/presence/<uid>/<client_id>`, and a
-  retained `online` there on every connect. paho reconnects by itself after a drop (the
-  broker drops a user's connections whenever its chat memberships change).
+  retained `online` there on every connect, every keepalive, and whenever the server
+  sends `presence.probe`. paho reconnects by itself after a drop (the broker drops a
+  user's connections whenever its chat memberships change).
 - On every (re)connect, in this order: subscribe to the user topic and wait for the
   SUBACK, then catch up with `POST /chats/sync/` naming the highest version it has of
   each chat (asking again while a chat `has_more`), then process what MQTT delivered
@@ -47,6 +48,17 @@ _FATAL_CONNACK = {134, 135}
 
 # Messages shown of a chat the phone meets for the first time (its newest page).
 HISTORY_PAGE = 20
+
+
+def is_presence_probe(payload: bytes) -> bool:
+    """Whether an event is the server's `presence.probe` (answered by publishing the
+    device's state again at once). Cheap for every other payload."""
+    if b"presence.probe" not in payload:
+        return False
+    try:
+        return json.loads(payload).get("type") == "presence.probe"
+    except (ValueError, AttributeError):
+        return False
 
 
 @dataclass
@@ -249,23 +261,31 @@ class Listener:
             self._cond.notify_all()
 
     def _on_message(self, client, epoch, message) -> None:
-        if epoch == self._epoch:
-            self._inbox.put(("mqtt", message.payload))
+        if epoch != self._epoch:
+            return
+        if is_presence_probe(message.payload):
+            # The server's presence worker restarted (or the broker did): say we are here
+            # now, from this thread, even while the worker is busy catching up.
+            client.publish(self.presence_topic, "online", qos=1, retain=True)
+            return
+        self._inbox.put(("mqtt", message.payload))
 
     # --- worker thread ------------------------------------------------------------------
 
     def _work(self) -> None:
         refresh_at = time.monotonic() + self.keepalive
         while True:
-            try:
-                what, value = self._inbox.get(timeout=max(0.0, refresh_at - time.monotonic()))
-            except queue.Empty:
+            if time.monotonic() >= refresh_at:
                 # The server counts a device present only while it refreshes its presence
-                # (every keepalive); a phone gone without its Will is offline soon after.
+                # (every keepalive), busy or not; a phone gone without its Will is offline
+                # soon after.
                 client = self._client
                 if client is not None and self.connected.is_set():
                     client.publish(self.presence_topic, "online", qos=1, retain=True)
                 refresh_at = time.monotonic() + self.keepalive
+            try:
+                what, value = self._inbox.get(timeout=max(0.0, refresh_at - time.monotonic()))
+            except queue.Empty:
                 continue
             try:
                 if what == "stop":

@@ -51,6 +51,7 @@ class Phone:
     client: paho.Client | None = None
     connecting: bool = False  # counted in the connect window until ready or refused
     ready: bool = False
+    refresh_at: float = 0.0  # when it publishes its presence again
     # chat id -> ids received / highest seq received (this run's messages only)
     seen: dict[int, set[int]] = field(default_factory=dict)
     top_seq: dict[int, int] = field(default_factory=dict)
@@ -99,6 +100,8 @@ class Swarm:
                 for phone in self.phones:
                     if phone.client is not None:
                         phone.client.loop_misc()  # keepalive pings
+                        if phone.ready and now >= phone.refresh_at:
+                            self._present(phone)
                 for index, when in list(self._reconnect_at.items()):
                     if now >= when:
                         del self._reconnect_at[index]
@@ -111,7 +114,8 @@ class Swarm:
             phone.client = self._client(index)
             self._window(phone, True)
             try:
-                phone.client.connect(phone.spec.mqtt["host"], phone.spec.mqtt["port"], keepalive=KEEPALIVE)
+                phone.client.connect(phone.spec.mqtt["host"], phone.spec.mqtt["port"],
+                                     keepalive=int(phone.spec.mqtt.get("keepalive") or KEEPALIVE))
             except OSError:
                 self._reconnect_at[index] = time.monotonic() + RECONNECT_DELAY
 
@@ -179,7 +183,13 @@ class Swarm:
             self._window(phone, False)  # never ready: the parent reports it
             return
         client.subscribe(phone.spec.mqtt["user_topic"], qos=1)
-        client.publish(_presence_topic(phone.spec), "online", qos=1, retain=True)
+        self._present(phone)
+
+    def _present(self, phone: Phone) -> None:
+        """Publish `online`, as a phone does on connect, every keepalive and when probed:
+        the server counts a phone that stops repeating it as gone."""
+        phone.client.publish(_presence_topic(phone.spec), "online", qos=1, retain=True)
+        phone.refresh_at = time.monotonic() + int(phone.spec.mqtt.get("keepalive") or KEEPALIVE)
 
     def _on_subscribe(self, client, index, mid, reason_codes, properties) -> None:
         phone = self.phones[index]
@@ -196,6 +206,8 @@ class Swarm:
         received = time.time()
         event = json.loads(message.payload)
         if event.get("type") != "message.created":
+            if event.get("type") == "presence.probe":
+                self._present(self.phones[index])
             return
         data = event["data"]
         content = data["content"]

@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from accounts.models import Device, User
 from accounts.presence import PresenceTracker, fold
+from chat_sim.api import Api
+from chat_sim.mqtt import Listener
 from tests.support.factories import login, make_user
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
@@ -53,13 +55,49 @@ def test_tracker_ignores_reports_that_are_not_a_device_s_state(user_id, client_i
 # --- end to end -------------------------------------------------------------------------
 
 
-def device(broker, user, *, will=True) -> MqttProbe:
-    probe = MqttProbe(broker.host, broker.port)
+def device(broker, user, *, will=True, auto_reconnect=False) -> MqttProbe:
+    probe = MqttProbe(broker.host, broker.port, auto_reconnect=auto_reconnect)
     topic = f"chat/presence/{user.id}/{user.mqtt['client_id']}"
     probe.presence_topic = topic
     kwargs = {"will": {"topic": topic, "payload": "offline", "retain": True}} if will else {}
     assert probe.connect(**user.mqtt, **kwargs) == 0
     return probe
+
+
+def retained(broker, topic) -> list[bytes]:
+    """What the broker keeps retained on `topic` (what a subscriber, or the next start of
+    the presence worker, would find there)."""
+    probe = MqttProbe(broker.host, broker.port)
+    try:
+        assert probe.connect(username=broker.admin_username, password=broker.admin_password,
+                             client_id=f"probe-{time.monotonic_ns()}") == 0
+        probe.subscribe(topic)
+        time.sleep(0.5)  # a retained message comes right after SUBACK
+        return [m.payload for m in probe.messages]
+    finally:
+        probe.close()
+
+
+class AnsweringPhone:
+    """The simulator's phone (chat_sim.mqtt.Listener: persistent session, Will, `online`
+    on connect and when probed), refreshing its presence only every `keepalive` seconds:
+    longer than the server's ttl, so that only answering `presence.probe` keeps it online."""
+
+    def __init__(self, stack, user, *, keepalive: int = 60) -> None:
+        mqtt = {**user.mqtt, "host": stack.broker.host, "port": stack.broker.port,
+                "user_topic": f"chat/users/{user.id}", "keepalive": keepalive}
+        self.items = []
+        self.listener = Listener(Api(stack.url, user.token), user_id=user.id, mqtt=mqtt,
+                                 on_item=self.items.append)
+        self.listener.start()
+        assert self.listener.wait_ready(10), self.items
+
+    def close(self) -> None:
+        self.listener.stop()
+
+
+def device_connected(user) -> bool:
+    return Device.objects.filter(Device.connected_q(now=timezone.now()), id=user.device.id).exists()
 
 
 def befriend(a, b):
@@ -128,16 +166,29 @@ def test_a_report_holds_for_its_ttl_unless_refreshed():
     tracker = PresenceTracker(min_interval=0.0)
     tracker.observe(5, "chat-5-1", b"online", now=0.0, ttl=10.0)
     tracker.observe(5, "chat-5-2", b"away", now=0.0, ttl=10.0)
-    assert tracker.take_devices() == {1: "online", 2: "away"}
+    assert tracker.take_devices() == {1: ("online", 10.0), 2: ("away", 10.0)}
     assert tracker.due(now=0.0) == [(5, "online")]
 
     tracker.observe(5, "chat-5-1", b"online", now=8.0, ttl=10.0)  # the phone refreshes
-    assert tracker.expire(now=10.0) == 1  # the tablet did not
-    assert tracker.take_devices() == {1: "online", 2: "offline"}
-    assert tracker.expire(now=17.9) == 0
-    assert tracker.expire(now=18.0) == 1
+    assert tracker.expire(now=10.0) == [(5, "chat-5-2")]  # the tablet did not
+    assert tracker.take_devices() == {1: ("online", 18.0), 2: ("offline", None)}
+    assert tracker.expire(now=17.9) == []
+    assert tracker.expire(now=18.0) == [(5, "chat-5-1")]
     assert tracker.due(now=18.0) == [(5, "offline")]
-    assert tracker.take_devices() == {1: "offline"}
+    assert tracker.take_devices() == {1: ("offline", None)}
+
+
+def test_after_a_reconnection_what_was_known_holds_only_until_the_cap():
+    tracker = PresenceTracker(min_interval=0.0)
+    tracker.observe(5, "chat-5-1", b"online", now=0.0, ttl=60.0)
+    tracker.observe(6, "chat-6-3", b"away", now=0.0, ttl=2.0)
+
+    assert tracker.cap(5.0) == {5, 6}
+
+    assert tracker.expire(now=2.0) == [(6, "chat-6-3")]  # already due sooner: unchanged
+    assert tracker.expire(now=4.9) == []
+    assert tracker.expire(now=5.0) == [(5, "chat-5-1")]  # not repeated: gone at the cap
+    assert tracker.cap(10.0) == set()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -192,18 +243,7 @@ def test_what_a_device_publishes_besides_its_state_is_not_kept(relay, mosquitto)
     phone.close()
 
     # then: the server clears it; a newcomer finds nothing retained there
-    def retained_now():
-        probe = MqttProbe(mosquitto.host, mosquitto.port)
-        try:
-            assert probe.connect(username=mosquitto.admin_username, password=mosquitto.admin_password,
-                                 client_id=f"probe-{time.monotonic_ns()}") == 0
-            probe.subscribe(phone.presence_topic)
-            time.sleep(0.5)  # a retained message comes right after SUBACK
-            return [m.payload for m in probe.messages]
-        finally:
-            probe.close()
-
-    wait_until(lambda: retained_now() == [], 10, "the retained garbage to be cleared")
+    wait_until(lambda: retained(mosquitto, phone.presence_topic) == [], 10, "the retained garbage to be cleared")
     assert User.objects.get(id=alice.id).presence == "offline"
 
 
@@ -220,3 +260,96 @@ def test_after_a_server_restart_nobody_stays_online(relay, presence_process, mos
 
     # then
     wait_until(lambda: User.objects.get(id=alice.id).presence == "offline", 15, "alice reset to offline")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_device_kicked_by_a_membership_change_that_reconnects_then_leaves_cleanly_leaves_no_trace(
+    relay, mosquitto
+):
+    # given: alice's phone is online
+    alice, bob = make_user(), make_user()
+    phone = device(mosquitto, alice, auto_reconnect=True)
+    phone.publish(phone.presence_topic, "online", retain=True)
+    wait_until(lambda: User.objects.get(id=alice.id).presence == "online", 10, "online")
+
+    # when: bob puts her in a group (the broker drops her connection), her phone
+    # reconnects and says `online` again, then shuts down cleanly without `offline`
+    assert bob.client.post("/chats/", {"name": "team", "members": [alice.id]}, format="json").status_code == 201
+    assert phone.wait_reconnected(after=1, timeout=10), "the broker did not drop and readmit the phone"
+    phone.publish(phone.presence_topic, "online", retain=True)
+    time.sleep(0.5)
+    phone.disconnect()
+    gone_at = time.monotonic()
+
+    # then: offline within two keepalives (5 s in the suite), plus the sweep and damping...
+    wait_until(lambda: User.objects.get(id=alice.id).presence == "offline", 15, "offline")
+    assert time.monotonic() - gone_at <= 2 * 5 + 2 + 1.5
+    assert not device_connected(alice)
+    # ...and nothing on the broker that a restart would take for a live device
+    wait_until(lambda: retained(mosquitto, phone.presence_topic) == [], 5, "the stale `online` cleared")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_after_a_presence_worker_restart_a_stale_online_goes_within_10_s_and_a_connected_phone_stays(
+    live_stack, presence_process, mosquitto
+):
+    # given: alice's phone left a retained `online` while the presence worker was down
+    # (a crash); bob's phone is connected
+    alice, bob = make_user(), make_user()
+    bob_phone = AnsweringPhone(live_stack, bob)
+    alice_phone = device(mosquitto, alice)
+    alice_phone.publish(alice_phone.presence_topic, "online", retain=True)
+    wait_until(lambda: User.objects.get(id=alice.id).presence == "online", 10, "alice online")
+    wait_until(lambda: User.objects.get(id=bob.id).presence == "online", 10, "bob online")
+    presence_process.kill()
+    alice_phone.disconnect()
+    watcher = MqttProbe(mosquitto.host, mosquitto.port)  # checks what comes against the contract
+    assert watcher.connect(username=mosquitto.admin_username, password=mosquitto.admin_password,
+                           client_id=f"watcher-{time.monotonic_ns()}") == 0
+    assert watcher.subscribe(f"chat/users/{bob.id}") == 1
+    try:
+        # when
+        presence_process.start()
+        started = time.monotonic()
+
+        # then: alice is offline within 10 s; bob, whose phone answered the probe, is not
+        wait_until(lambda: User.objects.get(id=alice.id).presence == "offline", 12, "alice offline")
+        assert time.monotonic() - started <= 10
+        assert not device_connected(alice)
+        assert User.objects.get(id=bob.id).presence == "online"
+        assert device_connected(bob)
+        probes = [r for r in watcher.messages if json.loads(r.payload)["type"] == "presence.probe"]
+        assert len(probes) == 1 and probes[0].qos == 0
+    finally:
+        watcher.close()
+        bob_phone.close()
+        if not presence_process.alive():
+            presence_process.start()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_after_a_broker_restart_a_phone_that_did_not_come_back_goes_within_10_s(live_stack, mosquitto):
+    # given: both phones online
+    alice, bob = make_user(), make_user()
+    bob_phone = AnsweringPhone(live_stack, bob)
+    alice_phone = device(mosquitto, alice)
+    alice_phone.publish(alice_phone.presence_topic, "online", retain=True)
+    wait_until(lambda: User.objects.get(id=alice.id).presence == "online", 10, "alice online")
+    try:
+        # when: the broker restarts (it keeps the retained `online` of both); alice's
+        # phone is gone meanwhile, bob's comes back by itself
+        mosquitto.stop()
+        alice_phone.close()
+        mosquitto.start()
+        started = time.monotonic()
+
+        # then
+        wait_until(lambda: User.objects.get(id=alice.id).presence == "offline", 12, "alice offline")
+        assert time.monotonic() - started <= 10
+        assert User.objects.get(id=bob.id).presence == "online"
+        assert device_connected(bob)
+    finally:
+        bob_phone.close()

@@ -83,6 +83,7 @@ def test_an_event_encodes_its_envelope():
     {"event": Event(type=EventType.FRIEND_REMOVED, data={}), "user_ids": ["5"]},
     {"event": Event(type=EventType.CHAT_DELETED, data={"id": 3}, chat=3), "chat_topic": 4},
     {"user_ids": [5]},  # recipients of nothing
+    {"event": Event(type=EventType.PRESENCE_PROBE, data={}), "user_ids": [5]},  # ephemeral: never queued
     {},
 ])
 def test_the_outbox_refuses_what_the_relay_could_not_handle(kwargs):
