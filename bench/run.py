@@ -16,11 +16,17 @@ Profiles (each step is one `chat-sim load --json` run, a subprocess, against the
            cost (p99 with it / without it; the goal: at most 2) from the burst's (1,000
            connections to the broker and in the load generator, on the same cores).
            Each of its steps sends for 20 s (--quick: 12 s), whatever --duration says.
+  push     1,000 users in 500 direct chats, none connected, each with a push token, 100
+           msg/s for 20 s (--quick: 8 s) on a second stack with push on, pushing to a local
+           FCM stand-in (chat_sim's fcm-sink, in this process): pushes/s and the push
+           latency p50/p99 (the message's created_at, just before its commit -> the sink
+           received it); and the same load on the first stack (push off) for the POST p99
+           beside it.
 
 The table is printed and saved with every report under bench/results/<UTC timestamp>
 (.txt and .json). Users are signed up once per run and reused by later steps.
 
-    python bench/run.py [--duration SECONDS] [--only 1:1,group,idle,presence-burst] [--quick]
+    python bench/run.py [--duration SECONDS] [--only 1:1,group,idle,presence-burst,push] [--quick]
     python bench/run.py --profile presence-burst     # that profile alone
 
 chat-sim runs from this checkout's android-client-sim/ (`python -m chat_sim`), whatever
@@ -33,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,32 +50,83 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from stack import ROOT, BenchStack  # noqa: E402  (bench/ is not a package)
+from stack import ROOT, BenchStack, tree_cpu  # noqa: E402  (bench/ is not a package)
+
+sys.path.insert(0, str(ROOT / "android-client-sim"))
+from chat_sim.fcm_sink import FcmSink  # noqa: E402
 
 SIM_DIR = ROOT / "android-client-sim"
 CHAT_SIM = [sys.executable, "-m", "chat_sim"]
 RESULTS = HERE / "results"
-PROFILES = ["1:1", "group", "idle", "presence-burst"]
+PROFILES = ["1:1", "group", "idle", "presence-burst", "push"]
 
 ONE_TO_ONE_RATES = [50, 100, 150, 200, 300, 400, 600, 800, 1200]
 GROUP_RATES = [10, 25, 50, 75, 100, 150, 200, 300]
 BURST_PHONES, BURST_RATE, BURST_GOAL = 1000, 100, 2.0
+PUSH_USERS, PUSH_RATE = 1000, 100
 
 
-def load(url: str, home: Path, *, users: int, chats: int, group_size: int, rate: float,
+def load(stack: BenchStack, home: Path, *, users: int, chats: int, group_size: int, rate: float,
          duration: float, grace: float, extra: tuple[str, ...] = ()) -> dict:
-    args = [*CHAT_SIM, "--server", url, "--json", "load", "--users", str(users), "--chats", str(chats),
+    """One `chat-sim load` run against `stack`, with the CPU each process used while the
+    load was sending (`cpu_ms_per_message`)."""
+    args = [*CHAT_SIM, "--server", stack.url, "--json", "load", "--users", str(users), "--chats", str(chats),
             "--group-size", str(group_size), "--rate", str(rate), "--duration", str(duration),
             "--grace", str(grace), *extra]
     env = {**os.environ, "CHAT_SIM_HOME": str(home),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(SIM_DIR), os.environ.get("PYTHONPATH")]))}
     started = time.monotonic()
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=duration + grace + 600)
-    if result.returncode not in (0, 1):  # 1: lost/duplicated/out of order, reported as such
-        raise RuntimeError(f"chat-sim load failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    report = json.loads(result.stdout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=err, text=True)
+        samples = CpuSampler(stack, process.pid).run_until(process, timeout=duration + grace + 600)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if process.returncode not in (0, 1):  # 1: lost/duplicated/out of order, reported as such
+        raise RuntimeError(f"chat-sim load failed ({process.returncode}):\n{stderr[-3000:]}")
+    report = json.loads(stdout)
     report["wall_s"] = round(time.monotonic() - started, 1)
+    window = report.get("window", {})
+    if "sending_from" in window and "sending_until" in window and report["accepted"]:
+        spent = samples.between(window["sending_from"], window["sending_until"])
+        report["cpu_ms_per_message"] = {name: round(1000 * v / report["accepted"], 2) for name, v in spent.items()}
     return report
+
+
+class CpuSampler:
+    """CPU seconds of every process of the stack, the load generator's (with its receiver
+    processes) and this one's (the FCM stand-in), sampled every SAMPLE_EVERY seconds."""
+
+    SAMPLE_EVERY = 0.25
+
+    def __init__(self, stack: BenchStack, load_pid: int) -> None:
+        self.stack, self.load_pid = stack, load_pid
+        self.samples: list[tuple[float, dict[str, float]]] = []
+
+    def sample(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.samples.append((time.time(), {
+            **self.stack.cpu_seconds(),
+            "load generator": tree_cpu(self.load_pid),
+            "bench (FCM stand-in)": usage.ru_utime + usage.ru_stime,
+        }))
+
+    def run_until(self, process: subprocess.Popen, timeout: float) -> CpuSampler:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise RuntimeError("chat-sim load did not finish in time")
+            self.sample()
+            time.sleep(self.SAMPLE_EVERY)
+        return self
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds used by each from the last sample before `start` to the first after `end`."""
+        before = [s for t, s in self.samples if t <= start] or [self.samples[0][1]]
+        after = [s for t, s in self.samples if t >= end] or [self.samples[-1][1]]
+        first, last = before[-1], after[0]
+        return {name: max(0.0, last[name] - first.get(name, 0.0)) for name in last}
 
 
 def row(profile: str, report: dict) -> dict:
@@ -144,6 +202,36 @@ def render_burst(report: dict) -> str:
     return "\n".join(lines)
 
 
+def render_cpu(reports: list[dict]) -> str:
+    """CPU per accepted message and process, while the load was sending."""
+    reports = [r for r in reports if "cpu_ms_per_message" in r]
+    names = list(dict.fromkeys(n for r in reports for n in r["cpu_ms_per_message"]))
+    header = ["profile", "target/s", *names]
+    lines = [[r["profile"], f"{r['config']['rate']:g}", *(f"{r['cpu_ms_per_message'].get(n, 0):.2f}" for n in names)]
+             for r in reports]
+    widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(["CPU ms per accepted message, by process (children included), while sending:",
+                      fmt.format(*header), fmt.format(*("-" * w for w in widths)),
+                      *(fmt.format(*line) for line in lines)])
+
+
+def render_push(report: dict) -> str:
+    """The push profile's figures, under the table."""
+    p, c = report["push"], report["config"]
+
+    def ms(value) -> str:
+        return "-" if value is None else f"{value:.1f} ms"
+
+    return "\n".join([
+        f"push: {report['phones']} devices with tokens, none connected, {c['rate']:g} msg/s for {c['duration']:g} s",
+        f"  pushes     {p['received']} received of {p['expected']} (missing {p['missing']}), {p['per_s']}/s",
+        f"  latency    created_at -> FCM stand-in: p50 {ms(p['latency_ms']['p50'])}, "
+        f"p99 {ms(p['latency_ms']['p99'])}, max {ms(p['latency_ms']['max'])}",
+        f"  POST p99   push on {ms(report['post_ms']['p99'])}, push off {ms(p.get('post_p99_off_ms'))}",
+    ])
+
+
 def _ratio(a: dict, b: dict) -> float | None:
     if a.get("p99") is None or not b.get("p99"):
         return None
@@ -190,8 +278,8 @@ def main() -> int:
     started = datetime.now(UTC)
     rows, reports = [], []
 
-    def step(profile: str, **kwargs) -> dict:
-        report = load(stack.url, home, **kwargs)
+    def step(profile: str, on: BenchStack | None = None, **kwargs) -> dict:
+        report = load(on or stack, home, **kwargs)
         report["profile"] = profile
         reports.append(report)
         rows.append(row(profile, report))
@@ -236,12 +324,30 @@ def main() -> int:
             finally:
                 stack.resume("presence")
             report["burst"]["control_during_ms"] = control["burst"]["during_ms"]
+        if "push" in profiles:
+            push_duration = 8.0 if args.quick else 20.0
+            common = dict(users=PUSH_USERS, chats=PUSH_USERS // 2, group_size=2, rate=PUSH_RATE,
+                          duration=push_duration)
+            off = step("push, push off", grace=2, extra=("--offline", "--user-prefix", "push-off"), **common)
+            with FcmSink() as sink, BenchStack(push_sink=sink) as push_stack:
+                print(f"push stack up at {push_stack.url}, FCM stand-in at {sink.url}", flush=True)
+                on = step("push", on=push_stack, grace=20,
+                          extra=("--push-sink", sink.url, "--user-prefix", "push"), **common)
+            on["push"]["post_p99_off_ms"] = off["post_ms"]["p99"]
+            p = on["push"]
+            print(f"  push: {p['received']} of {p['expected']} pushes, {p['per_s']}/s, latency p50 "
+                  f"{p['latency_ms']['p50']} ms p99 {p['latency_ms']['p99']} ms; POST p99 "
+                  f"{on['post_ms']['p99']} ms push on, {off['post_ms']['p99']} ms push off", flush=True)
         described = stack.describe()
 
     table = render(rows)
     bursts = [render_burst(r) for r in reports if "burst" in r and r["profile"] == "presence-burst"]
     if bursts:
         table += "\n\n" + "\n\n".join(bursts)
+    table += "\n\n" + render_cpu(reports)
+    pushes = [render_push(r) for r in reports if "push" in r]
+    if pushes:
+        table += "\n\n" + "\n\n".join(pushes)
     title = (f"chat backend bench, {started:%Y-%m-%d %H:%M} UTC, {machine()['cpus']} cores, "
              f"{duration:g} s per step")
     text = f"{title}\n{json.dumps(described)}\n\n{table}\n"

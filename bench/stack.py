@@ -1,5 +1,5 @@
 """A fresh, throw-away stack for benchmarks: PostgreSQL, Mosquitto, migrations, gunicorn
-and the workers (relay, presence), built from the test suite's own process helpers (tests/support).
+and the workers (relay, presence, push), built from the test suite's own process helpers (tests/support).
 
     with BenchStack() as stack:
         stack.url            # http://127.0.0.1:<port>
@@ -35,7 +35,9 @@ WEB_THREADS = 4
 
 
 class BenchStack:
-    def __init__(self) -> None:
+    def __init__(self, *, push_sink=None) -> None:
+        """`push_sink`: a chat_sim FcmSink to push to (push is off without one)."""
+        self.push_sink = push_sink
         self.workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
         self.pg = None
         self.broker = None
@@ -78,11 +80,13 @@ class BenchStack:
             DJANGO_SETTINGS_MODULE="chatserver.settings",
             PASSWORD_HASHERS="django.contrib.auth.hashers.MD5PasswordHasher",
         )
+        if self.push_sink is not None:
+            env.update(self._push_env())
         migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
                                  capture_output=True, text=True)
         if migrate.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
-        for worker in ("relay", "presence"):
+        for worker in ("relay", "presence", "push"):
             process = ServerProcess(worker, [sys.executable, "manage.py", "worker", worker], env, self.workdir)
             self.processes.append(process.start())
         web = HttpServer(env, self.workdir, workers=WEB_WORKERS)
@@ -90,6 +94,30 @@ class BenchStack:
         web.start()
         self.url = web.url
         self._wait_healthy(timeout=30)
+
+    def _push_env(self) -> dict[str, str]:
+        """Push on, to the sink: a service account of its own (a fresh key) for its token endpoint."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        account = self.workdir / "fcm-service-account.json"
+        account.write_text(json.dumps(self.push_sink.service_account(private_key_pem=key)))
+        return {"FCM_PROJECT_ID": "bench", "FCM_SERVICE_ACCOUNT_FILE": str(account),
+                "FCM_ENDPOINT": self.push_sink.url}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each part of the stack, its child
+        processes included (gunicorn's workers, PostgreSQL's backends, exited ones too)."""
+        roots = {p.name: p.proc.pid for p in self.processes if p.proc is not None}
+        roots["broker"] = self.broker.process.pid
+        try:
+            roots["postgres"] = int((self.pg.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        return {name: tree_cpu(pid) for name, pid in roots.items()}
 
     def pause(self, name: str) -> None:
         """SIGSTOP one of the stack's processes (the presence worker, for a control run)."""
@@ -122,6 +150,7 @@ class BenchStack:
             "broker": "mosquitto (project config)",
             "relay": "1 process",
             "presence": "1 process",
+            "push": f"1 process, {'to a local FCM stand-in' if self.push_sink is not None else 'off'}",
             "hasher": "MD5 (throw-away stack)",
         }
 
@@ -139,6 +168,32 @@ class BenchStack:
             print(f"bench stack directory kept: {self.workdir}", file=sys.stderr)
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def tree_cpu(root: int) -> float:
+    """Seconds of CPU of process `root` and all its descendants, live or reaped."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (ppid, seconds)
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # after the command: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+        stats[int(entry)] = (int(fields[1]), sum(int(v) for v in fields[11:15]) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo += children.get(pid, [])
+    return total
 
 
 if __name__ == "__main__":

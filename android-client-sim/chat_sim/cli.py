@@ -546,7 +546,7 @@ def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
         rate=args.rate, duration=args.duration, grace=args.grace, connections=args.connections,
         receivers=args.receivers, cache_dir=ctx.store.home / "load", user_prefix=args.user_prefix,
         settle=args.settle, burst_phones=args.burst_phones, burst_at=args.burst_at,
-        burst_window=args.burst_window,
+        burst_window=args.burst_window, offline=args.offline, push_sink=args.push_sink,
     )
     return run_load(config, json_mode=ctx.json)
 
@@ -718,6 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst-at", type=float, default=0.0, help="seconds into sending the burst starts")
     p.add_argument("--burst-window", type=float, default=5.0,
                    help="seconds compared: sent during the burst vs. just before it")
+    p.add_argument("--offline", action="store_true",
+                   help="no phone connects: every member is away (nothing received over MQTT)")
+    p.add_argument("--push-sink", metavar="URL",
+                   help="every user registers a push token and the pushes are counted at this "
+                        "fcm-sink (implies --offline): pushes/s, commit->push latency, missing")
     return parser
 
 

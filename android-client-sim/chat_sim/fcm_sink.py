@@ -7,7 +7,9 @@ Point the server at it: a service-account JSON whose `token_uri` is
 `http://127.0.0.1:9099/token` (`chat-sim fcm-sink --write-service-account FILE` writes one,
 with a fresh key), `FCM_ENDPOINT=http://127.0.0.1:9099`, any `FCM_PROJECT_ID`. Each push
 is printed as it arrives, and remembered by registration token so that `chat-sim listen
---background` can show what a phone got while it was away (`GET /pushes?token=...`).
+--background` can show what a phone got while it was away (`GET /pushes?token=...`);
+`GET /log?after=N` lists every push from the Nth on with its arrival time (`chat-sim load
+--push-sink` measures push latency with it).
 
 What it checks, as FCM does: the bearer token is one it issued; the URL names a project;
 the body is `{"message": {"token", "data"?, "android"?}}` with string data values; the
@@ -172,6 +174,16 @@ class FcmSink:
 
             def do_GET(self):
                 url = urlparse(self.path)
+                if url.path == "/log":
+                    # Every push from number `after` on, with when it arrived (load tests
+                    # measure push latency with it): {"pushes": [...], "next": N}.
+                    try:
+                        after = max(0, int(parse_qs(url.query).get("after", ["0"])[0]))
+                    except ValueError:
+                        return self._answer(400, fcm_error(400, "INVALID_ARGUMENT", message="after: a number"))
+                    with sink._lock:
+                        found = [{"received_at": p.received_at, "message": p.message} for p in sink.pushes[after:]]
+                    return self._answer(200, {"pushes": found, "next": after + len(found)})
                 if url.path != "/pushes":
                     return self._answer(404, fcm_error(404, "NOT_FOUND"))
                 token = parse_qs(url.query).get("token", [""])[0]

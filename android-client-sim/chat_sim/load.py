@@ -21,7 +21,14 @@ What it reports:
   once --burst-at seconds into sending, each publishing its presence like any phone; the
   receipt latency of messages sent in the --burst-window seconds from then is reported
   beside that of the same length of time just before, with the ratio of their p99.
-Exit status 1 when any of the three is not 0, 2 when the run could not be set up.
+- with --offline: no phone connects (every member is away: nothing to receive over MQTT).
+- with --push-sink URL (implies --offline): every user registers a push token first, and
+  the pushes are counted at that stand-in FCM server (`chat-sim fcm-sink`, `GET /log`):
+  pushes received of those expected (one per message and member but its author), pushes
+  per second, and the push latency, the message's `created_at` (in its transaction, just
+  before the commit) -> the sink received it; missing: not there within --grace.
+Exit status 1 when any of the three (or a missing push) is not 0, 2 when the run could
+not be set up.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ import os
 import secrets
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,8 +84,12 @@ class LoadConfig:
     burst_phones: int = 0  # extra phones connecting at once, burst_at seconds into sending
     burst_at: float = 0.0
     burst_window: float = 5.0  # seconds of sending compared: before the burst / from it on
+    offline: bool = False  # no phones: every member is away
+    push_sink: str | None = None  # the fcm-sink the server pushes to (implies offline)
 
     def check(self) -> None:
+        if self.push_sink:
+            self.offline = True
         if self.group_size < 2 or self.group_size > self.users:
             raise LoadError("--group-size must be at least 2 and at most --users")
         if self.chats < 1 or self.rate <= 0 or self.duration <= 0 or self.connections < 1:
@@ -126,6 +139,7 @@ class Load:
         self.host, self.port = parts.hostname, parts.port or 80
         self.tag = "lt" + secrets.token_hex(4)
         self.timings: dict[str, float] = {}
+        self.window: dict[str, float] = {}  # when sending started and ended (epoch seconds)
         self.accepted: dict[int, list[int]] = defaultdict(list)
         self.post_latencies: list[float] = []
         self.errors: Counter = Counter()
@@ -133,6 +147,9 @@ class Load:
         self.receivers: list[tuple] = []  # (process, connection, counters)
         self.burst_receivers: list[tuple] = []  # the same, for the burst's phones
         self.burst: dict = {}
+        self.created: dict[int, float] = {}  # message id -> its created_at (--push-sink)
+        self.pushes: dict[int, list[float]] = defaultdict(list)  # message id -> arrival times
+        self._sink_next = 0
 
     # --- setup --------------------------------------------------------------------------
 
@@ -212,6 +229,31 @@ class Load:
         unique = list({chat.id: chat for chat in created}.values())
         self.timings["chats_s"] = time.monotonic() - started
         return unique
+
+    async def register_push_tokens(self, users: list[User]) -> None:
+        """Each user's device registers a push token of this run with the sink's server."""
+        started = time.monotonic()
+
+        async def register(http: AsyncHttp, user: User) -> None:
+            body = {"token": f"{self.tag}-{user.id}"}
+            status, answer = await http.request("PUT", "/accounts/me/push/", body, token=user.token)
+            if status != 200:
+                raise LoadError(f"cannot register a push token: {status} {answer}")
+
+        await self._parallel(users, register)
+        self.timings["tokens_s"] = time.monotonic() - started
+
+    def collect_pushes(self) -> None:
+        """Read what the sink received since the last call; keep this run's message pushes."""
+        with urllib.request.urlopen(f"{self.config.push_sink.rstrip('/')}/log?after={self._sink_next}",
+                                    timeout=10) as response:
+            log = json.loads(response.read())
+        self._sink_next = log["next"]
+        for entry in log["pushes"]:
+            message = entry["message"]
+            data = message.get("data", {})
+            if data.get("type") == "message" and message.get("token", "").startswith(self.tag + "-"):
+                self.pushes[int(data["message_id"])].append(entry["received_at"])
 
     def start_phones(self, users: list[User], chats: list[Chat]) -> None:
         """One receiver process per DELIVERIES_PER_RECEIVER expected copies/s, at most
@@ -293,6 +335,7 @@ class Load:
         workers = [asyncio.create_task(self._sender(queue, chats)) for _ in range(config.connections)]
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.window["sending_from"] = time.time()
         end = started + config.duration
         progress = asyncio.create_task(self._progress(chats, started))
         burst = asyncio.create_task(self._burst(started)) if self.burst_receivers else None
@@ -310,6 +353,7 @@ class Load:
             await queue.put(None)
         await asyncio.gather(*workers)
         self.timings["sending_s"] = loop.time() - started
+        self.window["sending_until"] = time.time()
         await self._grace(chats)
         progress.cancel()
         if burst is not None and not burst.done():
@@ -334,18 +378,40 @@ class Load:
                 if status in (200, 201):
                     self.post_latencies.append(time.time() - sent)
                     self.accepted[chat.id].append(message["id"])
+                    if self.config.push_sink:
+                        self.created[message["id"]] = datetime.fromisoformat(message["created_at"]).timestamp()
                 else:
                     self.errors[str(status)] += 1
         finally:
             http.close()
 
     def expected(self, chats: list[Chat]) -> int:
+        """Copies the phones should receive (none without phones)."""
+        if self.config.offline:
+            return 0
         return sum(len(self.accepted.get(chat.id, ())) * len(chat.members) for chat in chats)
+
+    def pushes_expected(self, chats: list[Chat]) -> int:
+        """Pushes the sink should receive: one per message and member but its author."""
+        if not self.config.push_sink:
+            return 0
+        return sum(len(self.accepted.get(chat.id, ())) * (len(chat.members) - 1) for chat in chats)
+
+    def pushes_received(self) -> int:
+        return sum(len(times) for times in self.pushes.values())
 
     async def _grace(self, chats: list[Chat]) -> None:
         started = time.monotonic()
-        while self.total(C_DELIVERED) < self.expected(chats) and time.monotonic() - started < self.config.grace:
-            await asyncio.sleep(0.05)
+        while time.monotonic() - started < self.config.grace:
+            if self.config.push_sink:
+                await asyncio.to_thread(self.collect_pushes)
+                if self.pushes_received() >= self.pushes_expected(chats):
+                    break
+                await asyncio.sleep(0.25)
+            elif self.total(C_DELIVERED) < self.expected(chats):
+                await asyncio.sleep(0.05)
+            else:
+                break
         self.timings["waited_s"] = time.monotonic() - started
 
     async def _progress(self, chats: list[Chat], started: float) -> None:
@@ -395,7 +461,25 @@ class Load:
             "reconnects": sum(p["reconnects"] for p in parts),
             "lost_examples": [e for p in parts for e in p["lost_examples"]][:10],
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            "window": self.window,
             **({"burst": self.burst_report(sent_at, latencies)} if self.config.burst_phones else {}),
+            **({"push": self.push_report(chats)} if self.config.push_sink else {}),
+        }
+
+    def push_report(self, chats: list[Chat]) -> dict:
+        """Pushes of this run's messages at the sink: how many, how fast, how late."""
+        latencies = [
+            arrived - self.created[mid] for mid, times in self.pushes.items() if mid in self.created for arrived in times
+        ]
+        arrivals = sorted(t for times in self.pushes.values() for t in times)
+        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+        received, expected = self.pushes_received(), self.pushes_expected(chats)
+        return {
+            "expected": expected,
+            "received": received,
+            "missing": max(0, expected - received),
+            "per_s": round(received / span, 1) if span else None,
+            "latency_ms": percentiles(latencies),
         }
 
     def burst_report(self, sent_at: list[float], latencies: list[float]) -> dict:
@@ -453,7 +537,16 @@ def human(report: dict) -> str:
         f"  setup        users {t.get('users_s', 0):.1f} s, chats {t.get('chats_s', 0):.1f} s, "
         f"phones {t.get('phones_s', 0):.1f} s; waited {t.get('waited_s', 0):.1f} s for the last copies",
     ] + ([f"  lost e.g.    {report['lost_examples'][:3]}"] if report["lost"] else [])
-      + ([_human_burst(report["burst"], ms)] if "burst" in report else []))
+      + ([_human_burst(report["burst"], ms)] if "burst" in report else [])
+      + ([_human_push(report["push"], ms)] if "push" in report else []))
+
+
+def _human_push(push: dict, ms) -> str:
+    return "\n".join([
+        f"  pushes       {push['received']} received of {push['expected']} expected (missing {push['missing']}), "
+        f"{push['per_s']}/s",
+        f"  commit->push {ms(push['latency_ms'])}",
+    ])
 
 
 def _human_burst(burst: dict, ms) -> str:
@@ -482,11 +575,18 @@ def run_load(config: LoadConfig, *, json_mode: bool) -> int:
         users, burst_users = users[:config.users], users[config.users:]
         chats = asyncio.run(load.chats(users))
         say(f"{len(chats)} chats ready ({load.timings['chats_s']:.1f} s)")
+        if config.push_sink:
+            asyncio.run(load.register_push_tokens(users))
+            load.collect_pushes()  # from here on: this run's
+            say(f"{len(users)} push tokens registered ({load.timings['tokens_s']:.1f} s)")
         if burst_users:
             load.prepare_burst(burst_users)  # spawned now, not while sending
-        load.start_phones(users, chats)
-        say(f"{len(users)} phones connected and subscribed ({load.timings['phones_s']:.1f} s)")
-        settle = config.settle if config.settle is not None else SETTLE_BASE + SETTLE_PER_PHONE * len(users)
+        if config.offline:
+            settle = config.settle or 0.0
+        else:
+            load.start_phones(users, chats)
+            say(f"{len(users)} phones connected and subscribed ({load.timings['phones_s']:.1f} s)")
+            settle = config.settle if config.settle is not None else SETTLE_BASE + SETTLE_PER_PHONE * len(users)
         say(f"settling {settle:.1f} s")
         time.sleep(settle)
         asyncio.run(load.send(chats))
@@ -500,4 +600,5 @@ def run_load(config: LoadConfig, *, json_mode: bool) -> int:
         print_json(report)
     else:
         print(human(report), flush=True)
-    return 1 if report["lost"] or report["duplicated"] or report["out_of_order"] else 0
+    missing = report.get("push", {}).get("missing", 0)
+    return 1 if report["lost"] or report["duplicated"] or report["out_of_order"] or missing else 0

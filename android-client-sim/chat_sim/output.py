@@ -125,6 +125,12 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
         reader = data.get("user")
         return (f"* {where}{names(reader) if isinstance(reader, int) else reader}: delivered up to "
                 f"{data.get('last_delivered_message_id')}, read up to {data.get('last_read_message_id')}")
+    if kind == "mute.updated":
+        chat = data.get("chat")
+        until = data.get("muted_until")
+        state = ("muted for good" if until and until.startswith("9999") else f"muted until {until}") \
+            if data.get("muted") else "unmuted"
+        return f"* chat {chat}: {state} (pushes only)"
     if kind == "presence.updated":
         user = data.get("id") or data.get("user")
         return f"* {names(user) if isinstance(user, int) else user} is {data.get('presence')}"

@@ -3,6 +3,7 @@
 from datetime import datetime
 
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.errors import BlockedError, UserNotFound
 from accounts.models import Block, User
@@ -14,7 +15,7 @@ from chats.services.chats import chat_destroy
 from chats.services.common import RANK, Role, chat_event, lock_chat, member_ids, membership_locked
 from chatserver import outbox, push
 from chatserver.broker_access import ChatRemove, MemberGrant, MemberRevoke
-from chatserver.events import EventType
+from chatserver.events import Event, EventType
 
 
 def member_add(*, chat_id: int, actor: User, user_id: int) -> tuple[Membership, bool]:
@@ -153,12 +154,20 @@ def member_set_role(*, chat_id: int, actor: User, user_id: int, role: str) -> Me
 def member_mute(*, chat_id: int, actor: User, until: datetime | None) -> Membership:
     """Mute the chat's pushes for the actor until `until` (`MUTED_FOREVER`: for good;
     None: unmute). Only pushes stop: MQTT delivery and unread counts go on. Nobody else
-    is told or can see it; no event (the actor's other devices read it from the chat
-    list)."""
-    membership = Membership.objects.select_related("user").filter(chat_id=chat_id, user_id=actor.id).first()
-    if membership is None:
-        raise ChatNotFound()
-    if membership.muted_until != until:
-        membership.muted_until = until
-        membership.save(update_fields=["muted_until"])
+    is told or can see it: `mute.updated` goes to the actor's own devices only (its
+    other phone shows the chat muted too)."""
+    with transaction.atomic():
+        membership = Membership.objects.select_related("user").filter(chat_id=chat_id, user_id=actor.id).first()
+        if membership is None:
+            raise ChatNotFound()
+        if membership.muted_until != until:
+            membership.muted_until = until
+            membership.save(update_fields=["muted_until"])
+            outbox.enqueue(
+                event=Event(
+                    type=EventType.MUTE_UPDATED,
+                    data={"chat": chat_id, **shapes.mute_data(membership, now=timezone.now())},
+                ),
+                user_ids=[actor.id],
+            )
     return membership

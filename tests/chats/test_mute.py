@@ -1,5 +1,7 @@
 """Mute: per member, until a time or for good; seen by the member only."""
 
+import json
+
 import pytest
 
 from chats.models import MUTED_FOREVER, Membership
@@ -40,7 +42,21 @@ def test_a_member_mutes_until_a_time_and_sees_it_in_its_lists_only(pair):
     bob_members = {m["id"]: m for m in bob.client.get(f"/chats/{cid}/users/").json()}
     assert "muted_until" not in bob_members[alice.id]
     assert bob.client.get(f"/accounts/{bob.id}/chats/").json()["results"][0]["muted"] is False
-    assert OutboxEvent.objects.count() == 0  # nobody is told
+    # nobody else is told; alice's own devices are (her tablet shows the chat muted too)
+    [row] = OutboxEvent.objects.all()
+    assert row.user_ids == [alice.id] and row.chat_id is None
+    assert json.loads(row.payload)["type"] == "mute.updated"
+    assert json.loads(row.payload)["data"] == {"chat": cid, "muted_until": "2999-01-02T03:04:05Z", "muted": True}
+
+
+def test_muting_again_the_same_way_tells_nobody(pair):
+    alice, _, cid = pair
+    mute(alice, cid, "forever")
+    OutboxEvent.objects.all().delete()
+
+    assert mute(alice, cid, "forever").status_code == 200
+
+    assert OutboxEvent.objects.count() == 0
 
 
 def test_forever_and_unmute(pair):

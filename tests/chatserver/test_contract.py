@@ -341,6 +341,7 @@ def test_the_services_make_every_event_type_and_each_matches_its_schema(settings
     assert alice.client.patch(f"/chats/{cid}/messages/{first['id']}/", {"deleted": True}, format="json").status_code == 200
     assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/delivered/{first['id']}/").status_code == 200
     assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/messages/{image.json()['id']}/").status_code == 200
+    assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/", {"muted_until": "forever"}, format="json").status_code == 200
     # members removed: a kick, then the owner leaves (ownership passes: by nobody)
     assert alice.client.delete(f"/chats/{cid}/users/{dave.id}/").status_code == 204
     assert alice.client.delete(f"/chats/{cid}/users/{alice.id}/").status_code == 204
@@ -392,6 +393,7 @@ def test_a_phone_receives_every_event_type_over_mqtt_and_each_matches_its_schema
         alice.client.post(f"/chats/{cid}/messages/", {"file": _upload("p.png", png())}, format="multipart")
         alice.client.patch(f"/chats/{cid}/messages/{message['id']}/", {"content": "hey"}, format="json")
         bob.client.patch(f"/chats/{cid}/users/{bob.id}/messages/{message['id']}/")
+        alice.client.patch(f"/chats/{cid}/users/{alice.id}/", {"muted_until": "2999-01-01T00:00:00Z"}, format="json")
         alice.client.delete(f"/chats/{cid}/users/{carol.id}/")
         alice.client.delete(f"/chats/{cid}/")
         direct = alice.client.post("/chats/", {"members": [carol.id]}, format="json").json()["id"]
