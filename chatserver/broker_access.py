@@ -53,6 +53,8 @@ from typing import Any, ClassVar
 Command = dict[str, Any]
 
 PRESENCE_FILTER = "chat/presence/+/+"
+# What user roles of the first version allowed devices to publish on (see UserAdd).
+LEGACY_PRESENCE_FILTER = "chat/presence/{user}/+"
 # What the server itself publishes to (events) and clears (stale presence).
 SERVER_PUBLISH_FILTER = "chat/#"
 
@@ -214,6 +216,7 @@ class DynsecAccess:
         # Removing an absent grant succeeds; a removed chat or user means no grant either.
         "removeGroupRole": frozenset({"Role not found", "Group not found"}),
         "addRoleACL": frozenset({"ACL with this topic already exists"}),
+        "removeRoleACL": frozenset({"ACL not found"}),
     }
 
     # --- names -------------------------------------------------------------------------
@@ -311,6 +314,15 @@ class DynsecAccess:
                         "groupname": cls.user_group(user),
                         "roles": [{"rolename": cls.user_role(user)}],
                     },
+                    # The first version let a user publish on every presence topic under
+                    # its id (any client id): devices now have a role each (DeviceAdd).
+                    # Gone from roles made since; an upgrade replays UserAdd to drop it.
+                    {
+                        "command": "removeRoleACL",
+                        "rolename": cls.user_role(user),
+                        "acltype": "publishClientSend",
+                        "topic": LEGACY_PRESENCE_FILTER.format(user=user),
+                    },
                 ]
             case DeviceAdd():
                 return [
@@ -333,6 +345,14 @@ class DynsecAccess:
                         "password": op.password,
                         # The binding: this account connects with this client id only.
                         "clientid": op.client_id,
+                        "groups": [{"groupname": cls.user_group(op.user)}],
+                        "roles": [{"rolename": cls.device_role(op.username)}],
+                    },
+                    # An account that existed already (a replay, or one made by the first
+                    # version, without a role of its own) gets exactly these.
+                    {
+                        "command": "modifyClient",
+                        "username": op.username,
                         "groups": [{"groupname": cls.user_group(op.user)}],
                         "roles": [{"rolename": cls.device_role(op.username)}],
                     },

@@ -422,6 +422,42 @@ def test_presence_on_its_own_topic_reaches_the_server_and_on_another_s_does_not(
         (presence_topic(other, "marker"), b"marker")]
 
 
+def test_an_install_of_the_first_version_is_closed_by_replaying_its_users_and_devices(admin, probes, observe):
+    # given: a user and a device as the first version made them: the user's role let any
+    # of its devices publish under chat/presence/<user>/+; the device had no role of its own
+    user = next(_ids)
+    query(admin,
+          {"command": "createRole", "rolename": f"user-{user}", "acls": [
+              {"acltype": "subscribeLiteral", "topic": user_topic(user), "allow": True},
+              {"acltype": "publishClientReceive", "topic": user_topic(user), "allow": True},
+              {"acltype": "publishClientSend", "topic": f"chat/presence/{user}/+", "allow": True}]},
+          {"command": "createGroup", "groupname": f"user-{user}", "roles": [{"rolename": f"user-{user}"}]})
+    device = Device(user, f"dev-{secrets.token_hex(6)}", secrets.token_urlsafe(16), f"cid-{secrets.token_hex(6)}")
+    query(admin, {"command": "createClient", "username": device.username, "password": device.password,
+                  "clientid": device.client_id, "groups": [{"groupname": f"user-{user}"}]})
+    observer = observe(user)
+    old = phone(probes, device)
+    assert old.publish(retained(presence_topic(user, "made-up")), "online", retain=True)
+    observer.wait_for(1)
+    assert [m.topic for m in observer.messages] == [presence_topic(user, "made-up")]  # the hole
+    old.close()
+    observer.clear()
+
+    # when: what the upgrade (accounts migration 0004) queues for every user and device
+    results = apply(admin, {"op": "user_add", "user": user}, {"op": "device_add", "user": user, **device.mqtt})
+
+    # then: the device publishes on its own topic only, and still receives its user's
+    assert all(error is None or DynsecAccess.is_benign(command, error) for command, error in results), results
+    new = phone(probes, device, user_topic(user))
+    assert new.publish(retained(presence_topic(user, "made-up-again")), "online", retain=True)
+    assert new.publish(retained(presence_topic(user, device.client_id)), "online", retain=True)
+    publish(admin, user_topic(user), b'{"marker": 1}')
+    observer.wait_for(1)
+    new.wait_for(1)
+    assert [m.topic for m in observer.messages] == [presence_topic(user, device.client_id)]
+    assert [m.payload for m in new.messages] == [b'{"marker": 1}']
+
+
 def test_the_last_will_on_its_own_presence_topic_fires(admin, probes, observe):
     # given
     device = new_device(admin, new_user(admin))
@@ -593,6 +629,8 @@ def test_commands_user_add():
             {"acltype": "publishClientReceive", "topic": "chat/users/5", "allow": True},
         ]},
         {"command": "createGroup", "groupname": "user-5", "roles": [{"rolename": "user-5"}]},
+        {"command": "removeRoleACL", "rolename": "user-5", "acltype": "publishClientSend",
+         "topic": "chat/presence/5/+"},
     ]
 
 
@@ -602,6 +640,8 @@ def test_commands_device_add_and_remove():
         {"command": "createRole", "rolename": "device-u", "acls": [
             {"acltype": "publishClientSend", "topic": "chat/presence/5/c", "allow": True}]},
         {"command": "createClient", "username": "u", "password": "p", "clientid": "c",
+         "groups": [{"groupname": "user-5"}], "roles": [{"rolename": "device-u"}]},
+        {"command": "modifyClient", "username": "u",
          "groups": [{"groupname": "user-5"}], "roles": [{"rolename": "device-u"}]},
     ]
     assert commands({"op": "device_remove", "user": 5, "username": "u", "client_id": "c"}) == [
