@@ -38,6 +38,7 @@ from accounts.presence import (
     PresenceTracker,
     device_presence_cap,
     device_presence_store,
+    is_device,
     presence_apply_many,
     presence_reset_absent,
 )
@@ -198,11 +199,10 @@ class PresenceWorker(Worker):
             # Kept by the broker from before this connection: maybe nobody is behind it.
             ttl = min(ttl, RESTART_GRACE)
         valid = self.tracker.observe(user_id, client_id, payload, now=now, ttl=ttl)
-        if not valid and payload:
-            # Not a state the server understands, or not a device's topic (left by a
-            # first-version install, whose users could publish under any client id):
-            # nothing but a device's state may be kept on the broker. The empty retained
-            # message clears it (and is itself not retained).
+        if not valid and payload and is_device(user_id, client_id):
+            # Not a state the server understands: nothing a device publishes besides its
+            # state may be kept on the broker. The empty retained message clears it (and
+            # is itself not retained).
             logger.warning("presence: %d bytes on %s are not a device state; cleared", len(payload), topic)
             self.broker.publish(topic, b"", retain=True)
         elif valid and retained and payload and self.tracker.is_present(user_id, client_id):

@@ -87,13 +87,17 @@ class AnsweringPhone:
         mqtt = {**user.mqtt, "host": stack.broker.host, "port": stack.broker.port,
                 "user_topic": f"chat/users/{user.id}", "keepalive": keepalive}
         self.items = []
+        self.user_id = user.id
         self.listener = Listener(Api(stack.url, user.token), user_id=user.id, mqtt=mqtt,
                                  on_item=self.items.append)
         self.listener.start()
         assert self.listener.wait_ready(10), self.items
 
     def close(self) -> None:
+        """Close like the app (`offline` first), and wait for the server to have applied
+        it: no worker is writing when the test's teardown empties the tables."""
         self.listener.stop()
+        wait_until(lambda: User.objects.get(id=self.user_id).presence == "offline", 10, "the phone's offline")
 
 
 def device_connected(user) -> bool:
