@@ -82,3 +82,11 @@ class PushTokenInput(serializers.Serializer):
         if not value.isascii() or not value.isprintable() or " " in value:
             raise serializers.ValidationError("Printable ASCII without spaces.")
         return value
+
+
+class UserSearchQuery(serializers.Serializer):
+    """`?search=`: a username prefix. Longer than a username can be, it matches nobody, so
+    it is cut rather than refused; a NUL character (which no name has, and PostgreSQL
+    refuses in a query) is a 400 on `search`."""
+
+    search = serializers.CharField(required=False, default="", allow_blank=True, trim_whitespace=False)

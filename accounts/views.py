@@ -16,6 +16,7 @@ from accounts.serializers import (
     SettingsInput,
     SignupInput,
     UserOutput,
+    UserSearchQuery,
 )
 from accounts.shapes import session_data
 from chatserver.errors import NotYours
@@ -115,8 +116,9 @@ class UserSearchView(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        prefix = self.request.query_params.get("search", "")
-        return selectors.user_search(caller=self.request.user, prefix=prefix[:32])
+        query = UserSearchQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return selectors.user_search(caller=self.request.user, prefix=query.validated_data["search"][:32])
 
 
 class _OwnUserList(generics.ListAPIView):

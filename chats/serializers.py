@@ -4,12 +4,16 @@ The output shapes are built by `chats.shapes` (shared with the MQTT events); the
 serializers here describe them for the API schema.
 """
 
+import re
+
 from django.conf import settings
 from rest_framework import serializers
 
 from chats.models import MUTED_FOREVER, Chat, Membership, Message
 from chatserver.fields import StrictCharField
-from chatserver.urls_converters import MAX_ID
+from chatserver.urls_converters import MAX_ID, IdConverter
+
+_CHAT_KEY = re.compile(IdConverter.regex)
 
 
 class ChatCreateInput(serializers.Serializer):
@@ -75,7 +79,9 @@ class SyncInput(serializers.Serializer):
     def validate_chats(self, value: dict) -> dict[int, int]:
         if len(value) > 5000:
             raise serializers.ValidationError("At most 5000 chats per request.")
-        if not all(key.isdigit() and len(key) <= 19 for key in value):
+        # Chat ids as the paths take them (`IdConverter`): ASCII digits only, since
+        # `str.isdigit` also takes "²" and other digits `int` refuses.
+        if not all(_CHAT_KEY.fullmatch(key) and 1 <= int(key) <= MAX_ID for key in value):
             raise serializers.ValidationError("Keys are chat ids.")
         return {int(key): version for key, version in value.items()}
 

@@ -6,7 +6,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -36,6 +36,7 @@ from chats.serializers import (
 )
 from chats.errors import PayloadTooLarge
 from chatserver.errors import NotYours
+from chatserver.parsers import JSONParser
 
 
 def _chat_response(chat, status: int = 200) -> Response:
