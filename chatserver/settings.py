@@ -75,8 +75,10 @@ ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "*").split(",") if h.st
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "chatserver",
     "accounts",
     "chats",
@@ -84,6 +86,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the API docs' Swagger UI and ReDoc): see "Static files" below.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "chatserver.middleware.OptionalTrailingSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
     # 503 database_unavailable (the error envelope) when a view cannot reach the database.
@@ -178,6 +182,13 @@ SPECTACULAR_SETTINGS = {
         "(topics and payloads: docs/mqtt.md and docs/asyncapi.yaml in the repository)."
     ),
     "VERSION": "1.0.0",
+    # Swagger UI and ReDoc from this server's own static files (drf-spectacular-sidecar),
+    # never from a CDN: the docs work offline and load nothing from elsewhere.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl: Swagger UI would otherwise send the schema to validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None, "persistAuthorization": True},
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
@@ -192,6 +203,14 @@ SPECTACULAR_SETTINGS = {
 # The largest JSON body accepted (a message is at most MESSAGE_MAX_LENGTH characters).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024)
 MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
+
+# --- Static files -----------------------------------------------------------------------
+
+# The API docs' Swagger UI and ReDoc (and any app's static files), served by WhiteNoise
+# straight from the installed packages: no collectstatic step, the same in `make run`, in
+# gunicorn behind a proxy and in the tests. Indexed once when a process starts.
+STATIC_URL = "static/"
+WHITENOISE_USE_FINDERS = True
 
 # --- Attachments ------------------------------------------------------------------------
 
