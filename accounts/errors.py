@@ -45,6 +45,10 @@ class NothingToRemove(NotFound):
     message = "No friendship or request with this user."
 
 
+class NotBlocked(NotFound):
+    message = "This user is not blocked."
+
+
 class SelfTarget(ApplicationError):
     code = AccountsErrorCode.INVALID_TARGET
     message = "You cannot do this with yourself."

@@ -1,7 +1,8 @@
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from accounts.models import Device, User, UsernameValidator
-from chatserver.fields import StrictCharField
+from chatserver.fields import StrictBooleanField, StrictCharField
 
 
 class CredentialsInput(serializers.Serializer):
@@ -68,15 +69,20 @@ class BlockStatusOutput(serializers.Serializer):
 
 
 class SettingsInput(serializers.Serializer):
-    read_receipts = serializers.BooleanField(required=False)
-    push_previews = serializers.BooleanField(required=False)
+    read_receipts = StrictBooleanField(required=False)
+    push_previews = StrictBooleanField(required=False)
 
 
 class PushTokenInput(serializers.Serializer):
     """An FCM registration token (FCM's are ~150-200 characters of letters, digits and
     `-_:`; anything printable without spaces is accepted, up to 1024)."""
 
-    token = StrictCharField(max_length=1024, trim_whitespace=False)
+    token = StrictCharField(
+        max_length=1024, trim_whitespace=False,
+        # The pattern documents the rule (Python's `$` would also let a final newline
+        # through, so the check itself is validate_token's).
+        validators=[RegexValidator(r"^[!-~]+$", "Printable ASCII without spaces.")],
+    )
 
     def validate_token(self, value: str) -> str:
         if not value.isascii() or not value.isprintable() or " " in value:
@@ -89,4 +95,6 @@ class UserSearchQuery(serializers.Serializer):
     it is cut rather than refused; a NUL character (which no name has, and PostgreSQL
     refuses in a query) is a 400 on `search`."""
 
-    search = serializers.CharField(required=False, default="", allow_blank=True, trim_whitespace=False)
+    search = serializers.CharField(
+        required=False, default="", allow_blank=True, trim_whitespace=False, help_text="Prefix of the username (any case)."
+    )

@@ -1,4 +1,4 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -18,8 +18,10 @@ from accounts.serializers import (
     UserOutput,
     UserSearchQuery,
 )
+from accounts.errors import BlockedError, InvalidCredentials, NothingToRemove, NotBlocked, SelfTarget, UserNotFound, UsernameTaken
 from accounts.shapes import session_data
 from chatserver.errors import NotYours
+from chatserver.openapi import raises
 
 
 class SignupView(APIView):
@@ -29,6 +31,7 @@ class SignupView(APIView):
     throttle_scope = "auth"
 
     @extend_schema(request=SignupInput, responses={201: SessionOutput}, tags=["accounts"])
+    @raises(UsernameTaken)
     def post(self, request):
         data = SignupInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -43,6 +46,7 @@ class LoginView(APIView):
     throttle_scope = "auth"
 
     @extend_schema(request=CredentialsInput, responses={200: SessionOutput}, tags=["accounts"])
+    @raises(InvalidCredentials)
     def post(self, request):
         data = CredentialsInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -94,6 +98,7 @@ class PushTokenView(APIView):
 
 class UserDetailView(APIView):
     @extend_schema(responses={200: UserOutput}, tags=["accounts"])
+    @raises(UserNotFound)
     def get(self, request, user_id: int):
         return Response(UserOutput(selectors.user_get_visible(user_id=user_id, caller=request.user)).data)
 
@@ -108,10 +113,7 @@ class UserSearchView(generics.ListAPIView):
 
     serializer_class = UserOutput
 
-    @extend_schema(
-        parameters=[OpenApiParameter("search", str, description="Prefix of the username.")],
-        tags=["people"],
-    )
+    @extend_schema(parameters=[UserSearchQuery], tags=["people"])
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -128,6 +130,7 @@ class _OwnUserList(generics.ListAPIView):
     selector = None
 
     @extend_schema(tags=["people"])
+    @raises(NotYours)
     def get(self, request, *args, **kwargs):
         _own(request, kwargs["user_id"])
         return super().get(request, *args, **kwargs)
@@ -142,6 +145,7 @@ class FriendsView(_OwnUserList):
 
 class FriendRequestsView(APIView):
     @extend_schema(responses={200: FriendRequestsOutput}, tags=["people"])
+    @raises(NotYours)
     def get(self, request, user_id: int):
         _own(request, user_id)
         requests = selectors.friend_requests(user=request.user)
@@ -156,6 +160,7 @@ class FriendView(APIView):
         description="Ask for friendship (201 requested), or accept their pending request "
         "(200 friends). Asking again answers 200 with the current status.",
     )
+    @raises(NotYours, SelfTarget, UserNotFound, BlockedError)
     def post(self, request, user_id: int, friend_id: int):
         _own(request, user_id)
         status, changed = social.friend_request_send(actor=request.user, target_id=friend_id)
@@ -163,6 +168,7 @@ class FriendView(APIView):
         return Response({"status": status}, status=code)
 
     @extend_schema(responses={204: None}, tags=["people"], description="Unfriend, cancel or decline.")
+    @raises(NotYours, SelfTarget, UserNotFound, NothingToRemove)
     def delete(self, request, user_id: int, friend_id: int):
         _own(request, user_id)
         social.friend_remove(actor=request.user, target_id=friend_id)
@@ -175,12 +181,14 @@ class BlocksView(_OwnUserList):
 
 class BlockView(APIView):
     @extend_schema(request=None, responses={201: BlockStatusOutput, 200: BlockStatusOutput}, tags=["people"])
+    @raises(NotYours, SelfTarget, UserNotFound)
     def post(self, request, user_id: int, blocked_id: int):
         _own(request, user_id)
         created = social.block_add(actor=request.user, target_id=blocked_id)
         return Response({"status": "blocked"}, status=201 if created else 200)
 
     @extend_schema(responses={204: None}, tags=["people"])
+    @raises(NotYours, SelfTarget, UserNotFound, NotBlocked)
     def delete(self, request, user_id: int, blocked_id: int):
         _own(request, user_id)
         social.block_remove(actor=request.user, target_id=blocked_id)

@@ -10,7 +10,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from chats.models import MUTED_FOREVER, Chat, Membership, Message
-from chatserver.fields import StrictCharField
+from chatserver.fields import StrictBooleanField, StrictCharField
 from chatserver.urls_converters import MAX_ID, IdConverter
 
 _CHAT_KEY = re.compile(IdConverter.regex)
@@ -28,22 +28,20 @@ class ChatRenameInput(serializers.Serializer):
 
 
 class MessageCreateInput(serializers.Serializer):
-    """JSON `{content, reply_to?, client_id?}`, or multipart with a `file` (then
-    `content` is an optional caption)."""
+    """JSON `{content, reply_to?, client_id?}` (`MessageUploadInput` for a file)."""
 
     content = StrictCharField(
         max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False, default=""
     )
-    file = serializers.FileField(required=False, allow_empty_file=False, default=None)
     reply_to = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, allow_null=True, default=None)
     client_id = StrictCharField(
         max_length=64, required=False, allow_null=True, default=None, trim_whitespace=False
     )
 
     def validate(self, attrs):
-        if attrs["file"] is None and not attrs["content"].strip():
+        if attrs.get("file") is None and not attrs["content"].strip():
             raise serializers.ValidationError({"content": ["This field may not be blank."]})
-        return attrs
+        return {"file": None, **attrs}
 
     def validate_client_id(self, value: str | None) -> str | None:
         if value is not None and (not value or not value.isprintable()):
@@ -51,11 +49,18 @@ class MessageCreateInput(serializers.Serializer):
         return value
 
 
+class MessageUploadInput(MessageCreateInput):
+    """Multipart: a `file`, and the same fields as JSON (`content` is then an optional
+    caption)."""
+
+    file = serializers.FileField(allow_empty_file=False)
+
+
 class MessageUpdateInput(serializers.Serializer):
     """Either `{"content": "..."}` (edit) or `{"deleted": true}` (soft delete)."""
 
     content = StrictCharField(max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False)
-    deleted = serializers.BooleanField(required=False)
+    deleted = StrictBooleanField(required=False)
 
     def validate_content(self, value: str) -> str:
         if not value.strip():
@@ -93,9 +98,14 @@ class AttachmentLinkOutput(serializers.Serializer):
 
 
 class HistoryQuery(serializers.Serializer):
-    before = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, default=None)
-    after = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False, default=None)
-    limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50)
+    before = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, required=False, default=None, help_text="Only messages older than this id."
+    )
+    after = serializers.IntegerField(
+        min_value=0, max_value=MAX_ID, required=False, default=None,
+        help_text="Only messages newer than this id (0: from the first).",
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50, help_text="1 to 200.")
 
 
 class MutedUntilField(serializers.DateTimeField):

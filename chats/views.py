@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -29,13 +29,28 @@ from chats.serializers import (
     MemberUpdateInput,
     MessageCreateInput,
     MessageOutput,
+    MessageUploadInput,
     MessagePageOutput,
     MessageUpdateInput,
     SyncInput,
     SyncOutput,
 )
-from chats.errors import PayloadTooLarge
+from accounts.errors import BlockedError, UserNotFound
+from chats.errors import (
+    AttachmentNotFound,
+    CannotPost,
+    ChatNotFound,
+    InvalidCursor,
+    LinkExpired,
+    MessageDeleted,
+    MessageNotFound,
+    NotAGroup,
+    NotAllowed,
+    NotAuthor,
+    PayloadTooLarge,
+)
 from chatserver.errors import NotYours
+from chatserver.openapi import raises
 from chatserver.parsers import JSONParser
 
 
@@ -52,6 +67,7 @@ class ChatsView(APIView):
         description="One other member and no name: the pair's direct chat (200 if it "
         "exists already). Otherwise a group owned by the caller.",
     )
+    @raises(BlockedError)
     def post(self, request):
         data = ChatCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -65,11 +81,13 @@ class ChatsView(APIView):
 
 class ChatDetailView(APIView):
     @extend_schema(responses={200: ChatOutput}, tags=["chats"])
+    @raises(ChatNotFound)
     def get(self, request, chat_id: int):
         membership = selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         return _chat_response(membership.chat)
 
     @extend_schema(request=ChatRenameInput, responses={200: ChatOutput}, tags=["chats"])
+    @raises(ChatNotFound, NotAGroup, NotAllowed)
     def patch(self, request, chat_id: int):
         data = ChatRenameInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -77,6 +95,7 @@ class ChatDetailView(APIView):
         return _chat_response(chat)
 
     @extend_schema(responses={204: None}, tags=["chats"])
+    @raises(ChatNotFound, NotAllowed)
     def delete(self, request, chat_id: int):
         chat_services.chat_delete(chat_id=chat_id, actor=request.user)
         return Response(status=204)
@@ -115,15 +134,8 @@ class ChatMessagesView(APIView):
             self.size_guard = SizeLimitUploadHandler(request._request, settings.ATTACHMENT_MAX_SIZE)
             request._request.upload_handlers.insert(0, self.size_guard)
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("before", int, description="Only messages older than this id."),
-            OpenApiParameter("after", int, description="Only messages newer than this id."),
-            OpenApiParameter("limit", int, description="1 to 200, default 50."),
-        ],
-        responses={200: MessagePageOutput},
-        tags=["messages"],
-    )
+    @extend_schema(parameters=[HistoryQuery], responses={200: MessagePageOutput}, tags=["messages"])
+    @raises(ChatNotFound, InvalidCursor)
     def get(self, request, chat_id: int):
         query = HistoryQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -133,13 +145,15 @@ class ChatMessagesView(APIView):
         return Response({"results": results, "has_more": has_more})
 
     @extend_schema(
-        request=MessageCreateInput,
+        request={"application/json": MessageCreateInput, "multipart/form-data": MessageUploadInput},
         responses={201: MessageOutput, 200: MessageOutput},
         tags=["messages"],
         description="The same client_id again returns the first message with 200.",
     )
+    @raises(ChatNotFound, CannotPost, BlockedError, PayloadTooLarge)
     def post(self, request, chat_id: int):
-        data = MessageCreateInput(data=request.data)
+        upload = request.content_type.startswith("multipart/")
+        data = (MessageUploadInput if upload else MessageCreateInput)(data=request.data)
         guard = getattr(self, "size_guard", None)
         if guard is not None and guard.exceeded:
             raise PayloadTooLarge()
@@ -165,6 +179,7 @@ class MessageDetailView(APIView):
         description="`{content}` edits (author only); `{deleted: true}` soft-deletes (author, "
         "or an admin or the owner of a group).",
     )
+    @raises(ChatNotFound, MessageNotFound, NotAllowed, NotAuthor, MessageDeleted)
     def patch(self, request, chat_id: int, message_id: int):
         data = MessageUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -193,6 +208,7 @@ class AttachmentView(APIView):
     thumbnail = False
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    @raises(ChatNotFound, MessageNotFound, AttachmentNotFound)
     def get(self, request, chat_id: int, message_id: int):
         return downloads.serve(_member_attachment(request, chat_id, message_id), thumbnail=self.thumbnail)
 
@@ -204,6 +220,7 @@ class AttachmentLinkView(APIView):
         description="Short-lived URLs that need no token, for loaders and players that "
         "cannot send headers (ATTACHMENT_LINK_TTL seconds, 300 by default).",
     )
+    @raises(ChatNotFound, MessageNotFound, AttachmentNotFound)
     def get(self, request, chat_id: int, message_id: int):
         attachment = _member_attachment(request, chat_id, message_id)
         expires = timezone.now() + timedelta(seconds=settings.ATTACHMENT_LINK_TTL)
@@ -224,6 +241,7 @@ class SignedMediaView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    @raises(LinkExpired, AttachmentNotFound)
     def get(self, request, token: str):
         attachment, thumbnail = downloads.attachment_from_token(token)
         return downloads.serve(attachment, thumbnail=thumbnail)
@@ -236,6 +254,7 @@ class PointerView(APIView):
     read = True
 
     @extend_schema(request=None, responses={200: MemberOutput}, tags=["members"])
+    @raises(ChatNotFound, NotYours, MessageNotFound)
     def patch(self, request, chat_id: int, user_id: int, message_id: int):
         if user_id != request.user.id:
             selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
@@ -267,6 +286,7 @@ class ChatMembersView(APIView):
         tags=["members"],
         description="The caller's own entry also has `muted_until` and `muted`.",
     )
+    @raises(ChatNotFound)
     def get(self, request, chat_id: int):
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         members, now = selectors.chat_members(chat_id=chat_id), timezone.now()
@@ -275,6 +295,7 @@ class ChatMembersView(APIView):
 
 class ChatMemberView(APIView):
     @extend_schema(request=None, responses={201: MemberOutput, 200: MemberOutput}, tags=["members"])
+    @raises(ChatNotFound, NotAGroup, NotAllowed, UserNotFound, BlockedError)
     def post(self, request, chat_id: int, user_id: int):
         membership, created = member_services.member_add(chat_id=chat_id, actor=request.user, user_id=user_id)
         return Response(shapes.member_data(membership), status=201 if created else 200)
@@ -287,6 +308,7 @@ class ChatMemberView(APIView):
         "`{muted_until: <ISO-8601> | \"forever\" | null}` on oneself mutes the chat's pushes "
         "until then, for good, or no more (MQTT delivery and unread counts go on).",
     )
+    @raises(ChatNotFound, NotYours, NotAGroup, NotAllowed, UserNotFound)
     def patch(self, request, chat_id: int, user_id: int):
         data = MemberUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -304,6 +326,7 @@ class ChatMemberView(APIView):
         return Response(shapes.member_output(membership, caller_id=request.user.id, now=timezone.now()))
 
     @extend_schema(responses={204: None}, tags=["members"])
+    @raises(ChatNotFound, NotAGroup, NotAllowed, UserNotFound)
     def delete(self, request, chat_id: int, user_id: int):
         member_services.member_remove(chat_id=chat_id, actor=request.user, user_id=user_id)
         return Response(status=204)
@@ -314,6 +337,7 @@ class UserChatsView(generics.ListAPIView):
     its members, `last_message` and `unread_count`."""
 
     @extend_schema(responses={200: ChatSummaryOutput(many=True)}, tags=["chats"])
+    @raises(NotYours)
     def get(self, request, *args, **kwargs):
         if kwargs["user_id"] != request.user.id:
             raise NotYours()
