@@ -25,3 +25,26 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "The same token as `Authorization: Bearer <token>`."}
+
+
+# --- Examples, shown with the operations that take or return these shapes -------------
+
+SESSION = {
+    "id": 42,
+    "username": "alice",
+    "token": "0f8Jc2t1Rk3vXbq9aGm4Zl7yQhT5nW6sUeD1pVo8iK0",
+    "mqtt": {
+        "host": "chat.example.org",
+        "port": 1883,
+        "ws_port": 9001,
+        "username": "device-7",
+        "password": "b6QzU0f0bXcS3yq1Yp0l9w",
+        "client_id": "chat-42-7",
+        "user_topic": "chat/users/42",
+        "keepalive": 30,
+    },
+    "settings": {"read_receipts": True, "push_previews": True},
+    "push": False,
+}
+ME = {key: value for key, value in SESSION.items() if key != "token"}
+USER = {"id": 43, "username": "bob", "presence": "online", "last_seen": "2026-12-01T09:30:00Z"}

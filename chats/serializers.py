@@ -7,8 +7,10 @@ serializers here describe them for the API schema.
 import re
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from chats import schema
 from chats.models import MUTED_FOREVER, Chat, Membership, Message
 from chatserver.fields import StrictBooleanField, StrictCharField
 from chatserver.urls_converters import MAX_ID, IdConverter
@@ -16,6 +18,7 @@ from chatserver.urls_converters import MAX_ID, IdConverter
 _CHAT_KEY = re.compile(IdConverter.regex)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A group", value={"members": [43, 44], "name": "Climbing"})])
 class ChatCreateInput(serializers.Serializer):
     members = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1, max_length=1000
@@ -23,10 +26,12 @@ class ChatCreateInput(serializers.Serializer):
     name = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A new name", value={"name": "Climbing club"})])
 class ChatRenameInput(serializers.Serializer):
     name = StrictCharField(max_length=100)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A reply", value={"content": "Saturday at 10?", "reply_to": 345, "client_id": "3f2a9c1e-6b1d-4e0a-9d55-0c8f1a2b7e41"})])
 class MessageCreateInput(serializers.Serializer):
     """JSON `{content, reply_to?, client_id?}` (`MessageUploadInput` for a file)."""
 
@@ -56,6 +61,8 @@ class MessageUploadInput(MessageCreateInput):
     file = serializers.FileField(allow_empty_file=False)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("An edit", value={"content": "Saturday at 11?"}),
+                                    OpenApiExample("A deletion", value={"deleted": True})])
 class MessageUpdateInput(serializers.Serializer):
     """Either `{"content": "..."}` (edit) or `{"deleted": true}` (soft delete)."""
 
@@ -75,6 +82,7 @@ class MessageUpdateInput(serializers.Serializer):
         return attrs
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Two chats known", value={"chats": {"12": 5, "9": 3}, "limit": 200})])
 class SyncInput(serializers.Serializer):
     chats = serializers.DictField(
         child=serializers.IntegerField(min_value=0, max_value=MAX_ID), allow_empty=True
@@ -91,6 +99,7 @@ class SyncInput(serializers.Serializer):
         return {int(key): version for key, version in value.items()}
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Links for 300 s", value={"url": "/media/eyJhIjozNDcsInQiOjB9:1vQx2c:Zm9v/", "thumbnail_url": "/media/eyJhIjozNDcsInQiOjF9:1vQx2c:YmFy/", "expires_at": "2026-12-01T09:36:02Z"})])
 class AttachmentLinkOutput(serializers.Serializer):
     url = serializers.CharField()
     thumbnail_url = serializers.CharField(allow_null=True)
@@ -117,6 +126,8 @@ class MutedUntilField(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A role", value={"role": "admin"}),
+                                    OpenApiExample("Muted for good", value={"muted_until": "forever"})])
 class MemberUpdateInput(serializers.Serializer):
     """`{role}` changes a member's role; `{muted_until}` mutes the chat for oneself.
     One of them per request."""
@@ -130,6 +141,7 @@ class MemberUpdateInput(serializers.Serializer):
         return attrs
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A member", value=schema.MEMBER)])
 class MemberOutput(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
@@ -138,6 +150,7 @@ class MemberOutput(serializers.Serializer):
     last_delivered_message_id = serializers.IntegerField(allow_null=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("The caller's own entry", value={**schema.OWNER, "muted_until": None, "muted": False})])
 class MemberListOutput(MemberOutput):
     """A member in the members list: the caller's own entry (only) has its mute."""
 
@@ -145,6 +158,7 @@ class MemberListOutput(MemberOutput):
     muted = serializers.BooleanField(required=False, help_text="muted_until is in the future.")
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A group", value=schema.CHAT)])
 class ChatOutput(serializers.Serializer):
     id = serializers.IntegerField()
     type = serializers.ChoiceField(choices=Chat.Kind.choices)
@@ -176,6 +190,8 @@ class AttachmentOutput(serializers.Serializer):
     height = serializers.IntegerField(allow_null=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A reply", value=schema.MESSAGE),
+                                    OpenApiExample("An image", value=schema.IMAGE)])
 class MessageOutput(serializers.Serializer):
     id = serializers.IntegerField()
     chat = serializers.IntegerField()
@@ -194,11 +210,13 @@ class MessageOutput(serializers.Serializer):
     attachment = AttachmentOutput(allow_null=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("The newest page", value={"results": [schema.MESSAGE, schema.IMAGE], "has_more": True})])
 class MessagePageOutput(serializers.Serializer):
     results = MessageOutput(many=True)
     has_more = serializers.BooleanField()
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A chat in the list", value=schema.SUMMARY)])
 class ChatSummaryOutput(ChatOutput):
     """A chat in the user's chat list."""
 
@@ -216,6 +234,7 @@ class SyncChatOutput(serializers.Serializer):
     members = MemberOutput(many=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Back after a while", value=schema.SYNC)])
 class SyncOutput(serializers.Serializer):
     changed = SyncChatOutput(many=True)
     removed = serializers.ListField(child=serializers.IntegerField())

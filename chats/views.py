@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -61,6 +61,7 @@ def _chat_response(chat, status: int = 200) -> Response:
 
 class ChatsView(APIView):
     @extend_schema(
+        summary="Start a direct chat with one user, or create a group.",
         request=ChatCreateInput,
         responses={201: ChatOutput, 200: ChatOutput},
         tags=["chats"],
@@ -80,13 +81,19 @@ class ChatsView(APIView):
 
 
 class ChatDetailView(APIView):
-    @extend_schema(responses={200: ChatOutput}, tags=["chats"])
+    @extend_schema(
+        summary="One chat of the caller's, with its members.",
+        responses={200: ChatOutput}, tags=["chats"],
+    )
     @raises(ChatNotFound)
     def get(self, request, chat_id: int):
         membership = selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         return _chat_response(membership.chat)
 
-    @extend_schema(request=ChatRenameInput, responses={200: ChatOutput}, tags=["chats"])
+    @extend_schema(
+        summary="Rename a group (admins and the owner).",
+        request=ChatRenameInput, responses={200: ChatOutput}, tags=["chats"],
+    )
     @raises(ChatNotFound, NotAGroup, NotAllowed)
     def patch(self, request, chat_id: int):
         data = ChatRenameInput(data=request.data)
@@ -94,7 +101,10 @@ class ChatDetailView(APIView):
         chat = chat_services.chat_rename(chat_id=chat_id, actor=request.user, **data.validated_data)
         return _chat_response(chat)
 
-    @extend_schema(responses={204: None}, tags=["chats"])
+    @extend_schema(
+        summary="Delete a group (its owner), or hide a direct chat until its next message.",
+        responses={204: None}, tags=["chats"],
+    )
     @raises(ChatNotFound, NotAllowed)
     def delete(self, request, chat_id: int):
         chat_services.chat_delete(chat_id=chat_id, actor=request.user)
@@ -134,7 +144,10 @@ class ChatMessagesView(APIView):
             self.size_guard = SizeLimitUploadHandler(request._request, settings.ATTACHMENT_MAX_SIZE)
             request._request.upload_handlers.insert(0, self.size_guard)
 
-    @extend_schema(parameters=[HistoryQuery], responses={200: MessagePageOutput}, tags=["messages"])
+    @extend_schema(
+        summary="A page of a chat's history, oldest first.",
+        parameters=[HistoryQuery], responses={200: MessagePageOutput}, tags=["messages"],
+    )
     @raises(ChatNotFound, InvalidCursor)
     def get(self, request, chat_id: int):
         query = HistoryQuery(data=request.query_params)
@@ -145,6 +158,7 @@ class ChatMessagesView(APIView):
         return Response({"results": results, "has_more": has_more})
 
     @extend_schema(
+        summary="Send a message (JSON), or a file with an optional caption (multipart).",
         request={"application/json": MessageCreateInput, "multipart/form-data": MessageUploadInput},
         responses={201: MessageOutput, 200: MessageOutput},
         tags=["messages"],
@@ -173,6 +187,7 @@ class ChatMessagesView(APIView):
 
 class MessageDetailView(APIView):
     @extend_schema(
+        summary="Edit a message, or delete it (soft: it keeps its place).",
         request=MessageUpdateInput,
         responses={200: MessageOutput},
         tags=["messages"],
@@ -207,14 +222,23 @@ class AttachmentView(APIView):
 
     thumbnail = False
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    @extend_schema(
+        summary="Download a message's file.",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"],
+    )
     @raises(ChatNotFound, MessageNotFound, AttachmentNotFound)
     def get(self, request, chat_id: int, message_id: int):
         return downloads.serve(_member_attachment(request, chat_id, message_id), thumbnail=self.thumbnail)
 
 
+@extend_schema_view(get=extend_schema(summary="Download an image's 320 px WebP thumbnail."))
+class ThumbnailView(AttachmentView):
+    thumbnail = True
+
+
 class AttachmentLinkView(APIView):
     @extend_schema(
+        summary="Signed, short-lived links to a message's file and thumbnail.",
         responses={200: AttachmentLinkOutput},
         tags=["messages"],
         description="Short-lived URLs that need no token, for loaders and players that "
@@ -240,7 +264,10 @@ class SignedMediaView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    @extend_schema(
+        summary="Download a file by signed link, without a token.",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"],
+    )
     @raises(LinkExpired, AttachmentNotFound)
     def get(self, request, token: str):
         attachment, thumbnail = downloads.attachment_from_token(token)
@@ -248,12 +275,15 @@ class SignedMediaView(APIView):
 
 
 class PointerView(APIView):
-    """Move the caller's read pointer (`.../messages/<mid>/`) or delivered pointer
-    (`.../delivered/<mid>/`) forward; it never moves back."""
+    """Move the caller's read pointer (`.../messages/<mid>/`; `DeliveredPointerView`: the
+    delivered one, `.../delivered/<mid>/`) forward; it never moves back."""
 
     read = True
 
-    @extend_schema(request=None, responses={200: MemberOutput}, tags=["members"])
+    @extend_schema(
+        summary="Move the caller's read pointer forward.",
+        request=None, responses={200: MemberOutput}, tags=["members"],
+    )
     @raises(ChatNotFound, NotYours, MessageNotFound)
     def patch(self, request, chat_id: int, user_id: int, message_id: int):
         if user_id != request.user.id:
@@ -265,8 +295,16 @@ class PointerView(APIView):
         return Response(shapes.member_data(membership))
 
 
+@extend_schema_view(
+    patch=extend_schema(summary="Move the caller's delivered pointer forward: its phone received up to this message.")
+)
+class DeliveredPointerView(PointerView):
+    read = False
+
+
 class SyncView(APIView):
     @extend_schema(
+        summary="Catch up after being away: what changed in one's chats since the versions one has.",
         request=SyncInput,
         responses={200: SyncOutput},
         tags=["sync"],
@@ -282,6 +320,7 @@ class SyncView(APIView):
 
 class ChatMembersView(APIView):
     @extend_schema(
+        summary="A chat's members, oldest first, with their read and delivered pointers.",
         responses={200: MemberListOutput(many=True)},
         tags=["members"],
         description="The caller's own entry also has `muted_until` and `muted`.",
@@ -294,13 +333,17 @@ class ChatMembersView(APIView):
 
 
 class ChatMemberView(APIView):
-    @extend_schema(request=None, responses={201: MemberOutput, 200: MemberOutput}, tags=["members"])
+    @extend_schema(
+        summary="Add a user to a group (admins and the owner).",
+        request=None, responses={201: MemberOutput, 200: MemberOutput}, tags=["members"],
+    )
     @raises(ChatNotFound, NotAGroup, NotAllowed, UserNotFound, BlockedError)
     def post(self, request, chat_id: int, user_id: int):
         membership, created = member_services.member_add(chat_id=chat_id, actor=request.user, user_id=user_id)
         return Response(shapes.member_data(membership), status=201 if created else 200)
 
     @extend_schema(
+        summary="Change a member's role, or mute the chat for oneself.",
         request=MemberUpdateInput,
         responses={200: MemberListOutput},
         tags=["members"],
@@ -325,7 +368,7 @@ class ChatMemberView(APIView):
             )
         return Response(shapes.member_output(membership, caller_id=request.user.id, now=timezone.now()))
 
-    @extend_schema(responses={204: None}, tags=["members"])
+    @extend_schema(summary="Leave a group, or kick a member.", responses={204: None}, tags=["members"])
     @raises(ChatNotFound, NotAGroup, NotAllowed, UserNotFound)
     def delete(self, request, chat_id: int, user_id: int):
         member_services.member_remove(chat_id=chat_id, actor=request.user, user_id=user_id)
@@ -336,7 +379,10 @@ class UserChatsView(generics.ListAPIView):
     """The caller's chats (`/accounts/<me>/chats/`), most recent activity first, each with
     its members, `last_message` and `unread_count`."""
 
-    @extend_schema(responses={200: ChatSummaryOutput(many=True)}, tags=["chats"])
+    @extend_schema(
+        summary="The caller's chat list, most recent activity first, with unread counts.",
+        responses={200: ChatSummaryOutput(many=True)}, tags=["chats"],
+    )
     @raises(NotYours)
     def get(self, request, *args, **kwargs):
         if kwargs["user_id"] != request.user.id:

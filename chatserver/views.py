@@ -1,5 +1,5 @@
 from django.db import DatabaseError, connection
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -44,6 +44,14 @@ class HealthView(APIView):
                 },
             ),
         },
+        summary="Whether the server can take messages, and the state of its parts.",
+        examples=[
+            OpenApiExample("Serving", status_codes=[200], value={
+                "status": "ok", "database": "up", "relay": "running", "broker": "up", "outbox_pending": 0,
+                "dead_letters": 0, "push": "on", "push_pending": 0, "push_failed": 0}),
+            OpenApiExample("The database is down", status_codes=[503], value={
+                "status": "unavailable", "database": "down", "relay": "unknown", "broker": "unknown"}),
+        ],
         tags=["health"],
     )
     def get(self, request):

@@ -540,3 +540,59 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
         assert_matches_openapi(openapi, response)
         statuses[response.status_code] += 1
     assert statuses == {200: 21, 201: 8}
+
+
+def _operations(schema):
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            yield f"{method.upper()} {path}", operation
+
+
+def _validate(openapi, node_schema, value) -> list[str]:
+    schema, registry = openapi
+    body_schema = json.loads(json.dumps(_as_json_schema(node_schema)).replace('"#/components/', '"urn:openapi#/components/'))
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in Draft7Validator(body_schema, registry=registry).iter_errors(value)]
+
+
+def test_every_operation_has_a_summary_and_examples_that_match_its_schemas(openapi):
+    schema, _ = openapi
+    missing, wrong, checked = [], [], 0
+    for name, operation in _operations(schema):
+        if not operation.get("summary", "").endswith("."):
+            missing.append(f"{name}: summary")
+        bodies = [("request", operation.get("requestBody", {}).get("content", {}))]
+        bodies += [(status, response.get("content", {})) for status, response in operation["responses"].items()]
+        for where, content in bodies:
+            media = content.get("application/json")
+            if media is None:
+                continue
+            # every JSON body in or out (errors included) shows at least one example
+            if not media.get("examples"):
+                missing.append(f"{name} {where}: example")
+            for key, example in media.get("examples", {}).items():
+                checked += 1
+                wrong += [f"{name} {where} {key}: {e}" for e in _validate(openapi, media["schema"], example["value"])]
+    assert missing == []
+    assert wrong == []
+    assert checked > 150
+
+
+def test_every_error_code_documented_for_an_operation_is_a_code_of_the_api(openapi):
+    from accounts.errors import AccountsErrorCode
+    from chats.errors import ChatsErrorCode
+    from chatserver.errors import ErrorCode
+
+    schema, _ = openapi
+    documented = set()
+    for name, operation in _operations(schema):
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")) and "error" in str(response):
+                codes = response["content"]["application/json"]["schema"]["properties"]["error"]["properties"]["code"]
+                documented |= set(codes["enum"])
+    codes = {code.value for enum in (ErrorCode, AccountsErrorCode, ChatsErrorCode) for code in enum}
+    assert documented - codes == set()
+    # each code a client can get shows on some operation; the rest come from no operation's
+    # own input (an undocumented method or Accept header, a bug, Django's own refusals)
+    assert codes - documented == {"method_not_allowed", "not_acceptable", "server_error", "permission_denied",
+                                  "conflict"}
