@@ -1,4 +1,4 @@
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import generics
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -190,6 +190,7 @@ class _OwnUserList(generics.ListAPIView):
         return self.selector(user=self.request.user)
 
 
+@extend_schema_view(get=extend_schema(summary="The caller's friends, by name."))
 class FriendsView(_OwnUserList):
     selector = staticmethod(selectors.friend_list)
 
@@ -233,6 +234,7 @@ class FriendView(APIView):
         return Response(status=204)
 
 
+@extend_schema_view(get=extend_schema(summary="The users the caller blocked, by name."))
 class BlocksView(_OwnUserList):
     selector = staticmethod(selectors.block_list)
 

@@ -2,18 +2,20 @@
 
 Each operation gets its documented examples, schemathesis's coverage cases (boundaries,
 missing and wrong-typed fields) and a bounded number of generated ones, valid and invalid,
-with a fixed seed, so a run is repeatable. Three ways in:
+with a fixed seed, so a run is repeatable (about 40 s for all three ways in):
 
-- `anonymous`: no token (or a made-up one): the open operations do their work, the others
+- anonymous: no token (or a made-up one): the open operations do their work, the others
   must say 401;
-- `signed_in`: a real token, ids as generated (nearly always somebody else's or nobody's);
-- on its own rows: a real token and the ids of the caller's own chat, message and
-  friend, so the operations that need existing rows get past their 404s.
+- signed in: a real token, ids as generated (nearly always somebody else's or nobody's,
+  so the 403s and 404s);
+- on the caller's own rows: a real token and the ids of its own chat, message and fellow
+  member, so the operations that need existing rows get past their 404s.
 
 Every check schemathesis has is on: no 5xx, every status, header and body as documented
-(error codes included: each response lists its codes as an enum), invalid input refused.
-Calls go to the WSGI application in this process, inside the test's transaction.
-`pytest -m fuzz` selects these; `make test` runs them with the rest.
+(error codes included: each error response lists its codes as an enum), invalid input
+refused, valid input accepted (or refused by a rule the schema cannot express: see
+`_load`). Calls go to the WSGI application in this process, inside the test's
+transaction. `pytest -m fuzz` selects these; `make test` runs them with the rest.
 """
 
 from contextlib import contextmanager
