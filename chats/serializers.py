@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from chats import schema
 from chats.models import MUTED_FOREVER, Chat, Membership, Message
-from chatserver.fields import StrictBooleanField, StrictCharField
+from chatserver.fields import QueryIntegerField, StrictBooleanField, StrictCharField
 from chatserver.urls_converters import MAX_ID, IdConverter
 
 _CHAT_KEY = re.compile(IdConverter.regex)
@@ -107,14 +107,14 @@ class AttachmentLinkOutput(serializers.Serializer):
 
 
 class HistoryQuery(serializers.Serializer):
-    before = serializers.IntegerField(
+    before = QueryIntegerField(
         min_value=1, max_value=MAX_ID, required=False, default=None, help_text="Only messages older than this id."
     )
-    after = serializers.IntegerField(
+    after = QueryIntegerField(
         min_value=0, max_value=MAX_ID, required=False, default=None,
         help_text="Only messages newer than this id (0: from the first).",
     )
-    limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50, help_text="1 to 200.")
+    limit = QueryIntegerField(min_value=1, max_value=200, required=False, default=50, help_text="1 to 200.")
 
 
 class MutedUntilField(serializers.DateTimeField):

@@ -23,3 +23,13 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("not_a_boolean")
         return data
+
+
+class QueryIntegerField(serializers.IntegerField):
+    """An integer query parameter: DRF takes an empty one (`?limit=`) as absent, which
+    hides a client's bug (and is no integer); here it is refused like any non-number."""
+
+    def get_value(self, dictionary):
+        if dictionary.get(self.field_name) == "":
+            return ""
+        return super().get_value(dictionary)

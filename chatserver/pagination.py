@@ -1,13 +1,14 @@
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 
+from chatserver.fields import QueryIntegerField
 from chatserver.urls_converters import MAX_ID
 
 
 class PageQuery(serializers.Serializer):
-    limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50)
+    limit = QueryIntegerField(min_value=1, max_value=200, required=False, default=50)
     # OFFSET is a BIGINT to PostgreSQL: beyond it, a 400 rather than a database error.
-    offset = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False, default=0)
+    offset = QueryIntegerField(min_value=0, max_value=MAX_ID, required=False, default=0)
 
 
 class Pagination(LimitOffsetPagination):

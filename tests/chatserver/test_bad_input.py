@@ -60,3 +60,17 @@ def test_the_unauthenticated_endpoints_refuse_a_deep_body_too(path):
     assert response.status_code == 400
     assert response.json() == {"error": {"code": "malformed_body", "message": "JSON parse error - nested too deeply."}}
     assert User.objects.count() == 0
+
+
+@pytest.mark.parametrize("path, name", [("/accounts/?limit=", "limit"), ("/accounts/?offset=x", "offset"),
+                                        ("/chats/{chat}/messages/?before=", "before")])
+def test_an_empty_or_non_numeric_page_parameter_is_refused_naming_it(path, name):
+    # given: a chat of the caller's, so that only the parameter can be wrong
+    user, other = make_user(), make_user()
+    chat = user.client.post("/chats/", {"members": [other.id]}, format="json").json()
+
+    response = user.client.get(path.format(chat=chat["id"]))
+
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": "validation_error", "message": "Invalid input.",
+                                         "fields": {name: ["A valid integer is required."]}}}
