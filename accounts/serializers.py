@@ -21,8 +21,11 @@ class MqttOutput(serializers.Serializer):
     unless MQTT_PUBLIC_HOST says otherwise."""
 
     host = serializers.CharField()
-    port = serializers.IntegerField()
-    ws_port = serializers.IntegerField()
+    port = serializers.IntegerField(allow_null=True, help_text="MQTT over TCP; null when plaintext is off")
+    ws_port = serializers.IntegerField(allow_null=True, help_text="MQTT over WebSockets; null when plaintext is off")
+    tls_port = serializers.IntegerField(allow_null=True, help_text="MQTT over TLS; null when the broker has no TLS")
+    wss_port = serializers.IntegerField(allow_null=True, help_text="MQTT over WebSockets over TLS (wss://)")
+    plaintext = serializers.BooleanField(help_text="whether the plaintext listeners are offered at all")
     username = serializers.CharField()
     password = serializers.CharField()
     client_id = serializers.CharField()

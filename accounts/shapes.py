@@ -18,10 +18,16 @@ def user_data(user: User) -> dict:
 
 def mqtt_block(*, device: Device, request) -> dict:
     host = settings.MQTT_PUBLIC_HOST or request.get_host().rsplit(":", 1)[0].strip("[]")
+    plaintext, tls = settings.MQTT_PLAINTEXT, settings.MQTT_TLS
     return {
         "host": host,
-        "port": settings.MQTT_PUBLIC_PORT,
-        "ws_port": settings.MQTT_PUBLIC_WS_PORT,
+        # Plaintext listeners (null when MQTT_PLAINTEXT=off), then their TLS twins (null
+        # when the broker has none): apps on the internet use TLS.
+        "port": settings.MQTT_PUBLIC_PORT if plaintext else None,
+        "ws_port": settings.MQTT_PUBLIC_WS_PORT if plaintext else None,
+        "tls_port": settings.MQTT_PUBLIC_TLS_PORT if tls else None,
+        "wss_port": settings.MQTT_PUBLIC_WSS_PORT if tls else None,
+        "plaintext": plaintext,
         "username": device.mqtt_username,
         "password": device.mqtt_password,
         "client_id": device.mqtt_client_id,

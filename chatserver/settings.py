@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from chatserver import dotenv
 
@@ -71,6 +72,21 @@ def secret(name: str, env_name: str, nbytes: int = 32) -> str:
 SECRET_KEY = secret("django-secret-key", "DJANGO_SECRET_KEY", 50)
 DEBUG = env_bool("DEBUG")
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+
+# --- HTTPS ------------------------------------------------------------------------------
+# gunicorn serves HTTPS itself when HTTPS_CERT and HTTPS_KEY name a PEM chain and key
+# (Procfile); behind a reverse proxy that terminates TLS (README: Caddy, nginx), set
+# BEHIND_TLS_PROXY=on so that Django takes the proxy's X-Forwarded-Proto for the scheme
+# (signed media links, redirects). Either way cookies are Secure and HSTS is sent.
+HTTPS_CERT = env("HTTPS_CERT")
+HTTPS_KEY = env("HTTPS_KEY")
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
+if BEHIND_TLS_PROXY:
+    # Only behind a proxy that sets this header itself (and strips a client's own).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS_CERT or BEHIND_TLS_PROXY:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
 
 INSTALLED_APPS = [
     "django.contrib.auth",
@@ -235,6 +251,25 @@ MQTT_PUBLIC_HOST = env("MQTT_PUBLIC_HOST")
 MQTT_PUBLIC_PORT = env_int("MQTT_PUBLIC_PORT", MQTT_PORT)
 MQTT_PUBLIC_WS_PORT = env_int("MQTT_PUBLIC_WS_PORT", MQTT_WS_PORT)
 # The broker account of the server itself (the relay). Its password never leaves it.
+# The broker's TLS listeners (MQTT_TLS=off: none): MQTT over TLS and WebSockets over TLS.
+# Their certificate: MQTT_TLS_CERT and MQTT_TLS_KEY (PEM; read by `manage.py
+# broker_prepare`, which copies them for the broker), or, unset, one of a local CA made
+# once under DATA_DIR/tls/ (chatserver/tls.py): give its ca.pem to phones and `chat-sim --ca`.
+MQTT_TLS = env("MQTT_TLS", "on").lower() not in {"off", "0", "false", "no"}
+MQTT_TLS_PORT = env_int("MQTT_TLS_PORT", 8883)
+MQTT_WSS_PORT = env_int("MQTT_WSS_PORT", 9443)
+MQTT_TLS_CERT = env("MQTT_TLS_CERT")
+MQTT_TLS_KEY = env("MQTT_TLS_KEY")
+# The CA the server's own TLS connections trust (empty: the system's, for a certificate
+# of a public CA).
+MQTT_TLS_CA = env("MQTT_TLS_CA", "" if MQTT_TLS_CERT else str(DATA_DIR / "tls" / "ca.pem"))
+# MQTT_PLAINTEXT=off: no plaintext listener at all (phones and the server's own
+# processes connect over TLS, to MQTT_HOST, which must then be a name on the certificate).
+MQTT_PLAINTEXT = env_bool("MQTT_PLAINTEXT", True)
+if not (MQTT_PLAINTEXT or MQTT_TLS):
+    raise ImproperlyConfigured("MQTT_PLAINTEXT=off needs the TLS listeners: leave MQTT_TLS on")
+MQTT_PUBLIC_TLS_PORT = env_int("MQTT_PUBLIC_TLS_PORT", MQTT_TLS_PORT)
+MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
 MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
 MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from chat_sim import output
+from chat_sim import output, tls
 from chat_sim.api import Api, ApiError
 from chat_sim.mqtt import Item, Listener
 from chat_sim.output import Names, print_json, table
@@ -564,6 +564,9 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("--server", "-s", default=d(None),
                         help=f"server URL (default: the profile's, else $CHAT_SIM_SERVER, else {DEFAULT_SERVER})")
     parser.add_argument("--json", action="store_true", default=d(False), help="JSON output for scripts")
+    parser.add_argument("--ca", default=d(os.environ.get("CHAT_SIM_CA")), metavar="FILE",
+                        help="trust this CA certificate (the server's local CA: DATA_DIR/tls/ca.pem): "
+                             "HTTPS is verified against it and MQTT goes over TLS (default $CHAT_SIM_CA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -729,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tls.configure(args.ca)
     try:
         ctx = Context(args)
         result = args.handler(ctx, args)
