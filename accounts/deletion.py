@@ -113,3 +113,20 @@ def user_deactivate(*, actor: User, user_id: int) -> User:
     if devices is not None:
         outbox.wait_applied([devices])
     return user
+
+
+def user_reactivate(*, actor: User, user_id: int) -> User:
+    """An operator lets a deactivated account log in again (its devices stay signed out:
+    the person logs in anew). A deleted account stays deleted."""
+    if not (actor.is_active and actor.is_staff):
+        raise PermissionDenied("Only operators can reactivate accounts.")
+    with transaction.atomic():
+        user = User.objects.select_for_update().filter(id=user_id).first()
+        if user is None:
+            raise UserNotFound()
+        if user.deleted_at is not None:
+            raise PermissionDenied("A deleted account cannot be reactivated.")
+        if not user.is_active:
+            user.is_active = True
+            user.save(update_fields=["is_active"])
+    return user
