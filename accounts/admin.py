@@ -47,6 +47,11 @@ class UserAdmin(DjangoUserAdmin):
     def devices(self, user: User) -> int:
         return user.device_count
 
+    def has_add_permission(self, request) -> bool:
+        # People sign up through the API (which also creates their broker account);
+        # operators with `manage.py createsuperuser`.
+        return False
+
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 

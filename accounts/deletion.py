@@ -20,6 +20,8 @@ that says who the person was:
   up under it and pass for the person the others knew.
 """
 
+import uuid
+
 from django.contrib.auth.hashers import make_password
 from django.db import transaction
 from django.db.models import Q
@@ -87,6 +89,9 @@ def _relations_end(user: User) -> list[int]:
 def _anonymise(user: User) -> None:
     RetiredUsername.objects.get_or_create(name_hash=RetiredUsername.hash(user.username))
     user.username = f"{DELETED_USERNAME_PREFIX}{user.id}"
+    if User.objects.filter(username__iexact=user.username).exclude(id=user.id).exists():
+        # An account from before the prefix was reserved holds that name.
+        user.username = f"{DELETED_USERNAME_PREFIX}{user.id}-{uuid.uuid4().hex[:4]}"  # 32 characters at most
     user.password = make_password(None)  # unusable
     user.first_name = user.last_name = user.email = user.display_name = ""
     user.avatar = user.avatar_thumbnail = ""

@@ -232,3 +232,16 @@ def test_only_operators_deactivate(outbox):
 
     assert User.objects.get(id=bob.id).is_active
     assert outbox.rows == []
+
+
+def test_deleting_an_account_whose_new_name_an_old_account_holds_still_deletes_it(outbox):
+    # given: "deleted-<id>" taken by an account from before the prefix was reserved
+    ann = make_actor("ann")
+    User.objects.create_user(username=f"deleted-{ann.id}", password=PASSWORD)
+
+    # when
+    deletion.user_delete(actor=ann, password=PASSWORD)
+
+    # then
+    ann.refresh_from_db()
+    assert ann.username.startswith(f"deleted-{ann.id}-") and not ann.is_active
