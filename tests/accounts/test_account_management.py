@@ -528,3 +528,19 @@ def test_a_deleted_account_is_cut_off_at_the_broker_and_its_partner_told(relay, 
     finally:
         alice_probe.close()
         bob_probe.close()
+
+
+def test_password_guesses_through_a_password_change_or_a_deletion_are_throttled():
+    # given: a stolen token, and a thief guessing the password behind it
+    alice = make_user()
+    guesses = [
+        alice.client.post(
+            "/accounts/me/password/", {"current_password": f"guess {i}", "new_password": NEW_PASSWORD}, format="json"
+        ).status_code
+        for i in range(20)
+    ] + [alice.client.delete("/accounts/me/", {"password": f"guess {i}"}, format="json").status_code for i in range(11)]
+
+    # then: 30 a minute (AUTH_THROTTLE_RATE), whichever way
+    assert guesses[:30] == [403] * 30
+    assert guesses[30] == 429
+    assert alice.client.get("/accounts/me/").status_code == 200  # reading is not limited
