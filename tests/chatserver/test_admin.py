@@ -65,6 +65,12 @@ def test_every_admin_list_and_a_chat_with_its_members_render(operator):
         assert response.status_code == 200, path
     assert b"broker said no" in operator.get("/admin/chatserver/deadletter/").content
     assert b"hello admin" in operator.get("/admin/chats/message/").content
+    # searches by id or name, whatever is typed
+    for path in ["accounts/user", "accounts/device", "chats/chat", "chats/membership", "chats/message",
+                 "chatserver/deadletter"]:
+        for q in [str(cid), "alice", "\u00e9t\u00e9", "99999999999999999999999"]:
+            assert operator.get(f"/admin/{path}/", {"q": q}).status_code == 200, (path, q)
+    assert b"hello admin" in operator.get("/admin/chats/message/", {"q": str(cid)}).content
     chat_page = operator.get(f"/admin/chats/chat/{cid}/change/")
     assert chat_page.status_code == 200
     assert b"alice" in chat_page.content and b"bob" in chat_page.content
