@@ -32,6 +32,8 @@ from accounts.errors import UserNotFound, WrongPassword
 from accounts.models import Block, Device, FriendRequest, Friendship, RetiredUsername, User
 from accounts.services import DELETED_USERNAME_PREFIX, devices_sign_out, user_audience, user_updated_enqueue
 from accounts.shapes import user_data
+from chats.models import Chat, Membership
+from chats.services.members import member_remove
 from chatserver import outbox
 from chatserver.errors import PermissionDenied
 from chatserver.events import Event, EventType
@@ -43,10 +45,6 @@ def user_delete(*, actor: User, password: str) -> None:
     accounts are gone by the time this returns, while the broker is up."""
     if not actor.check_password(password):
         raise WrongPassword("password")
-    # Chats build on accounts, not the reverse: imported here, where both are needed.
-    from chats.models import Chat, Membership
-    from chats.services.members import member_remove
-
     with transaction.atomic():
         user = User.objects.select_for_update().get(id=actor.id)
         if user.deleted_at is not None:

@@ -14,6 +14,7 @@ from accounts.errors import DeviceNotFound, InvalidCredentials, UsernameTaken, W
 from accounts.models import Device, Friendship, RetiredUsername, User, hash_token
 from accounts.selectors import user_get_by_username
 from accounts.shapes import user_data
+from chats.models import Membership
 from chatserver import outbox
 from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
 from chatserver.errors import InvalidInput
@@ -160,8 +161,6 @@ def user_password_change(
 def user_audience(user_id: int) -> list[int]:
     """Who is told about changes to a person: its own devices, its friends, and everyone
     it shares a chat with."""
-    from chats.models import Membership  # chats builds on accounts, not the reverse
-
     partners = Membership.objects.filter(
         chat_id__in=Membership.objects.filter(user_id=user_id).values("chat_id")
     ).values_list("user_id", flat=True)
