@@ -1,7 +1,10 @@
+import unicodedata
+
 from rest_framework import serializers
 
-from accounts.models import Device, User, UsernameValidator
-from chatserver.fields import StrictCharField
+from accounts.models import UsernameValidator
+from accounts.shapes import device_data, user_data
+from chatserver.fields import StrictCharField, StrictInput
 
 
 class CredentialsInput(serializers.Serializer):
@@ -40,21 +43,56 @@ class SettingsOutput(serializers.Serializer):
     push_previews = serializers.BooleanField()
 
 
+class AvatarOutput(serializers.Serializer):
+    """Paths on the API's host (a token needed); they change when the picture does."""
+
+    url = serializers.CharField()
+    thumbnail_url = serializers.CharField()
+
+
 class SessionOutput(serializers.Serializer):
     """The answer to signup and login (and /accounts/me/, without the token)."""
 
     id = serializers.IntegerField()
     username = serializers.CharField()
     token = serializers.CharField(required=False)
+    display_name = serializers.CharField(help_text='Empty when not set.')
+    avatar = AvatarOutput(allow_null=True)
     mqtt = MqttOutput()
     settings = SettingsOutput()
     push = serializers.BooleanField(help_text="Whether this device has a push token registered.")
 
 
-class UserOutput(serializers.ModelSerializer):
-    class Meta:
-        model = User
-        fields = ["id", "username", "presence", "last_seen"]
+class UserOutput(serializers.Serializer):
+    """A person (`accounts.shapes.user_data`)."""
+
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    display_name = serializers.CharField(
+        help_text='What to show instead of the username when not empty; "Deleted user" for a deleted account.'
+    )
+    avatar = AvatarOutput(allow_null=True)
+    presence = serializers.ChoiceField(choices=["online", "away", "offline"])
+    last_seen = serializers.DateTimeField(allow_null=True)
+    deleted = serializers.BooleanField(help_text="The account was deleted; its messages stay under this user.")
+
+    def to_representation(self, instance):
+        return user_data(instance)
+
+
+class DeviceOutput(serializers.Serializer):
+    """One of the caller's devices (`accounts.shapes.device_data`)."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField(help_text="The device_name given at login, else the client's User-Agent.")
+    created_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField(
+        allow_null=True, help_text="Its last authenticated request (to the minute); null if none since login."
+    )
+    current = serializers.BooleanField(help_text="Whether this is the calling device.")
+
+    def to_representation(self, instance):
+        return device_data(instance, current=self.context["current"])
 
 
 class FriendStatusOutput(serializers.Serializer):
@@ -70,9 +108,39 @@ class BlockStatusOutput(serializers.Serializer):
     status = serializers.ChoiceField(choices=["blocked"])
 
 
-class SettingsInput(serializers.Serializer):
+def _printable(value: str) -> str:
+    if any(unicodedata.category(c)[0] == "C" for c in value):
+        raise serializers.ValidationError("No control or invisible formatting characters.")
+    return value
+
+
+class SettingsInput(StrictInput):
+    """What `PATCH /accounts/me/` may change; anything else is a 400 naming it."""
+
+    read_only_names = frozenset({"id", "username", "token", "mqtt", "settings", "push", "avatar", "password"})
+
     read_receipts = serializers.BooleanField(required=False)
     push_previews = serializers.BooleanField(required=False)
+    display_name = StrictCharField(
+        max_length=64, allow_blank=True, required=False, validators=[_printable],
+        help_text='Shown instead of the username; "" removes it.',
+    )
+
+
+class PasswordChangeInput(StrictInput):
+    current_password = StrictCharField(max_length=128, trim_whitespace=False, write_only=True)
+    new_password = StrictCharField(max_length=128, trim_whitespace=False, write_only=True)
+    keep_other_devices = serializers.BooleanField(
+        required=False, default=False, help_text="Keep the other devices signed in (by default they are signed out)."
+    )
+
+
+class AccountDeleteInput(StrictInput):
+    password = StrictCharField(max_length=128, trim_whitespace=False, write_only=True)
+
+
+class AvatarInput(StrictInput):
+    file = serializers.FileField(help_text="A JPEG, PNG, GIF or WebP image, at most 5 MB.")
 
 
 class PushTokenInput(serializers.Serializer):

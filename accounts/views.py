@@ -1,14 +1,23 @@
+from django.core.files.storage import default_storage
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from accounts import selectors, services, social
+from accounts import avatars, deletion, selectors, services, social
+from accounts.errors import AvatarNotFound
 from accounts.serializers import (
+    AccountDeleteInput,
+    AvatarInput,
     BlockStatusOutput,
     CredentialsInput,
+    DeviceOutput,
+    PasswordChangeInput,
     FriendRequestsOutput,
     FriendStatusOutput,
     SessionOutput,
@@ -18,7 +27,15 @@ from accounts.serializers import (
     UserOutput,
 )
 from accounts.shapes import session_data
-from chatserver.errors import NotYours
+from chatserver.errors import InvalidInput, NotYours
+
+
+def _device_name(request, data: dict) -> dict:
+    """What the device list calls a new device: its device_name, else its User-Agent."""
+    if not data.get("device_name"):
+        agent = request.META.get("HTTP_USER_AGENT", "")
+        data = {**data, "device_name": "".join(c for c in agent if c.isprintable())[:100]}
+    return data
 
 
 class SignupView(APIView):
@@ -31,7 +48,7 @@ class SignupView(APIView):
     def post(self, request):
         data = SignupInput(data=request.data)
         data.is_valid(raise_exception=True)
-        device, token = services.user_signup(**data.validated_data)
+        device, token = services.user_signup(**_device_name(request, data.validated_data))
         return Response(session_data(device=device, request=request, token=token), status=201)
 
 
@@ -45,7 +62,7 @@ class LoginView(APIView):
     def post(self, request):
         data = CredentialsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        device, token = services.user_login(**data.validated_data)
+        device, token = services.user_login(**_device_name(request, data.validated_data))
         return Response(session_data(device=device, request=request, token=token))
 
 
@@ -66,13 +83,134 @@ class MeView(APIView):
         responses={200: SessionOutput},
         tags=["accounts"],
         description="`read_receipts: false` stops others from seeing how far you read; "
-        "`push_previews: false` keeps message text out of your pushes.",
+        "`push_previews: false` keeps message text out of your pushes; `display_name` is "
+        "shown instead of the username (friends and chat partners get `user.updated`). "
+        "Any other field is a 400 naming it.",
     )
     def patch(self, request):
         data = SettingsInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.user_settings_update(actor=request.user, **data.validated_data)
         return Response(session_data(device=request.auth, request=request))
+
+    @extend_schema(
+        request=AccountDeleteInput,
+        responses={204: None},
+        tags=["accounts"],
+        description="Delete your account, confirmed by your password (403 `wrong_password`). "
+        "Every device is signed out; groups are left (ownership passes on); direct chats "
+        "and messages stay for the others under \"Deleted user\"; friendships, requests "
+        "and blocks end. The username is never free again.",
+    )
+    def delete(self, request):
+        data = AccountDeleteInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        deletion.user_delete(actor=request.user, password=data.validated_data["password"])
+        return Response(status=204)
+
+    def get_throttles(self):
+        # Deleting is confirmed by a password: as limited as logins.
+        if self.request.method == "DELETE":
+            self.throttle_scope = "auth"
+            return [ScopedRateThrottle()]
+        return super().get_throttles()
+
+
+class PasswordView(APIView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth"
+
+    @extend_schema(
+        request=PasswordChangeInput,
+        responses={200: SessionOutput},
+        tags=["accounts"],
+        description="Change your password (`current_password`: 403 `wrong_password` if "
+        "wrong). Your other devices are signed out unless `keep_other_devices: true`; this "
+        "one stays signed in.",
+    )
+    def post(self, request):
+        data = PasswordChangeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.user_password_change(actor=request.user, device=request.auth, **data.validated_data)
+        return Response(session_data(device=request.auth, request=request))
+
+
+class DevicesView(APIView):
+    @extend_schema(
+        responses={200: DeviceOutput(many=True)},
+        tags=["accounts"],
+        description="Your devices (each login is one), newest first; `current` is the calling one.",
+    )
+    def get(self, request):
+        devices = selectors.device_list(user=request.user)
+        return Response(DeviceOutput(devices, many=True, context={"current": request.auth}).data)
+
+
+class DeviceView(APIView):
+    @extend_schema(
+        responses={204: None},
+        tags=["accounts"],
+        description="Sign one of your devices out (as logout does on it); another user's device is 404.",
+    )
+    def delete(self, request, device_id: int):
+        services.device_sign_out(actor=request.user, device_id=device_id)
+        return Response(status=204)
+
+
+class MyAvatarView(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        request={"multipart/form-data": AvatarInput},
+        responses={200: SessionOutput},
+        tags=["accounts"],
+        description="Set your avatar: an image (re-encoded by the server, metadata dropped, "
+        "with a thumbnail); anything else is 400 on `file`. Friends and chat partners get "
+        "`user.updated`.",
+    )
+    def put(self, request):
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        if declared > avatars.MAX_SIZE + 64 * 1024:
+            raise InvalidInput("file", "The picture is over 5 MB.")
+        data = AvatarInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        if upload.size > avatars.MAX_SIZE:
+            raise InvalidInput("file", "The picture is over 5 MB.")
+        services.user_avatar_set(actor=request.user, upload=upload)
+        return Response(session_data(device=request.auth, request=request))
+
+    @extend_schema(request=None, responses={204: None}, tags=["accounts"], description="Remove your avatar.")
+    def delete(self, request):
+        services.user_avatar_clear(actor=request.user)
+        return Response(status=204)
+
+
+class AvatarView(APIView):
+    """A person's avatar (or its thumbnail), to anyone signed in it has not blocked."""
+
+    thumbnail = False
+
+    @extend_schema(
+        parameters=[OpenApiParameter("v", str, description="The picture's version, as `avatar.url` gives it.")],
+        responses={(200, "image/webp"): OpenApiTypes.BINARY},
+        tags=["people"],
+    )
+    def get(self, request, user_id: int):
+        user = selectors.user_get_visible(user_id=user_id, caller=request.user)
+        name = user.avatar_thumbnail if self.thumbnail else user.avatar
+        if not name:
+            raise AvatarNotFound()
+        try:
+            handle = default_storage.open(name, "rb")
+        except FileNotFoundError:
+            raise AvatarNotFound() from None
+        response = FileResponse(handle, content_type=avatars.MIME)
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        # The URL names the version: a new picture is a new URL.
+        response["Cache-Control"] = "private, max-age=86400"
+        return response
 
 
 class PushTokenView(APIView):

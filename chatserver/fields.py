@@ -11,3 +11,28 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("not_a_string")
         return super().to_internal_value(data)
+
+
+class StrictInput(serializers.Serializer):
+    """An input serializer that refuses fields it does not take, instead of ignoring them:
+    a client that sends `{"password": ...}` to the wrong endpoint learns so (400 naming
+    the field) rather than getting a 200 that changed nothing. `read_only_names` are the
+    fields of the object that exist but cannot be written here (a clearer message)."""
+
+    read_only_names: frozenset[str] = frozenset()
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            extra = sorted(set(data) - set(self.fields))
+            if extra:
+                raise serializers.ValidationError(
+                    {
+                        name: [
+                            "This field cannot be changed here."
+                            if name in self.read_only_names
+                            else "Unknown field."
+                        ]
+                        for name in extra
+                    }
+                )
+        return super().to_internal_value(data)

@@ -89,8 +89,13 @@ if HTTPS_CERT or BEHIND_TLS_PROXY:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
 
 INSTALLED_APPS = [
+    # The operators' admin at /admin/ (accounts/admin.py, chats/admin.py, chatserver/admin.py).
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
     "chatserver",
@@ -100,8 +105,17 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's): see "Static files" below.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "chatserver.middleware.OptionalTrailingSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Sessions, CSRF and messages serve the admin only: the API authenticates by device
+    # token (DRF's views are CSRF-exempt, and nothing reads the session lazily set up here).
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # 503 database_unavailable (the error envelope) when a view cannot reach the database.
     "chatserver.middleware.DatabaseUnavailableMiddleware",
 ]
@@ -115,7 +129,13 @@ TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
     }
 ]
 
@@ -208,6 +228,14 @@ SPECTACULAR_SETTINGS = {
 # The largest JSON body accepted (a message is at most MESSAGE_MAX_LENGTH characters).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024)
 MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
+
+# --- Static files -----------------------------------------------------------------------
+
+# The admin's CSS and JavaScript (and any app's static files), served by WhiteNoise
+# straight from the installed packages: no collectstatic step, the same in `make run`, in
+# gunicorn behind a proxy and in the tests. Indexed once when a process starts.
+STATIC_URL = "static/"
+WHITENOISE_USE_FINDERS = True
 
 # --- Attachments ------------------------------------------------------------------------
 

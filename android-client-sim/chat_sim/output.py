@@ -135,6 +135,12 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
     if kind == "presence.updated":
         user = data.get("id") or data.get("user")
         return f"* {names(user) if isinstance(user, int) else user} is {data.get('presence')}"
+    if kind == "user.updated":
+        if data.get("deleted"):
+            return f"* user {data.get('id')} deleted their account"
+        shown = data.get("display_name") or data.get("username")
+        avatar = "an avatar" if data.get("avatar") else "no avatar"
+        return f"* {data.get('username')} is now shown as {shown!r}, with {avatar}"
     if kind.startswith("friend."):
         other = data.get("username") or data.get("id") or data.get("user")
         return f"* {kind.split('.', 1)[1]}: {other}"

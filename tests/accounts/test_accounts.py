@@ -209,7 +209,10 @@ def test_user_profile_shows_presence_and_404s_for_unknown_ids():
 
     response = alice.client.get(f"/accounts/{bob.id}/")
     assert response.status_code == 200
-    assert response.json() == {"id": bob.id, "username": "bob", "presence": "offline", "last_seen": None}
+    assert response.json() == {
+        "id": bob.id, "username": "bob", "display_name": "", "avatar": None, "presence": "offline",
+        "last_seen": None, "deleted": False,
+    }
 
     missing = alice.client.get("/accounts/999999/")
     assert missing.status_code == 404
