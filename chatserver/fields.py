@@ -33,3 +33,26 @@ class QueryIntegerField(serializers.IntegerField):
         if dictionary.get(self.field_name) == "":
             return ""
         return super().get_value(dictionary)
+class StrictInput(serializers.Serializer):
+    """An input serializer that refuses fields it does not take, instead of ignoring them:
+    a client that sends `{"password": ...}` to the wrong endpoint learns so (400 naming
+    the field) rather than getting a 200 that changed nothing. `read_only_names` are the
+    fields of the object that exist but cannot be written here (a clearer message)."""
+
+    read_only_names: frozenset[str] = frozenset()
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            extra = sorted(set(data) - set(self.fields))
+            if extra:
+                raise serializers.ValidationError(
+                    {
+                        name: [
+                            "This field cannot be changed here."
+                            if name in self.read_only_names
+                            else "Unknown field."
+                        ]
+                        for name in extra
+                    }
+                )
+        return super().to_internal_value(data)

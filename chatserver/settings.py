@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from chatserver import dotenv
 
@@ -72,9 +73,28 @@ SECRET_KEY = secret("django-secret-key", "DJANGO_SECRET_KEY", 50)
 DEBUG = env_bool("DEBUG")
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "*").split(",") if h.strip()]
 
+# --- HTTPS ------------------------------------------------------------------------------
+# gunicorn serves HTTPS itself when HTTPS_CERT and HTTPS_KEY name a PEM chain and key
+# (Procfile); behind a reverse proxy that terminates TLS (README: Caddy, nginx), set
+# BEHIND_TLS_PROXY=on so that Django takes the proxy's X-Forwarded-Proto for the scheme
+# (signed media links, redirects). Either way cookies are Secure and HSTS is sent.
+HTTPS_CERT = env("HTTPS_CERT")
+HTTPS_KEY = env("HTTPS_KEY")
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
+if BEHIND_TLS_PROXY:
+    # Only behind a proxy that sets this header itself (and strips a client's own).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS_CERT or BEHIND_TLS_PROXY:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+
 INSTALLED_APPS = [
+    # The operators' admin at /admin/ (accounts/admin.py, chats/admin.py, chatserver/admin.py).
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -86,10 +106,17 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Static files (the API docs' Swagger UI and ReDoc): see "Static files" below.
+    # Static files (the admin's, the API docs' Swagger UI and ReDoc): see "Static files" below.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "chatserver.middleware.OptionalTrailingSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Sessions, CSRF and messages serve the admin only: the API authenticates by device
+    # token (DRF's views are CSRF-exempt, and nothing reads the session lazily set up here).
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # 503 database_unavailable (the error envelope) when a view cannot reach the database.
     "chatserver.middleware.DatabaseUnavailableMiddleware",
 ]
@@ -103,7 +130,13 @@ TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
     }
 ]
 
@@ -208,7 +241,8 @@ MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
 
 # --- Static files -----------------------------------------------------------------------
 
-# The API docs' Swagger UI and ReDoc (and any app's static files), served by WhiteNoise
+# The admin's CSS and JavaScript, the API docs' Swagger UI and ReDoc (and any app's static
+# files), served by WhiteNoise
 # straight from the installed packages: no collectstatic step, the same in `make run`, in
 # gunicorn behind a proxy and in the tests. Indexed once when a process starts.
 STATIC_URL = "static/"
@@ -256,6 +290,25 @@ MQTT_PUBLIC_HOST = env("MQTT_PUBLIC_HOST")
 MQTT_PUBLIC_PORT = env_int("MQTT_PUBLIC_PORT", MQTT_PORT)
 MQTT_PUBLIC_WS_PORT = env_int("MQTT_PUBLIC_WS_PORT", MQTT_WS_PORT)
 # The broker account of the server itself (the relay). Its password never leaves it.
+# The broker's TLS listeners (MQTT_TLS=off: none): MQTT over TLS and WebSockets over TLS.
+# Their certificate: MQTT_TLS_CERT and MQTT_TLS_KEY (PEM; read by `manage.py
+# broker_prepare`, which copies them for the broker), or, unset, one of a local CA made
+# once under DATA_DIR/tls/ (chatserver/tls.py): give its ca.pem to phones and `chat-sim --ca`.
+MQTT_TLS = env("MQTT_TLS", "on").lower() not in {"off", "0", "false", "no"}
+MQTT_TLS_PORT = env_int("MQTT_TLS_PORT", 8883)
+MQTT_WSS_PORT = env_int("MQTT_WSS_PORT", 9443)
+MQTT_TLS_CERT = env("MQTT_TLS_CERT")
+MQTT_TLS_KEY = env("MQTT_TLS_KEY")
+# The CA the server's own TLS connections trust (empty: the system's, for a certificate
+# of a public CA).
+MQTT_TLS_CA = env("MQTT_TLS_CA", "" if MQTT_TLS_CERT else str(DATA_DIR / "tls" / "ca.pem"))
+# MQTT_PLAINTEXT=off: no plaintext listener at all (phones and the server's own
+# processes connect over TLS, to MQTT_HOST, which must then be a name on the certificate).
+MQTT_PLAINTEXT = env_bool("MQTT_PLAINTEXT", True)
+if not (MQTT_PLAINTEXT or MQTT_TLS):
+    raise ImproperlyConfigured("MQTT_PLAINTEXT=off needs the TLS listeners: leave MQTT_TLS on")
+MQTT_PUBLIC_TLS_PORT = env_int("MQTT_PUBLIC_TLS_PORT", MQTT_TLS_PORT)
+MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
 MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
 MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)

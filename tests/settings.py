@@ -4,6 +4,8 @@ pytest.ini names this module; the processes the suite starts (gunicorn, the work
 the same values through their environment (tests/support/stack.py).
 """
 
+import os
+
 from chatserver.settings import *  # noqa: F403
 
 # The real hasher costs ~0.5 s a call by design; the suite signs up hundreds of users.
@@ -13,3 +15,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Every event the suite queues is checked against docs/asyncapi.yaml when it is made.
 OUTBOX_CHECK_SCHEMAS = True
+
+# The session's broker has no TLS listeners (tests/chatserver/test_tls.py makes one that
+# has); the processes the suite starts are told which broker they have (server_env).
+if "MQTT_TLS" not in os.environ:
+    MQTT_TLS = False

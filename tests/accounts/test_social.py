@@ -181,7 +181,7 @@ def test_search_is_a_case_insensitive_prefix_match_paginated():
 
     assert page["count"] == 3
     assert [u["username"] for u in page["results"] + rest["results"]] == ["Anna", "annabel", "anne"]
-    assert set(page["results"][0]) == {"id", "username", "presence", "last_seen"}
+    assert set(page["results"][0]) == {"id", "username", "display_name", "avatar", "presence", "last_seen", "deleted"}
 
 
 # --- chat list --------------------------------------------------------------------------

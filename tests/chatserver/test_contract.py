@@ -253,7 +253,10 @@ def test_every_example_matches_its_message_schema():
 
 
 def _user(**changes):
-    return {"id": 1, "username": "ann", "presence": "online", "last_seen": None, **changes}
+    return {
+        "id": 1, "username": "ann", "display_name": "", "avatar": None, "presence": "online", "last_seen": None,
+        "deleted": False, **changes,
+    }
 
 
 @pytest.mark.parametrize(
@@ -264,6 +267,9 @@ def _user(**changes):
         (Event(type=EventType.FRIEND_ACCEPTED, data={"user": _user(presence="busy"), "by": 1}), "'busy' is not one of"),
         (Event(type=EventType.FRIEND_REQUESTED, data={"user": _user()}), "'by' is a required property"),
         (Event(type=EventType.PRESENCE_UPDATED, data=_user(last_seen="yesterday")), "last_seen: 'yesterday'"),
+        (Event(type=EventType.USER_UPDATED, data=_user(avatar={"url": "/a/"})), "data/avatar: 'thumbnail_url' is a required property"),
+        (Event(type=EventType.USER_UPDATED, data={k: v for k, v in _user().items() if k != "deleted"}),
+         "'deleted' is a required property"),
         (Event(type=EventType.MEMBER_ADDED, chat=1, data={"member": {"id": 2, "username": "b"}, "by": 1}, version=2),
          "'role' is a required property"),
         (Event(type=EventType.CHAT_UPDATED, chat=1, data={"id": 1}), "'version' is a required property"),
@@ -272,7 +278,8 @@ def _user(**changes):
             "last_delivered_message_id": 5, "last_delivered_seq": 1}), "'version' was unexpected"),
         (Event(type=EventType.CHAT_DELETED, chat=1, version=2, data={"id": 1, "hidden": True}), "matches none"),
     ],
-    ids=["extra field", "wrong type", "bad enum", "missing field", "bad timestamp", "member without role",
+    ids=["extra field", "wrong type", "bad enum", "missing field", "bad timestamp", "bad avatar",
+         "user without deleted", "member without role",
          "missing version", "version where none belongs", "hidden with a version"],
 )
 def test_check_event_refuses_what_the_document_does_not_allow(event, complaint):
@@ -326,6 +333,10 @@ def test_the_services_make_every_event_type_and_each_matches_its_schema(settings
     social.friend_remove(actor=alice.device.user, target_id=bob.id)
     # presence
     account_presence.presence_apply(user_id=alice.id, presence="online")
+    # a profile: a display name, an avatar
+    assert alice.client.patch("/accounts/me/", {"display_name": "Alice"}, format="json").status_code == 200
+    avatar = alice.client.put("/accounts/me/avatar/", {"file": _upload("a.png", png())}, format="multipart")
+    assert avatar.status_code == 200, avatar.content
     # a group: created, renamed, a member added, a role changed, messages, pointers
     cid = alice.client.post("/chats/", {"members": [bob.id, carol.id], "name": "g"}, format="json").json()["id"]
     assert alice.client.patch(f"/chats/{cid}/", {"name": "g2"}, format="json").status_code == 200
@@ -399,6 +410,7 @@ def test_a_phone_receives_every_event_type_over_mqtt_and_each_matches_its_schema
         direct = alice.client.post("/chats/", {"members": [carol.id]}, format="json").json()["id"]
         alice.client.delete(f"/chats/{direct}/")
         alice.client.delete(f"/accounts/{alice.id}/friends/{bob.id}/")
+        alice.client.patch("/accounts/me/", {"display_name": "Alice"}, format="json")
 
         # then: every type arrives, and the probe checked each against its schema
         wait_until(lambda: set(phone.events_checked) >= QUEUED_TYPES, 30,
@@ -528,7 +540,11 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
         olga.get(f"/accounts/{olga_id}/friends/"),
         olga.post(f"/accounts/{olga_id}/blocks/{carol.id}/"),
         olga.get(f"/accounts/{olga_id}/blocks/"),
-        olga.patch("/accounts/me/", {"read_receipts": False}, format="json"),
+        olga.patch("/accounts/me/", {"read_receipts": False, "display_name": "Olga"}, format="json"),
+        olga.put("/accounts/me/avatar/", {"file": _upload("a.png", png())}, format="multipart"),
+        olga.get("/accounts/me/devices/"),
+        olga.post("/accounts/me/password/", {"current_password": PASSWORD, "new_password": PASSWORD + "!"},
+                  format="json"),
         anonymous.get("/health/"),
     ]
     image = responses[6].json()
@@ -539,7 +555,7 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
         assert response.status_code in (200, 201), (response.wsgi_request.path, response.content)
         assert_matches_openapi(openapi, response)
         statuses[response.status_code] += 1
-    assert statuses == {200: 21, 201: 8}
+    assert statuses == {200: 24, 201: 8}
 
 
 def _operations(schema):
