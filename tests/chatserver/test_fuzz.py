@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.fuzz, pytest.mark.django_db]
 # Per operation and way in: generated cases beyond the documented examples and the
 # coverage cases (which are bounded by the schema, not by this number).
 MAX_EXAMPLES = 25
+# No example database either: a run replays nothing from an earlier one.
 SEED = 20261201
 
 
@@ -109,7 +110,7 @@ def keeping_the_test_transaction():
 @schema.parametrize()
 @pytest.mark.parametrize("way_in", ["anonymous", "signed_in"])
 @hypothesis.seed(SEED)
-@hypothesis.settings(deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.settings(deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_operation_answers_as_documented(case, way_in, caller):
     headers = caller.headers() if way_in == "signed_in" else None
 
@@ -122,7 +123,7 @@ def test_every_operation_answers_as_documented(case, way_in, caller):
 
 @own_rows_schema.parametrize()
 @hypothesis.seed(SEED)
-@hypothesis.settings(deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.settings(deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_operation_on_the_caller_s_own_rows_answers_as_documented(case, caller):
     rows = caller.own_rows()
     if case.path_parameters:
