@@ -242,9 +242,9 @@ MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
 # --- Static files -----------------------------------------------------------------------
 
 # The admin's CSS and JavaScript, the API docs' Swagger UI and ReDoc (and any app's static
-# files), served by WhiteNoise
-# straight from the installed packages: no collectstatic step, the same in `make run`, in
-# gunicorn behind a proxy and in the tests. Indexed once when a process starts.
+# files), served by WhiteNoise straight from the installed packages: no collectstatic
+# step, the same in `make run`, in gunicorn behind a proxy and in the tests. Indexed once
+# when a process starts.
 STATIC_URL = "static/"
 WHITENOISE_USE_FINDERS = True
 
@@ -289,7 +289,6 @@ MQTT_WS_PORT = env_int("MQTT_WS_PORT", 9001)
 MQTT_PUBLIC_HOST = env("MQTT_PUBLIC_HOST")
 MQTT_PUBLIC_PORT = env_int("MQTT_PUBLIC_PORT", MQTT_PORT)
 MQTT_PUBLIC_WS_PORT = env_int("MQTT_PUBLIC_WS_PORT", MQTT_WS_PORT)
-# The broker account of the server itself (the relay). Its password never leaves it.
 # The broker's TLS listeners (MQTT_TLS=off: none): MQTT over TLS and WebSockets over TLS.
 # Their certificate: MQTT_TLS_CERT and MQTT_TLS_KEY (PEM; read by `manage.py
 # broker_prepare`, which copies them for the broker), or, unset, one of a local CA made
@@ -309,6 +308,7 @@ if not (MQTT_PLAINTEXT or MQTT_TLS):
     raise ImproperlyConfigured("MQTT_PLAINTEXT=off needs the TLS listeners: leave MQTT_TLS on")
 MQTT_PUBLIC_TLS_PORT = env_int("MQTT_PUBLIC_TLS_PORT", MQTT_TLS_PORT)
 MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
+# The broker account of the server itself (the relay). Its password never leaves it.
 MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
 MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)
