@@ -252,6 +252,10 @@ RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
 RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
 
+# /health/ says `degraded` once the oldest queued event has waited longer than this
+# (seconds): messages are accepted but not delivered.
+HEALTH_MAX_OUTBOX_AGE = env_float("HEALTH_MAX_OUTBOX_AGE", 5.0)
+
 # Push notifications through Firebase Cloud Messaging HTTP v1 (chatserver/push.py). Off
 # unless both the project and a service-account JSON are given. The JSON's `token_uri` is
 # used as it is: a site of its own (or the test suite) points it at its own endpoint.
