@@ -2,10 +2,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts import selectors, services, social
+from accounts.throttles import FriendRequestThrottle, LoginFailures, SignupLoginThrottle
 from accounts.serializers import (
     BlockStatusOutput,
     CredentialsInput,
@@ -24,8 +24,7 @@ from chatserver.errors import NotYours
 class SignupView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "auth"
+    throttle_classes = [SignupLoginThrottle]
 
     @extend_schema(request=SignupInput, responses={201: SessionOutput}, tags=["accounts"])
     def post(self, request):
@@ -38,14 +37,14 @@ class SignupView(APIView):
 class LoginView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "auth"
+    throttle_classes = [SignupLoginThrottle]
 
     @extend_schema(request=CredentialsInput, responses={200: SessionOutput}, tags=["accounts"])
     def post(self, request):
         data = CredentialsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        device, token = services.user_login(**data.validated_data)
+        with LoginFailures(data.validated_data["username"]):
+            device, token = services.user_login(**data.validated_data)
         return Response(session_data(device=device, request=request, token=token))
 
 
@@ -147,6 +146,8 @@ class FriendRequestsView(APIView):
 
 
 class FriendView(APIView):
+    throttle_classes = [FriendRequestThrottle]  # POST only
+
     @extend_schema(
         request=None,
         responses={201: FriendStatusOutput, 200: FriendStatusOutput},

@@ -35,6 +35,7 @@ from chats.serializers import (
     SyncOutput,
 )
 from chats.errors import PayloadTooLarge
+from chats.throttles import SendThrottle, UploadThrottle
 from chatserver.errors import NotYours
 
 
@@ -103,6 +104,8 @@ class SizeLimitUploadHandler(FileUploadHandler):
 
 class ChatMessagesView(APIView):
     parser_classes = [JSONParser, MultiPartParser]
+    # POST only; one round trip to the shared bucket per message (two with a file).
+    throttle_classes = [SendThrottle, UploadThrottle]
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)

@@ -99,3 +99,15 @@ class PushJob(models.Model):
 
     def __str__(self) -> str:
         return f"push job #{self.id} ({self.kind})"
+
+
+class RateBucket(models.Model):
+    """One rate-limit bucket in the database (chatserver/ratelimit.py; Redis holds them
+    instead when REDIS_URL is set): `tat` is when the bucket is full again, in seconds
+    since the epoch. A row whose `tat` has passed is the same as no row."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    tat = models.FloatField(db_index=True)
+
+    class Meta:
+        db_table = "chat_rate_bucket"

@@ -32,7 +32,9 @@ pytest_plugins = [
 
 @pytest.fixture(autouse=True)
 def _fresh_throttle_counters():
-    # Throttle counters live in the cache: each test starts with none.
+    # Rate-limit buckets live in the database (chat_rate_bucket: rolled back or flushed
+    # with every test's data) or, for the tests of the Redis path, in a Redis of their
+    # own (tests/support/redis.py flushes it); Django's cache is cleared all the same.
     cache.clear()
 
 
