@@ -12,6 +12,9 @@ class AccountsErrorCode(StrEnum):
     USER_NOT_FOUND = "user_not_found"
     BLOCKED = "blocked"
     INVALID_TARGET = "invalid_target"
+    WRONG_PASSWORD = "wrong_password"
+    DEVICE_NOT_FOUND = "device_not_found"
+    AVATAR_NOT_FOUND = "avatar_not_found"
 
 
 class UsernameTaken(Conflict):
@@ -45,6 +48,31 @@ class NothingToRemove(NotFound):
     message = "No friendship or request with this user."
 
 
+class NotBlocked(NotFound):
+    message = "This user is not blocked."
+
+
 class SelfTarget(ApplicationError):
     code = AccountsErrorCode.INVALID_TARGET
     message = "You cannot do this with yourself."
+
+
+class WrongPassword(PermissionDenied):
+    """The password that confirms a change of one's own account (not a login: the token
+    stays valid, so not a 401)."""
+
+    code = AccountsErrorCode.WRONG_PASSWORD
+    message = "The password is wrong."
+
+    def __init__(self, field: str) -> None:
+        super().__init__(fields={field: [self.message]})
+
+
+class DeviceNotFound(NotFound):
+    code = AccountsErrorCode.DEVICE_NOT_FOUND
+    message = "Device not found."
+
+
+class AvatarNotFound(NotFound):
+    code = AccountsErrorCode.AVATAR_NOT_FOUND
+    message = "This user has no avatar."

@@ -28,6 +28,15 @@ class User(AbstractUser):
     read_receipts = models.BooleanField(default=True)
     # Off: pushes to the user's phones say who wrote in which chat, not what.
     push_previews = models.BooleanField(default=True)
+    # What people see instead of the username when set ("" when not).
+    display_name = models.CharField(max_length=64, blank=True)
+    # Storage names of the avatar (re-encoded by the server) and its thumbnail; "" when
+    # none (accounts.services.user_avatar_set).
+    avatar = models.CharField(max_length=255, blank=True)
+    avatar_thumbnail = models.CharField(max_length=255, blank=True)
+    # Set when the person deleted the account: the row stays, anonymised and inactive, so
+    # the messages it wrote keep an author ("Deleted user"); see accounts.deletion.
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -50,8 +59,11 @@ class Device(models.Model):
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices")
     token_hash = models.CharField(max_length=64, unique=True)
+    # The device_name of login, else the client's User-Agent (what the device list shows).
     name = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The last authenticated request, to the minute (DeviceTokenAuthentication).
+    last_seen_at = models.DateTimeField(null=True, blank=True)
     # The phone's FCM registration token, if it registered one: where pushes go while it
     # has no live MQTT connection. A token belongs to one device at a time (unique).
     push_token = models.CharField(max_length=1024, null=True, blank=True, unique=True)
@@ -127,3 +139,16 @@ class Block(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["user", "blocked"], name="accounts_block_unique"),
         ]
+
+
+class RetiredUsername(models.Model):
+    """A username of a deleted account, kept so that nobody can take it and pass for the
+    person the others knew: such names are never free again. Only a hash of the name
+    (lower case) is kept, so the list says nothing about who was here."""
+
+    name_hash = models.CharField(max_length=64, unique=True)
+    retired_at = models.DateTimeField(default=timezone.now)
+
+    @staticmethod
+    def hash(username: str) -> str:
+        return hashlib.sha256(username.lower().encode()).hexdigest()

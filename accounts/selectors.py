@@ -66,3 +66,8 @@ def devices_to_wake(*, user_ids: list[int], exclude_device_ids=()) -> list[Devic
         .exclude(id__in=[d for d in exclude_device_ids if d is not None])
         .order_by("id")
     )
+
+
+def device_list(*, user: User) -> list[Device]:
+    """The user's devices, newest first."""
+    return list(Device.objects.filter(user=user).order_by("-created_at", "-id"))

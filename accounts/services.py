@@ -1,18 +1,35 @@
-"""Writes about accounts and devices. Each queues its broker changes in its transaction."""
+"""Writes about accounts and devices. Each queues its broker changes in its transaction.
+
+Deleting and deactivating accounts are in `accounts.deletion` (they leave chats too).
+"""
+
+from collections.abc import Iterable
 
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
-from accounts.errors import InvalidCredentials, UsernameTaken
-from accounts.models import Device, User, hash_token
+from accounts import avatars
+from accounts.errors import DeviceNotFound, InvalidCredentials, UsernameTaken, WrongPassword
+from accounts.models import Device, Friendship, RetiredUsername, User, hash_token
 from accounts.selectors import user_get_by_username
+from accounts.shapes import user_data
+from chats.models import Membership
 from chatserver import outbox
 from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
 from chatserver.errors import InvalidInput
+from chatserver.events import Event, EventType
+from chatserver.models import OutboxEvent
+
+# The names deleted accounts are renamed to (accounts.deletion); nobody signs up as one.
+DELETED_USERNAME_PREFIX = "deleted-"
 
 
-
+def _username_reserved(username: str) -> bool:
+    """A deleted account's name, or one of the names deleted accounts get."""
+    return username.lower().startswith(DELETED_USERNAME_PREFIX) or RetiredUsername.objects.filter(
+        name_hash=RetiredUsername.hash(username)
+    ).exists()
 
 
 def _device_create(*, user: User, name: str = "") -> tuple[Device, str, list[DeviceAdd]]:
@@ -40,7 +57,7 @@ def user_signup(*, username: str, password: str, device_name: str = "") -> tuple
         password_validation.validate_password(password, user=candidate)
     except DjangoValidationError as exc:
         raise InvalidInput(fields={"password": list(exc.messages)}) from None
-    if user_get_by_username(username=username) is not None:
+    if user_get_by_username(username=username) is not None or _username_reserved(username):
         raise UsernameTaken()
     try:
         with transaction.atomic():
@@ -75,32 +92,149 @@ def user_login(*, username: str, password: str, device_name: str = "") -> tuple[
     return device, token
 
 
+def devices_sign_out(*, devices: Iterable[Device]) -> OutboxEvent | None:
+    """Sign devices out, in the caller's transaction: their HTTP tokens stop working at
+    commit, their push tokens go with their rows, and their MQTT accounts are deleted (the
+    broker drops their connections and the relay clears their retained presence) in one
+    outbox row. Returns that row (None if there was no device), for `outbox.wait_applied`.
+
+    The one way a device ends: logout, signing out another device, a password change,
+    account deletion and an operator's deactivation all come here.
+    """
+    assert transaction.get_connection().in_atomic_block, "devices_sign_out() belongs inside a transaction"
+    devices = list(devices)
+    if not devices:
+        return None
+    ops = [DeviceRemove(user=d.user_id, username=d.mqtt_username, client_id=d.mqtt_client_id) for d in devices]
+    Device.objects.filter(id__in=[d.id for d in devices]).delete()
+    return outbox.enqueue(access=ops)
+
+
+def _wait(event: OutboxEvent | None) -> None:
+    if event is not None:
+        outbox.wait_applied([event])
+
+
 def device_logout(*, device: Device) -> None:
     """End one device: its HTTP token stops working at once, its MQTT account is deleted
     (which also disconnects it) as soon as the relay gets to it, normally before this
     returns."""
     with transaction.atomic():
-        op = DeviceRemove(user=device.user_id, username=device.mqtt_username, client_id=device.mqtt_client_id)
-        device.delete()
-        event = outbox.enqueue(access=[op])
-    outbox.wait_applied([event])
+        event = devices_sign_out(devices=[device])
+    _wait(event)
+
+
+def device_sign_out(*, actor: User, device_id: int) -> None:
+    """Sign out one of the actor's devices (the calling one too, like logout); another
+    user's device is not found, whatever the id."""
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(id=device_id, user=actor).first()
+        if device is None:
+            raise DeviceNotFound()
+        event = devices_sign_out(devices=[device])
+    _wait(event)
+
+
+def user_password_change(
+    *, actor: User, device: Device, current_password: str, new_password: str, keep_other_devices: bool = False
+) -> User:
+    """Change the actor's password, confirmed by the current one. Every other device of
+    the actor is signed out (`devices_sign_out`) unless `keep_other_devices`; the calling
+    device stays signed in (its token and MQTT password do not depend on the password)."""
+    if not actor.check_password(current_password):
+        raise WrongPassword("current_password")
+    try:
+        password_validation.validate_password(new_password, user=actor)
+    except DjangoValidationError as exc:
+        raise InvalidInput(fields={"new_password": list(exc.messages)}) from None
+    with transaction.atomic():
+        actor.set_password(new_password)
+        actor.save(update_fields=["password"])
+        event = None
+        if not keep_other_devices:
+            others = Device.objects.select_for_update().filter(user=actor).exclude(id=device.id).order_by("id")
+            event = devices_sign_out(devices=others)
+    _wait(event)
+    return actor
+
+
+def user_audience(user_id: int) -> list[int]:
+    """Who is told about changes to a person: its own devices, its friends, and everyone
+    it shares a chat with."""
+    partners = Membership.objects.filter(
+        chat_id__in=Membership.objects.filter(user_id=user_id).values("chat_id")
+    ).values_list("user_id", flat=True)
+    friends = Friendship.objects.filter(user_id=user_id).values_list("friend_id", flat=True)
+    return sorted({user_id, *partners, *friends})
+
+
+def user_updated_enqueue(*, user: User, user_ids: Iterable[int] | None = None) -> OutboxEvent:
+    """Queue `user.updated` (the user as it is now) to its audience, in the caller's
+    transaction."""
+    return outbox.enqueue(
+        event=Event(type=EventType.USER_UPDATED, data=user_data(user)),
+        user_ids=user_audience(user.id) if user_ids is None else list(user_ids),
+    )
 
 
 def user_settings_update(
-    *, actor: User, read_receipts: bool | None = None, push_previews: bool | None = None
+    *,
+    actor: User,
+    read_receipts: bool | None = None,
+    push_previews: bool | None = None,
+    display_name: str | None = None,
 ) -> User:
-    """Change the actor's own settings: whether others see its read pointer
-    (`read_receipts`), whether its pushes carry message previews (`push_previews`)."""
-    changes = {
-        name: value
-        for name, value in (("read_receipts", read_receipts), ("push_previews", push_previews))
-        if value is not None and value != getattr(actor, name)
-    }
-    for name, value in changes.items():
-        setattr(actor, name, value)
-    if changes:
+    """Change the actor's own settings and profile: whether others see its read pointer
+    (`read_receipts`), whether its pushes carry message previews (`push_previews`), its
+    display name (`""` removes it). A new display name is told to its friends and chat
+    partners (`user.updated`); settings are nobody else's business."""
+    wanted = (("read_receipts", read_receipts), ("push_previews", push_previews), ("display_name", display_name))
+    changes = {name: value for name, value in wanted if value is not None and value != getattr(actor, name)}
+    if not changes:
+        return actor
+    with transaction.atomic():
+        for name, value in changes.items():
+            setattr(actor, name, value)
         actor.save(update_fields=list(changes))
+        if "display_name" in changes:
+            user_updated_enqueue(user=actor)
     return actor
+
+
+def user_avatar_set(*, actor: User, upload) -> User:
+    """Make an uploaded image the actor's avatar (`accounts.avatars`: re-encoded, with a
+    thumbnail); friends and chat partners get `user.updated`. Not an image: 400 on
+    `file`. The previous picture's files go once this is committed."""
+    full, thumb = avatars.prepare(upload)
+    names = avatars.store(user_id=actor.id, full=full, thumbnail=thumb)
+    try:
+        with transaction.atomic():
+            old = _avatar_replace(actor, names)
+    except BaseException:
+        avatars.discard(*names)
+        raise
+    transaction.on_commit(lambda: avatars.discard(*old))
+    return actor
+
+
+def user_avatar_clear(*, actor: User) -> User:
+    """Remove the actor's avatar (nothing happens if it has none)."""
+    if not actor.avatar:
+        return actor
+    with transaction.atomic():
+        old = _avatar_replace(actor, ("", ""))
+    transaction.on_commit(lambda: avatars.discard(*old))
+    return actor
+
+
+def _avatar_replace(actor: User, names: tuple[str, str]) -> tuple[str, str]:
+    """Set the avatar's names under the user's row lock (two uploads at once: each
+    discards the files it replaced, none is left behind); return the old names."""
+    old = User.objects.select_for_update().values_list("avatar", "avatar_thumbnail").get(id=actor.id)
+    actor.avatar, actor.avatar_thumbnail = names
+    actor.save(update_fields=["avatar", "avatar_thumbnail"])
+    user_updated_enqueue(user=actor)
+    return old
 
 
 def push_token_set(*, device: Device, token: str) -> None:

@@ -10,9 +10,8 @@ from django.db.models import Q
 
 from accounts.shapes import user_data
 from accounts.models import Block, FriendRequest, Friendship, User
-from accounts.errors import BlockedError, NothingToRemove, SelfTarget, UserNotFound
+from accounts.errors import BlockedError, NotBlocked, NothingToRemove, SelfTarget, UserNotFound
 from chatserver import outbox, push
-from chatserver.errors import NotFound
 from chatserver.events import Event, EventType
 
 
@@ -102,4 +101,4 @@ def block_remove(*, actor: User, target_id: int) -> None:
     with transaction.atomic():
         target = _lock_pair(actor, target_id)
         if not Block.objects.filter(user=actor, blocked=target).delete()[0]:
-            raise NotFound("This actor is not blocked.")
+            raise NotBlocked()

@@ -13,6 +13,14 @@ class SignupLoginThrottle(AddressThrottle):
     scope = "auth"
 
 
+class PasswordCheckThrottle(AddressThrottle):
+    """What a password confirms (a password change, an account deletion): in the same
+    bucket as signup and login, so a stolen token is no faster a way to guess."""
+
+    scope = "auth"
+    methods = frozenset({"POST", "DELETE"})
+
+
 class FriendRequestThrottle(UserThrottle):
     scope = "friend_request"
 

@@ -166,10 +166,12 @@ class PresenceWorker(Worker):
 
     def _connection_started(self) -> None:
         """A new connection to the broker (the first, or after the broker or the network
-        went away): nothing known from before holds longer than RESTART_GRACE now."""
-        self.connected_since = now = time.monotonic()
-        self.probed = set()
+        went away): nothing known from before holds longer than RESTART_GRACE now.
+        (The database first: if it is down, all of this is done again once it is back.)"""
+        now = time.monotonic()
         device_presence_cap(until=self._wall(now + RESTART_GRACE))
+        self.connected_since = now
+        self.probed = set()
         for user_id in self.tracker.cap(now + RESTART_GRACE):
             self._probe(user_id)
 

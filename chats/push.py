@@ -57,8 +57,13 @@ def build_message(data: dict) -> list[Delivery]:
     ]
     if not memberships:
         return []
-    unread = chat_unread_counts(chat=chat, memberships=memberships)
     users = {m.user_id: m.user for m in memberships}
+    # Most recipients are connected (MQTT has it): find who needs waking before counting.
+    devices = devices_to_wake(user_ids=list(users))
+    if not devices:
+        return []
+    waking = {d.user_id for d in devices}
+    unread = chat_unread_counts(chat=chat, memberships=[m for m in memberships if m.user_id in waking])
     common = {
         "type": "message",
         "chat_id": str(chat.id),
@@ -71,7 +76,7 @@ def build_message(data: dict) -> list[Delivery]:
         common["chat_name"] = chat.name
     preview = _preview(message)
     deliveries = []
-    for device in devices_to_wake(user_ids=list(users)):
+    for device in devices:
         payload = {**common, "unread_count": str(unread[device.user_id])}
         if users[device.user_id].push_previews and preview:
             payload["preview"] = preview

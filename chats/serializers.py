@@ -4,14 +4,21 @@ The output shapes are built by `chats.shapes` (shared with the MQTT events); the
 serializers here describe them for the API schema.
 """
 
+import re
+
 from django.conf import settings
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from chats import schema
 from chats.models import MUTED_FOREVER, Chat, Membership, Message
-from chatserver.fields import StrictCharField
-from chatserver.urls_converters import MAX_ID
+from chatserver.fields import QueryIntegerField, StrictBooleanField, StrictCharField
+from chatserver.urls_converters import MAX_ID, IdConverter
+
+_CHAT_KEY = re.compile(IdConverter.regex)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A group", value={"members": [43, 44], "name": "Climbing"})])
 class ChatCreateInput(serializers.Serializer):
     members = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1, max_length=1000
@@ -19,27 +26,27 @@ class ChatCreateInput(serializers.Serializer):
     name = StrictCharField(max_length=100, required=False, default="", allow_blank=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A new name", value={"name": "Climbing club"})])
 class ChatRenameInput(serializers.Serializer):
     name = StrictCharField(max_length=100)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A reply", value={"content": "Saturday at 10?", "reply_to": 345, "client_id": "3f2a9c1e-6b1d-4e0a-9d55-0c8f1a2b7e41"})])
 class MessageCreateInput(serializers.Serializer):
-    """JSON `{content, reply_to?, client_id?}`, or multipart with a `file` (then
-    `content` is an optional caption)."""
+    """JSON `{content, reply_to?, client_id?}` (`MessageUploadInput` for a file)."""
 
     content = StrictCharField(
         max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False, default=""
     )
-    file = serializers.FileField(required=False, allow_empty_file=False, default=None)
     reply_to = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, allow_null=True, default=None)
     client_id = StrictCharField(
         max_length=64, required=False, allow_null=True, default=None, trim_whitespace=False
     )
 
     def validate(self, attrs):
-        if attrs["file"] is None and not attrs["content"].strip():
+        if attrs.get("file") is None and not attrs["content"].strip():
             raise serializers.ValidationError({"content": ["This field may not be blank."]})
-        return attrs
+        return {"file": None, **attrs}
 
     def validate_client_id(self, value: str | None) -> str | None:
         if value is not None and (not value or not value.isprintable()):
@@ -47,11 +54,20 @@ class MessageCreateInput(serializers.Serializer):
         return value
 
 
+class MessageUploadInput(MessageCreateInput):
+    """Multipart: a `file`, and the same fields as JSON (`content` is then an optional
+    caption)."""
+
+    file = serializers.FileField(allow_empty_file=False)
+
+
+@extend_schema_serializer(examples=[OpenApiExample("An edit", value={"content": "Saturday at 11?"}),
+                                    OpenApiExample("A deletion", value={"deleted": True})])
 class MessageUpdateInput(serializers.Serializer):
     """Either `{"content": "..."}` (edit) or `{"deleted": true}` (soft delete)."""
 
     content = StrictCharField(max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False)
-    deleted = serializers.BooleanField(required=False)
+    deleted = StrictBooleanField(required=False)
 
     def validate_content(self, value: str) -> str:
         if not value.strip():
@@ -66,6 +82,7 @@ class MessageUpdateInput(serializers.Serializer):
         return attrs
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Two chats known", value={"chats": {"12": 5, "9": 3}, "limit": 200})])
 class SyncInput(serializers.Serializer):
     chats = serializers.DictField(
         child=serializers.IntegerField(min_value=0, max_value=MAX_ID), allow_empty=True
@@ -75,11 +92,14 @@ class SyncInput(serializers.Serializer):
     def validate_chats(self, value: dict) -> dict[int, int]:
         if len(value) > 5000:
             raise serializers.ValidationError("At most 5000 chats per request.")
-        if not all(key.isdigit() and len(key) <= 19 for key in value):
+        # Chat ids as the paths take them (`IdConverter`): ASCII digits only, since
+        # `str.isdigit` also takes "²" and other digits `int` refuses.
+        if not all(_CHAT_KEY.fullmatch(key) and 1 <= int(key) <= MAX_ID for key in value):
             raise serializers.ValidationError("Keys are chat ids.")
         return {int(key): version for key, version in value.items()}
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Links for 300 s", value={"url": "/media/eyJhIjozNDcsInQiOjB9:1vQx2c:Zm9v/", "thumbnail_url": "/media/eyJhIjozNDcsInQiOjF9:1vQx2c:YmFy/", "expires_at": "2026-12-01T09:36:02Z"})])
 class AttachmentLinkOutput(serializers.Serializer):
     url = serializers.CharField()
     thumbnail_url = serializers.CharField(allow_null=True)
@@ -87,9 +107,14 @@ class AttachmentLinkOutput(serializers.Serializer):
 
 
 class HistoryQuery(serializers.Serializer):
-    before = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, default=None)
-    after = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False, default=None)
-    limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50)
+    before = QueryIntegerField(
+        min_value=1, max_value=MAX_ID, required=False, default=None, help_text="Only messages older than this id."
+    )
+    after = QueryIntegerField(
+        min_value=0, max_value=MAX_ID, required=False, default=None,
+        help_text="Only messages newer than this id (0: from the first).",
+    )
+    limit = QueryIntegerField(min_value=1, max_value=200, required=False, default=50, help_text="1 to 200.")
 
 
 class MutedUntilField(serializers.DateTimeField):
@@ -101,6 +126,8 @@ class MutedUntilField(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A role", value={"role": "admin"}),
+                                    OpenApiExample("Muted for good", value={"muted_until": "forever"})])
 class MemberUpdateInput(serializers.Serializer):
     """`{role}` changes a member's role; `{muted_until}` mutes the chat for oneself.
     One of them per request."""
@@ -114,6 +141,7 @@ class MemberUpdateInput(serializers.Serializer):
         return attrs
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A member", value=schema.MEMBER)])
 class MemberOutput(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
@@ -122,6 +150,7 @@ class MemberOutput(serializers.Serializer):
     last_delivered_message_id = serializers.IntegerField(allow_null=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("The caller's own entry", value={**schema.OWNER, "muted_until": None, "muted": False})])
 class MemberListOutput(MemberOutput):
     """A member in the members list: the caller's own entry (only) has its mute."""
 
@@ -129,6 +158,7 @@ class MemberListOutput(MemberOutput):
     muted = serializers.BooleanField(required=False, help_text="muted_until is in the future.")
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A group", value=schema.CHAT)])
 class ChatOutput(serializers.Serializer):
     id = serializers.IntegerField()
     type = serializers.ChoiceField(choices=Chat.Kind.choices)
@@ -160,6 +190,8 @@ class AttachmentOutput(serializers.Serializer):
     height = serializers.IntegerField(allow_null=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A reply", value=schema.MESSAGE),
+                                    OpenApiExample("An image", value=schema.IMAGE)])
 class MessageOutput(serializers.Serializer):
     id = serializers.IntegerField()
     chat = serializers.IntegerField()
@@ -178,11 +210,13 @@ class MessageOutput(serializers.Serializer):
     attachment = AttachmentOutput(allow_null=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("The newest page", value={"results": [schema.MESSAGE, schema.IMAGE], "has_more": True})])
 class MessagePageOutput(serializers.Serializer):
     results = MessageOutput(many=True)
     has_more = serializers.BooleanField()
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A chat in the list", value=schema.SUMMARY)])
 class ChatSummaryOutput(ChatOutput):
     """A chat in the user's chat list."""
 
@@ -200,6 +234,7 @@ class SyncChatOutput(serializers.Serializer):
     members = MemberOutput(many=True)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Back after a while", value=schema.SYNC)])
 class SyncOutput(serializers.Serializer):
     changed = SyncChatOutput(many=True)
     removed = serializers.ListField(child=serializers.IntegerField())

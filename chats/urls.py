@@ -15,7 +15,7 @@ urlpatterns = [
     ),
     path(
         "<id:chat_id>/messages/<id:message_id>/attachment/thumbnail/",
-        views.AttachmentView.as_view(thumbnail=True),
+        views.ThumbnailView.as_view(),
         name="attachment-thumbnail",
     ),
     path(
@@ -27,12 +27,12 @@ urlpatterns = [
     path("<id:chat_id>/users/<id:user_id>/", views.ChatMemberView.as_view(), name="chat-member"),
     path(
         "<id:chat_id>/users/<id:user_id>/messages/<id:message_id>/",
-        views.PointerView.as_view(read=True),
+        views.PointerView.as_view(),
         name="read-pointer",
     ),
     path(
         "<id:chat_id>/users/<id:user_id>/delivered/<id:message_id>/",
-        views.PointerView.as_view(read=False),
+        views.DeliveredPointerView.as_view(),
         name="delivered-pointer",
     ),
 ]

@@ -4,9 +4,9 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,14 +29,30 @@ from chats.serializers import (
     MemberUpdateInput,
     MessageCreateInput,
     MessageOutput,
+    MessageUploadInput,
     MessagePageOutput,
     MessageUpdateInput,
     SyncInput,
     SyncOutput,
 )
-from chats.errors import PayloadTooLarge
+from accounts.errors import BlockedError, UserNotFound
+from chats.errors import (
+    AttachmentNotFound,
+    CannotPost,
+    ChatNotFound,
+    InvalidCursor,
+    LinkExpired,
+    MessageDeleted,
+    MessageNotFound,
+    NotAGroup,
+    NotAllowed,
+    NotAuthor,
+    PayloadTooLarge,
+)
 from chats.throttles import SendThrottle, UploadThrottle
 from chatserver.errors import NotYours
+from chatserver.openapi import raises
+from chatserver.parsers import JSONParser
 
 
 def _chat_response(chat, status: int = 200) -> Response:
@@ -46,12 +62,14 @@ def _chat_response(chat, status: int = 200) -> Response:
 
 class ChatsView(APIView):
     @extend_schema(
+        summary="Start a direct chat with one user, or create a group.",
         request=ChatCreateInput,
         responses={201: ChatOutput, 200: ChatOutput},
         tags=["chats"],
         description="One other member and no name: the pair's direct chat (200 if it "
         "exists already). Otherwise a group owned by the caller.",
     )
+    @raises(BlockedError)
     def post(self, request):
         data = ChatCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -64,19 +82,31 @@ class ChatsView(APIView):
 
 
 class ChatDetailView(APIView):
-    @extend_schema(responses={200: ChatOutput}, tags=["chats"])
+    @extend_schema(
+        summary="One chat of the caller's, with its members.",
+        responses={200: ChatOutput}, tags=["chats"],
+    )
+    @raises(ChatNotFound)
     def get(self, request, chat_id: int):
         membership = selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         return _chat_response(membership.chat)
 
-    @extend_schema(request=ChatRenameInput, responses={200: ChatOutput}, tags=["chats"])
+    @extend_schema(
+        summary="Rename a group (admins and the owner).",
+        request=ChatRenameInput, responses={200: ChatOutput}, tags=["chats"],
+    )
+    @raises(ChatNotFound, NotAGroup, NotAllowed)
     def patch(self, request, chat_id: int):
         data = ChatRenameInput(data=request.data)
         data.is_valid(raise_exception=True)
         chat = chat_services.chat_rename(chat_id=chat_id, actor=request.user, **data.validated_data)
         return _chat_response(chat)
 
-    @extend_schema(responses={204: None}, tags=["chats"])
+    @extend_schema(
+        summary="Delete a group (its owner), or hide a direct chat until its next message.",
+        responses={204: None}, tags=["chats"],
+    )
+    @raises(ChatNotFound, NotAllowed)
     def delete(self, request, chat_id: int):
         chat_services.chat_delete(chat_id=chat_id, actor=request.user)
         return Response(status=204)
@@ -118,14 +148,10 @@ class ChatMessagesView(APIView):
             request._request.upload_handlers.insert(0, self.size_guard)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("before", int, description="Only messages older than this id."),
-            OpenApiParameter("after", int, description="Only messages newer than this id."),
-            OpenApiParameter("limit", int, description="1 to 200, default 50."),
-        ],
-        responses={200: MessagePageOutput},
-        tags=["messages"],
+        summary="A page of a chat's history, oldest first.",
+        parameters=[HistoryQuery], responses={200: MessagePageOutput}, tags=["messages"],
     )
+    @raises(ChatNotFound, InvalidCursor)
     def get(self, request, chat_id: int):
         query = HistoryQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -135,13 +161,16 @@ class ChatMessagesView(APIView):
         return Response({"results": results, "has_more": has_more})
 
     @extend_schema(
-        request=MessageCreateInput,
+        summary="Send a message (JSON), or a file with an optional caption (multipart).",
+        request={"application/json": MessageCreateInput, "multipart/form-data": MessageUploadInput},
         responses={201: MessageOutput, 200: MessageOutput},
         tags=["messages"],
         description="The same client_id again returns the first message with 200.",
     )
+    @raises(ChatNotFound, CannotPost, BlockedError, PayloadTooLarge)
     def post(self, request, chat_id: int):
-        data = MessageCreateInput(data=request.data)
+        upload = request.content_type.startswith("multipart/")
+        data = (MessageUploadInput if upload else MessageCreateInput)(data=request.data)
         guard = getattr(self, "size_guard", None)
         if guard is not None and guard.exceeded:
             raise PayloadTooLarge()
@@ -161,12 +190,14 @@ class ChatMessagesView(APIView):
 
 class MessageDetailView(APIView):
     @extend_schema(
+        summary="Edit a message, or delete it (soft: it keeps its place).",
         request=MessageUpdateInput,
         responses={200: MessageOutput},
         tags=["messages"],
         description="`{content}` edits (author only); `{deleted: true}` soft-deletes (author, "
         "or an admin or the owner of a group).",
     )
+    @raises(ChatNotFound, MessageNotFound, NotAllowed, NotAuthor, MessageDeleted)
     def patch(self, request, chat_id: int, message_id: int):
         data = MessageUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -194,18 +225,29 @@ class AttachmentView(APIView):
 
     thumbnail = False
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    @extend_schema(
+        summary="Download a message's file.",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"],
+    )
+    @raises(ChatNotFound, MessageNotFound, AttachmentNotFound)
     def get(self, request, chat_id: int, message_id: int):
         return downloads.serve(_member_attachment(request, chat_id, message_id), thumbnail=self.thumbnail)
 
 
+@extend_schema_view(get=extend_schema(summary="Download an image's 320 px WebP thumbnail."))
+class ThumbnailView(AttachmentView):
+    thumbnail = True
+
+
 class AttachmentLinkView(APIView):
     @extend_schema(
+        summary="Signed, short-lived links to a message's file and thumbnail.",
         responses={200: AttachmentLinkOutput},
         tags=["messages"],
         description="Short-lived URLs that need no token, for loaders and players that "
         "cannot send headers (ATTACHMENT_LINK_TTL seconds, 300 by default).",
     )
+    @raises(ChatNotFound, MessageNotFound, AttachmentNotFound)
     def get(self, request, chat_id: int, message_id: int):
         attachment = _member_attachment(request, chat_id, message_id)
         expires = timezone.now() + timedelta(seconds=settings.ATTACHMENT_LINK_TTL)
@@ -225,19 +267,27 @@ class SignedMediaView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"])
+    @extend_schema(
+        summary="Download a file by signed link, without a token.",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["messages"],
+    )
+    @raises(LinkExpired, AttachmentNotFound)
     def get(self, request, token: str):
         attachment, thumbnail = downloads.attachment_from_token(token)
         return downloads.serve(attachment, thumbnail=thumbnail)
 
 
 class PointerView(APIView):
-    """Move the caller's read pointer (`.../messages/<mid>/`) or delivered pointer
-    (`.../delivered/<mid>/`) forward; it never moves back."""
+    """Move the caller's read pointer (`.../messages/<mid>/`; `DeliveredPointerView`: the
+    delivered one, `.../delivered/<mid>/`) forward; it never moves back."""
 
     read = True
 
-    @extend_schema(request=None, responses={200: MemberOutput}, tags=["members"])
+    @extend_schema(
+        summary="Move the caller's read pointer forward.",
+        request=None, responses={200: MemberOutput}, tags=["members"],
+    )
+    @raises(ChatNotFound, NotYours, MessageNotFound)
     def patch(self, request, chat_id: int, user_id: int, message_id: int):
         if user_id != request.user.id:
             selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
@@ -248,8 +298,16 @@ class PointerView(APIView):
         return Response(shapes.member_data(membership))
 
 
+@extend_schema_view(
+    patch=extend_schema(summary="Move the caller's delivered pointer forward: its phone received up to this message.")
+)
+class DeliveredPointerView(PointerView):
+    read = False
+
+
 class SyncView(APIView):
     @extend_schema(
+        summary="Catch up after being away: what changed in one's chats since the versions one has.",
         request=SyncInput,
         responses={200: SyncOutput},
         tags=["sync"],
@@ -265,10 +323,12 @@ class SyncView(APIView):
 
 class ChatMembersView(APIView):
     @extend_schema(
+        summary="A chat's members, oldest first, with their read and delivered pointers.",
         responses={200: MemberListOutput(many=True)},
         tags=["members"],
         description="The caller's own entry also has `muted_until` and `muted`.",
     )
+    @raises(ChatNotFound)
     def get(self, request, chat_id: int):
         selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
         members, now = selectors.chat_members(chat_id=chat_id), timezone.now()
@@ -276,12 +336,17 @@ class ChatMembersView(APIView):
 
 
 class ChatMemberView(APIView):
-    @extend_schema(request=None, responses={201: MemberOutput, 200: MemberOutput}, tags=["members"])
+    @extend_schema(
+        summary="Add a user to a group (admins and the owner).",
+        request=None, responses={201: MemberOutput, 200: MemberOutput}, tags=["members"],
+    )
+    @raises(ChatNotFound, NotAGroup, NotAllowed, UserNotFound, BlockedError)
     def post(self, request, chat_id: int, user_id: int):
         membership, created = member_services.member_add(chat_id=chat_id, actor=request.user, user_id=user_id)
         return Response(shapes.member_data(membership), status=201 if created else 200)
 
     @extend_schema(
+        summary="Change a member's role, or mute the chat for oneself.",
         request=MemberUpdateInput,
         responses={200: MemberListOutput},
         tags=["members"],
@@ -289,6 +354,7 @@ class ChatMemberView(APIView):
         "`{muted_until: <ISO-8601> | \"forever\" | null}` on oneself mutes the chat's pushes "
         "until then, for good, or no more (MQTT delivery and unread counts go on).",
     )
+    @raises(ChatNotFound, NotYours, NotAGroup, NotAllowed, UserNotFound)
     def patch(self, request, chat_id: int, user_id: int):
         data = MemberUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -305,7 +371,8 @@ class ChatMemberView(APIView):
             )
         return Response(shapes.member_output(membership, caller_id=request.user.id, now=timezone.now()))
 
-    @extend_schema(responses={204: None}, tags=["members"])
+    @extend_schema(summary="Leave a group, or kick a member.", responses={204: None}, tags=["members"])
+    @raises(ChatNotFound, NotAGroup, NotAllowed, UserNotFound)
     def delete(self, request, chat_id: int, user_id: int):
         member_services.member_remove(chat_id=chat_id, actor=request.user, user_id=user_id)
         return Response(status=204)
@@ -315,7 +382,11 @@ class UserChatsView(generics.ListAPIView):
     """The caller's chats (`/accounts/<me>/chats/`), most recent activity first, each with
     its members, `last_message` and `unread_count`."""
 
-    @extend_schema(responses={200: ChatSummaryOutput(many=True)}, tags=["chats"])
+    @extend_schema(
+        summary="The caller's chat list, most recent activity first, with unread counts.",
+        responses={200: ChatSummaryOutput(many=True)}, tags=["chats"],
+    )
+    @raises(NotYours)
     def get(self, request, *args, **kwargs):
         if kwargs["user_id"] != request.user.id:
             raise NotYours()

@@ -8,6 +8,7 @@ Layout of a broker directory (`DATA_DIR/broker/` under `make run`):
     dynamic-security.json    clients, groups, roles, ACLs (password hashes: mode 0600)
     mosquitto.db             persistence (written by the broker)
     mosquitto.log            the broker's log
+    tls-cert.pem, tls-key.pem  copies of the TLS certificate and key (when TLS is on)
 
 When run as root, Mosquitto drops to the `mosquitto` user, so the directory and its files
 are handed to that user (and every parent directory must let it through).
@@ -29,6 +30,7 @@ import subprocess
 from pathlib import Path
 
 from chatserver.broker_access import DynsecAccess
+from chatserver.tls import ServerTls
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_DIR / "broker" / "mosquitto.conf"
@@ -36,6 +38,8 @@ TEMPLATE = REPO_DIR / "broker" / "mosquitto.conf"
 CONF_NAME = "mosquitto.conf"
 DYNSEC_NAME = "dynamic-security.json"
 LOG_NAME = "mosquitto.log"
+TLS_CERT_NAME = "tls-cert.pem"
+TLS_KEY_NAME = "tls-key.pem"
 BROKER_USER = "mosquitto"
 
 # Where Debian (any architecture) and source builds put the plugin.
@@ -70,17 +74,27 @@ def render(
     broker_dir: Path,
     bind: str = "",
     plugin: Path | None = None,
+    tls_ports: tuple[int, int] | None = None,
+    plaintext: bool = True,
 ) -> Path:
     """Write `template` to `out` with its @PLACEHOLDERS@ replaced; return `out`.
 
-    `broker_dir` must be absolute (Mosquitto resolves relative paths against its own
-    working directory). The file is written whole, then renamed into place.
+    `tls_ports` (MQTT over TLS, WebSockets over TLS) keeps the template's `tls` block
+    (the certificate and key must be in `broker_dir`, see `prepare`); `plaintext` False
+    leaves its `plaintext` block out. `broker_dir` must be absolute (Mosquitto resolves
+    relative paths against its own working directory). The file is written whole, then
+    renamed into place.
     """
-    for name, port in (("mqtt_port", mqtt_port), ("ws_port", ws_port)):
-        if not isinstance(port, int) or not 0 < port < 65536:
+    ports = {"mqtt_port": mqtt_port, "ws_port": ws_port}
+    if tls_ports is not None:
+        ports |= {"tls_port": tls_ports[0], "wss_port": tls_ports[1]}
+    elif not plaintext:
+        raise ValueError("without plaintext listeners the broker needs TLS ones (tls_ports)")
+    for name, port in ports.items():
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ValueError(f"{name} must be a port number, got {port!r}")
-    if mqtt_port == ws_port:
-        raise ValueError("mqtt_port and ws_port must differ")
+    if len(set(ports.values())) != len(ports):
+        raise ValueError(f"the broker's ports must differ, got {ports}")
     broker_dir = Path(broker_dir)
     if not broker_dir.is_absolute():
         raise ValueError(f"broker_dir must be absolute, got {broker_dir}")
@@ -92,11 +106,13 @@ def render(
     values = {
         "@MQTT_PORT@": str(mqtt_port),
         "@MQTT_WS_PORT@": str(ws_port),
+        "@MQTT_TLS_PORT@": str(tls_ports[0]) if tls_ports else "",
+        "@MQTT_WSS_PORT@": str(tls_ports[1]) if tls_ports else "",
         "@MQTT_BIND@": bind,
         "@BROKER_DIR@": str(broker_dir),
         "@DYNSEC_PLUGIN@": str(plugin or find_dynsec_plugin()),
     }
-    text = Path(template).read_text()
+    text = _blocks(Path(template).read_text(), keep={"plaintext": plaintext, "tls": tls_ports is not None})
     for key, value in values.items():
         text = text.replace(key, value)
     left = re.findall(r"@[A-Z_]+@", text)
@@ -111,6 +127,22 @@ def render(
     os.chmod(tmp, 0o600)
     os.replace(tmp, out)
     return out
+
+
+def _blocks(text: str, *, keep: dict[str, bool]) -> str:
+    """`text` with each `#>>> name` ... `#<<< name` block kept (markers dropped) or removed."""
+    lines, current = [], None
+    for line in text.splitlines():
+        marker = re.fullmatch(r"#(>>>|<<<) (\w+)", line.strip())
+        if marker:
+            kind, name = marker.groups()
+            if name not in keep:
+                raise ValueError(f"unknown block {name!r} in the broker template")
+            current = name if kind == ">>>" else None
+            continue
+        if current is None or keep[current]:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def provision(*, broker_dir: Path, admin_username: str, admin_password: str) -> None:
@@ -145,12 +177,32 @@ def prepare(
     admin_password: str,
     bind: str = "",
     template: Path = TEMPLATE,
+    tls: ServerTls | None = None,
+    tls_ports: tuple[int, int] | None = None,
+    plaintext: bool = True,
 ) -> Path:
-    """Provision `data_dir/broker/` and render its config; return the config's path."""
+    """Provision `data_dir/broker/` and render its config; return the config's path.
+
+    With `tls` (a certificate chain and its key, anywhere readable by this process, e.g.
+    root-only Let's Encrypt files) and `tls_ports`, copies of both are put in the broker
+    directory, owned by the broker's user, and the TLS listeners are on. Run it again
+    after renewing a certificate, then restart the broker.
+    """
+    if (tls is None) != (tls_ports is None):
+        raise ValueError("tls and tls_ports go together")
     broker_dir = Path(data_dir).resolve() / "broker"
     provision(
         broker_dir=broker_dir, admin_username=admin_username, admin_password=admin_password
     )
+    if tls is not None:
+        for source, name in ((tls.cert, TLS_CERT_NAME), (tls.key, TLS_KEY_NAME)):
+            tmp = broker_dir / f".{name}.{os.getpid()}.tmp"
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, broker_dir / name)
+    else:
+        for name in (TLS_CERT_NAME, TLS_KEY_NAME):
+            (broker_dir / name).unlink(missing_ok=True)
     conf = render(
         template=template,
         out=broker_dir / CONF_NAME,
@@ -158,6 +210,8 @@ def prepare(
         ws_port=ws_port,
         broker_dir=broker_dir,
         bind=bind,
+        tls_ports=tls_ports,
+        plaintext=plaintext,
     )
     # Mosquitto re-reads its config as the `mosquitto` user on SIGHUP.
     _hand_over(broker_dir, _broker_owner())

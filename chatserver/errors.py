@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     CONFLICT = "conflict"
     NOT_YOURS = "not_yours"
+    DATABASE_UNAVAILABLE = "database_unavailable"
     SERVER_ERROR = "server_error"
 
 

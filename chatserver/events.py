@@ -33,6 +33,8 @@ class EventType(StrEnum):
     FRIEND_ACCEPTED = "friend.accepted"
     FRIEND_REMOVED = "friend.removed"
     PRESENCE_UPDATED = "presence.updated"
+    # A person's profile changed (display name, avatar) or the account was deleted.
+    USER_UPDATED = "user.updated"
     # One's own mute of a chat: to one's own devices only (nobody else may know).
     MUTE_UPDATED = "mute.updated"
     # Ephemeral (QoS 0, not through the outbox): connected devices, repeat your presence.

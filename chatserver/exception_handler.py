@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from chatserver.errors import ApplicationError
+from chatserver.errors import ApplicationError, ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ DATABASE_UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly."
 
 def database_unavailable(exc: BaseException) -> JsonResponse:
     logger.warning("database unavailable: %s", " ".join(str(exc).split()))
-    return json_error("database_unavailable", DATABASE_UNAVAILABLE_MESSAGE, status.HTTP_503_SERVICE_UNAVAILABLE)
+    return json_error(ErrorCode.DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 def exception_handler(exc, context):
@@ -77,7 +77,7 @@ def exception_handler(exc, context):
         logger.warning("database unavailable: %s", " ".join(str(exc).split()))
         set_rollback()
         return Response(
-            error_body("database_unavailable", DATABASE_UNAVAILABLE_MESSAGE),
+            error_body(ErrorCode.DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 

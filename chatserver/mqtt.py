@@ -114,7 +114,11 @@ class BrokerConnection:
         client_id: str,
         keepalive: int = 30,
         max_payload: int = 256 * 1024,
+        tls: bool = False,
+        tls_ca: str | None = None,
     ) -> None:
+        """`tls`: connect over TLS, verifying the broker's certificate and name against
+        `tls_ca` (a PEM file; None: the system's CAs)."""
         self.host, self.port, self.keepalive = host, port, keepalive
         # Below `max_packet_size` in broker/mosquitto.conf (256 KiB + room for the topic).
         self.max_payload = max_payload
@@ -139,6 +143,8 @@ class BrokerConnection:
             protocol=paho.MQTTv5,
         )
         client.username_pw_set(username, password)
+        if tls:
+            client.tls_set(ca_certs=tls_ca or None)
         client.max_inflight_messages_set(self.MAX_INFLIGHT)
         client.reconnect_delay_set(self.RECONNECT_MIN_DELAY, self.RECONNECT_MAX_DELAY)
         client.on_socket_open = self._on_socket_open

@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from chatserver import dotenv
 
@@ -72,11 +73,32 @@ SECRET_KEY = secret("django-secret-key", "DJANGO_SECRET_KEY", 50)
 DEBUG = env_bool("DEBUG")
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "*").split(",") if h.strip()]
 
+# --- HTTPS ------------------------------------------------------------------------------
+# gunicorn serves HTTPS itself when HTTPS_CERT and HTTPS_KEY name a PEM chain and key
+# (Procfile); behind a reverse proxy that terminates TLS (README: Caddy, nginx), set
+# BEHIND_TLS_PROXY=on so that Django takes the proxy's X-Forwarded-Proto for the scheme
+# (signed media links, redirects). Either way cookies are Secure and HSTS is sent.
+HTTPS_CERT = env("HTTPS_CERT")
+HTTPS_KEY = env("HTTPS_KEY")
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
+if BEHIND_TLS_PROXY:
+    # Only behind a proxy that sets this header itself (and strips a client's own).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS_CERT or BEHIND_TLS_PROXY:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+
 INSTALLED_APPS = [
+    # The operators' admin at /admin/ (accounts/admin.py, chats/admin.py, chatserver/admin.py).
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "chatserver",
     "accounts",
     "chats",
@@ -84,8 +106,17 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's, the API docs' Swagger UI and ReDoc): see "Static files" below.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "chatserver.middleware.OptionalTrailingSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Sessions, CSRF and messages serve the admin only: the API authenticates by device
+    # token (DRF's views are CSRF-exempt, and nothing reads the session lazily set up here).
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # 503 database_unavailable (the error envelope) when a view cannot reach the database.
     "chatserver.middleware.DatabaseUnavailableMiddleware",
 ]
@@ -99,7 +130,13 @@ TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
     }
 ]
 
@@ -160,10 +197,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["chatserver.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "chatserver.exception_handler.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "chatserver.pagination.Pagination",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "chatserver.openapi.AutoSchema",
     # Rate limits (chatserver/throttling.py), shared by every process on every host (the
     # database, or Redis with REDIS_URL). "N/second|minute|hour|day": N at once, then
     # refilled evenly over the period; a burst of its own where THROTTLE_BURSTS says.
@@ -196,10 +233,19 @@ SPECTACULAR_SETTINGS = {
         "(topics and payloads: docs/mqtt.md and docs/asyncapi.yaml in the repository)."
     ),
     "VERSION": "1.0.0",
+    # Swagger UI and ReDoc from this server's own static files (drf-spectacular-sidecar),
+    # never from a CDN: the docs work offline and load nothing from elsewhere.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl: Swagger UI would otherwise send the schema to validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None, "persistAuthorization": True},
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    # PATCH bodies are validated whole (no view uses partial=True): document them so.
+    "COMPONENT_SPLIT_PATCH": False,
     # Two choice sets are both called `type`: name them.
     "ENUM_NAME_OVERRIDES": {
         "ChatTypeEnum": "chats.models.Chat.Kind",
@@ -210,6 +256,15 @@ SPECTACULAR_SETTINGS = {
 # The largest JSON body accepted (a message is at most MESSAGE_MAX_LENGTH characters).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024)
 MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
+
+# --- Static files -----------------------------------------------------------------------
+
+# The admin's CSS and JavaScript, the API docs' Swagger UI and ReDoc (and any app's static
+# files), served by WhiteNoise
+# straight from the installed packages: no collectstatic step, the same in `make run`, in
+# gunicorn behind a proxy and in the tests. Indexed once when a process starts.
+STATIC_URL = "static/"
+WHITENOISE_USE_FINDERS = True
 
 # --- Attachments ------------------------------------------------------------------------
 
@@ -268,6 +323,25 @@ MQTT_PUBLIC_HOST = env("MQTT_PUBLIC_HOST")
 MQTT_PUBLIC_PORT = env_int("MQTT_PUBLIC_PORT", MQTT_PORT)
 MQTT_PUBLIC_WS_PORT = env_int("MQTT_PUBLIC_WS_PORT", MQTT_WS_PORT)
 # The broker account of the server itself (the relay). Its password never leaves it.
+# The broker's TLS listeners (MQTT_TLS=off: none): MQTT over TLS and WebSockets over TLS.
+# Their certificate: MQTT_TLS_CERT and MQTT_TLS_KEY (PEM; read by `manage.py
+# broker_prepare`, which copies them for the broker), or, unset, one of a local CA made
+# once under DATA_DIR/tls/ (chatserver/tls.py): give its ca.pem to phones and `chat-sim --ca`.
+MQTT_TLS = env("MQTT_TLS", "on").lower() not in {"off", "0", "false", "no"}
+MQTT_TLS_PORT = env_int("MQTT_TLS_PORT", 8883)
+MQTT_WSS_PORT = env_int("MQTT_WSS_PORT", 9443)
+MQTT_TLS_CERT = env("MQTT_TLS_CERT")
+MQTT_TLS_KEY = env("MQTT_TLS_KEY")
+# The CA the server's own TLS connections trust (empty: the system's, for a certificate
+# of a public CA).
+MQTT_TLS_CA = env("MQTT_TLS_CA", "" if MQTT_TLS_CERT else str(DATA_DIR / "tls" / "ca.pem"))
+# MQTT_PLAINTEXT=off: no plaintext listener at all (phones and the server's own
+# processes connect over TLS, to MQTT_HOST, which must then be a name on the certificate).
+MQTT_PLAINTEXT = env_bool("MQTT_PLAINTEXT", True)
+if not (MQTT_PLAINTEXT or MQTT_TLS):
+    raise ImproperlyConfigured("MQTT_PLAINTEXT=off needs the TLS listeners: leave MQTT_TLS on")
+MQTT_PUBLIC_TLS_PORT = env_int("MQTT_PUBLIC_TLS_PORT", MQTT_TLS_PORT)
+MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
 MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
 MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)

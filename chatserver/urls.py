@@ -1,5 +1,6 @@
+from django.contrib import admin
 from django.urls import include, path, register_converter
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from chatserver.urls_converters import IdConverter
 from chatserver.views import HealthView
@@ -12,8 +13,12 @@ urlpatterns = [
     path("chats/", include("chats.urls")),
     path("", include("chats.urls_root")),
     path("health/", HealthView.as_view(), name="health"),
+    # The operators' admin (`manage.py createsuperuser` for the first operator).
+    path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # ReDoc without its Google Fonts link: see the template.
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="chatserver/redoc.html"), name="redoc"),
 ]
 
 handler400 = "chatserver.exception_handler.handler400"

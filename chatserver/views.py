@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.db import DatabaseError, connection
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -51,6 +51,18 @@ class HealthView(APIView):
                 },
             ),
         },
+        summary="Whether the server can take messages, and the state of its parts.",
+        examples=[
+            OpenApiExample("Serving", status_codes=[200], value={
+                "status": "ok", "database": "up", "relay": "running", "broker": "up", "outbox_pending": 0,
+                "outbox_oldest_age_s": 0.0, "dead_letters": 0, "push": "on", "push_pending": 0, "push_failed": 0}),
+            OpenApiExample("Messages accepted, not delivered: the broker stopped answering", status_codes=[200],
+                           value={"status": "degraded", "database": "up", "relay": "running", "broker": "down",
+                                  "outbox_pending": 42, "outbox_oldest_age_s": 3.2, "dead_letters": 0,
+                                  "push": "on", "push_pending": 0, "push_failed": 0}),
+            OpenApiExample("The database is down", status_codes=[503], value={
+                "status": "unavailable", "database": "down", "relay": "unknown", "broker": "unknown"}),
+        ],
         tags=["health"],
     )
     def get(self, request):

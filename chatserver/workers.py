@@ -194,13 +194,17 @@ def broker_connection(*, name: str):
     `chat-<name>-<host>-<pid>`: unique per process, so copies never kick each other off)."""
     from chatserver.mqtt import BrokerConnection  # paho: only in the worker processes
 
+    # Plaintext on the server's own network when offered; TLS when it is off altogether.
+    tls = not settings.MQTT_PLAINTEXT
     return BrokerConnection(
         host=settings.MQTT_HOST,
-        port=settings.MQTT_PORT,
+        port=settings.MQTT_TLS_PORT if tls else settings.MQTT_PORT,
         username=settings.MQTT_ADMIN_USERNAME,
         password=settings.MQTT_ADMIN_PASSWORD,
         client_id=f"chat-{name}-{socket.gethostname()}-{os.getpid()}",
         keepalive=settings.MQTT_KEEPALIVE,
+        tls=tls,
+        tls_ca=settings.MQTT_TLS_CA or None,
     )
 
 

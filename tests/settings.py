@@ -23,3 +23,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Every event the suite queues is checked against docs/asyncapi.yaml when it is made.
 OUTBOX_CHECK_SCHEMAS = True
+
+# The session's broker has no TLS listeners (tests/chatserver/test_tls.py makes one that
+# has); the processes the suite starts are told which broker they have (server_env).
+if "MQTT_TLS" not in os.environ:
+    MQTT_TLS = False

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from chat_sim import tls
+
 # What a dead keep-alive connection looks like when the next request is sent on it.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -150,8 +152,11 @@ class Api:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self.timeout)
+            if self._scheme == "https":
+                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                                         context=tls.context())
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
             self._conn.connect()
             # Small requests and answers: without it each one may wait for a delayed ACK.
             self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

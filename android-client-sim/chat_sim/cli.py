@@ -19,11 +19,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from chat_sim import output
+from chat_sim import output, tls
 from chat_sim.api import Api, ApiError
 from chat_sim.mqtt import Item, Listener
 from chat_sim.output import Names, print_json, table
-from chat_sim.profiles import DEFAULT_SERVER, Profile, ProfileStore, home_dir
+from chat_sim.profiles import DEFAULT_SERVER, Profile, ProfileBusy, ProfileStore, home_dir
 
 ROLES = ("owner", "admin", "member", "restricted")
 
@@ -419,6 +419,7 @@ def cmd_health(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
     profile = ctx.require_session()
+    ctx.store.hold_connection(profile.name)
     api = ctx.api()
     names = Names(api, {profile.user_id: profile.username})
     shown = [0]
@@ -528,6 +529,7 @@ def cmd_shell(ctx: Context, args: argparse.Namespace) -> int:
     from chat_sim.shell import Shell
 
     profile = ctx.require_session()
+    ctx.store.hold_connection(profile.name)
     return Shell(ctx.store, profile, chat_id=args.chat).run()
 
 
@@ -564,6 +566,9 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("--server", "-s", default=d(None),
                         help=f"server URL (default: the profile's, else $CHAT_SIM_SERVER, else {DEFAULT_SERVER})")
     parser.add_argument("--json", action="store_true", default=d(False), help="JSON output for scripts")
+    parser.add_argument("--ca", default=d(os.environ.get("CHAT_SIM_CA")), metavar="FILE",
+                        help="trust this CA certificate (the server's local CA: DATA_DIR/tls/ca.pem): "
+                             "HTTPS is verified against it and MQTT goes over TLS (default $CHAT_SIM_CA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -729,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tls.configure(args.ca)
     try:
         ctx = Context(args)
         result = args.handler(ctx, args)
@@ -739,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(output.error_line(exc), file=sys.stderr)
         return 1
-    except (UsageError, ValueError, OSError) as exc:
+    except (UsageError, ValueError, OSError, ProfileBusy) as exc:
         print(f"chat-sim: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -180,7 +180,16 @@ class Load:
         known = cache.setdefault("users", {})
         names = [f"{self.config.user_prefix}-{i}" for i in range(self.config.users + self.config.burst_phones)]
 
+        done = [0]
+
         async def ensure(http: AsyncHttp, name: str) -> User:
+            user = await sign_in(http, name)
+            done[0] += 1
+            if done[0] % 200 == 0 and done[0] < len(names):
+                self.say(f"users: {done[0]} of {len(names)} signed in ({time.monotonic() - started:.1f} s)")
+            return user
+
+        async def sign_in(http: AsyncHttp, name: str) -> User:
             entry = known.get(name)
             if entry:
                 status, me = await http.request("GET", "/accounts/me/", token=entry["token"])

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from chat_sim import tls
 from chat_sim.api import Api, ApiError
 
 # CONNACK answers after which retrying cannot help (the credentials are gone: logout).
@@ -224,6 +225,9 @@ class Listener:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.mqtt["client_id"],
                              protocol=paho.MQTTv311, clean_session=False, userdata=epoch)
         client.username_pw_set(self.mqtt["username"], self.mqtt["password"])
+        port, over_tls = tls.mqtt_endpoint(self.mqtt)
+        if over_tls:
+            client.tls_set_context(tls.context())
         client.will_set(self.presence_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(0.2, 5)
         client.on_connect = self._on_connect
@@ -233,7 +237,7 @@ class Listener:
         client.on_socket_open = _nodelay
         self.caught_up.clear()
         self._client = client
-        client.connect_async(self.mqtt["host"], self.mqtt["port"], keepalive=self.keepalive)
+        client.connect_async(self.mqtt["host"], port, keepalive=self.keepalive)
         client.loop_start()
 
     def _on_connect(self, client, epoch, flags, reason, properties) -> None:

@@ -123,8 +123,9 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
         return f"* {where}message {data.get('id')} {state}"
     if kind == "read.updated":
         reader = data.get("user")
-        return (f"* {where}{names(reader) if isinstance(reader, int) else reader}: delivered up to "
-                f"{data.get('last_delivered_message_id')}, read up to {data.get('last_read_message_id')}")
+        marks = [f"{what} up to message {data[key]}" for what, key in
+                 (("received", "last_delivered_message_id"), ("read", "last_read_message_id")) if data.get(key)]
+        return f"* {where}{names(reader) if isinstance(reader, int) else reader}: {', '.join(marks) or 'nothing read yet'}"
     if kind == "mute.updated":
         chat = data.get("chat")
         until = data.get("muted_until")
@@ -134,6 +135,12 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
     if kind == "presence.updated":
         user = data.get("id") or data.get("user")
         return f"* {names(user) if isinstance(user, int) else user} is {data.get('presence')}"
+    if kind == "user.updated":
+        if data.get("deleted"):
+            return f"* user {data.get('id')} deleted their account"
+        shown = data.get("display_name") or data.get("username")
+        avatar = "an avatar" if data.get("avatar") else "no avatar"
+        return f"* {data.get('username')} is now shown as {shown!r}, with {avatar}"
     if kind.startswith("friend."):
         other = data.get("username") or data.get("id") or data.get("user")
         return f"* {kind.split('.', 1)[1]}: {other}"

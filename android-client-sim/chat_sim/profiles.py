@@ -13,13 +13,15 @@ write replaces the file atomically (a crash never leaves half a profile).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
+# The stack `make run` starts on this machine (which honours HTTP_PORT too).
+DEFAULT_SERVER = f"http://127.0.0.1:{os.environ.get('HTTP_PORT', '').strip() or '8000'}"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 
 
@@ -94,6 +96,36 @@ class ProfileStore:
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.dir.glob("*.json")) if self.dir.exists() else []
+
+    def hold_connection(self, name: str):
+        """Claim the profile's MQTT connection for this process, for as long as it lives;
+        ProfileBusy if another process holds it. A profile is one device with one client
+        id: two processes connecting with it would kick each other off the broker."""
+        path = self.path(name).with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise ProfileBusy(name, holder) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._held = getattr(self, "_held", []) + [f]  # released when the process ends
+
+
+class ProfileBusy(Exception):
+    def __init__(self, name: str, pid: str) -> None:
+        super().__init__(
+            f"profile {name!r} is already connected in another chat-sim process (pid {pid}): a profile is "
+            f"one device, and two connections with its client id would kick each other off the broker. "
+            f"Use that process, or sign this user in as a second device: "
+            f"chat-sim -p {name}-2 login <username>"
+        )
 
 
 def write_private_json(path: Path, data) -> None:

@@ -57,6 +57,8 @@ class Shell:
     # --- output -------------------------------------------------------------------------
 
     def say(self, text: str) -> None:
+        # Under prompt_toolkit's patch_stdout (a terminal), what is printed goes above the
+        # input line, which stays as typed.
         with self._out:
             print(text, flush=True)
 
@@ -72,6 +74,8 @@ class Shell:
             self._show_message(item.data, item.source)
             if item.chat == self.chat and item.data.get("author") != self.me:
                 self._mark_read(item.data["id"], api=self.listener.api)
+        elif item.kind == "event" and item.type == "read.updated" and item.chat == self.chat:
+            self._show_read(item.data)
         elif item.kind == "event":
             self.say(output.event_line(item.type, item.chat, item.data, self.names))
         elif item.kind == "gap":
@@ -82,6 +86,17 @@ class Shell:
             self.say(f"~ caught up: {item.data['fetched']} message(s) fetched")
         elif item.kind == "error":
             self.say(f"! {item.type}: {item.data}")
+
+    def _show_read(self, pointers: dict) -> None:
+        """Another member's marks in the open chat, as the app shows them: ✓✓ up to a message."""
+        reader = pointers.get("user")
+        if reader == self.me:
+            return
+        who = self.names(reader) if isinstance(reader, int) else reader
+        if pointers.get("last_read_message_id"):
+            self.say(f"  ✓✓ {who} read up to message {pointers['last_read_message_id']}")
+        elif pointers.get("last_delivered_message_id"):
+            self.say(f"  ✓ {who} received up to message {pointers['last_delivered_message_id']}")
 
     def _mark_read(self, message_id: int, *, api: Api) -> None:
         if not self.auto_read or self.chat is None:
@@ -105,9 +120,10 @@ class Shell:
                 self.handle(f"/open {self.first_chat}")
             else:
                 self.handle("/chats")
+            read_line = self._terminal_reader() if sys.stdin.isatty() else (lambda: input())
             while True:
                 try:
-                    line = input(f"chat {self.chat}> " if self.chat and sys.stdin.isatty() else "")
+                    line = read_line()
                 except EOFError:
                     break
                 if line.strip() in ("/quit", "/q", "/exit"):
@@ -121,6 +137,20 @@ class Shell:
             self.profile.versions = {str(k): v for k, v in self.listener.shown_versions().items()}
             self.store.save(self.profile)
         return 0
+
+    def _terminal_reader(self):
+        """A line reader that keeps what is being typed intact while messages arrive
+        (prompt_toolkit: arriving lines are printed above the prompt)."""
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        session: PromptSession = PromptSession()
+
+        def read() -> str:
+            with patch_stdout(raw=True):
+                return session.prompt(f"chat {self.chat}> " if self.chat else "> ")
+
+        return read
 
     def handle(self, line: str) -> None:
         line = line.strip()

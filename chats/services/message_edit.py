@@ -1,4 +1,4 @@
-"""Edits and soft deletes of messages."""
+"""Edits and soft deletes of messages (by members, and by operators from the admin)."""
 
 from django.db import transaction
 from django.utils import timezone
@@ -45,9 +45,7 @@ def message_update(
                 raise NotAllowed("Only the author, or an admin of the group, can delete this message.")
             if message.deleted:
                 return messages_annotate(chat_id=chat.id, messages=[message])[0]
-            message.deleted = True
-            message.content = shapes.DELETED_CONTENT
-            _attachment_drop(message)
+            _soft_delete(message)
         else:
             if message.author_id != actor.id:
                 raise NotAuthor()
@@ -55,17 +53,48 @@ def message_update(
                 raise MessageDeleted()
             message.content = content
             message.edited_at = timezone.now()
-        message.version = chat_version_bump(chat)
-        message.save(update_fields=["content", "deleted", "edited_at", "version"])
-        messages_annotate(chat_id=chat.id, messages=[message])
-        chat_event(
-            chat=chat,
-            type=EventType.MESSAGE_UPDATED,
-            data=shapes.message_output(message),
-            user_ids=member_ids(chat.id),
-            version=message.version,
-        )
+        _updated(chat, message)
     return message
+
+
+def message_moderate(*, actor: User, message_id: int) -> Message:
+    """An operator (staff, from the admin) soft-deletes a message in any chat, exactly as
+    its author could: same text, attachment gone, the chat's next version, and members
+    get `message.updated`. Deleting again changes nothing."""
+    if not (actor.is_active and actor.is_staff):
+        raise NotAllowed("Only operators can delete messages in any chat.")
+    chat_id = Message.objects.filter(id=message_id).values_list("chat_id", flat=True).first()
+    if chat_id is None:
+        raise MessageNotFound()
+    with transaction.atomic():
+        chat = lock_chat(chat_id)
+        message = Message.objects.filter(chat=chat, id=message_id).select_related("attachment").first()
+        if message is None:
+            raise MessageNotFound()
+        if not message.deleted:
+            _soft_delete(message)
+            _updated(chat, message)
+    return message
+
+
+def _soft_delete(message: Message) -> None:
+    message.deleted = True
+    message.content = shapes.DELETED_CONTENT
+    _attachment_drop(message)
+
+
+def _updated(chat: Chat, message: Message) -> None:
+    """Store the changed message with the chat's next version and tell the members."""
+    message.version = chat_version_bump(chat)
+    message.save(update_fields=["content", "deleted", "edited_at", "version"])
+    messages_annotate(chat_id=chat.id, messages=[message])
+    chat_event(
+        chat=chat,
+        type=EventType.MESSAGE_UPDATED,
+        data=shapes.message_output(message),
+        user_ids=member_ids(chat.id),
+        version=message.version,
+    )
 
 
 def _attachment_drop(message: Message) -> None:

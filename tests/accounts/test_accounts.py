@@ -30,6 +30,9 @@ def test_signup_returns_token_and_mqtt_credentials_and_queues_broker_accounts():
         "host": "testserver",
         "port": 1883,
         "ws_port": 9001,
+        "tls_port": None,  # the suite's broker has no TLS (tests/chatserver/test_tls.py)
+        "wss_port": None,
+        "plaintext": True,
         "username": f"device-{device.id}",
         "password": device.mqtt_password,
         "client_id": f"chat-{user.id}-{device.id}",
@@ -38,6 +41,7 @@ def test_signup_returns_token_and_mqtt_credentials_and_queues_broker_accounts():
     }
     assert body["settings"] == {"read_receipts": True, "push_previews": True}
     assert body["push"] is False
+
     # only a hash of the token is stored
     assert body["token"] not in device.token_hash
     [event] = OutboxEvent.objects.all()
@@ -52,6 +56,17 @@ def test_signup_returns_token_and_mqtt_credentials_and_queues_broker_accounts():
             "client_id": f"chat-{user.id}-{device.id}",
         },
     ]
+
+
+def test_the_mqtt_block_names_the_tls_ports_and_whether_plaintext_is_offered(settings):
+    settings.MQTT_TLS, settings.MQTT_PLAINTEXT = True, False
+    settings.MQTT_PUBLIC_TLS_PORT, settings.MQTT_PUBLIC_WSS_PORT = 8883, 9443
+
+    body = post(APIClient(), "/accounts/signup/", {"username": "alice", "password": PASSWORD}).json()
+
+    mqtt = body["mqtt"]
+    assert (mqtt["plaintext"], mqtt["port"], mqtt["ws_port"], mqtt["tls_port"], mqtt["wss_port"]) == (
+        False, None, None, 8883, 9443)
 
 
 def test_signup_refuses_a_taken_name_whatever_its_case():
@@ -194,7 +209,10 @@ def test_user_profile_shows_presence_and_404s_for_unknown_ids():
 
     response = alice.client.get(f"/accounts/{bob.id}/")
     assert response.status_code == 200
-    assert response.json() == {"id": bob.id, "username": "bob", "presence": "offline", "last_seen": None}
+    assert response.json() == {
+        "id": bob.id, "username": "bob", "display_name": "", "avatar": None, "presence": "offline",
+        "last_seen": None, "deleted": False,
+    }
 
     missing = alice.client.get("/accounts/999999/")
     assert missing.status_code == 404

@@ -181,7 +181,7 @@ def test_search_is_a_case_insensitive_prefix_match_paginated():
 
     assert page["count"] == 3
     assert [u["username"] for u in page["results"] + rest["results"]] == ["Anna", "annabel", "anne"]
-    assert set(page["results"][0]) == {"id", "username", "presence", "last_seen"}
+    assert set(page["results"][0]) == {"id", "username", "display_name", "avatar", "presence", "last_seen", "deleted"}
 
 
 # --- chat list --------------------------------------------------------------------------
@@ -259,3 +259,15 @@ def test_hiding_a_direct_chat_hides_it_until_the_next_message():
     again = post(alice.client, "/chats/", {"members": [bob.id]})
     assert again.status_code == 200 and again.json()["id"] == cid
     assert [c["id"] for c in alice.client.get(f"/accounts/{alice.id}/chats/").json()["results"]] == [cid]
+
+
+def test_search_refuses_a_nul_character_naming_the_parameter():
+    me = make_user("searcher")
+
+    response = me.client.get("/accounts/", {"search": "ann\x00"})
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {"code": "validation_error", "message": "Invalid input.",
+                  "fields": {"search": ["Null characters are not allowed."]}}
+    }

@@ -327,8 +327,14 @@ def test_sync_pages_a_long_absence():
 
 
 @pytest.mark.parametrize(
-    "body", [{}, {"chats": []}, {"chats": {"x": 1}}, {"chats": {"1": -1}}, {"chats": {"1": "a"}}, {"chats": {}, "limit": 0}]
+    "body",
+    [
+        {}, {"chats": []}, {"chats": {"x": 1}}, {"chats": {"1": -1}}, {"chats": {"1": "a"}}, {"chats": {}, "limit": 0},
+        # digits to str.isdigit that int() refuses, an id beyond BIGINT, and no id at all
+        {"chats": {"\u00b2": 1}}, {"chats": {"\u0663": 1}}, {"chats": {str(2**63): 1}}, {"chats": {"0": 1}},
+    ],
 )
 def test_sync_rejects_bad_bodies(body):
     response = post(make_user().client, "/chats/sync/", body)
     assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_error"

@@ -116,6 +116,27 @@ def test_a_refusal_prints_the_server_error_in_one_line(sim):
     }
 
 
+def test_a_second_process_on_a_connected_profile_says_so_instead_of_fighting_over_its_client_id(sim):
+    # given: bob's phone listening
+    sim("-p", "bob", "signup", "bob", "--password", PASSWORD)
+    listener = subprocess.Popen([str(CHAT_SIM), "-p", "bob", "listen", "--duration", "20"],
+                                env=sim.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline(), listener.stderr.read()  # connected
+
+        # when: the README's `listen &` then `shell`, on the same profile
+        second = sim("-p", "bob", "shell", timeout=10)
+
+        # then: refused at once, plainly, and the first one is still connected
+        assert second.returncode == 2
+        assert "already connected in another chat-sim process" in second.stderr
+        assert "chat-sim -p bob-2 login" in second.stderr
+        assert listener.poll() is None
+    finally:
+        listener.kill()
+        listener.wait()
+
+
 def test_listen_prints_live_messages_in_order(sim):
     # given: bob listening
     sim("-p", "alice", "signup", "alice", "--password", PASSWORD)

@@ -26,6 +26,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chatserver import brokerconf
+from chatserver.tls import ServerTls
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
@@ -52,7 +53,8 @@ class MosquittoBroker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, tls: ServerTls | None = None, plaintext: bool = True) -> None:
+        """`tls`: TLS listeners too, with that certificate (`tls_port`, `wss_port`)."""
         self.binary = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
         )
@@ -66,6 +68,16 @@ class MosquittoBroker:
         self.ws_port = free_port()
         while self.ws_port == self.port:
             self.ws_port = free_port()
+        self.tls = tls
+        self.tls_port = self.wss_port = None
+        if tls is not None:
+            taken = {self.port, self.ws_port}
+            while self.tls_port is None or self.tls_port in taken:
+                self.tls_port = free_port()
+            taken.add(self.tls_port)
+            while self.wss_port is None or self.wss_port in taken:
+                self.wss_port = free_port()
+        self.plaintext = plaintext
         self.admin_username = "chat-server"
         self.admin_password = secrets.token_urlsafe(24)
         self.conf_path = brokerconf.prepare(
@@ -75,6 +87,9 @@ class MosquittoBroker:
             admin_username=self.admin_username,
             admin_password=self.admin_password,
             bind=self.host,
+            tls=tls,
+            tls_ports=(self.tls_port, self.wss_port) if tls else None,
+            plaintext=plaintext,
         )
         self.broker_dir = self.conf_path.parent
         self.log_path = self.broker_dir / brokerconf.LOG_NAME
@@ -153,8 +168,12 @@ class MosquittoBroker:
         )
         client.username_pw_set(self.admin_username, self.admin_password)
         client.on_connect = lambda c, u, f, reason, p: reason == 0 and accepted.set()
+        port = self.port
+        if not self.plaintext:
+            client.tls_set(ca_certs=str(self.tls.ca))
+            port = self.tls_port
         try:
-            client.connect(self.host, self.port, keepalive=10)
+            client.connect(self.host, port, keepalive=10)
         except OSError:
             return False
         try:

@@ -100,6 +100,10 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
         MQTT_HOST=broker.host,
         MQTT_PORT=str(broker.port),
         MQTT_WS_PORT=str(broker.ws_port),
+        # The broker's TLS listeners, if it has any (tests/support/mosquitto.py).
+        **({"MQTT_TLS": "on", "MQTT_TLS_PORT": str(broker.tls_port), "MQTT_WSS_PORT": str(broker.wss_port),
+            "MQTT_TLS_CA": str(broker.tls.ca), "MQTT_PLAINTEXT": "on" if broker.plaintext else "off"}
+           if getattr(broker, "tls", None) else {"MQTT_TLS": "off"}),
         MQTT_ADMIN_USERNAME=broker.admin_username,
         MQTT_ADMIN_PASSWORD=broker.admin_password,
         # Rate limits out of load-like tests' way (tests/settings.py sets the same

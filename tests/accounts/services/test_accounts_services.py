@@ -3,13 +3,14 @@
 import os
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
-from accounts import services, social
-from accounts.errors import BlockedError, UsernameTaken
+from accounts import deletion, services, social
+from accounts.errors import BlockedError, UsernameTaken, WrongPassword
 from accounts.models import Device, User
 from accounts.presence import presence_apply, presence_apply_many
 from chatserver.broker_access import DeviceAdd, DeviceRemove, UserAdd
+from chatserver.errors import PermissionDenied
 from chatserver.events import EventType
 from tests.support.factories import PASSWORD, make_actor
 
@@ -132,3 +133,115 @@ def test_a_burst_of_presence_changes_is_applied_at_once_and_only_what_changed_is
     }
     states = dict(User.objects.filter(id__in=[alice.id, bob.id, carol.id]).values_list("id", "presence"))
     assert states == {alice.id: "away", bob.id: "online", carol.id: "away"}
+
+
+# --- account management -------------------------------------------------------------------
+
+
+def _removes(device) -> DeviceRemove:
+    return DeviceRemove(user=device.user_id, username=device.mqtt_username, client_id=device.mqtt_client_id)
+
+
+def test_devices_sign_out_removes_every_device_in_one_row(outbox):
+    # given
+    phone, _ = services.user_signup(username="ann", password=PASSWORD)
+    tablet, _ = services.user_login(username="ann", password=PASSWORD)
+    outbox.clear()
+
+    # when
+    with transaction.atomic():
+        services.devices_sign_out(devices=[phone, tablet])
+
+    # then
+    (row,) = outbox.rows
+    assert (row.type, row.access) == (None, [_removes(phone), _removes(tablet)])
+    assert not Device.objects.filter(user_id=phone.user_id).exists()
+
+
+def test_a_wrong_current_password_changes_nothing(outbox):
+    phone, _ = services.user_signup(username="ann", password=PASSWORD)
+    services.user_login(username="ann", password=PASSWORD)
+    outbox.clear()
+
+    with pytest.raises(WrongPassword):
+        services.user_password_change(
+            actor=phone.user, device=phone, current_password="nope", new_password="a new horse battery"
+        )
+
+    assert User.objects.get(id=phone.user_id).check_password(PASSWORD)
+    assert Device.objects.filter(user_id=phone.user_id).count() == 2
+    assert outbox.rows == []
+
+
+def test_deleting_an_account_queues_its_devices_removal_and_tells_its_friend(outbox):
+    # given
+    ann, bob = make_actor("ann"), make_actor("bob")
+    social.friend_request_send(actor=ann, target_id=bob.id)
+    social.friend_request_send(actor=bob, target_id=ann.id)
+    (device,) = Device.objects.filter(user=ann)
+    outbox.clear()
+
+    # when
+    deletion.user_delete(actor=ann, password=PASSWORD)
+
+    # then
+    told = [(row.type, row.user_ids, row.access) for row in outbox.rows]
+    assert told == [(None, [], [_removes(device)]), (EventType.FRIEND_REMOVED, [bob.id], [])]
+    assert outbox.rows[1].data["user"]["deleted"] is True
+    ann.refresh_from_db()
+    assert (ann.username, ann.is_active, ann.deleted_at is not None) == (f"deleted-{ann.id}", False, True)
+    with pytest.raises(UsernameTaken):
+        services.user_signup(username="Ann", password=PASSWORD)
+
+
+def test_deleting_an_account_with_a_wrong_password_changes_nothing(outbox):
+    ann = make_actor("ann")
+    outbox.clear()
+
+    with pytest.raises(WrongPassword):
+        deletion.user_delete(actor=ann, password="nope")
+
+    assert User.objects.get(id=ann.id).is_active
+    assert outbox.rows == []
+
+
+def test_an_operator_deactivation_signs_every_device_out(outbox):
+    # given
+    operator = User.objects.create_user(username="op", password=PASSWORD, is_staff=True)
+    ann = make_actor("ann")
+    services.user_login(username="ann", password=PASSWORD)
+    devices = list(Device.objects.filter(user=ann).order_by("id"))
+    outbox.clear()
+
+    # when
+    deletion.user_deactivate(actor=operator, user_id=ann.id)
+
+    # then
+    (row,) = outbox.rows
+    assert row.access == [_removes(d) for d in devices]
+    assert not User.objects.get(id=ann.id).is_active
+    assert User.objects.get(id=ann.id).username == "ann"  # deactivated, not deleted
+
+
+def test_only_operators_deactivate(outbox):
+    ann, bob = make_actor(), make_actor()
+    outbox.clear()
+
+    with pytest.raises(PermissionDenied):
+        deletion.user_deactivate(actor=ann, user_id=bob.id)
+
+    assert User.objects.get(id=bob.id).is_active
+    assert outbox.rows == []
+
+
+def test_deleting_an_account_whose_new_name_an_old_account_holds_still_deletes_it(outbox):
+    # given: "deleted-<id>" taken by an account from before the prefix was reserved
+    ann = make_actor("ann")
+    User.objects.create_user(username=f"deleted-{ann.id}", password=PASSWORD)
+
+    # when
+    deletion.user_delete(actor=ann, password=PASSWORD)
+
+    # then
+    ann.refresh_from_db()
+    assert ann.username.startswith(f"deleted-{ann.id}-") and not ann.is_active

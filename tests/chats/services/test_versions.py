@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import pytest
 
+from accounts import services as account_services
 from accounts import social
 from accounts.presence import presence_apply
 from chats.models import MUTED_FOREVER, Chat
@@ -45,6 +46,7 @@ def every_event(outbox) -> list:
     social.friend_request_send(actor=bob, target_id=alice.id)
     social.friend_remove(actor=alice, target_id=bob.id)
     presence_apply(user_id=alice.id, presence="online")
+    account_services.user_settings_update(actor=alice, display_name="Alice")
     return [row for row in outbox.rows if row.type is not None]
 
 
