@@ -25,10 +25,10 @@ outages. Presence is another worker (`accounts.workers`).
 
 The heartbeat row (`RelayStatus`, about every second) says when the broker last
 *answered* the relay (a PUBACK, a command response, a CONNACK), not whether a socket is
-open: a hung broker keeps its sockets open for a keepalive or more. While the outbox is
-idle the relay publishes a probe (QoS 1, to `PROBE_TOPIC`, which no client may
-subscribe to) every `HEARTBEAT_EVERY`, so the answers keep coming whenever the broker
-works; `/health/` calls the broker down once the last one is older than
+open: a hung broker keeps its sockets open for a keepalive or more. Every
+`HEARTBEAT_EVERY` the relay also publishes a probe (QoS 1, empty, to `PROBE_TOPIC`,
+which no client may subscribe to; never more than one unanswered), so the answers keep
+coming whenever the broker works, even with nothing to send; `/health/` calls the broker down once the last one is older than
 `outbox.BROKER_ANSWER_MAX_AGE`.
 """
 
