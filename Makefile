@@ -3,7 +3,7 @@
 # make bench a fresh PostgreSQL stack under standard load profiles (BENCH_ARGS="--quick")
 #
 # Both work on a fresh Debian machine as root: the virtualenv, the requirements and the
-# Debian packages (Mosquitto; PostgreSQL for the tests) are installed when missing.
+# Debian packages (Mosquitto; PostgreSQL and Redis for the tests) are installed when missing.
 
 PYTHON := .venv/bin/python
 # Touched after a successful install: pip runs again only when requirements.txt is newer.
@@ -29,7 +29,7 @@ system-deps:
 	bash scripts/system-deps.sh broker
 
 system-deps-test:
-	bash scripts/system-deps.sh broker postgres
+	bash scripts/system-deps.sh broker postgres redis
 
 run: venv system-deps
 	bash scripts/run.sh

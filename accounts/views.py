@@ -6,7 +6,6 @@ from rest_framework import generics
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts import avatars, deletion, schema, selectors, services, social
@@ -22,6 +21,7 @@ from accounts.errors import (
     UserNotFound,
     WrongPassword,
 )
+from accounts.throttles import FriendRequestThrottle, LoginFailures, PasswordCheckThrottle, SignupLoginThrottle
 from accounts.serializers import (
     AccountDeleteInput,
     AvatarInput,
@@ -54,8 +54,7 @@ def _device_name(request, data: dict) -> dict:
 class SignupView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "auth"
+    throttle_classes = [SignupLoginThrottle]
 
     @extend_schema(
         summary="Create an account and sign this device in: its token and MQTT credentials.",
@@ -76,21 +75,22 @@ class SignupView(APIView):
 class LoginView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "auth"
+    throttle_classes = [SignupLoginThrottle]
 
     @extend_schema(
         summary="Sign a new device in: its own token and MQTT credentials.",
         description="Each login is a new device with its own token and MQTT account; the user's "
         "other devices stay signed in. A wrong password and an unknown name get the same 401, "
-        "in the same time. Throttled per client address (`AUTH_THROTTLE_RATE`).",
+        "in the same time. Throttled per client address (`AUTH_THROTTLE_RATE`), and failed logins "
+        "per username (`LOGIN_FAILURE_THROTTLE_RATE`).",
         request=CredentialsInput, responses={200: SessionOutput}, tags=["accounts"],
     )
     @raises(InvalidCredentials)
     def post(self, request):
         data = CredentialsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        device, token = services.user_login(**_device_name(request, data.validated_data))
+        with LoginFailures(data.validated_data["username"]):
+            device, token = services.user_login(**_device_name(request, data.validated_data))
         return Response(session_data(device=device, request=request, token=token))
 
 
@@ -155,16 +155,14 @@ class MeView(APIView):
         return Response(status=204)
 
     def get_throttles(self):
-        # Deleting is confirmed by a password: as limited as logins.
+        # Deleting is confirmed by a password: as limited as logins (PATCH is not).
         if self.request.method == "DELETE":
-            self.throttle_scope = "auth"
-            return [ScopedRateThrottle()]
+            return [PasswordCheckThrottle()]
         return super().get_throttles()
 
 
 class PasswordView(APIView):
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "auth"
+    throttle_classes = [PasswordCheckThrottle]
 
     @extend_schema(
         summary="Change one's password; the other devices are signed out unless kept.",
@@ -379,6 +377,8 @@ class FriendRequestsView(APIView):
 
 
 class FriendView(APIView):
+    throttle_classes = [FriendRequestThrottle]  # POST only
+
     @extend_schema(
         summary="Ask someone to be friends, or accept their request.",
         request=None,

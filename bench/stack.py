@@ -6,9 +6,10 @@ and the workers (relay, presence, push), built from the test suite's own process
         stack.describe()     # what runs, for the results file
 
 Everything lives in one temporary directory, removed on exit (kept, with its logs, when
-starting failed). Like the test stacks it uses a fast password hasher and no signup
-throttle; PostgreSQL runs with fsync and synchronous_commit off (see
-tests/support/postgres.py), so figures are those of the application, not of a disk.
+starting failed). Like the test stacks it uses a fast password hasher and rate limits
+that the load never reaches (but counted, as shipped); PostgreSQL runs with fsync and
+synchronous_commit off (see tests/support/postgres.py), so figures are those of the
+application, not of a disk.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class BenchStack:
         env = server_env(database_url=self.pg.url("chat"), broker=self.broker, data_dir=self.workdir)
         # The shipped settings, not the suite's (which check every event against its
         # schema); only the hasher is the test suite's, to sign up thousands of phones.
+        # The rate limits run as shipped (the buckets in the database, one upsert per
+        # POST: that cost is measured) with rates no load step reaches: signups come
+        # from one address, and a load user sends more than a person
+        # (tests.support.stack.server_env sets them).
         env.update(
             DJANGO_SETTINGS_MODULE="chatserver.settings",
             PASSWORD_HASHERS="django.contrib.auth.hashers.MD5PasswordHasher",
@@ -152,6 +157,7 @@ class BenchStack:
             "presence": "1 process",
             "push": f"1 process, {'to a local FCM stand-in' if self.push_sink is not None else 'off'}",
             "hasher": "MD5 (throw-away stack)",
+            "rate limits": "on, buckets in the database (rates above the load)",
         }
 
     def stop(self, *, keep: bool = False) -> None:

@@ -49,6 +49,7 @@ from chats.errors import (
     NotAuthor,
     PayloadTooLarge,
 )
+from chats.throttles import SendThrottle, UploadThrottle
 from chatserver.errors import NotYours
 from chatserver.openapi import raises
 from chatserver.parsers import JSONParser
@@ -133,6 +134,8 @@ class SizeLimitUploadHandler(FileUploadHandler):
 
 class ChatMessagesView(APIView):
     parser_classes = [JSONParser, MultiPartParser]
+    # POST only; one round trip to the shared bucket per message (two with a file).
+    throttle_classes = [SendThrottle, UploadThrottle]
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)

@@ -30,15 +30,17 @@ class OutboxEvent(models.Model):
 
 
 class RelayStatus(models.Model):
-    """The relay's heartbeat: whether it is connected to the broker, and since when.
+    """The relay's heartbeat: whether its broker connection is open, and when the broker
+    last answered on it (a round trip: a PUBACK, a command response, a CONNACK).
 
     A single row (id 1) that the relay refreshes every second or so; `/health/` and the
-    request paths that wait for broker grants read it.
+    request paths that wait for broker grants read it (`chatserver.outbox.relay_status`).
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     broker_connected = models.BooleanField(default=False)
     heartbeat_at = models.DateTimeField(default=timezone.now)
+    broker_answered_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
 
     class Meta:
@@ -97,3 +99,15 @@ class PushJob(models.Model):
 
     def __str__(self) -> str:
         return f"push job #{self.id} ({self.kind})"
+
+
+class RateBucket(models.Model):
+    """One rate-limit bucket in the database (chatserver/ratelimit.py; Redis holds them
+    instead when REDIS_URL is set): `tat` is when the bucket is full again, in seconds
+    since the epoch. A row whose `tat` has passed is the same as no row."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    tat = models.FloatField(db_index=True)
+
+    class Meta:
+        db_table = "chat_rate_bucket"

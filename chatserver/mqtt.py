@@ -66,6 +66,11 @@ class Pending:
     def done(self) -> bool:
         return self._event.is_set() and not self.failed
 
+    @property
+    def finished(self) -> bool:
+        """Done or failed: nothing more will happen to it."""
+        return self._event.is_set()
+
     def _complete(self, result: Any = None, error: str | None = None) -> None:
         if not self._event.is_set():
             self.result, self.error = result, error
@@ -128,6 +133,9 @@ class BrokerConnection:
         self._seq = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:12]
         self._started = False
+        # time.monotonic() of the broker's last answer (a CONNACK, a PUBACK, a command
+        # response): what tells a broker that works from a socket that is merely open.
+        self._last_answer: float | None = None
 
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -169,6 +177,14 @@ class BrokerConnection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def last_answer(self) -> float | None:
+        """`time.monotonic()` when the broker last answered anything on this connection
+        (None before its first CONNACK). A frozen broker keeps the socket open and stops
+        answering: this stops moving. (paho reports a QoS 0 publish as sent without any
+        answer; the relay, whose connection this is read on, publishes at QoS 1 only.)"""
+        return self._last_answer
 
     def close(self) -> None:
         with self._lock:
@@ -285,6 +301,7 @@ class BrokerConnection:
         if reason.is_failure:
             log.warning("broker refused the connection: %s", reason)
             return
+        self._last_answer = time.monotonic()
         # Unacknowledged messages of the previous connection: their pendings have failed
         # and the relay resends the rows itself; paho must not resend them too.
         client.drop_out_messages()
@@ -310,6 +327,7 @@ class BrokerConnection:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
         error = str(reason) if reason.is_failure else None
+        self._last_answer = time.monotonic()
         with self._lock:
             pending = self._by_mid.pop(mid, None)
             if pending is None:
@@ -334,6 +352,7 @@ class BrokerConnection:
                 log.exception("message handler failed for %s", message.topic)
 
     def _on_response(self, payload: bytes) -> None:
+        self._last_answer = time.monotonic()
         try:
             responses = json.loads(payload)["responses"]
         except (ValueError, KeyError, TypeError):

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from chatserver.broker_access import AccessOp
@@ -25,6 +26,10 @@ logger = logging.getLogger("chatserver.outbox")
 NOTIFY_CHANNEL = "chat_outbox"
 # The relay refreshes its heartbeat every second; older than this, it is not running.
 RELAY_HEARTBEAT_MAX_AGE = timedelta(seconds=5)
+# The relay hears from a working broker at least every second (its probe's PUBACK, see
+# chatserver/relay.py); no answer for longer than this and the broker is not answering,
+# whether or not its socket is still open.
+BROKER_ANSWER_MAX_AGE = timedelta(seconds=3)
 
 
 class InvalidOutboxRow(ValueError):
@@ -80,11 +85,29 @@ def enqueue(
 
 
 def relay_status() -> dict:
-    """What the relay last reported: `{"relay": "running"|"down", "broker": "up"|"down"|"unknown"}`."""
+    """What the relay last reported: `{"relay": "running"|"down", "broker": "up"|"down"|"unknown"}`.
+
+    The broker is `up` only if it answered the relay within BROKER_ANSWER_MAX_AGE (a
+    round trip; an open socket to a hung broker is `down`), judged now, so a relay that
+    stopped reporting cannot leave a stale `up` behind. (The relay's clock and this
+    process's are compared: hosts keep time with NTP.)
+    """
     status = RelayStatus.objects.filter(id=1).first()
-    if status is None or timezone.now() - status.heartbeat_at > RELAY_HEARTBEAT_MAX_AGE:
+    now = timezone.now()
+    if status is None or now - status.heartbeat_at > RELAY_HEARTBEAT_MAX_AGE:
         return {"relay": "down", "broker": "unknown"}
-    return {"relay": "running", "broker": "up" if status.broker_connected else "down"}
+    answered = status.broker_answered_at
+    up = status.broker_connected and answered is not None and now - answered <= BROKER_ANSWER_MAX_AGE
+    return {"relay": "running", "broker": "up" if up else "down"}
+
+
+def oldest_pending() -> tuple[int, float]:
+    """(rows in the outbox, age in seconds of the oldest of them; 0.0 when empty), in one
+    query (the count scans the table anyway)."""
+    found = OutboxEvent.objects.aggregate(pending=Count("id"), oldest=Min("created_at"))
+    if found["oldest"] is None:
+        return found["pending"], 0.0
+    return found["pending"], max(0.0, (timezone.now() - found["oldest"]).total_seconds())
 
 
 def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None) -> bool:

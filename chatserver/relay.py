@@ -22,17 +22,33 @@ which keeps exactly one relay active on PostgreSQL (per-chat order depends on it
 second one stands by on an advisory lock), wakes it on PostgreSQL's NOTIFY (sent by
 every transaction that writes to the outbox; SQLite is polled), and survives database
 outages. Presence is another worker (`accounts.workers`).
+
+The heartbeat row (`RelayStatus`, about every second) says when the broker last
+*answered* the relay (a PUBACK, a command response, a CONNACK), not whether a socket is
+open: a hung broker keeps its sockets open for a keepalive or more. Every
+`HEARTBEAT_EVERY` the relay also publishes a probe (QoS 1, empty, to `PROBE_TOPIC`,
+which no client may subscribe to; never more than one unanswered), so the answers keep
+coming whenever the broker works, even with nothing to send; `/health/` calls the broker down once the last one is older than
+`outbox.BROKER_ANSWER_MAX_AGE`.
 """
 
 import logging
 import threading
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from chatserver import outbox
-from chatserver.broker_access import Command, DynsecAccess, access_op_from_json, chat_topic, user_topic
+from chatserver.broker_access import (
+    SERVER_PUBLISH_FILTER,
+    Command,
+    DynsecAccess,
+    access_op_from_json,
+    chat_topic,
+    user_topic,
+)
 from chatserver.models import OutboxEvent, RelayStatus
 from chatserver.mqtt import Pending
 from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_connection
@@ -40,6 +56,9 @@ from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_con
 logger = logging.getLogger("chatserver.relay")
 
 HEARTBEAT_EVERY = 1.0
+# What the relay publishes to, to hear from the broker while there is nothing to send:
+# under the server's own publish grant, and no client may subscribe to it.
+PROBE_TOPIC = SERVER_PUBLISH_FILTER.removesuffix("#") + "server/probe"
 # Any 64-bit number only this program uses: the key of the "one relay" advisory lock.
 ADVISORY_LOCK_KEY = 0x636861745F72656C  # "chat_rel"
 # MQTT 5 refusals that may pass (the broker is overloaded): the batch is sent again
@@ -64,6 +83,8 @@ class Relay(Worker):
         self.baseline_applied = False
         self.last_heartbeat = float("-inf")
         self.reported_connected: bool | None = None
+        self.probe_pending: Pending | None = None
+        self.probe_sent = float("-inf")
         # While set, the outbox was empty at the last look: the next one is then.
         self.idle_until: float | None = None
 
@@ -102,6 +123,7 @@ class Relay(Worker):
                 if error and not self.access.is_benign(command, error):
                     logger.error("broker refused %s: %s", command.get("command"), error)
             self.baseline_applied = True
+        self.probe()
         if self.idle_until is not None:
             # Idle: wait for a NOTIFY, keeping the heartbeat fresh meanwhile, and look at
             # the table anyway once RELAY_IDLE_RECHECK has passed.
@@ -168,7 +190,7 @@ class Relay(Worker):
             if control is not None:
                 pendings.append(control)
             pendings.extend(pending for _, pending in published)
-        if not self.broker.wait(pendings, timeout=settings.RELAY_ACK_TIMEOUT):
+        if not self.wait_acknowledged(pendings):
             logger.warning("broker did not acknowledge a batch of %d rows; will resend", len(rows))
             return False
         for row, control, published in sent:
@@ -193,14 +215,44 @@ class Relay(Worker):
             OutboxEvent.objects.filter(id__in=[row.id for row in rows]).delete()
         return True
 
+    def wait_acknowledged(self, pendings: list[Pending]) -> bool:
+        """Wait up to RELAY_ACK_TIMEOUT for the broker to answer all of `pendings`,
+        refreshing the heartbeat meanwhile (a stalled batch is not a dead relay)."""
+        deadline = time.monotonic() + settings.RELAY_ACK_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.broker.wait(pendings, timeout=max(0.0, min(remaining, HEARTBEAT_EVERY))):
+                return True
+            if remaining <= HEARTBEAT_EVERY or any(p.failed for p in pendings):
+                return False
+            self.heartbeat(connected=self.broker.connected)
+
+    def probe(self) -> None:
+        """Publish a probe if none is outstanding and the last went out HEARTBEAT_EVERY
+        ago; its PUBACK is an answer (`BrokerConnection.last_answer`). Never waits."""
+        now = time.monotonic()
+        if self.probe_pending is not None and not self.probe_pending.finished:
+            return  # unanswered yet: a hung broker does not get a pile of them
+        if now - self.probe_sent < HEARTBEAT_EVERY:
+            return
+        self.probe_sent = now
+        self.probe_pending = self.broker.publish(PROBE_TOPIC, b"")
+
     def heartbeat(self, *, connected: bool, force: bool = False) -> None:
         now = time.monotonic()
         if not force and connected == self.reported_connected and now - self.last_heartbeat < HEARTBEAT_EVERY:
             return
         if connected != self.reported_connected:
             logger.info("broker %s", "connected" if connected else "not connected")
+        wall = timezone.now()
+        answered = self.broker.last_answer
         RelayStatus.objects.update_or_create(
-            id=1, defaults={"broker_connected": connected, "heartbeat_at": timezone.now()}
+            id=1,
+            defaults={
+                "broker_connected": connected,
+                "heartbeat_at": wall,
+                "broker_answered_at": None if answered is None else wall - timedelta(seconds=now - answered),
+            },
         )
         self.last_heartbeat = now
         self.reported_connected = connected

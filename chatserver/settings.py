@@ -201,12 +201,30 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "chatserver.exception_handler.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "chatserver.pagination.Pagination",
     "DEFAULT_SCHEMA_CLASS": "chatserver.openapi.AutoSchema",
+    # Rate limits (chatserver/throttling.py), shared by every process on every host (the
+    # database, or Redis with REDIS_URL). "N/second|minute|hour|day": N at once, then
+    # refilled evenly over the period; a burst of its own where THROTTLE_BURSTS says.
     "DEFAULT_THROTTLE_RATES": {
-        # Per client address, on signup and login: slows password guessing down.
+        # Per client address, signup and login together: slows password guessing down.
         "auth": env("AUTH_THROTTLE_RATE", "30/minute"),
+        # Per username, failed logins only: guessing one account's password from many
+        # addresses. Past it even the right password waits (the price of the limit).
+        "login_failure": env("LOGIN_FAILURE_THROTTLE_RATE", "20/hour"),
+        # Per user, every message POST: 2 a second sustained, SEND_THROTTLE_BURST at once.
+        "send": env("SEND_THROTTLE_RATE", "120/minute"),
+        # Per user, message POSTs with a file (on top of "send").
+        "upload": env("UPLOAD_THROTTLE_RATE", "100/hour"),
+        # Per user, asking for (or accepting) a friendship.
+        "friend_request": env("FRIEND_REQUEST_THROTTLE_RATE", "60/hour"),
     },
+    # Behind N reverse proxies that each append to X-Forwarded-For, set NUM_PROXIES=N;
+    # 0 (the default) takes the connection's address and ignores the header, which any
+    # client could otherwise fill with a new address per request.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "UNAUTHENTICATED_USER": None,
 }
+# Requests at once, per scope, where it differs from the rate's N.
+THROTTLE_BURSTS = {"send": env_int("SEND_THROTTLE_BURST", 30)}
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Chat backend API",
@@ -277,7 +295,22 @@ if env("MEDIA_STORAGE") == "s3":
 # Uploads above this go to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Redis, shared by every process on every host, when REDIS_URL is set (redis://host:6379/0):
+# the rate-limit buckets go there (chatserver/ratelimit.py), and Django's cache with them.
+# Unset, the buckets live in the database (table chat_rate_bucket) and the cache, unused
+# by the project, is per process.
+REDIS_URL = env("REDIS_URL")
+RATELIMIT_KEY_PREFIX = env("RATELIMIT_KEY_PREFIX", "chat-rl")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- MQTT -------------------------------------------------------------------------------
 
@@ -325,6 +358,10 @@ RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
 RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
+
+# /health/ says `degraded` once the oldest queued event has waited longer than this
+# (seconds): messages are accepted but not delivered.
+HEALTH_MAX_OUTBOX_AGE = env_float("HEALTH_MAX_OUTBOX_AGE", 5.0)
 
 # Push notifications through Firebase Cloud Messaging HTTP v1 (chatserver/push.py). Off
 # unless both the project and a service-account JSON are given. The JSON's `token_uri` is

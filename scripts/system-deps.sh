@@ -2,7 +2,7 @@
 # Install the Debian packages the project needs, and only those that are missing.
 #
 #   scripts/system-deps.sh broker            # Mosquitto (for `make run`)
-#   scripts/system-deps.sh broker postgres   # + a PostgreSQL server (for `make test`)
+#   scripts/system-deps.sh broker postgres redis   # + PostgreSQL and Redis servers (for `make test`)
 #   scripts/system-deps.sh make              # make itself (a bare image may lack it)
 #   scripts/system-deps.sh venv              # what `python3 -m venv` needs (ensurepip)
 #
@@ -34,6 +34,10 @@ for group in "$@"; do
         postgres)
             have_postgres_server || missing+=(postgresql)
             ;;
+        redis)
+            # The tests of the Redis path (REDIS_URL) start a throw-away redis-server.
+            installed redis-server || missing+=(redis-server)
+            ;;
         make)
             command -v make >/dev/null || missing+=(make)
             ;;
@@ -42,7 +46,7 @@ for group in "$@"; do
             python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
             ;;
         *)
-            echo "system-deps: unknown group '$group' (expected: broker, postgres, make, venv)" >&2
+            echo "system-deps: unknown group '$group' (expected: broker, postgres, redis, make, venv)" >&2
             exit 2
             ;;
     esac
@@ -81,6 +85,7 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
         case "$pkg" in
             mosquitto) systemctl disable --now mosquitto.service || true ;;
             postgresql) systemctl disable --now postgresql.service || true ;;
+            redis-server) systemctl disable --now redis-server.service || true ;;
         esac
     done
 fi

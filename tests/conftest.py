@@ -2,7 +2,8 @@
 
 The process fixtures live in `tests/support/` as pytest plugins: a throw-away PostgreSQL
 cluster (postgres.py), Mosquitto started from `broker/mosquitto.conf` (mosquitto.py) and
-the relay and HTTP server processes pointed at both (stack.py), and stacks of their own
+the relay and HTTP server processes pointed at both (stack.py), a Redis for the
+REDIS_URL path (redis.py), and stacks of their own
 for the fault tests, which kill and restart processes (faults.py).
 
 Two tiers: tests that go through HTTP and, where they say so, the real relay, broker and
@@ -27,12 +28,15 @@ pytest_plugins = [
     "tests.support.mosquitto",
     "tests.support.stack",
     "tests.support.faults",
+    "tests.support.redis",
 ]
 
 
 @pytest.fixture(autouse=True)
 def _fresh_throttle_counters():
-    # Throttle counters live in the cache: each test starts with none.
+    # Rate-limit buckets live in the database (chat_rate_bucket: rolled back or flushed
+    # with every test's data) or, for the tests of the Redis path, in a Redis of their
+    # own (tests/support/redis.py flushes it); Django's cache is cleared all the same.
     cache.clear()
 
 

@@ -6,7 +6,15 @@ the same values through their environment (tests/support/stack.py).
 
 import os
 
-from chatserver.settings import *  # noqa: F403
+# Rate limits no test meets by accident, here and in the processes the suite starts (which
+# import this module too); the tests of the limits set their own (tests/chatserver/
+# test_rate_limits.py). The environment still wins.
+for _name in ("AUTH_THROTTLE_RATE", "LOGIN_FAILURE_THROTTLE_RATE", "SEND_THROTTLE_RATE",
+              "UPLOAD_THROTTLE_RATE", "FRIEND_REQUEST_THROTTLE_RATE"):
+    os.environ.setdefault(_name, "1000000/minute")
+os.environ.setdefault("SEND_THROTTLE_BURST", "1000000")
+
+from chatserver.settings import *  # noqa: E402, F403
 
 # The real hasher costs ~0.5 s a call by design; the suite signs up hundreds of users.
 # (`make bench` keeps the real one, outside its timed window.)

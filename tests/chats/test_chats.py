@@ -315,10 +315,12 @@ def test_send_costs_a_fixed_number_of_queries_whatever_the_group_size():
         counts.append(len(queries))
 
     assert counts[0] == counts[1]
-    # token, the write (checks, seq, message, pointers, member ids: one statement), the
-    # outbox row (its trigger notifies), plus the savepoint and its release that the
-    # test's own transaction turns BEGIN and COMMIT into
-    assert counts[0] == 5, [q["sql"] for q in queries.captured_queries]
+    # token, the rate limit (one conditional upsert of the sender's bucket), the write
+    # (checks, seq, message, pointers, member ids: one statement), the outbox row (its
+    # trigger notifies), plus the savepoint and its release that the test's own
+    # transaction turns BEGIN and COMMIT into
+    assert counts[0] == 6, [q["sql"] for q in queries.captured_queries]
+    assert len([q for q in queries.captured_queries if "chat_rate_bucket" in q["sql"]]) == 1
 
 
 # --- paths and errors ------------------------------------------------------------------

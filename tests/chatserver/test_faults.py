@@ -150,6 +150,48 @@ def test_broker_frozen_10_s_mid_load_nothing_accepted_is_lost(fault_stack, world
     assert outcome.refused == {}
 
 
+def test_health_says_degraded_within_5_s_of_a_broker_freeze_and_ok_after_thaw(fault_stack, world):
+    # given: messages flowing, the stack healthy
+    load = SteadyLoad(fault_stack.url, world.chats, rate=10).start()
+    load.wait_accepted(10)
+    assert fault_stack.health()[1]["status"] == "ok"
+
+    # when: the broker hangs (its sockets stay open: only the missing answers tell)
+    fault_stack.broker.freeze()
+    frozen_at = time.monotonic()
+    try:
+        status, degraded = wait_until(
+            lambda: (h := fault_stack.health())[1].get("status") == "degraded" and h, 10,
+            "/health/ to say degraded", interval=0.1,
+        )
+        noticed_after = time.monotonic() - frozen_at
+        # ...and, kept frozen, the oldest undelivered message passes HEALTH_MAX_OUTBOX_AGE
+        _, late = wait_until(
+            lambda: (h := fault_stack.health())[1].get("outbox_oldest_age_s", 0) > 5.0 and h, 15,
+            "the oldest pending row to be older than 5 s", interval=0.1,
+        )
+    finally:
+        fault_stack.broker.thaw()
+    thawed_at = time.monotonic()
+    _, healthy = wait_until(lambda: (h := fault_stack.health())[1].get("status") == "ok" and h, 30,
+                            "/health/ to say ok after the thaw", interval=0.1)
+    ok_after = time.monotonic() - thawed_at
+    load.stop()
+    world.settle(load)
+
+    # then
+    print(f"broker frozen: degraded after {noticed_after:.2f} s ({degraded}); ok {ok_after:.2f} s after the thaw")
+    assert status == 200
+    assert noticed_after < 5.0
+    assert (degraded["relay"], degraded["broker"]) == ("running", "down")
+    assert degraded["outbox_pending"] >= 1
+    assert (late["status"], late["broker"]) == ("degraded", "down")
+    assert late["outbox_pending"] >= 1
+    assert (healthy["broker"], healthy["relay"]) == ("up", "running")
+    assert healthy["outbox_oldest_age_s"] <= 5.0
+    assert_nothing_lost_and_in_order(world, world.check(load))
+
+
 def test_poison_outbox_rows_mid_load_are_set_aside_and_good_messages_flow_on(fault_stack, world):
     # given
     load = SteadyLoad(fault_stack.url, world.chats, rate=RATE).start()

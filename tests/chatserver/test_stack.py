@@ -20,6 +20,7 @@ def test_health_reports_database_relay_and_broker(live_stack):
     assert body["relay"] == "running"
     assert body["broker"] == "up"
     assert isinstance(body["outbox_pending"], int)
+    assert isinstance(body["outbox_oldest_age_s"], float)
 
 
 def test_health_says_degraded_while_the_broker_is_down(live_stack):

@@ -106,8 +106,12 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
            if getattr(broker, "tls", None) else {"MQTT_TLS": "off"}),
         MQTT_ADMIN_USERNAME=broker.admin_username,
         MQTT_ADMIN_PASSWORD=broker.admin_password,
-        # No signup throttle for load-like tests.
-        AUTH_THROTTLE_RATE="100000/minute",
+        # Rate limits out of load-like tests' way (tests/settings.py sets the same
+        # defaults; a stack's own `env` may set low ones).
+        **{name: "1000000/minute" for name in (
+            "AUTH_THROTTLE_RATE", "LOGIN_FAILURE_THROTTLE_RATE", "SEND_THROTTLE_RATE",
+            "UPLOAD_THROTTLE_RATE", "FRIEND_REQUEST_THROTTLE_RATE")},
+        SEND_THROTTLE_BURST="1000000",
         # Devices refresh their presence this often; one that stops is gone after two:
         # short, so that tests see it within seconds.
         MQTT_KEEPALIVE="5",
