@@ -195,7 +195,9 @@ class AutoSchema(openapi.AutoSchema):
                                     {"limit": ["Ensure this value is less than or equal to 200."]}))
         if "{" in self.path:
             refusals.append(NO_SUCH_ENDPOINT)
-        if self.view.get_throttles():
+        # Throttles that count only some methods (chatserver.throttling: the writes) do
+        # not make the others answer 429.
+        if any(self.method in getattr(t, "methods", {self.method}) for t in self.view.get_throttles()):
             refusals.append(THROTTLED)
         refusals.append(DATABASE_DOWN)
         return refusals
