@@ -128,6 +128,9 @@ class BrokerConnection:
         self._closed = False
         self._by_mid: dict[int, Pending] = {}
         self._early_acks: dict[int, str | None] = {}
+        # Publishes whose "published" callback nobody waits for (QoS 0: no answer at all;
+        # broker commands: answered on the response topic), until paho reports them.
+        self._untracked_mids: set[int] = set()
         self._by_correlation: dict[str, Pending] = {}
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
         self._seq = itertools.count(1)
@@ -182,8 +185,7 @@ class BrokerConnection:
     def last_answer(self) -> float | None:
         """`time.monotonic()` when the broker last answered anything on this connection
         (None before its first CONNACK). A frozen broker keeps the socket open and stops
-        answering: this stops moving. (paho reports a QoS 0 publish as sent without any
-        answer; the relay, whose connection this is read on, publishes at QoS 1 only.)"""
+        answering: this stops moving. (A QoS 0 publish gets no answer, and does not count.)"""
         return self._last_answer
 
     def close(self) -> None:
@@ -222,8 +224,12 @@ class BrokerConnection:
             elif self._generation != generation:
                 pending._fail("connection changed while sending")
             elif qos == 0:
+                # Written out, never acknowledged: paho's "published" for it (before or
+                # after this point) is no answer from the broker, and must not pile up.
+                self._untrack(info.mid)
                 pending._complete()
             elif info.mid in self._early_acks:
+                self._last_answer = time.monotonic()  # a PUBACK that came before this point
                 pending._complete(error=self._early_acks.pop(info.mid))
             else:
                 self._by_mid[info.mid] = pending
@@ -254,6 +260,8 @@ class BrokerConnection:
         payload = json.dumps({"commands": wire}).encode()
         info = self._client.publish(self.CONTROL_TOPIC, payload, qos=1)
         with self._lock:
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._untrack(info.mid)  # the answers come on RESPONSE_TOPIC
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._generation != generation:
                 for correlation in pending._answers:
                     self._by_correlation.pop(correlation, None)
@@ -263,6 +271,14 @@ class BrokerConnection:
                     else f"not sent: {paho.error_string(info.rc)}"
                 )
         return pending
+
+    def _untrack(self, mid: int) -> None:
+        """Nobody waits for `mid`'s "published": drop it if it came already, else when it
+        comes (called holding self._lock)."""
+        if mid in self._early_acks:
+            del self._early_acks[mid]
+        else:
+            self._untracked_mids.add(mid)
 
     def subscribe(self, topic: str, handler: MessageHandler, *, qos: int = 1) -> None:
         """Subscribe now (if connected) and again after every reconnect.
@@ -327,11 +343,17 @@ class BrokerConnection:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
         error = str(reason) if reason.is_failure else None
-        self._last_answer = time.monotonic()
         with self._lock:
+            if mid in self._untracked_mids:
+                self._untracked_mids.discard(mid)
+                return
             pending = self._by_mid.pop(mid, None)
             if pending is None:
+                # Parked: the broker's PUBACK of a publish not registered yet, or paho's
+                # report of a QoS 0 one (no answer: publish() tells them apart).
                 self._early_acks[mid] = error
+                return
+        self._last_answer = time.monotonic()
         if pending is not None:
             pending._complete(error=error)
 
@@ -380,5 +402,6 @@ class BrokerConnection:
         self._by_mid.clear()
         self._by_correlation.clear()
         self._early_acks.clear()
+        self._untracked_mids.clear()
         for pending in outstanding:
             pending._fail(reason)

@@ -749,6 +749,35 @@ def test_connection_publish_is_acknowledged_and_delivered(mosquitto, admin, prob
     assert [m.payload for m in probe.wait_for(50)] == [f"{i}".encode() for i in range(50)]
 
 
+def test_connection_qos0_publishes_and_commands_leave_nothing_behind(own_broker, probes):
+    """(Broker commands and QoS 0 publishes both get a "published" from paho that nobody
+    waits for: before, each one stayed in `_early_acks` for the connection's life.)"""
+    # given
+    conn = admin_connection(own_broker)
+    try:
+        user = new_user(conn)
+        probe = probes(port=own_broker.port)
+        assert probe.connect(**new_device(conn, user).mqtt) == 0
+        assert probe.subscribe(user_topic(user)) == 1
+        own_broker.freeze()
+        time.sleep(0.3)  # what the broker sent before it froze is read by now
+        answered = conn.last_answer
+        # when: QoS 0 publishes to a frozen broker (written to the socket, never answered)
+        pendings = [conn.publish(user_topic(user), f"{i}".encode(), qos=0) for i in range(200)]
+        time.sleep(0.5)
+        # then: done at once, yet no answer is counted (the commands of new_user and
+        # new_device were answered: nothing of theirs is kept either)...
+        assert all(p.done and p.error is None for p in pendings)
+        assert conn.last_answer == answered
+        own_broker.thaw()
+        # ...they arrive once the broker runs again, and nothing is kept for them
+        assert len(probe.wait_for(200, timeout=10)) == 200
+        assert not conn._early_acks and not conn._untracked_mids
+    finally:
+        own_broker.thaw()
+        conn.close()
+
+
 def test_connection_control_answers_each_command_in_order(admin):
     # given
     chat = next(_ids)
