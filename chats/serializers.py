@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from chats import schema
 from chats.models import MUTED_FOREVER, Chat, Membership, Message
-from chatserver.fields import QueryIntegerField, StrictBooleanField, StrictCharField
+from chatserver.fields import QueryIntegerField, StrictBooleanField, StrictCharField, is_blank
 from chatserver.urls_converters import MAX_ID, IdConverter
 
 _CHAT_KEY = re.compile(IdConverter.regex)
@@ -44,7 +44,7 @@ class MessageCreateInput(serializers.Serializer):
     )
 
     def validate(self, attrs):
-        if attrs.get("file") is None and not attrs["content"].strip():
+        if attrs.get("file") is None and is_blank(attrs["content"]):
             raise serializers.ValidationError({"content": ["This field may not be blank."]})
         return {"file": None, **attrs}
 
@@ -60,6 +60,13 @@ class MessageUploadInput(MessageCreateInput):
 
     file = serializers.FileField(allow_empty_file=False)
 
+    def validate_file(self, value):
+        # A form may repeat a field: DRF would keep one file and drop the rest unsaid.
+        parts = self.initial_data.getlist("file") if hasattr(self.initial_data, "getlist") else [value]
+        if len(parts) > 1:
+            raise serializers.ValidationError(f"Send one file per message ({len(parts)} were sent).")
+        return value
+
 
 @extend_schema_serializer(examples=[OpenApiExample("An edit", value={"content": "Saturday at 11?"}),
                                     OpenApiExample("A deletion", value={"deleted": True})])
@@ -70,7 +77,7 @@ class MessageUpdateInput(serializers.Serializer):
     deleted = StrictBooleanField(required=False)
 
     def validate_content(self, value: str) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise serializers.ValidationError("This field may not be blank.")
         return value
 

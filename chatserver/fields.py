@@ -1,3 +1,5 @@
+import unicodedata
+
 from rest_framework import serializers
 
 
@@ -56,3 +58,19 @@ class StrictInput(serializers.Serializer):
                     }
                 )
         return super().to_internal_value(data)
+
+
+# Letters that render as nothing: the Hangul fillers (a well-known way to post "blank"
+# messages in Korean apps) and the braille blank.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing: only whitespace, control and format characters
+    (zero-width space and joiners, BOM, direction marks), separators and invisible
+    letters. A message like that is refused as blank content is."""
+    return all(
+        ch.isspace() or ch in _INVISIBLE_LETTERS or unicodedata.category(ch) in {"Cc", "Cf", "Zs", "Zl", "Zp"}
+        for ch in text
+    )
+

@@ -367,3 +367,35 @@ def test_schema_and_docs_are_served():
     ]:
         assert path in paths
     assert docs.status_code == 200
+
+
+@pytest.mark.parametrize("content", [
+    "   \n\t ",
+    "\u200b\u200b\u200b",  # zero-width spaces
+    "\u200d\ufeff\u2060",  # joiner, BOM, word joiner
+    "\u3164\u3164",  # Hangul fillers: letters that show nothing
+    "\u202e \u2066",  # direction marks
+])
+def test_content_that_shows_nothing_is_refused_like_blank_content(content):
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)["id"]
+    sent = send(alice, cid, "hi")
+    OutboxEvent.objects.all().delete()
+
+    created = send(alice, cid, content)
+    edited = alice.client.patch(f"/chats/{cid}/messages/{sent.json()['id']}/", {"content": content}, format="json")
+
+    for response in (created, edited):
+        assert response.status_code == 400
+        assert response.json()["error"]["fields"]["content"] == ["This field may not be blank."]
+    assert OutboxEvent.objects.count() == 0
+
+
+def test_content_with_something_visible_among_invisible_characters_is_kept():
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)["id"]
+
+    response = send(alice, cid, "\u200b👍\u200d")
+
+    assert response.status_code == 201
+    assert response.json()["content"] == "\u200b👍\u200d"

@@ -260,3 +260,16 @@ def test_deleting_the_message_removes_its_files(pair, media_root, django_capture
     assert stored_files(media_root) == []
     assert bob.client.get(body["attachment"]["url"]).status_code == 404
     assert APIClient().get(link["url"]).status_code == 404
+
+
+def test_two_file_parts_are_refused_naming_the_field_and_nothing_is_stored(pair):
+    cid, alice, _ = pair
+    body = {"file": [SimpleUploadedFile("a.png", png(), content_type="image/png"),
+                     SimpleUploadedFile("b.png", png(), content_type="image/png")]}
+
+    response = alice.client.post(f"/chats/{cid}/messages/", body, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"]["file"] == ["Send one file per message (2 were sent)."]
+    assert Message.objects.filter(chat_id=cid).count() == 0
+    assert Attachment.objects.count() == 0
