@@ -132,8 +132,11 @@ class PresenceWorker(Worker):
             self.next_expiry = now + EXPIRE_EVERY
         seen = self.tracker.take_devices()
         if seen:
+            # One clock reading for all: the devices seen in one round share their expiry,
+            # so they are stored in one UPDATE per state (a burst of 1,000 is one statement).
+            wall = self._clock()
             device_presence_store(states={
-                device_id: (state, self._wall(until)) for device_id, (state, until) in seen.items()
+                device_id: (state, wall(until)) for device_id, (state, until) in seen.items()
             })
         # At most one batch a round, and a round at most every APPLY_EVERY: a burst of
         # phones connecting is told over a second or two (presence is damped by 2 s
@@ -169,7 +172,7 @@ class PresenceWorker(Worker):
         went away): nothing known from before holds longer than RESTART_GRACE now.
         (The database first: if it is down, all of this is done again once it is back.)"""
         now = time.monotonic()
-        device_presence_cap(until=self._wall(now + RESTART_GRACE))
+        device_presence_cap(until=self._clock()(now + RESTART_GRACE))
         self.connected_since = now
         self.probed = set()
         for user_id in self.tracker.cap(now + RESTART_GRACE):
@@ -189,11 +192,15 @@ class PresenceWorker(Worker):
         self.broker.publish(user_topic(user_id), event.encode().encode(), qos=0)
 
     @staticmethod
-    def _wall(monotonic: float | None):
-        """A time on the tracker's (monotonic) clock as a datetime, for the database."""
-        if monotonic is None:
-            return None
-        return timezone.now() + timedelta(seconds=monotonic - time.monotonic())
+    def _clock():
+        """A function turning times on the tracker's (monotonic) clock into datetimes for
+        the database (None stays None), from one reading of both clocks."""
+        wall_now, now = timezone.now(), time.monotonic()
+
+        def wall(monotonic: float | None):
+            return None if monotonic is None else wall_now + timedelta(seconds=monotonic - now)
+
+        return wall
 
     def _observe(self, report: tuple, *, now: float, ttl: float) -> None:
         topic, user_id, client_id, payload, retained = report

@@ -357,3 +357,27 @@ def test_after_a_broker_restart_a_phone_that_did_not_come_back_goes_within_10_s(
         assert device_connected(bob)
     finally:
         bob_phone.close()
+
+
+@pytest.mark.django_db
+def test_a_burst_of_devices_seen_in_one_round_is_stored_in_one_statement():
+    # given: 50 phones of 50 users reporting in the same round (as the worker folds them)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.presence import device_presence_store
+    from accounts.workers import PresenceWorker
+
+    users = [make_user() for _ in range(50)]
+    tracker = PresenceTracker()
+    for user in users:
+        tracker.observe(user.id, user.mqtt["client_id"], b"online", now=100.0, ttl=10.0)
+    wall = PresenceWorker._clock()
+
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        device_presence_store(states={d: (state, wall(until)) for d, (state, until) in tracker.take_devices().items()})
+
+    # then
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+    assert Device.objects.filter(presence="online", presence_expires_at__isnull=False).count() == 50
