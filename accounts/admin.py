@@ -7,7 +7,7 @@ device ended, as for a logout. Rows are never deleted from here (a user's messag
 lose their author, a device its broker account would outlive): deactivate instead.
 """
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db import transaction
 from django.db.models import Count
@@ -16,7 +16,7 @@ from accounts import deletion
 from accounts.models import Device, User
 from accounts.services import devices_sign_out
 from chatserver import outbox
-from chatserver.errors import ApplicationError
+from chatserver.admin import apply_each
 
 
 @admin.register(User)
@@ -57,21 +57,15 @@ class UserAdmin(DjangoUserAdmin):
 
     @admin.action(description="Deactivate: sign every device out (HTTP and broker) and refuse logins")
     def deactivate(self, request, queryset):
-        self._each(request, queryset, deletion.user_deactivate, "deactivated")
+        apply_each(self, request, queryset,
+                   lambda user_id: deletion.user_deactivate(actor=request.user, user_id=user_id),
+                   noun="user", done="deactivated")
 
     @admin.action(description="Reactivate: allow logins again")
     def reactivate(self, request, queryset):
-        self._each(request, queryset, deletion.user_reactivate, "reactivated")
-
-    def _each(self, request, queryset, service, done: str) -> None:
-        count = 0
-        for user_id in queryset.order_by("id").values_list("id", flat=True):
-            try:
-                service(actor=request.user, user_id=user_id)
-                count += 1
-            except ApplicationError as exc:
-                self.message_user(request, f"User {user_id}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{count} user(s) {done}.")
+        apply_each(self, request, queryset,
+                   lambda user_id: deletion.user_reactivate(actor=request.user, user_id=user_id),
+                   noun="user", done="reactivated")
 
 
 @admin.register(Device)

@@ -43,7 +43,7 @@ from accounts.presence import (
     presence_reset_absent,
 )
 from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic, presence_topic, user_topic
-from chatserver.events import Event, EventType
+from chatserver.events import Event, EventType, check_against_contract
 from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_connection
 
 logger = logging.getLogger("accounts.presence")
@@ -185,10 +185,7 @@ class PresenceWorker(Worker):
             return
         self.probed.add(user_id)
         event = Event(type=EventType.PRESENCE_PROBE, data={})
-        if settings.OUTBOX_CHECK_SCHEMAS:
-            from chatserver.contract import check_event
-
-            check_event(event)
+        check_against_contract(event)
         self.broker.publish(user_topic(user_id), event.encode().encode(), qos=0)
 
     @staticmethod

@@ -2,26 +2,12 @@
 messages, which goes through `chats.services.message_edit.message_moderate` (members get
 `message.updated`, as when the author deletes it)."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import Count
 
 from chats.models import Chat, Membership, Message
 from chats.services.message_edit import message_moderate
-from chatserver.errors import ApplicationError
-
-
-class ReadOnly(admin.ModelAdmin):
-    """Chats and their rows change through the API's services only (versions, events,
-    broker grants): the admin shows them."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+from chatserver.admin import ReadOnly, apply_each
 
 
 class MembershipInline(admin.TabularInline):
@@ -81,11 +67,6 @@ class MessageAdmin(ReadOnly):
 
     @admin.action(description="Soft-delete (members get message.updated)")
     def soft_delete(self, request, queryset):
-        count = 0
-        for message_id in queryset.order_by("id").values_list("id", flat=True):
-            try:
-                message_moderate(actor=request.user, message_id=message_id)
-                count += 1
-            except ApplicationError as exc:
-                self.message_user(request, f"Message {message_id}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{count} message(s) deleted.")
+        apply_each(self, request, queryset,
+                   lambda message_id: message_moderate(actor=request.user, message_id=message_id),
+                   noun="message", done="deleted")

@@ -8,13 +8,13 @@ upload (media) or `application/octet-stream` (everything else, as an attachment)
 
 from django.conf import settings
 from django.core import signing
-from django.core.files.storage import default_storage
 from django.http import FileResponse
 from django.utils.http import content_disposition_header
 
 from chats.media import DOWNLOAD_ONLY
 from chats.models import Attachment
 from chats.errors import AttachmentNotFound, LinkExpired
+from chatserver.files import stored_file_response
 
 _SALT = "chats.attachment-link"
 
@@ -39,18 +39,8 @@ def attachment_from_token(token: str) -> tuple[Attachment, bool]:
 
 
 def serve(attachment: Attachment, *, thumbnail: bool = False) -> FileResponse:
-    name = attachment.thumbnail if thumbnail else attachment.file
-    if not name:
-        raise AttachmentNotFound()
-    try:
-        handle = default_storage.open(name, "rb")
-    except FileNotFoundError:
-        raise AttachmentNotFound() from None
     mime = "image/webp" if thumbnail else attachment.mime
-    response = FileResponse(handle, content_type=mime)
-    inline = mime != DOWNLOAD_ONLY
-    response["Content-Disposition"] = content_disposition_header(not inline, attachment.name)
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response["Cache-Control"] = "private, max-age=300"
+    response = stored_file_response(attachment.thumbnail if thumbnail else attachment.file,
+                                    content_type=mime, missing=AttachmentNotFound, max_age=300)
+    response["Content-Disposition"] = content_disposition_header(mime == DOWNLOAD_ONLY, attachment.name)
     return response

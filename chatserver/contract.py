@@ -6,8 +6,9 @@ the JSON Schema of the whole envelope `{type, chat?, version?, data, ts}`. This 
 loads the document once and validates events against it:
 
 - `check_event(event)`: an `Event` as it will be published (its JSON), ValueError if it
-  does not match its type's schema. `enqueue` calls it when OUTBOX_CHECK_SCHEMAS is on
-  (the test suite turns it on for every process).
+  does not match its type's schema. `events.check_against_contract` calls it for every
+  event about to be published when OUTBOX_CHECK_SCHEMAS is on (the test suite turns it
+  on for every process).
 - `check_payload(payload)`: the same for a received payload (bytes, str or parsed JSON).
 - `check_data(type, data)`: the `data` of an event alone.
 - `event_schema(type)`, `documented_event_types()`, `schema_validator(ref)`: for tests

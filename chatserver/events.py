@@ -90,3 +90,16 @@ class Event:
         """The JSON published. DRF's encoder, so that a message in an event is byte for
         byte the object the HTTP API returns (same datetime format)."""
         return json.dumps(self.as_dict(), cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_against_contract(event: Event) -> None:
+    """Validate `event` against docs/asyncapi.yaml when OUTBOX_CHECK_SCHEMAS is on (the
+    test suite turns it on in every process), wherever it is about to be published:
+    queued (`outbox.enqueue`) or sent directly (the presence worker's probe)."""
+    from django.conf import settings
+
+    if settings.OUTBOX_CHECK_SCHEMAS:
+        from chatserver.contract import check_event  # jsonschema: only when asked for
+
+        check_event(event)
+

@@ -18,7 +18,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from chatserver.broker_access import AccessOp
-from chatserver.events import Event
+from chatserver.events import Event, check_against_contract
 from chatserver.models import DeadLetter, OutboxEvent, RelayStatus
 
 logger = logging.getLogger("chatserver.outbox")
@@ -70,10 +70,7 @@ def enqueue(
             raise InvalidOutboxRow(f"{event.type} has no recipient")
         if chat_topic is not None and chat_topic != event.chat:
             raise InvalidOutboxRow(f"{event.type} of chat {event.chat} sent to chat {chat_topic}'s topic")
-        if settings.OUTBOX_CHECK_SCHEMAS:
-            from chatserver.contract import check_event
-
-            check_event(event)
+        check_against_contract(event)
     # On PostgreSQL the insert also wakes the relay at commit (a trigger sends NOTIFY:
     # migration chatserver 0002); SQLite is polled by the relay.
     return OutboxEvent.objects.create(
