@@ -61,6 +61,12 @@ class Limit:
     def tolerance(self) -> float:
         return self.burst * self.interval
 
+    def wait(self, tat: float, now: float) -> float:
+        """Seconds until a refused request would pass, for a bucket at `tat`. Never more
+        than one interval: a `tat` set by a concurrent request that read the clock later
+        than this one would otherwise add the difference."""
+        return min(self.interval, max(0.0, tat + self.interval - self.tolerance - now))
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -107,7 +113,7 @@ class DatabaseBuckets:
             cursor.execute(f"SELECT tat FROM {_T} WHERE key = %s", [key])
             row = cursor.fetchone()
         tat = row[0] if row else now
-        return Decision(False, max(0.0, tat + limit.interval - limit.tolerance - now))
+        return Decision(False, limit.wait(tat, now))
 
     def give_back(self, key: str, limit: Limit) -> None:
         with connection.cursor() as cursor:
@@ -164,7 +170,7 @@ class RedisBuckets:
             return Decision(True, 0.0)
         if allowed:
             return Decision(True, 0.0)
-        return Decision(False, max(0.0, float(tat) + limit.interval - limit.tolerance - now))
+        return Decision(False, limit.wait(float(tat), now))
 
     def give_back(self, key: str, limit: Limit) -> None:
         if time.monotonic() < self.down_until:
