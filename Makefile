@@ -26,10 +26,10 @@ $(VENV_STAMP): requirements.txt | $(PYTHON)
 	touch $@
 
 system-deps:
-	bash scripts/system-deps.sh broker
+	bash scripts/system-deps.sh broker front
 
 system-deps-test:
-	bash scripts/system-deps.sh broker postgres redis
+	bash scripts/system-deps.sh broker front postgres redis
 
 run: venv system-deps
 	bash scripts/run.sh

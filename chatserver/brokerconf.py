@@ -112,7 +112,7 @@ def render(
         "@BROKER_DIR@": str(broker_dir),
         "@DYNSEC_PLUGIN@": str(plugin or find_dynsec_plugin()),
     }
-    text = _blocks(Path(template).read_text(), keep={"plaintext": plaintext, "tls": tls_ports is not None})
+    text = keep_blocks(Path(template).read_text(), keep={"plaintext": plaintext, "tls": tls_ports is not None})
     for key, value in values.items():
         text = text.replace(key, value)
     left = re.findall(r"@[A-Z_]+@", text)
@@ -129,7 +129,7 @@ def render(
     return out
 
 
-def _blocks(text: str, *, keep: dict[str, bool]) -> str:
+def keep_blocks(text: str, *, keep: dict[str, bool]) -> str:
     """`text` with each `#>>> name` ... `#<<< name` block kept (markers dropped) or removed."""
     lines, current = [], None
     for line in text.splitlines():
@@ -137,7 +137,7 @@ def _blocks(text: str, *, keep: dict[str, bool]) -> str:
         if marker:
             kind, name = marker.groups()
             if name not in keep:
-                raise ValueError(f"unknown block {name!r} in the broker template")
+                raise ValueError(f"unknown block {name!r} in the template")
             current = name if kind == ">>>" else None
             continue
         if current is None or keep[current]:
@@ -160,7 +160,7 @@ def provision(*, broker_dir: Path, admin_username: str, admin_password: str) -> 
     os.chmod(broker_dir, 0o700)
     owner = _broker_owner()
     if owner is not None:
-        _check_traversable(broker_dir, *owner)
+        check_traversable(broker_dir, user=BROKER_USER)
 
     dynsec = broker_dir / DYNSEC_NAME
     if not dynsec.exists():
@@ -277,9 +277,12 @@ def _hand_over(broker_dir: Path, owner: tuple[int, int] | None) -> None:
             os.chown(path, *owner, follow_symlinks=False)
 
 
-def _check_traversable(path: Path, uid: int, gid: int) -> None:
-    """Fail clearly if the broker's user cannot reach `path` (it would fail obscurely)."""
-    groups = set(os.getgrouplist(BROKER_USER, gid))
+def check_traversable(path: Path, *, user: str) -> None:
+    """Fail clearly if `user` (a server's unprivileged user) cannot reach `path` (the
+    server would fail obscurely)."""
+    entry = pwd.getpwnam(user)
+    uid, gid = entry.pw_uid, entry.pw_gid
+    groups = set(os.getgrouplist(user, gid))
     for parent in path.parents:
         st = parent.stat()
         if st.st_uid == uid:
@@ -290,6 +293,6 @@ def _check_traversable(path: Path, uid: int, gid: int) -> None:
             ok = st.st_mode & 0o001
         if not ok:
             raise PermissionError(
-                f"the {BROKER_USER} user cannot enter {parent} (mode {st.st_mode & 0o777:o}); "
+                f"the {user} user cannot enter {parent} (mode {st.st_mode & 0o777:o}); "
                 f"choose a DATA_DIR it can reach, or allow it: chmod o+x {parent}"
             )

@@ -32,6 +32,17 @@ class ErrorCode(StrEnum):
     SERVER_ERROR = "server_error"
 
 
+class FrontErrorCode(StrEnum):
+    """Codes only the front server answers with (front/nginx.conf), for requests that never
+    reach Django; it also answers `bad_request`, `not_found` and `payload_too_large`."""
+
+    REQUEST_TIMEOUT = "request_timeout"
+    LENGTH_REQUIRED = "length_required"
+    URI_TOO_LONG = "uri_too_long"
+    HEADER_TOO_LARGE = "header_too_large"
+    UNAVAILABLE = "unavailable"
+
+
 class ApplicationError(Exception):
     status_code = 400
     code: StrEnum = ErrorCode.BAD_REQUEST

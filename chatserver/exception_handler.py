@@ -65,11 +65,17 @@ def error_body(code: str, message: str, fields: dict | None = None) -> dict:
 # Django's wrappers of "cannot reach the database" (a refused or dropped connection).
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 DATABASE_UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly."
+# Seconds a client is asked to wait (Retry-After) before trying again: a restarting
+# PostgreSQL is back within a few, and nothing was written.
+DATABASE_RETRY_AFTER = 2
 
 
 def database_unavailable(exc: BaseException) -> JsonResponse:
     logger.warning("database unavailable: %s", " ".join(str(exc).split()))
-    return json_error(ErrorCode.DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE, status.HTTP_503_SERVICE_UNAVAILABLE)
+    response = json_error(ErrorCode.DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE,
+                          status.HTTP_503_SERVICE_UNAVAILABLE)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+    return response
 
 
 def exception_handler(exc, context):
@@ -79,6 +85,7 @@ def exception_handler(exc, context):
         return Response(
             error_body(ErrorCode.DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
         )
 
     if isinstance(exc, ApplicationError):

@@ -15,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from chatserver import dotenv
+from chatserver.client_address import parse_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -73,18 +74,21 @@ SECRET_KEY = secret("django-secret-key", "DJANGO_SECRET_KEY", 50)
 DEBUG = env_bool("DEBUG")
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "*").split(",") if h.strip()]
 
-# --- HTTPS ------------------------------------------------------------------------------
-# gunicorn serves HTTPS itself when HTTPS_CERT and HTTPS_KEY name a PEM chain and key
-# (Procfile); behind a reverse proxy that terminates TLS (README: Caddy, nginx), set
-# BEHIND_TLS_PROXY=on so that Django takes the proxy's X-Forwarded-Proto for the scheme
-# (signed media links, redirects). Either way cookies are Secure and HSTS is sent.
+# --- HTTP and HTTPS ---------------------------------------------------------------------
+# Phones reach nginx, the front server, on HTTP_BIND:HTTP_PORT (front/nginx.conf); gunicorn
+# listens only on a Unix socket behind it. nginx speaks HTTPS there when HTTPS_CERT and
+# HTTPS_KEY name a PEM chain and key. Behind a proxy of your own that terminates TLS
+# (README: Caddy, a load balancer), set BEHIND_TLS_PROXY=on so that Django takes that
+# proxy's X-Forwarded-Proto for the scheme (signed media links, redirects). Either way
+# cookies are Secure and HSTS is sent.
+HTTP_PORT = env_int("HTTP_PORT", 8000)
+HTTP_BIND = env("HTTP_BIND", "0.0.0.0")
 HTTPS_CERT = env("HTTPS_CERT")
 HTTPS_KEY = env("HTTPS_KEY")
 BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
-if BEHIND_TLS_PROXY:
-    # Only behind a proxy that sets this header itself (and strips a client's own).
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 if HTTPS_CERT or BEHIND_TLS_PROXY:
+    # The front server sets this header itself, replacing a client's own.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
 
@@ -217,12 +221,13 @@ REST_FRAMEWORK = {
         # Per user, asking for (or accepting) a friendship.
         "friend_request": env("FRIEND_REQUEST_THROTTLE_RATE", "60/hour"),
     },
-    # Behind N reverse proxies that each append to X-Forwarded-For, set NUM_PROXIES=N;
-    # 0 (the default) takes the connection's address and ignores the header, which any
-    # client could otherwise fill with a new address per request.
-    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "UNAUTHENTICATED_USER": None,
 }
+# The proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated):
+# the client address the limits count is the last one in that header that is not theirs.
+# Empty (the default) trusts only the project's own front server (chatserver/client_address.py):
+# any client can write the header, and would get a new bucket per request.
+TRUSTED_PROXIES = parse_networks(env("TRUSTED_PROXIES", ""))
 # Requests at once, per scope, where it differs from the rate's N.
 THROTTLE_BURSTS = {"send": env_int("SEND_THROTTLE_BURST", 30)}
 

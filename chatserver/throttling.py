@@ -18,6 +18,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from chatserver import ratelimit
+from chatserver.client_address import client_address
 
 
 def limit_for(scope: str) -> ratelimit.Limit | None:
@@ -75,11 +76,11 @@ class BucketThrottle(SimpleRateThrottle):
 
 
 class AddressThrottle(BucketThrottle):
-    """Per client address (REMOTE_ADDR, or the `NUM_PROXIES`-th address from the end of
-    X-Forwarded-For behind that many proxies)."""
+    """Per client address (`chatserver.client_address`: the connection's, or what the
+    front server and the `TRUSTED_PROXIES` say it is)."""
 
     def ident(self, request, view) -> str | None:
-        return address_key(self.get_ident(request))
+        return address_key(client_address(request.META, settings.TRUSTED_PROXIES))
 
 
 class UserThrottle(BucketThrottle):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start the whole stack in the foreground: broker, HTTP server, relay and presence worker
-# (see Procfile).
+# Start the whole stack in the foreground: broker, front server (nginx), gunicorn, and the
+# relay, presence and push workers (see Procfile).
 # Ctrl-C (or SIGTERM) stops all of it. `make run` sets up the virtualenv and the Debian
 # packages first; this script only prepares the data directory and the database.
 #
@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED=1
 if [[ -d /dev/shm && -w /dev/shm ]]; then
     export WEB_TMP_DIR="${WEB_TMP_DIR:-/dev/shm}"
 fi
-# Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
+# Debian installs mosquitto and nginx in /usr/sbin, which is not on a normal user's PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 mkdir -p "$DATA_DIR"
@@ -37,6 +37,8 @@ mkdir -p "$DATA_DIR"
 .venv/bin/python manage.py migrate --noinput
 # Renders $DATA_DIR/broker/mosquitto.conf and provisions the broker's accounts.
 .venv/bin/python manage.py broker_prepare
+# Renders $DATA_DIR/front/nginx.conf (gunicorn's socket goes beside it).
+.venv/bin/python manage.py front_prepare >/dev/null
 
 # `-e /dev/null`: honcho would otherwise apply .env over the environment (handled above,
 # with the environment winning).

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages the project needs, and only those that are missing.
 #
-#   scripts/system-deps.sh broker            # Mosquitto (for `make run`)
-#   scripts/system-deps.sh broker postgres redis   # + PostgreSQL and Redis servers (for `make test`)
+#   scripts/system-deps.sh broker front      # Mosquitto and nginx (for `make run`)
+#   scripts/system-deps.sh broker front postgres redis   # + PostgreSQL and Redis (for `make test`)
 #   scripts/system-deps.sh make              # make itself (a bare image may lack it)
 #   scripts/system-deps.sh venv              # what `python3 -m venv` needs (ensurepip)
 #
 # Nothing is touched when everything is present. The services these packages ship are
-# kept from running: the project starts its own broker and throw-away clusters on ports
-# of its choosing, and a system broker on 1883 would collide with `make run`.
+# kept from running: the project starts its own broker, front server and throw-away
+# clusters on ports of its choosing, and a system broker on 1883 would collide with `make run`.
 set -euo pipefail
 
 # Is a Debian package installed?
@@ -31,6 +31,10 @@ for group in "$@"; do
                 installed "$pkg" || missing+=("$pkg")
             done
             ;;
+        front)
+            # nginx, the front server `make run` starts before gunicorn (front/nginx.conf).
+            installed nginx || missing+=(nginx)
+            ;;
         postgres)
             have_postgres_server || missing+=(postgresql)
             ;;
@@ -46,7 +50,7 @@ for group in "$@"; do
             python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
             ;;
         *)
-            echo "system-deps: unknown group '$group' (expected: broker, postgres, redis, make, venv)" >&2
+            echo "system-deps: unknown group '$group' (expected: broker, front, postgres, redis, make, venv)" >&2
             exit 2
             ;;
     esac

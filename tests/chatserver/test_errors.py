@@ -6,9 +6,9 @@ from pathlib import Path
 
 from accounts.errors import AccountsErrorCode
 from chats.errors import ChatsErrorCode
-from chatserver.errors import ApplicationError, ErrorCode
+from chatserver.errors import ApplicationError, ErrorCode, FrontErrorCode
 
-ENUMS: list[type[StrEnum]] = [ErrorCode, AccountsErrorCode, ChatsErrorCode]
+ENUMS: list[type[StrEnum]] = [ErrorCode, FrontErrorCode, AccountsErrorCode, ChatsErrorCode]
 
 
 def _subclasses(cls):
@@ -43,3 +43,12 @@ def test_every_code_is_documented_and_every_documented_code_exists():
     assert set(exception_handler._CODE_NAMES.values()) <= codes
     assert sorted(codes - documented - {"conflict"}) == []  # `conflict` is only a base class
     assert sorted(documented - codes) == []
+
+
+def test_the_front_servers_answers_use_codes_of_the_enums():
+    conf = (Path(__file__).resolve().parents[2] / "front" / "nginx.conf").read_text()
+    answered = set(re.findall(r'\{"error": \{"code": "([a-z_]+)"', conf))
+    codes = {code.value for enum in ENUMS for code in enum}
+
+    assert {code.value for code in FrontErrorCode} <= answered
+    assert sorted(answered - codes) == []

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -281,13 +283,26 @@ def test_http_answers_503_in_the_error_envelope_while_the_database_is_down(spare
         me = call(f"{spare.url}/accounts/me/", token=alice["token"])
         signup = call(f"{spare.url}/accounts/signup/", "POST", {"username": "dave-x", "password": "pass word 123"})
         health = call(f"{spare.url}/health/")
+        retry_after = header_of(f"{spare.url}/accounts/me/", "Retry-After", token=alice["token"])
     finally:
         spare.pg.start_server()
 
-    # then: 503 with the envelope, never a 500 page; and all is well once it is back
+    # then: 503 with the envelope (and when to try again), never a 500 page; and all is
+    # well once it is back
     assert me == (503, UNAVAILABLE)
+    assert retry_after == "2"
     assert signup == (503, UNAVAILABLE)
     assert health == (503, {"status": "unavailable", "database": "down", "relay": "unknown", "broker": "unknown"})
     wait_until(lambda: call(f"{spare.url}/accounts/me/", token=alice["token"])[0] == 200, 5, "200 again")
     assert spare.sql("SELECT count(*) FROM accounts_user WHERE username = 'dave-x'") == [(0,)]
     assert_alive(spare.relay, spare.presence, spare.web)
+
+
+def header_of(url: str, name: str, *, token: str) -> str | None:
+    """One header of the answer to a GET, whatever its status."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.headers.get(name)
+    except urllib.error.HTTPError as error:
+        return error.headers.get(name)

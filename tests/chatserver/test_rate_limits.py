@@ -1,10 +1,11 @@
-"""Rate limits over real sockets: gunicorn with two workers on PostgreSQL, the buckets in
+"""Rate limits over real sockets: nginx and gunicorn with two workers on PostgreSQL, the buckets in
 the database and, again, in a real Redis (REDIS_URL). Requests go in concurrently, so
 that both workers count; the limit is the limit: exactly N pass, then 429 `throttled`
 with Retry-After, and a refused write leaves nothing behind.
 
-The stack trusts one proxy (NUM_PROXIES=1), so each test names its client addresses in
-X-Forwarded-For, as a reverse proxy would.
+The stack trusts 127.0.0.1 as a proxy in front of nginx (TRUSTED_PROXIES), so each test
+names its client addresses in X-Forwarded-For, as a load balancer would; the last tests
+show what a client's own header is worth without that trust.
 """
 
 import itertools
@@ -28,7 +29,8 @@ LIMITS = {
     "SEND_THROTTLE_BURST": "4",  # ...after 4 at once
     "UPLOAD_THROTTLE_RATE": "2/hour",
     "FRIEND_REQUEST_THROTTLE_RATE": "3/hour",
-    "NUM_PROXIES": "1",
+    # The test client stands for a load balancer the stack trusts.
+    "TRUSTED_PROXIES": "127.0.0.1",
 }
 _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
 
@@ -126,6 +128,27 @@ def test_signups_from_one_address_stop_at_the_limit_others_go_on(stack):
                         address=address)
     assert status == 429
     signup(stack)  # another address
+
+
+@pytest.fixture(scope="module")
+def untrusting(test_database_url, mosquitto, tmp_path_factory):
+    """The same limits with TRUSTED_PROXIES at its default (empty): only nginx is believed."""
+    env = server_env(database_url=test_database_url, broker=mosquitto,
+                     data_dir=tmp_path_factory.mktemp("limits-untrusting")) | LIMITS
+    del env["TRUSTED_PROXIES"]
+    server = HttpServer(env, tmp_path_factory.mktemp("limits-untrusting-web"), workers=2).start()
+    yield server
+    server.stop()
+
+
+def test_a_made_up_forwarded_address_does_not_reset_the_limit(untrusting, relay):
+    # when: logins from one machine, each claiming another address in X-Forwarded-For
+    results = [http(f"{untrusting.url}/accounts/login/", "POST", {"username": f"x{n}", "password": PASSWORD},
+                    address=f"203.0.113.{n}") for n in range(8)]
+
+    # then: they all count as that machine's (the address nginx saw): 5, then refused
+    assert [r[0] for r in results] == [401] * 5 + [429] * 3
+    assert_throttled(results[5:], retry_max=12)
 
 
 def test_failed_logins_per_username_whatever_the_address_and_right_ones_do_not_count(stack):

@@ -48,7 +48,8 @@ def test_an_ipv6_client_counts_by_its_64_and_an_ipv4_one_by_itself():
 
 
 def test_x_forwarded_for_is_ignored_without_trusted_proxies(settings):
-    # given: NUM_PROXIES=0 (the default): a made-up header per request gets no new bucket
+    # given: TRUSTED_PROXIES empty (the default), a client on TCP: a made-up header per
+    # request gets no new bucket
     limits(settings, auth="2/minute")
     client = APIClient()
     body = {"username": "nobody", "password": "wrong password!"}

@@ -5,7 +5,8 @@
   logging to a file.
 - `relay` (function): a transactional database plus both workers, once the relay reports
   the broker connected (the heartbeat row is truncated with everything else between tests).
-- `http_server` (session): gunicorn on a free port, same database and broker.
+- `http_server` (session): nginx on a free port and gunicorn behind it (`HttpServer`), same
+  database and broker.
 - `live_stack` (function): all of it, for tests that act like a phone over real HTTP.
 - `ProcessStack`: a relay and gunicorn of their own, on a given database and broker, that
   a test may kill and restart (the fault tests' stacks, see tests/support/faults.py).
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +30,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+
+from chatserver import frontconf
+from chatserver.tls import ServerTls
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,36 +165,71 @@ def relay(transactional_db, relay_process, presence_process, mosquitto, settings
 
 
 class HttpServer(ServerProcess):
-    """gunicorn serving the project on a free port of 127.0.0.1."""
+    """The HTTP tier as it ships: nginx with the project's config (front/nginx.conf) on a
+    free port of 127.0.0.1, and gunicorn behind it on the front's Unix socket, with the
+    Procfile's options. `kill()` and `stop()` of this object are gunicorn's (nginx then
+    answers 503 `unavailable`); `front` is the nginx process."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 2) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 2,
+                 tls: ServerTls | None = None) -> None:
         self.port = free_port()
+        self.tls = tls
+        # nginx's workers run as www-data: pytest's own temp dirs (0700) would stop them.
+        self.front_root = Path(tempfile.mkdtemp(prefix="chat-front-"))
+        os.chmod(self.front_root, 0o711)
+        self.front_dir = self.front_root / "front"
         super().__init__(
             "web",
             [
                 sys.executable, "-m", "gunicorn", "chatserver.wsgi:application",
-                "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-                "--worker-class", "gthread", "--threads", "4", "--no-control-socket",
-                "--worker-tmp-dir", "/tmp",
+                "--bind", f"unix:{frontconf.socket_path(self.front_dir)}", "--workers", str(workers),
+                "--worker-class", "gthread", "--threads", "4", "--keep-alive", "5", "--timeout", "30",
+                "--graceful-timeout", "3", "--no-control-socket", "--worker-tmp-dir", "/tmp",
             ],
             env,
             workdir,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.front = ServerProcess("front", frontconf.command(self.front_dir), env, workdir)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> "HttpServer":
+        if not self.front.alive():
+            frontconf.prepare(
+                data_dir=self.front_root, port=self.port, bind="127.0.0.1",
+                max_attachment=int(self.env.get("ATTACHMENT_MAX_SIZE", django_settings.ATTACHMENT_MAX_SIZE)),
+                tls=(self.tls.cert, self.tls.key) if self.tls else None,
+            )
+            self.front.start()
         super().start()
-        wait_until(self._answers, 20, f"gunicorn on port {self.port}", interval=0.05)
+        wait_until(self._answers, 20, f"gunicorn behind nginx on port {self.port}", interval=0.05)
         return self
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For HTTPS: one that trusts the certificate's CA."""
+        if self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.tls.ca) if self.tls.ca else None)
+
+    def stop(self) -> None:
+        super().stop()
+        self.front.stop()
+        shutil.rmtree(self.front_root, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return f"{super().log_tail(lines)}\n--- nginx\n{self.front.log_tail(lines // 2)}"
 
     def _answers(self) -> bool:
         if not self.alive():
             raise AssertionError(f"gunicorn died:\n{self.log_tail()}")
+        if not self.front.alive():
+            raise AssertionError(f"nginx died:\n{self.front.log_tail()}")
         try:
-            with urllib.request.urlopen(f"{self.url}/health/", timeout=2):
+            with urllib.request.urlopen(f"{self.url}/health/", timeout=2, context=self.ssl_context):
                 return True
-        except urllib.error.HTTPError:
-            return True  # it answers; the body says what is up
+        except urllib.error.HTTPError as error:
+            # Django answers, whatever its body says; nginx's own 503 means not yet.
+            return not (error.code == 503 and b'"unavailable"' in error.read())
         except OSError:
             return False
 
