@@ -3,13 +3,17 @@ inactive without a save (the presence worker's sweep), keeps no device: its HTTP
 stop working, its MQTT accounts are deleted at the broker through the outbox (as a logout
 does), its open connections are dropped and it receives nothing afterwards."""
 
-import pytest
+import threading
 
+import pytest
+from django.db import connection, connections, transaction
+
+from accounts.errors import InvalidCredentials
 from accounts.models import Device, User
-from accounts.services import inactive_devices_sign_out
+from accounts.services import inactive_devices_sign_out, user_login
 from chatserver.broker_access import DeviceRemove
 from chatserver.models import OutboxEvent
-from tests.support.factories import TestUser, login, make_user
+from tests.support.factories import PASSWORD, TestUser, login, make_user
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
 
@@ -152,3 +156,47 @@ def test_a_deactivated_users_connection_is_dropped_and_gets_nothing_afterwards(r
     finally:
         alice_probe.close()
         carol_probe.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_login_racing_a_deactivation_is_refused_and_leaves_no_device():
+    # given: alice's deactivation under way (her row saved inactive, not committed yet)
+    alice = make_user()
+    outcome = []
+
+    def log_in():
+        try:
+            user_login(username=alice.username, password=PASSWORD)
+            outcome.append("logged in")
+        except InvalidCredentials:
+            outcome.append("refused")
+        except BaseException as exc:
+            outcome.append(repr(exc))
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(id=alice.id)
+        user.is_active = False
+        user.save()
+        # when: a login with her password starts meanwhile (it read her as active) and
+        # reaches her row's lock
+        racer = threading.Thread(target=log_in)
+        racer.start()
+
+        def racer_waits_for_the_lock() -> bool:
+            with connection.cursor() as cursor:
+                # Statistics are read once per transaction unless the snapshot is dropped.
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return cursor.fetchone()[0] > 0
+
+        wait_until(lambda: racer_waits_for_the_lock() or outcome, 10, "the login to wait for alice's row")
+        assert outcome == []  # still waiting
+    racer.join(10)
+
+    # then
+    assert outcome == ["refused"]
+    assert not Device.objects.filter(user_id=alice.id).exists()
