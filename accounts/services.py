@@ -104,7 +104,8 @@ def devices_sign_out(*, devices: Iterable[Device]) -> OutboxEvent | None:
     outbox row. Returns that row (None if there was no device), for `outbox.wait_applied`.
 
     The one way a device ends: logout, signing out another device, a password change,
-    account deletion and an operator's deactivation all come here.
+    account deletion, an operator's deactivation and any other save of an inactive user
+    (User.save, and the presence worker's sweep for what no save saw) all come here.
     """
     assert transaction.get_connection().in_atomic_block, "devices_sign_out() belongs inside a transaction"
     devices = list(devices)
