@@ -27,8 +27,8 @@ class UserAdmin(DjangoUserAdmin):
     search_fields = ["username", "display_name"]
     ordering = ["-id"]
     actions = ["deactivate", "reactivate"]
-    # `is_active` is read-only: unticking it would leave the devices' tokens and broker
-    # accounts alive; the actions below end them at once.
+    # `is_active` is read-only: the actions below are the way (they say what they did and
+    # wait for the broker). Unticking it would still sign every device out (User.save).
     readonly_fields = [
         "is_active", "presence", "last_seen", "last_login", "date_joined", "deleted_at", "avatar", "avatar_thumbnail",
     ]

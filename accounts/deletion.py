@@ -2,7 +2,10 @@
 
 Both sign every device out through `accounts.services.devices_sign_out` (HTTP tokens,
 push tokens, MQTT accounts: the outbox carries one DeviceRemove per device), in the same
-transaction as the rest of the change.
+transaction as the rest of the change. Any other path that makes a user inactive does too:
+`User.save` signs out the devices of a user saved inactive, and the presence worker's
+sweep (`accounts.services.inactive_devices_sign_out`) those of one made inactive without
+a save.
 
 Deleting an account keeps what others need to make sense of their history, and nothing
 that says who the person was:
@@ -109,10 +112,12 @@ def user_deactivate(*, actor: User, user_id: int) -> User:
         user = User.objects.select_for_update().filter(id=user_id).first()
         if user is None:
             raise UserNotFound()
+        # Signed out first, so that this call holds the outbox row to wait for (the save
+        # would sign out any device left: User.save).
+        devices = devices_sign_out(devices=Device.objects.select_for_update().filter(user=user).order_by("id"))
         if user.is_active:
             user.is_active = False
             user.save(update_fields=["is_active"])
-        devices = devices_sign_out(devices=Device.objects.select_for_update().filter(user=user).order_by("id"))
     if devices is not None:
         outbox.wait_applied([devices])
     return user

@@ -3,7 +3,7 @@ import secrets
 
 from django.contrib.auth.models import AbstractUser
 from django.contrib.auth.validators import ASCIIUsernameValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -38,10 +38,44 @@ class User(AbstractUser):
     # the messages it wrote keep an author ("Deleted user"); see accounts.deletion.
     deleted_at = models.DateTimeField(null=True, blank=True)
 
+    def save(self, *args, **kwargs) -> None:
+        """Save; an inactive user keeps no device.
+
+        Saving a user inactive (an operator's action, account deletion, or a plain
+        `user.is_active = False; user.save()` in a shell, a script or a future view) signs
+        out whatever devices it still has, in the same transaction, through
+        `accounts.services.devices_sign_out`: their HTTP and push tokens end at commit and
+        the outbox carries one DeviceRemove per device, which the relay applies in the
+        outbox's order, as for a logout. Nothing waits for the broker here (a save may be
+        part of a larger transaction); `accounts.deletion.user_deactivate` does.
+
+        Here, not in a signal (the house has none) nor only in the services: the rule
+        is the model's, whatever path sets the flag. What a save never sees
+        (`QuerySet.update`, raw SQL) is caught by the presence worker's sweep
+        (`accounts.services.inactive_devices_sign_out`) within seconds.
+        """
+        update_fields = kwargs.get("update_fields")
+        if self.is_active or self.pk is None or (update_fields is not None and "is_active" not in update_fields):
+            super().save(*args, **kwargs)
+            return
+        # accounts.services imports this module.
+        from accounts.services import devices_sign_out
+
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            # The user row is locked by the UPDATE, then its devices: the order of
+            # user_deactivate and of a racing login (user_login).
+            devices_sign_out(devices=Device.objects.select_for_update().filter(user_id=self.pk).order_by("id"))
+
     class Meta:
         constraints = [
             # "Alice" and "alice" are one name: nobody can pass for somebody else by case.
             models.UniqueConstraint(Lower("username"), name="accounts_user_username_ci_unique"),
+        ]
+        indexes = [
+            # The few inactive users, for the presence worker's sweep every few seconds
+            # (accounts.services.inactive_devices_sign_out): no scan of every user.
+            models.Index(fields=["id"], condition=models.Q(is_active=False), name="accounts_user_inactive_idx"),
         ]
 
 

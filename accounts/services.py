@@ -86,6 +86,11 @@ def user_login(*, username: str, password: str, device_name: str = "") -> tuple[
     if not user.check_password(password):
         raise InvalidCredentials()
     with transaction.atomic():
+        # The user row locked and read again: a deactivation committed since the check
+        # above refuses this login, and one coming after waits for this device and signs
+        # it out too (User.save), so no device of an inactive user outlives the race.
+        if not User.objects.select_for_update().filter(id=user.id, is_active=True).values_list("id", flat=True):
+            raise InvalidCredentials()
         device, token, access = _device_create(user=user, name=device_name)
         event = outbox.enqueue(access=access)
     outbox.wait_applied([event])
@@ -99,7 +104,8 @@ def devices_sign_out(*, devices: Iterable[Device]) -> OutboxEvent | None:
     outbox row. Returns that row (None if there was no device), for `outbox.wait_applied`.
 
     The one way a device ends: logout, signing out another device, a password change,
-    account deletion and an operator's deactivation all come here.
+    account deletion, an operator's deactivation and any other save of an inactive user
+    (User.save, and the presence worker's sweep for what no save saw) all come here.
     """
     assert transaction.get_connection().in_atomic_block, "devices_sign_out() belongs inside a transaction"
     devices = list(devices)
@@ -108,6 +114,26 @@ def devices_sign_out(*, devices: Iterable[Device]) -> OutboxEvent | None:
     ops = [DeviceRemove(user=d.user_id, username=d.mqtt_username, client_id=d.mqtt_client_id) for d in devices]
     Device.objects.filter(id__in=[d.id for d in devices]).delete()
     return outbox.enqueue(access=ops)
+
+
+# At most this many devices per round of `inactive_devices_sign_out` (one outbox row).
+INACTIVE_SWEEP_BATCH = 500
+
+
+def inactive_devices_sign_out(*, limit: int = INACTIVE_SWEEP_BATCH) -> int:
+    """Sign out devices whose user is inactive; return how many. Normally none: every save
+    of an inactive user signs its devices out (User.save). This catches what no save sees:
+    `User.objects.filter(...).update(is_active=False)`, raw SQL, a restored backup. The
+    presence worker calls it every few seconds (accounts/workers.py). Devices locked by
+    a sign-out under way are skipped (that one ends them)."""
+    with transaction.atomic():
+        devices = list(
+            Device.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(user__is_active=False)
+            .order_by("id")[:limit]
+        )
+        devices_sign_out(devices=devices)
+    return len(devices)
 
 
 def _wait(event: OutboxEvent | None) -> None:

@@ -17,6 +17,12 @@ Once the first connection has had `PRESENCE_SETTLE` seconds to deliver every ret
 presence, users the database has online but no device reports present are set offline
 (`presence_reset_absent`).
 
+It also signs out, every `INACTIVE_SWEEP_EVERY` seconds, the devices of users made
+inactive without a save (`QuerySet.update`, raw SQL: `inactive_devices_sign_out`; a save
+does it itself, `User.save`). A chore of this worker rather than a process of its own:
+it is one indexed query that finds nothing nearly always, on device rows this worker
+already sweeps, and a worker of its own would be a whole Django process for it.
+
 Exactly one is active (its state is in memory): on PostgreSQL others stand by on the
 advisory lock `ADVISORY_LOCK_KEY`. Each time it becomes active again (after a database
 outage, or taking over) it decides every user again and reconciles again: decisions lost
@@ -42,6 +48,7 @@ from accounts.presence import (
     presence_apply_many,
     presence_reset_absent,
 )
+from accounts.services import inactive_devices_sign_out
 from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic, presence_topic, user_topic
 from chatserver.events import Event, EventType, check_against_contract
 from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_connection
@@ -69,6 +76,9 @@ RESTART_GRACE = 5.0
 IDLE_WAIT = 0.1
 # How often devices whose report ran out are looked for.
 EXPIRE_EVERY = 1.0
+# How often devices of inactive users are looked for (see the module's docstring): a
+# deactivation no save saw cuts the devices off at the broker within this (plus the relay).
+INACTIVE_SWEEP_EVERY = 5.0
 # A full batch of changes is applied at most this often (APPLY_BATCH / APPLY_EVERY: 1,000
 # users a second).
 APPLY_EVERY = 0.1
@@ -91,6 +101,7 @@ class PresenceWorker(Worker):
         self.probed: set[int] = set()
         self.reconciled = False
         self.next_expiry = 0.0
+        self.next_sweep = 0.0
 
     def activated(self) -> None:
         if not self.broker_started:
@@ -101,6 +112,7 @@ class PresenceWorker(Worker):
         self.reconciled = False
 
     def step(self, *, session: Session) -> bool:
+        self._sweep_inactive()
         if not self.broker.connected:
             # It reconnects by itself; reports wait in the broker's retained messages.
             self.connected_since = None
@@ -166,6 +178,26 @@ class PresenceWorker(Worker):
 
     def close(self) -> None:
         self.broker.close()
+
+    def _sweep_inactive(self) -> None:
+        """Sign out the devices of inactive users, every INACTIVE_SWEEP_EVERY (the database
+        only: the relay cuts them off at the broker, whether or not this worker is
+        connected to it)."""
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + INACTIVE_SWEEP_EVERY
+        try:
+            swept = inactive_devices_sign_out()
+        except DATABASE_UNAVAILABLE:
+            raise
+        except Exception:
+            # Presence must not stop for it; the next round tries again.
+            logger.exception("devices of inactive users not signed out")
+            return
+        if swept:
+            logger.warning("signed out %d devices of inactive users (deactivated without User.save)", swept)
+            self.next_sweep = now  # maybe more than one batch
 
     def _connection_started(self) -> None:
         """A new connection to the broker (the first, or after the broker or the network

@@ -8,6 +8,7 @@ Layout of a broker directory (`DATA_DIR/broker/` under `make run`):
     dynamic-security.json    clients, groups, roles, ACLs (password hashes: mode 0600)
     mosquitto.db             persistence (written by the broker)
     mosquitto.log            the broker's log
+    login_guard.so           the failed-login limit, built here from broker/login_guard.c
     tls-cert.pem, tls-key.pem  copies of the TLS certificate and key (when TLS is on)
 
 When run as root, Mosquitto drops to the `mosquitto` user, so the directory and its files
@@ -21,6 +22,7 @@ broker (`setClientPassword`) or delete the file (every device account goes with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -34,10 +36,12 @@ from chatserver.tls import ServerTls
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_DIR / "broker" / "mosquitto.conf"
+LOGIN_GUARD_SOURCE = REPO_DIR / "broker" / "login_guard.c"
 
 CONF_NAME = "mosquitto.conf"
 DYNSEC_NAME = "dynamic-security.json"
 LOG_NAME = "mosquitto.log"
+LOGIN_GUARD_NAME = "login_guard.so"
 TLS_CERT_NAME = "tls-cert.pem"
 TLS_KEY_NAME = "tls-key.pem"
 BROKER_USER = "mosquitto"
@@ -52,6 +56,29 @@ PLUGIN_GLOBS = (
 
 # A bind address is one token: a config value with spaces or newlines could inject options.
 _BIND_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]*$")
+
+# What building the login guard needs (Debian packages): a C compiler, the C library's
+# headers, the broker's plugin headers and libmosquitto's (which they include).
+BUILD_PACKAGES = "gcc libc6-dev mosquitto-dev libmosquitto-dev"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginLimit:
+    """The broker's failed-login limit (broker/login_guard.c): after `failures` refused
+    logins of one device account within `window` seconds, that account is refused for
+    `cooldown` seconds, whatever the password."""
+
+    failures: int = 10
+    window: float = 60.0
+    cooldown: float = 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 1:
+            raise ValueError(f"failures must be a positive integer, got {self.failures!r}")
+        for name in ("window", "cooldown"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86400:
+                raise ValueError(f"{name} must be a number of seconds in (0, 86400], got {value!r}")
 
 
 def find_dynsec_plugin() -> Path:
@@ -76,6 +103,7 @@ def render(
     plugin: Path | None = None,
     tls_ports: tuple[int, int] | None = None,
     plaintext: bool = True,
+    login_limit: LoginLimit = LoginLimit(),
 ) -> Path:
     """Write `template` to `out` with its @PLACEHOLDERS@ replaced; return `out`.
 
@@ -111,6 +139,9 @@ def render(
         "@MQTT_BIND@": bind,
         "@BROKER_DIR@": str(broker_dir),
         "@DYNSEC_PLUGIN@": str(plugin or find_dynsec_plugin()),
+        "@LOGIN_FAILURES@": str(login_limit.failures),
+        "@LOGIN_WINDOW@": f"{login_limit.window:g}",
+        "@LOGIN_COOLDOWN@": f"{login_limit.cooldown:g}",
     }
     text = keep_blocks(Path(template).read_text(), keep={"plaintext": plaintext, "tls": tls_ports is not None})
     for key, value in values.items():
@@ -180,8 +211,10 @@ def prepare(
     tls: ServerTls | None = None,
     tls_ports: tuple[int, int] | None = None,
     plaintext: bool = True,
+    login_limit: LoginLimit = LoginLimit(),
 ) -> Path:
-    """Provision `data_dir/broker/` and render its config; return the config's path.
+    """Provision `data_dir/broker/` (with the login guard built, `build_login_guard`) and
+    render its config; return the config's path.
 
     With `tls` (a certificate chain and its key, anywhere readable by this process, e.g.
     root-only Let's Encrypt files) and `tls_ports`, copies of both are put in the broker
@@ -194,6 +227,7 @@ def prepare(
     provision(
         broker_dir=broker_dir, admin_username=admin_username, admin_password=admin_password
     )
+    build_login_guard(broker_dir / LOGIN_GUARD_NAME)
     if tls is not None:
         for source, name in ((tls.cert, TLS_CERT_NAME), (tls.key, TLS_KEY_NAME)):
             tmp = broker_dir / f".{name}.{os.getpid()}.tmp"
@@ -212,10 +246,39 @@ def prepare(
         bind=bind,
         tls_ports=tls_ports,
         plaintext=plaintext,
+        login_limit=login_limit,
     )
     # Mosquitto re-reads its config as the `mosquitto` user on SIGHUP.
     _hand_over(broker_dir, _broker_owner())
     return conf
+
+
+def build_login_guard(out: Path, *, source: Path = LOGIN_GUARD_SOURCE) -> Path:
+    """Compile the login guard plugin to `out` unless it is there and newer than its
+    source; return `out`. A missing compiler or header fails loudly, naming the Debian
+    packages (`BUILD_PACKAGES`): the broker's config loads the plugin, so a broker
+    without it would not start. The file is built aside, then renamed into place (safe
+    if several processes prepare the same directory). Mosquitto loads plugins after
+    dropping to the `mosquitto` user (measured on 2.0.11), so the file being that user's,
+    like the rest of the directory, gives it nothing it did not have."""
+    out = Path(out)
+    if out.exists() and out.stat().st_mtime >= Path(source).stat().st_mtime:
+        return out
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise FileNotFoundError(f"no C compiler to build {out.name} (Debian: apt-get install {BUILD_PACKAGES})")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    proc = subprocess.run(
+        [cc, "-O2", "-Wall", "-fPIC", "-shared", str(source), "-o", str(tmp)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+    )
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"building {out.name} failed (Debian: apt-get install {BUILD_PACKAGES}):\n{proc.stderr.strip()}"
+        )
+    os.replace(tmp, out)
+    return out
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -350,6 +350,12 @@ MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
 MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
 MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)
+# The broker's failed-login limit (broker/login_guard.c, rendered by `manage.py
+# broker_prepare`): after MQTT_LOGIN_FAILURES refused logins of one device account within
+# MQTT_LOGIN_WINDOW seconds, that account is refused for MQTT_LOGIN_COOLDOWN seconds.
+MQTT_LOGIN_FAILURES = env_int("MQTT_LOGIN_FAILURES", 10)
+MQTT_LOGIN_WINDOW = env_int("MQTT_LOGIN_WINDOW", 60)
+MQTT_LOGIN_COOLDOWN = env_int("MQTT_LOGIN_COOLDOWN", 60)
 
 # How long signup, login, logout and membership changes wait for the relay to apply
 # their broker grants before answering (so the credentials and topics handed out work

@@ -26,8 +26,10 @@ for group in "$@"; do
     case "$group" in
         broker)
             # `mosquitto` brings the broker, mosquitto_ctrl and the dynamic-security
-            # plugin; `mosquitto-clients` brings mosquitto_pub/_sub for debugging.
-            for pkg in mosquitto mosquitto-clients; do
+            # plugin; `mosquitto-clients` brings mosquitto_pub/_sub for debugging; the
+            # compiler and headers build the login guard plugin (broker/login_guard.c,
+            # chatserver/brokerconf.py BUILD_PACKAGES).
+            for pkg in mosquitto mosquitto-clients gcc libc6-dev mosquitto-dev libmosquitto-dev; do
                 installed "$pkg" || missing+=("$pkg")
             done
             ;;

@@ -37,6 +37,10 @@ def test_render_fills_every_placeholder(workdir):
     assert f"persistence_location {workdir / 'broker'}\n" in text
     assert f"plugin_opt_config_file {workdir / 'broker' / 'dynamic-security.json'}\n" in text
     assert f"plugin {brokerconf.find_dynsec_plugin()}\n" in text
+    # the login guard first (it sees each login before dynamic security), with the defaults
+    guard = f"plugin {workdir / 'broker' / 'login_guard.so'}\n"
+    assert guard + "plugin_opt_failures 10\nplugin_opt_window 60\nplugin_opt_cooldown 60\n" in text
+    assert text.index(guard) < text.index(f"plugin {brokerconf.find_dynsec_plugin()}\n")
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
@@ -61,6 +65,31 @@ def test_render_refuses_bad_values(workdir, kwargs):
     with pytest.raises(ValueError):
         brokerconf.render(template=brokerconf.TEMPLATE, out=workdir / "m.conf", **values)
     assert not (workdir / "m.conf").exists()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"failures": 0}, {"failures": 2.5}, {"failures": True}, {"window": 0}, {"cooldown": -1}, {"cooldown": 10**6},
+])
+def test_a_login_limit_refuses_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        brokerconf.LoginLimit(**kwargs)
+
+
+def test_the_login_guard_is_built_once_and_again_when_its_source_changes(workdir):
+    # given
+    source = workdir / "guard.c"
+    shutil.copyfile(brokerconf.LOGIN_GUARD_SOURCE, source)
+    out = workdir / "guard.so"
+    # when
+    brokerconf.build_login_guard(out, source=source)
+    built = out.stat().st_mtime_ns
+    brokerconf.build_login_guard(out, source=source)
+    # then
+    assert out.stat().st_mtime_ns == built
+    os.utime(source, ns=(built + 10**9, built + 10**9))
+    brokerconf.build_login_guard(out, source=source)
+    assert out.stat().st_mtime_ns != built
+    assert out.read_bytes()[:4] == b"\x7fELF"
 
 
 def test_provision_creates_the_dynsec_file_once_with_the_admin_and_the_baseline(workdir):
@@ -116,7 +145,7 @@ def test_prepare_returns_the_rendered_config_in_data_dir_broker(workdir):
     )
     # then
     assert conf == workdir.resolve() / "broker" / "mosquitto.conf"
-    assert sorted(p.name for p in conf.parent.iterdir()) == ["dynamic-security.json", "mosquitto.conf"]
+    assert sorted(p.name for p in conf.parent.iterdir()) == ["dynamic-security.json", "login_guard.so", "mosquitto.conf"]
     assert conf.stat().st_uid == (pwd.getpwnam("mosquitto").pw_uid if os.geteuid() == 0 else os.geteuid())
 
 

@@ -53,8 +53,13 @@ class MosquittoBroker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, *, tls: ServerTls | None = None, plaintext: bool = True) -> None:
-        """`tls`: TLS listeners too, with that certificate (`tls_port`, `wss_port`)."""
+    def __init__(
+        self, workdir: Path, *, tls: ServerTls | None = None, plaintext: bool = True,
+        login_limit: brokerconf.LoginLimit = brokerconf.LoginLimit(),
+    ) -> None:
+        """`tls`: TLS listeners too, with that certificate (`tls_port`, `wss_port`);
+        `login_limit`: the failed-login limit rendered into the config (the project's
+        defaults unless a test needs a shorter cooldown)."""
         self.binary = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
         )
@@ -90,6 +95,7 @@ class MosquittoBroker:
             tls=tls,
             tls_ports=(self.tls_port, self.wss_port) if tls else None,
             plaintext=plaintext,
+            login_limit=login_limit,
         )
         self.broker_dir = self.conf_path.parent
         self.log_path = self.broker_dir / brokerconf.LOG_NAME

@@ -50,5 +50,10 @@ class Command(BaseCommand):
             tls=tls,
             tls_ports=(settings.MQTT_TLS_PORT, settings.MQTT_WSS_PORT) if tls else None,
             plaintext=settings.MQTT_PLAINTEXT,
+            login_limit=brokerconf.LoginLimit(
+                failures=settings.MQTT_LOGIN_FAILURES,
+                window=settings.MQTT_LOGIN_WINDOW,
+                cooldown=settings.MQTT_LOGIN_COOLDOWN,
+            ),
         )
         self.stdout.write(str(conf))
