@@ -448,6 +448,9 @@ def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
             print(f"! {item.type}: {item.data}", file=sys.stderr, flush=True)
         elif item.type == "disconnected":
             print(f"~ disconnected ({item.data['reason']}); reconnecting", flush=True)
+        elif item.type == "login_cooldown":
+            print(f"~ the broker refuses this device's account for now (failed logins); "
+                  f"trying again in {item.data['retry_in']:g} s", flush=True)
 
     listener = Listener(api, user_id=profile.user_id, mqtt=profile.mqtt, on_item=on_item,
                         cursors={int(k): v for k, v in profile.cursors.items()},

@@ -43,9 +43,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from chat_sim import tls
 from chat_sim.api import Api, ApiError
 
-# CONNACK answers after which retrying cannot help (the credentials are gone: logout).
-# paho reports 3.1.1's codes 4 and 5 as the MQTT 5 reason codes 134 and 135.
-_FATAL_CONNACK = {134, 135}
+# CONNACK answers that mean "not these credentials": the device was signed out, or the
+# broker refuses its account for a while after failed logins (docs/mqtt.md, "Failed
+# logins"). The phone asks the API which: 401, signed out, stop; anything else, try again
+# after REFUSED_RETRY. paho reports 3.1.1's codes 4 and 5 as MQTT 5's 134 and 135.
+_REFUSED_CONNACK = {134, 135}
+REFUSED_RETRY = 15.0
 
 # Messages shown of a chat the phone meets for the first time (its newest page).
 HISTORY_PAGE = 20
@@ -150,8 +153,11 @@ class Listener:
         self._worker: threading.Thread | None = None
         self.connected = threading.Event()
         self.caught_up = threading.Event()
-        # Set when the broker refuses these credentials for good (the device logged out).
+        # Set when the broker refuses these credentials for good (the API says the device
+        # is signed out, 401).
         self.refused = threading.Event()
+        self.refused_retry = REFUSED_RETRY
+        self._reopen_at: float | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -246,13 +252,24 @@ class Listener:
         code = reason.value
         if code != 0:
             self._inbox.put(("refused", (code, str(reason))))
-            if code in _FATAL_CONNACK:
-                self.refused.set()
-                client.disconnect()  # stops paho's reconnect loop
+            if code in _REFUSED_CONNACK:
+                client.disconnect()  # stops paho's reconnect loop; the worker decides
             return
         self.connected.set()
         client.publish(self.presence_topic, "online", qos=1, retain=True)
         self._inbox.put(("connected", bool(flags.session_present)))
+
+    def _after_refusal(self) -> None:
+        """The broker refused the credentials: signed out (stop for good), or a cooldown
+        after failed logins (try again later)? The API knows."""
+        try:
+            self.api.me()
+        except ApiError as exc:
+            if exc.status == 401:
+                self.refused.set()
+                return
+        self._emit(Item("status", "login_cooldown", data={"retry_in": self.refused_retry}))
+        self._reopen_at = time.monotonic() + self.refused_retry
 
     def _on_disconnect(self, client, epoch, flags, reason, properties) -> None:
         if epoch == self._epoch:
@@ -287,8 +304,12 @@ class Listener:
                 if client is not None and self.connected.is_set():
                     client.publish(self.presence_topic, "online", qos=1, retain=True)
                 refresh_at = time.monotonic() + self.keepalive
+            if self._reopen_at is not None and time.monotonic() >= self._reopen_at:
+                self._reopen_at = None
+                self._open()
+            wake_at = min(refresh_at, self._reopen_at or refresh_at)
             try:
-                what, value = self._inbox.get(timeout=max(0.0, refresh_at - time.monotonic()))
+                what, value = self._inbox.get(timeout=max(0.0, wake_at - time.monotonic()))
             except queue.Empty:
                 continue
             try:
@@ -303,6 +324,8 @@ class Listener:
                 elif what == "refused":
                     code, reason = value
                     self._emit(Item("error", "connect_refused", data={"code": code, "reason": reason}))
+                    if code in _REFUSED_CONNACK:
+                        self._after_refusal()
                 if self._inbox.empty():
                     self._report_delivered()
             except ApiError as exc:

@@ -82,6 +82,8 @@ class Shell:
             self.say(f"! chat {item.chat}: {item.data['missing']} message(s) missed live, fetched over HTTP")
         elif item.type == "disconnected":
             self.say("~ connection lost; reconnecting")
+        elif item.type == "login_cooldown":
+            self.say(f"~ the broker refuses this device for now; trying again in {item.data['retry_in']:g} s")
         elif item.type == "caught_up" and item.data["fetched"]:
             self.say(f"~ caught up: {item.data['fetched']} message(s) fetched")
         elif item.kind == "error":

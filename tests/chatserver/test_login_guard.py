@@ -4,9 +4,11 @@ refused for a while, whatever the password; nothing else is."""
 
 from __future__ import annotations
 
-import shutil
 import secrets
+import shutil
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,11 @@ from chatserver.broker_access import DeviceAdd, DynsecAccess, UserAdd
 from chatserver.mqtt import BrokerConnection
 from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
+from tests.support.stack import ProcessStack, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "android-client-sim"))
+from chat_sim.api import Api  # noqa: E402
+from chat_sim.mqtt import Listener  # noqa: E402
 
 NOT_AUTHORISED = 135  # CONNACK refusal as paho reports it
 LIMIT = LoginLimit(failures=5, window=30, cooldown=2)
@@ -148,3 +155,41 @@ def test_logins_with_the_password_but_another_client_id_count_as_failures(broker
         assert probe.connect(**tablet) == NOT_AUTHORISED
     finally:
         probe.close()
+
+
+def test_the_simulated_phone_waits_out_a_cooldown_and_stops_only_once_signed_out(broker, transactional_db,
+                                                                               test_database_url, tmp_path):
+    # given: a stack on this broker, a phone signed up over HTTP, its account then locked
+    # by someone else's wrong passwords
+    stack = ProcessStack(database_url=test_database_url, broker=broker, workdir=tmp_path).start()
+    try:
+        api = Api(stack.url)
+        session = api.signup(f"cool{secrets.token_hex(3)}", "pass word 123")
+        api.token = session["token"]
+        mqtt = session["mqtt"]
+        device = {"username": mqtt["username"], "password": mqtt["password"], "client_id": mqtt["client_id"]}
+        probe = MqttProbe(broker.host, broker.port)
+        try:
+            assert [probe.connect(**wrong(device)) for _ in range(LIMIT.failures)] == [NOT_AUTHORISED] * LIMIT.failures
+        finally:
+            probe.close()
+        items = []
+        listener = Listener(api, user_id=session["id"], mqtt=mqtt, on_item=items.append)
+        listener.refused_retry = 0.5
+
+        # when: it connects during the cooldown
+        listener.start()
+        try:
+            # then: it waits (the API still knows the device), connects once the cooldown
+            # is over...
+            assert listener.wait_ready(LIMIT.cooldown + 10)
+            assert "login_cooldown" in [item.type for item in items]
+            assert not listener.refused.is_set()
+
+            # ...and stops for good once the device is signed out (the API says 401)
+            api.logout()
+            wait_until(listener.refused.is_set, 15, "the phone to give up after its logout")
+        finally:
+            listener.stop()
+    finally:
+        stack.stop()
