@@ -281,10 +281,14 @@ def test_relay_killed_twice_while_draining_a_backlog_resends_at_most_its_window_
         queue_numbered(fault_stack, account.id, BACKLOG + 1, BACKLOG + 1)
         wait_until(lambda: phone.has(BACKLOG + 1), 10, "the last row at the phone")
 
-        # then: every message arrived, the first copies in per-chat order, and the copies
-        # beyond the first are no more than what the killed relays had sent and not
-        # deleted: at most WINDOW rows each, one publish per row to this phone's
-        # topic (the phone stays connected, so the broker itself redelivers nothing)
+        # then: every message arrived, the first copies in per-chat order, and no more
+        # copies beyond the first than KILLS x WINDOW: such a copy is a relay's publish of
+        # a row that an earlier relay had sent and not deleted when killed (each relay
+        # publishes a row once, to this one topic; the phone stays connected, so the
+        # broker redelivers nothing), and each killed relay left at most WINDOW of those.
+        # Counting each such copy against the last earlier relay that left its row behind
+        # counts no row of a relay twice; the bound is reached when both kills hit a full
+        # window.
         received = [m for _, m in phone.messages() if m["id"] <= BACKLOG]
         first, disorder, top = set(), [], {}
         for m in received:
