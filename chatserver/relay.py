@@ -8,7 +8,8 @@ the one connection (the broker handles a connection's packets in order, so a gra
 force before the publish that follows it), never more than RELAY_WINDOW rows sent and
 not yet deleted. It waits for the older half of the window to be answered in full (every
 command and publish of each of its rows), deletes that slice in one DELETE, and sends the
-next half while the newer one is in flight. If the connection drops or the broker
+next half while the newer one is in flight (a batch is drained before the next SELECT,
+so a window larger than the batch is the batch). If the connection drops or the broker
 stalls (a slice not answered within RELAY_ACK_TIMEOUT), the answered prefix is deleted
 and everything from the first unanswered row on stays queued, to be sent again once the
 broker is back: delivery is at-least-once, in per-chat order, and clients drop
@@ -22,7 +23,10 @@ two kills); a DELETE per row would make the good path one statement per message.
 slice costs one DELETE per RELAY_WINDOW/2 rows (the DELETE is plain SQL in autocommit:
 Django's queryset delete wraps itself in BEGIN/COMMIT, three round trips), and the half
 still in flight keeps the pipeline full while it runs (see RELAY_WINDOW in
-chatserver/settings.py for the default).
+chatserver/settings.py for the default). Measured on a backlog of 2,000 rows: 25
+statements (5 SELECTs, 20 DELETEs; tests/chatserver/test_relay_window.py counts them)
+where the whole-batch relay made 17 (5 SELECTs, 4 DELETEs of three statements each),
+and a 5,000-row backlog drained as fast as before, within the noise of the host.
 
 One row never stops the others: a row that cannot be translated (an unknown access
 operation, a bad user id, anything raised while building its work), or that the broker

@@ -360,7 +360,8 @@ RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 # deletes them in slices of half of it, one DELETE each (chatserver/relay.py). 200: the
 # half still in flight while a slice is deleted is 100 rows, 300 publishes for a direct
 # chat's messages, above the 100 paho and the broker keep in flight, so the pipeline
-# never runs dry; smaller windows cost more DELETEs and round trips per message.
+# never runs dry; smaller windows cost more DELETEs and round trips per message. (Above
+# RELAY_BATCH_SIZE, it is the batch.)
 RELAY_WINDOW = env_int("RELAY_WINDOW", 200)
 RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
 RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
