@@ -207,7 +207,7 @@ class Relay(Worker):
         total = len(work)
         deleted = 0  # rows[:deleted] are out of the outbox
         while deleted < total:
-            # Fill the window: rows sent and not deleted stay below RELAY_WINDOW.
+            # Fill the window: never more than RELAY_WINDOW rows sent and not deleted.
             for row, commands, publishes in work[len(sent) : deleted + window]:
                 sent.append(self.send_row(row, commands, publishes, failed))
             end = min(deleted + half, total)
