@@ -363,9 +363,17 @@ MQTT_LOGIN_COOLDOWN = env_int("MQTT_LOGIN_COOLDOWN", 60)
 # applied as soon as it is back.
 BROKER_SYNC_TIMEOUT = env_float("BROKER_SYNC_TIMEOUT", 5.0)
 
-# The relay: rows per batch, and how often it looks at the outbox when nothing wakes it
-# (PostgreSQL wakes it on every commit through LISTEN/NOTIFY; SQLite is polled).
+# The relay: rows per batch (one SELECT), and how often it looks at the outbox when
+# nothing wakes it (PostgreSQL wakes it on every commit through LISTEN/NOTIFY; SQLite is
+# polled).
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
+# Rows the relay has sent and not deleted, at most: what a killed relay resends. It
+# deletes them in slices of half of it, one DELETE each (chatserver/relay.py). 200: the
+# half still in flight while a slice is deleted is 100 rows, 300 publishes for a direct
+# chat's messages, above the 100 paho and the broker keep in flight, so the pipeline
+# never runs dry; smaller windows cost more DELETEs and round trips per message. (Above
+# RELAY_BATCH_SIZE, it is the batch.)
+RELAY_WINDOW = env_int("RELAY_WINDOW", 200)
 RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
 RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)

@@ -11,14 +11,20 @@ mid-load the fault strikes. Then, as the README promises:
 - what each phone received live was in per-chat order (duplicates dropped by id);
 - live delivery resumed within 5 s of the fault's end: a message POSTed after the end
   reached every phone within 5 s of it.
+
+The last test has no load: it kills the relay while it drains a backlog, and counts the
+copies a phone received (a killed relay resends at most its window, chatserver/relay.py).
 """
 
+import json
+import secrets
 import time
 
+import psycopg
 import pytest
 
 from chatserver import models as chatserver_models
-from tests.support.faults import ChatWorld, SteadyLoad
+from tests.support.faults import ChatWorld, LivePhone, SteadyLoad, signup
 from tests.support.stack import wait_until
 
 pytestmark = pytest.mark.slow
@@ -225,3 +231,82 @@ def test_poison_outbox_rows_mid_load_are_set_aside_and_good_messages_flow_on(fau
     status, health = fault_stack.health()
     assert status == 200
     assert health["dead_letters"] == 2
+
+
+
+BACKLOG = 6000  # rows: about three seconds of draining
+KILLS = 2
+WINDOW = 100  # the relay's RELAY_WINDOW here: below its batch of 500, so a batch resent whole shows
+
+
+def queue_numbered(stack, user_id: int, first: int, last: int) -> None:
+    """Outbox rows n = first..last, in order, each a `message.created` to `user_id`'s topic
+    only: id n, in chat n % 3 with seq n // 3 + 1 (so seqs grow with n in each chat)."""
+    stack.sql(
+        "INSERT INTO chat_outbox (created_at, access, payload, user_ids, chat_id) "
+        "SELECT now(), '[]', json_build_object('type', 'message.created', 'chat', n %% 3, "
+        "'data', json_build_object('id', n, 'chat', n %% 3, 'seq', n / 3 + 1))::text, %s, NULL "
+        "FROM generate_series(%s::int, %s::int) AS n ORDER BY n",
+        [json.dumps([user_id]), first, last],
+    )
+
+
+def test_relay_killed_twice_while_draining_a_backlog_resends_at_most_its_window_each_time(fault_stack):
+    # given: a phone (persistent session, QoS 1) on its user topic, the relay stopped,
+    # and a backlog for it in the outbox, written straight in
+    account = signup(fault_stack.url, f"drain-{secrets.token_hex(3)}")
+    phone = LivePhone(account)
+    try:
+        assert phone.subscribed.wait(10)
+        fault_stack.relay.stop()
+        fault_stack.relay.env["RELAY_WINDOW"] = str(WINDOW)  # for the relays started below
+        queue_numbered(fault_stack, account.id, 1, BACKLOG)
+
+        # when: the relay starts, and is killed (SIGKILL) 0.1 s after it first deleted
+        # rows (mid-batch: a batch of 500 takes about 0.25 s), twice; then a third one
+        # drains the rest
+        left_at_kill = []
+        with psycopg.connect(fault_stack.database_url, autocommit=True) as db:
+            def queued() -> int:
+                return db.execute("SELECT count(*) FROM chat_outbox").fetchone()[0]
+
+            for _ in range(KILLS):
+                fault_stack.start_relay()
+                before = queued()
+                wait_until(lambda: queued() < before, 30, "the relay to delete rows", interval=0.002)
+                time.sleep(0.1)  # the fault is a moment
+                fault_stack.relay.kill()
+                left_at_kill.append(queued())
+        fault_stack.start_relay()
+        # ...and once it is done, one more row: behind every copy on the broker's one
+        # connection to the phone, so when it is there, every copy is
+        wait_until(lambda: fault_stack.sql("SELECT count(*) FROM chat_outbox") == [(0,)], 30, "the outbox to empty")
+        queue_numbered(fault_stack, account.id, BACKLOG + 1, BACKLOG + 1)
+        wait_until(lambda: phone.has(BACKLOG + 1), 10, "the last row at the phone")
+
+        # then: every message arrived, the first copies in per-chat order, and no more
+        # copies beyond the first than KILLS x WINDOW: such a copy is a relay's publish of
+        # a row that an earlier relay had sent and not deleted when killed (each relay
+        # publishes a row once, to this one topic; the phone stays connected, so the
+        # broker redelivers nothing), and each killed relay left at most WINDOW of those.
+        # Counting each such copy against the last earlier relay that left its row behind
+        # counts no row of a relay twice; the bound is reached when both kills hit a full
+        # window.
+        received = [m for _, m in phone.messages() if m["id"] <= BACKLOG]
+        first, disorder, top = set(), [], {}
+        for m in received:
+            if m["id"] in first:
+                continue
+            first.add(m["id"])
+            if m["seq"] <= top.get(m["chat"], 0):
+                disorder.append((m["chat"], m["seq"], top[m["chat"]]))
+            top[m["chat"]] = max(top.get(m["chat"], 0), m["seq"])
+        duplicates = len(received) - len(first)
+        print(f"backlog {BACKLOG}, relay window {WINDOW}: {left_at_kill} rows left at the kills, "
+              f"{duplicates} duplicates")
+        assert all(0 < left < BACKLOG for left in left_at_kill), left_at_kill  # killed mid-drain
+        assert first == set(range(1, BACKLOG + 1))
+        assert disorder == []
+        assert duplicates <= KILLS * WINDOW, f"{duplicates} duplicates\n{fault_stack.logs()}"
+    finally:
+        phone.close()

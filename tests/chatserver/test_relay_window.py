@@ -1,0 +1,265 @@
+"""The relay's window: rows leave the outbox slice by slice as the broker answers them.
+
+In the relay's own process (no relay process, no HTTP): rows written straight into the
+outbox inside the test's transaction, which the session's relay process, if any, cannot
+see. The first test uses the session's broker and counts statements; the others hand the
+relay a broker that answers as told (`ScriptedBroker`), to hold it to the window, the
+slices and what it does when the broker drops, stalls, is busy or refuses.
+The faults with real processes are in test_faults.py.
+"""
+
+import json
+import time
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from chatserver.broker_access import UserAdd
+from chatserver.models import DeadLetter, OutboxEvent
+from chatserver.mqtt import Pending
+from chatserver.relay import Relay
+
+pytestmark = pytest.mark.django_db
+
+USER = 900_000_001
+TOPIC = f"chat/users/{USER}"
+
+
+def backlog(count: int, *, chat_id: int | None = None) -> list[OutboxEvent]:
+    """`count` rows, each publishing {"n": k} to USER's topic (and the chat's, if given)."""
+    return OutboxEvent.objects.bulk_create(
+        [OutboxEvent(payload=json.dumps({"n": k}), user_ids=[USER], chat_id=chat_id) for k in range(count)]
+    )
+
+
+def queued() -> list[int]:
+    return [json.loads(payload)["n"] for payload in OutboxEvent.objects.order_by("id").values_list("payload", flat=True)]
+
+
+class NoSession:
+    def wait(self, timeout: float) -> bool:
+        return False
+
+
+class ScriptedBroker:
+    """Stands in for `BrokerConnection`: records what the relay sends, and answers it when
+    the relay waits, as `answer(n, topic)` says: None (acknowledged), an MQTT 5 reason
+    (refused), "drop" (the connection drops: this and everything outstanding fails, and
+    so does whatever is sent after) or "never" (a stalled broker). `n` is the payload's
+    number. Before each publish it records how many rows are sent and not deleted
+    (`undeleted_at_publish`; `scripted_relay` tells it what the relay deleted)."""
+
+    connected = True
+    last_answer = None
+
+    def __init__(self, answer=lambda n, topic: None) -> None:
+        self.answer = answer
+        self.outstanding: list[tuple[Pending, int | None, str]] = []
+        self.published: list[int] = []
+        self.commands: list[dict] = []
+        self.dropped = False
+        self.undeleted_at_publish: list[int] = []
+        self.deleted: set[int] = set()  # the numbers of the rows the relay deleted
+        self.sent: list = []  # (topic, n) per publish, "commands" per command message
+        self.waits = 0
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Pending:
+        pending = Pending(0)
+        n = json.loads(payload)["n"]
+        self.undeleted_at_publish.append(len(set(self.published) - self.deleted))
+        self.published.append(n)
+        self.sent.append((topic, n))
+        self._send(pending, n, topic)
+        return pending
+
+    def control(self, commands: list[dict]) -> Pending:
+        pending = Pending(0, commands=list(commands))
+        self.commands += commands
+        self.sent.append("commands")
+        self._send(pending, None, "$CONTROL")
+        return pending
+
+    def _send(self, pending: Pending, n: int | None, topic: str) -> None:
+        if self.dropped:
+            pending._fail("not connected")
+        else:
+            self.outstanding.append((pending, n, topic))
+
+    def wait(self, pendings, timeout: float) -> bool:
+        self.waits += 1
+        for pending, n, topic in list(self.outstanding):
+            answer = self.answer(n, topic)
+            if answer == "never":
+                continue
+            self.outstanding.remove((pending, n, topic))
+            if answer == "drop" or self.dropped:
+                self.dropped = True
+                pending._fail("disconnected")
+            elif pending.commands is not None:
+                pending._complete(result=[(command, None) for command in pending.commands])
+            else:
+                pending._complete(error=answer)
+        if not all(pending.finished for pending in pendings):
+            time.sleep(timeout)
+        return all(pending.done for pending in pendings)
+
+    def close(self) -> None:
+        pass
+
+
+def scripted_relay(broker: ScriptedBroker) -> Relay:
+    relay = Relay()
+    relay.broker = broker
+    relay.heartbeat = lambda **kwargs: None
+    delete = relay.delete
+
+    def deleting(rows, failed):
+        delete(rows, failed)
+        broker.deleted.update(json.loads(row.payload)["n"] for row in rows)
+
+    relay.delete = deleting
+    return relay
+
+
+# --- the good path, counted -------------------------------------------------------------------
+
+
+def test_a_backlog_of_2000_rows_costs_one_select_per_batch_and_one_delete_per_slice(mosquitto, settings):
+    # given: the relay on the session's broker, 2,000 rows of a direct chat's messages
+    settings.MQTT_HOST, settings.MQTT_PORT = mosquitto.host, mosquitto.port
+    settings.MQTT_ADMIN_USERNAME, settings.MQTT_ADMIN_PASSWORD = mosquitto.admin_username, mosquitto.admin_password
+    settings.MQTT_PLAINTEXT = True
+    settings.RELAY_BATCH_SIZE, settings.RELAY_WINDOW = 500, 200
+    backlog(2000, chat_id=900_000_002)
+    relay = Relay()
+    # The heartbeat is a statement a second, whatever the traffic; and in the test's
+    # transaction it would hold the status row's lock from the session's relay process.
+    relay.heartbeat = lambda **kwargs: None
+    relay.activated()
+    try:
+        # when: it drains the outbox
+        with CaptureQueriesContext(connection) as statements:
+            while relay.idle_until is None:
+                assert relay.step(session=NoSession())
+    finally:
+        relay.close()
+
+    # then: 4 batches and the look that found the outbox empty; 2,000 / 100 deletes
+    assert queued() == []
+    kinds = [query["sql"].split()[0] for query in statements.captured_queries]
+    assert (kinds.count("SELECT"), kinds.count("DELETE"), len(kinds)) == (5, 20, 25)
+
+
+# --- the window -------------------------------------------------------------------------------
+
+
+def test_no_more_than_the_window_is_sent_and_not_deleted_and_slices_are_half_of_it(settings):
+    # given
+    settings.RELAY_WINDOW = 10
+    rows = backlog(35)
+    broker = ScriptedBroker()
+    relay = scripted_relay(broker)
+
+    # when
+    with CaptureQueriesContext(connection) as statements:
+        assert relay.send(rows) is True
+
+    # then: everything sent once, in order; at most 10 sent and not deleted at any time,
+    # ten of them the moment the window was full; 35 rows deleted 5 at a time
+    assert broker.published == list(range(35))
+    assert max(broker.undeleted_at_publish) == 10 - 1
+    assert queued() == []
+    assert [q["sql"].split()[0] for q in statements.captured_queries] == ["DELETE"] * 7
+
+
+def test_a_dropped_connection_deletes_the_answered_rows_and_the_next_round_resends_from_the_first_unanswered(settings):
+    # given: the connection drops when row 12 is answered, after 0..11 were
+    settings.RELAY_WINDOW = 10
+    rows = backlog(30)
+    relay = scripted_relay(ScriptedBroker(lambda n, topic: "drop" if n == 12 else None))
+
+    # when
+    assert relay.send(rows) is False
+
+    # then: 0..9 deleted (two slices of 5), and 10 and 11 (answered, in a slice the drop
+    # cut short), the rest queued
+    assert queued() == list(range(12, 30))
+    assert DeadLetter.objects.count() == 0
+
+    # and the next round, on a new connection, sends from 12 on, in order
+    relay.broker = broker = ScriptedBroker()
+    assert relay.send(list(OutboxEvent.objects.order_by("id"))) is True
+    assert broker.published == list(range(12, 30))
+    assert queued() == []
+
+
+def test_a_stalled_broker_keeps_the_unanswered_rows_and_the_rest_of_their_slice_answered_is_deleted(settings):
+    # given: a broker that never answers row 7
+    settings.RELAY_WINDOW, settings.RELAY_ACK_TIMEOUT = 10, 0.3
+    rows = backlog(20)
+    broker = ScriptedBroker(lambda n, topic: "never" if n == 7 else None)
+    relay = scripted_relay(broker)
+
+    # when
+    started = time.monotonic()
+    assert relay.send(rows) is False
+
+    # then: after RELAY_ACK_TIMEOUT, 0..6 are gone and 7.. are queued (8, 9, answered
+    # after it, are resent: never skipped)
+    assert time.monotonic() - started >= 0.3
+    assert queued() == list(range(7, 20))
+    assert broker.published == list(range(15))  # the window: 5 deleted + 10 sent
+
+
+@pytest.mark.parametrize("reason", ["Server busy", "Quota exceeded"])
+def test_a_transient_refusal_keeps_the_refused_row_and_those_after_it_queued(settings, reason):
+    # given
+    settings.RELAY_WINDOW = 10
+    rows = backlog(20)
+    broker = ScriptedBroker(lambda n, topic: reason if n == 13 else None)
+
+    # when
+    assert scripted_relay(broker).send(rows) is False
+
+    # then: not a dead letter; sent again from 13 on
+    assert queued() == list(range(13, 20))
+    assert DeadLetter.objects.count() == 0
+
+
+def test_refused_rows_are_set_aside_in_their_slice_and_the_others_flow_on(settings):
+    # given: the broker refuses row 3 for good; row 6 cannot be translated
+    settings.RELAY_WINDOW = 4
+    rows = backlog(9)
+    rows[6].access = [{"op": "teleport"}]
+    rows[6].save(update_fields=["access"])
+    broker = ScriptedBroker(lambda n, topic: "Not authorized" if n == 3 else None)
+
+    # when
+    assert scripted_relay(broker).send(rows) is True
+
+    # then: every other row sent once in order, nothing left queued, two dead letters
+    assert broker.published == [0, 1, 2, 3, 4, 5, 7, 8]
+    assert queued() == []
+    letters = {letter.outbox_id: letter.error for letter in DeadLetter.objects.all()}
+    assert letters == {
+        rows[3].id: f"broker refused: publish to {TOPIC}: Not authorized",
+        rows[6].id: "cannot translate: ValueError: unknown access operation: 'teleport'",
+    }
+
+
+def test_a_row_s_commands_go_out_after_the_row_before_and_before_its_publishes(settings):
+    # given: a row that grants between two messages, in a window of 2
+    settings.RELAY_WINDOW = 2
+    rows = backlog(3)
+    rows[1].access = [UserAdd(user=USER).to_json()]
+    rows[1].save(update_fields=["access"])
+    broker = ScriptedBroker()
+
+    # when
+    assert scripted_relay(broker).send(rows) is True
+
+    # then
+    assert broker.sent == [(TOPIC, 0), "commands", (TOPIC, 1), (TOPIC, 2)]
+    assert broker.commands == Relay().translate(rows[1])[0]
+    assert queued() == []
