@@ -6,7 +6,8 @@ token and no live MQTT connection (`accounts.selectors.devices_to_wake`), and bu
 data-only message per device (FCM data values are strings). The app builds the
 notification itself from the data.
 
-    message      a new message: every member but the author, unless muted; high priority
+    message      a new message: every member but the author, unless muted (a member it
+                 mentions gets it even so, with `mentioned`); high priority
     read         a read pointer moved: the reader's other devices clear their notification
     invitation   added to a group (at its creation or later): the added members
 """
@@ -51,9 +52,10 @@ def build_message(data: dict) -> list[Delivery]:
     if message is None:
         return []  # deleted with its chat since: nothing to say
     chat, now = message.chat, timezone.now()
+    mentioned = set(message.mentions)
     memberships = [
         m for m in Membership.objects.filter(chat=chat).select_related("user").exclude(user_id=message.author_id)
-        if m.muted_until is None or m.muted_until <= now
+        if m.muted_until is None or m.muted_until <= now or m.user_id in mentioned
     ]
     if not memberships:
         return []
@@ -78,6 +80,8 @@ def build_message(data: dict) -> list[Delivery]:
     deliveries = []
     for device in devices:
         payload = {**common, "unread_count": str(unread[device.user_id])}
+        if device.user_id in mentioned:
+            payload["mentioned"] = "true"
         if users[device.user_id].push_previews and preview:
             payload["preview"] = preview
         deliveries.append(Delivery(device.id, _message(
