@@ -8,7 +8,7 @@ from chats.errors import MessageDeleted, MessageNotFound
 from chats.models import Message, Reaction
 from chats.selectors import messages_annotate
 from chats.services.common import chat_event, chat_version_bump, lock_chat, member_ids, membership_may_post
-from chatserver import outbox
+from chatserver import outbox, push
 from chatserver.errors import InvalidInput
 from chatserver.events import Event, EventType
 
@@ -37,7 +37,7 @@ def reaction_add(*, actor: User, chat_id: int, message_id: int, emoji: str) -> M
 
     Under the chat's lock: the message takes the chat's next version and its new
     `reactions`; members get `message.updated`; the message's author (unless it is the
-    caller) gets `reaction.added` on its user topic. Who may: those who may post
+    caller) gets `reaction.added` on its user topic, and a push where it sleeps. Who may: those who may post
     (restricted members and a blocked pair in a direct chat may not). Deleted messages
     take none (409).
     """
@@ -86,6 +86,8 @@ def _change(*, actor: User, chat_id: int, message_id: int, emoji: str, add: bool
                 ),
                 user_ids=[message.author_id],
             )
+            # The author's sleeping devices are told too (chats/push.py).
+            push.enqueue(kind="reaction", data={"message_id": message.id, "user_id": actor.id, "emoji": emoji})
     return message
 
 

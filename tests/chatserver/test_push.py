@@ -340,3 +340,28 @@ def test_a_mention_is_pushed_even_in_a_muted_chat(push_worker, sink):
     assert [p.token for p in sink.pushes] == [f"{bob.username}-phone"]
     assert push_.data["mentioned"] == "true"
     assert push_.data["message_id"] == str(message.id)
+
+
+def test_a_reaction_wakes_the_message_s_author_unless_it_muted_the_chat(push_worker, sink):
+    # given: alice's phone sleeps with a token
+    from chats.services.reactions import reaction_add
+
+    alice, bob = make_actor("alice2"), make_actor("bob2")
+    with_token(alice, "alice-phone")
+    chat, _ = chat_create(actor=alice, member_ids=[bob.id], name="g")
+    message, _ = message_send(actor=alice, chat_id=chat.id, content="hi")
+
+    # when
+    reaction_add(actor=bob, chat_id=chat.id, message_id=message.id, emoji="👍")
+
+    # then
+    [push_] = sink.wait_for(1, timeout=5)
+    assert push_.token == "alice-phone"
+    assert push_.data == {"type": "reaction", "chat_id": str(chat.id), "message_id": str(message.id),
+                          "emoji": "👍", "by_id": str(bob.id), "by_name": "bob2"}
+    assert push_.android["priority"] == "normal"
+    # muted: no more
+    Membership.objects.filter(chat=chat, user_id=alice.id).update(muted_until=MUTED_FOREVER)
+    reaction_add(actor=bob, chat_id=chat.id, message_id=message.id, emoji="🔥")
+    time.sleep(0.5)
+    assert len(sink.pushes) == 1
