@@ -162,6 +162,10 @@ class Relay(Worker):
             return
         self.publish_ephemeral(publishes)
 
+    def wake_in(self) -> float | None:
+        # A state held by the gate is due then: the idle wait ends for it.
+        return self.ephemeral.next_due_in()
+
     def publish_ephemeral(self, publishes: list[tuple[str, bytes]]) -> None:
         for topic, data in publishes:
             if not topic.startswith(ephemeral.TOPIC_PREFIXES):

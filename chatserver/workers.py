@@ -96,6 +96,11 @@ class Worker:
         """A notification on one of `also_listen`, read by the session (in the worker's
         own thread: inside `Session.check` or `Session.wait`)."""
 
+    def wake_in(self) -> float | None:
+        """After `on_notify`: in how many seconds `step()` should run again at the latest
+        (something it handed in is due then), or None. `Session.wait` ends by then."""
+        return None
+
     def close(self) -> None:
         """Called once, when `run()` ends."""
 
@@ -197,7 +202,11 @@ class Session:
             if remaining <= 0:
                 break
             for notification in self.conn.notifies(timeout=min(remaining, WAIT_SLICE), stop_after=1):
-                notified = self._dispatch(notification) or notified
+                wake = self._dispatch(notification)
+                notified = wake or notified
+                soon = None if wake else self.worker.wake_in()
+                if soon is not None:
+                    deadline = min(deadline, time.monotonic() + soon)
         # Drain whatever else arrived: one look at the table serves them all.
         for notification in self.conn.notifies(timeout=0):
             notified = self._dispatch(notification) or notified

@@ -114,12 +114,14 @@ def test_at_most_one_per_member_and_second_and_the_last_state_arrives(relay, mos
     topic = f"chat/chats/{cid}"
     with phone(mosquitto, bob, topic) as bob_phone:
         # when: alice's phone says typing five times and then stopped, all within the second
+        started = time.monotonic()
         for _ in range(5):
             assert typing(alice, cid).status_code == 204
         assert typing(alice, cid, False).status_code == 204
 
-        # then: the first at once, the stop when its second is up, nothing else
+        # then: the first at once, the stop when its second is up (not later), nothing else
         bob_phone.wait_for(2, timeout=3, topic=topic)
+        assert 0.9 < time.monotonic() - started < 1.5
         bob_phone.expect_nothing(1.2, topic=topic)
         assert [e["data"]["typing"] for e in typing_events(bob_phone, topic)] == [True, False]
 
