@@ -114,14 +114,16 @@ def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_ment
     send(alice, cid, "warm-up")
 
     counts = {}
-    for name, content in [("plain", "hello"), ("at, no name", "a @ b"), ("mention", "hi @carol")]:
+    for name, content in [("plain", "hello"), ("at, no name", "a @ b"), ("no member", "hi @nobody"),
+                          ("mention", "hi @carol"), ("all", "@all hi")]:
         with CaptureQueriesContext(connection) as queries:
             send(alice, cid, content, client_id=f"c-{name}")
         counts[name] = len(queries)
 
     # plain: the same 6 as before mentions (tests/chats/test_chats.py); '@' without a
-    # name parses and asks nothing; a name: one lookup among the members, one insert
-    assert counts == {"plain": 6, "at, no name": 6, "mention": 8}
+    # name parses and asks nothing; a name: one lookup among the members, and one insert
+    # when it is a member's (@all: the lookup reads every member instead)
+    assert counts == {"plain": 6, "at, no name": 6, "no member": 7, "mention": 8, "all": 8}
 
 
 @pytest.mark.django_db(transaction=True)
