@@ -11,3 +11,4 @@ class ChatsConfig(AppConfig):
         push.register_builder(kind="message", builder=chat_push.build_message)
         push.register_builder(kind="read", builder=chat_push.build_read)
         push.register_builder(kind="invitation", builder=chat_push.build_invitation)
+        push.register_builder(kind="reaction", builder=chat_push.build_reaction)

@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
 from django.utils import timezone
 
 
@@ -99,8 +99,16 @@ class Message(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     edited_at = models.DateTimeField(null=True, blank=True)
     deleted = models.BooleanField(default=False)
-    # The chat's version when this message last changed (sent, edited, deleted).
+    # The chat's version when this message last changed (sent, edited, deleted, reacted to).
     version = models.BigIntegerField(default=0)
+    # The broadcast summary of its reactions, `[{emoji, count, user_ids}]` (the `Reaction`
+    # rows are the truth; this is rebuilt from them under the chat's lock on every change),
+    # so that reading messages costs no query for them. Defaults in the database too: the
+    # send's statement (chats/send_sql.py) does not name it.
+    reactions = models.JSONField(default=list, db_default=Value("[]"))
+    # The user ids this message mentions (`@username`, `@all`), kept with it for the API;
+    # `Mention` rows count them per reader.
+    mentions = models.JSONField(default=list, db_default=Value("[]"))
 
     class Meta:
         constraints = [
@@ -134,3 +142,35 @@ class Attachment(models.Model):
     name = models.CharField(max_length=200)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
+
+
+class Reaction(models.Model):
+    """One user's emoji on one message (at most one of each emoji per user and message)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    emoji = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Also the index that reads a message's reactions.
+            models.UniqueConstraint(fields=["message", "user", "emoji"], name="chats_reaction_unique"),
+        ]
+
+
+class Mention(models.Model):
+    """A member mentioned by a message: `mention_count` in the chat list counts the rows
+    after the reader's read pointer. Deleted messages have none (deleting removes them)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    # The message's, copied: counting after a read pointer is a range scan of one index.
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="+", db_index=False)
+    seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user"], name="chats_mention_unique"),
+        ]
+        indexes = [models.Index(fields=["user", "chat", "seq"], name="chats_mention_unread_idx")]

@@ -6,9 +6,12 @@ token and no live MQTT connection (`accounts.selectors.devices_to_wake`), and bu
 data-only message per device (FCM data values are strings). The app builds the
 notification itself from the data.
 
-    message      a new message: every member but the author, unless muted; high priority
+    message      a new message: every member but the author, unless muted (a member it
+                 mentions gets it even so, with `mentioned`); high priority
     read         a read pointer moved: the reader's other devices clear their notification
     invitation   added to a group (at its creation or later): the added members
+    reaction     someone reacted to a message: its author, unless it muted the chat;
+                 normal priority
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ def build_message(data: dict) -> list[Delivery]:
     if message is None:
         return []  # deleted with its chat since: nothing to say
     chat, now = message.chat, timezone.now()
+    mentioned = set(message.mentions)
     memberships = [
         m for m in Membership.objects.filter(chat=chat).select_related("user").exclude(user_id=message.author_id)
-        if m.muted_until is None or m.muted_until <= now
+        if m.muted_until is None or m.muted_until <= now or m.user_id in mentioned
     ]
     if not memberships:
         return []
@@ -78,6 +82,8 @@ def build_message(data: dict) -> list[Delivery]:
     deliveries = []
     for device in devices:
         payload = {**common, "unread_count": str(unread[device.user_id])}
+        if device.user_id in mentioned:
+            payload["mentioned"] = "true"
         if users[device.user_id].push_previews and preview:
             payload["preview"] = preview
         deliveries.append(Delivery(device.id, _message(
@@ -125,4 +131,28 @@ def build_invitation(data: dict) -> list[Delivery]:
             token=device.push_token, data=payload, priority="high", chat_id=chat.id
         ))
         for device in devices_to_wake(user_ids=sorted(invited))
+    ]
+
+
+def build_reaction(data: dict) -> list[Delivery]:
+    message = Message.objects.select_related("chat").filter(id=data["message_id"]).first()
+    if message is None or message.deleted or message.author_id is None:
+        return []
+    membership = Membership.objects.filter(chat=message.chat, user_id=message.author_id).first()
+    if membership is None or (membership.muted_until is not None and membership.muted_until > timezone.now()):
+        return []
+    reactor = Membership.objects.select_related("user").filter(chat=message.chat, user_id=data["user_id"]).first()
+    payload = {
+        "type": "reaction",
+        "chat_id": str(message.chat_id),
+        "message_id": str(message.id),
+        "emoji": data["emoji"],
+        "by_id": str(data["user_id"]),
+        "by_name": reactor.user.username if reactor else "",
+    }
+    return [
+        Delivery(device.id, _message(
+            token=device.push_token, data=payload, priority="normal", chat_id=message.chat_id
+        ))
+        for device in devices_to_wake(user_ids=[message.author_id])
     ]

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from chats import shapes
 from chats.errors import ChatNotFound, InvalidCursor, MessageNotFound
-from chats.models import Membership, Message
+from chats.models import Membership, Mention, Message
 
 
 
@@ -223,7 +223,8 @@ def chat_unread_counts(*, chat, memberships: list[Membership]) -> dict[int, int]
 
 def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
     """Each chat of a list page with its members, last message and the caller's unread
-    count, in three queries whatever the page's size and the chats' lengths.
+    and unread-mention counts, in four queries whatever the page's size and the chats'
+    lengths (three when the caller has read everything).
 
     Unread = newest seq - the caller's read pointer - deleted messages after the pointer
     (the caller's own messages are never after its pointer: sending moves it). Deleted
@@ -244,12 +245,20 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
     if with_messages:
         newest = reduce(or_, (Q(chat_id=m.chat_id, seq=m.chat.last_seq) for m in with_messages))
         last_messages = {msg.chat_id: msg for msg in Message.objects.filter(newest).select_related("attachment")}
-    deleted_unread = {}
+    deleted_unread, mentions_unread = {}, {}
     behind = [m for m in memberships if m.chat.last_seq > m.last_read_seq]
     if behind:
         after_pointer = reduce(or_, (Q(chat_id=m.chat_id, seq__gt=m.last_read_seq) for m in behind))
         deleted_unread = dict(
             Message.objects.filter(after_pointer, deleted=True)
+            .values("chat_id")
+            .annotate(n=Count("id"))
+            .values_list("chat_id", "n")
+        )
+        # Mentions of the caller after its pointer (deleted messages have no rows left).
+        after_pointer_mine = reduce(or_, (Q(chat_id=m.chat_id, seq__gt=m.last_read_seq) for m in behind))
+        mentions_unread = dict(
+            Mention.objects.filter(after_pointer_mine, user_id=memberships[0].user_id)
             .values("chat_id")
             .annotate(n=Count("id"))
             .values_list("chat_id", "n")
@@ -271,6 +280,7 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
                 **shapes.chat_data(chat, members[chat.id]),
                 "last_message": last_data,
                 "unread_count": max(unread, 0),
+                "mention_count": mentions_unread.get(chat.id, 0),
                 **shapes.mute_data(membership, now=now),
             }
         )

@@ -14,7 +14,8 @@ statements take these parameters:
 
     chat, author, now: the chat id, the author's id, the message's time
     restricted, group: `Membership.Role.RESTRICTED` and `Chat.Kind.GROUP` (see `params`)
-    type, content, reply_to, client_id: the message's columns (SEND only)
+    type, content, reply_to, client_id, mentions: the message's columns (SEND only;
+    mentions as JSON text)
 """
 
 from django.db.models import Model
@@ -74,7 +75,8 @@ SEQ_BUMP = f"""
 """
 
 _MSG = {f: _col(Message, f) for f in (
-    "chat", "seq", "author", "type", "content", "reply_to", "client_id", "created_at", "deleted", "version"
+    "chat", "seq", "author", "type", "content", "reply_to", "client_id", "created_at", "deleted", "version",
+    "mentions",
 )}
 _PTR = {f: _col(Membership, f) for f in (
     "last_read_seq", "last_read_message", "last_delivered_seq", "last_delivered_message"
@@ -105,7 +107,7 @@ SEND = f"""
         INSERT INTO {MESSAGE}
             ({", ".join(_MSG.values())})
         SELECT %(chat)s, seq, %(author)s, %(type)s, %(content)s, %(reply_to)s, %(client_id)s,
-               %(now)s, false, version
+               %(now)s, false, version, CAST(%(mentions)s AS jsonb)
         FROM bump
         RETURNING id, {_MSG["seq"]} AS seq, {_MSG["version"]} AS version
     ), pointer AS (

@@ -89,6 +89,14 @@ class MessageUpdateInput(serializers.Serializer):
         return attrs
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Typing", value={"typing": True}),
+                                    OpenApiExample("Stopped", value={"typing": False})])
+class TypingInput(serializers.Serializer):
+    """`{"typing": true}` while the user types (again every 5 s), `false` when it stops."""
+
+    typing = StrictBooleanField()
+
+
 @extend_schema_serializer(examples=[OpenApiExample("Two chats known", value={"chats": {"12": 5, "9": 3}, "limit": 200})])
 class SyncInput(serializers.Serializer):
     chats = serializers.DictField(
@@ -197,6 +205,14 @@ class AttachmentOutput(serializers.Serializer):
     height = serializers.IntegerField(allow_null=True)
 
 
+class ReactionOutput(serializers.Serializer):
+    """One emoji on a message: how many reacted with it, and who (the first 100)."""
+
+    emoji = serializers.CharField()
+    count = serializers.IntegerField(min_value=1)
+    user_ids = serializers.ListField(child=serializers.IntegerField(), help_text="In reaction order, at most 100.")
+
+
 @extend_schema_serializer(examples=[OpenApiExample("A reply", value=schema.MESSAGE),
                                     OpenApiExample("An image", value=schema.IMAGE)])
 class MessageOutput(serializers.Serializer):
@@ -215,6 +231,10 @@ class MessageOutput(serializers.Serializer):
     version = serializers.IntegerField()
     unread_count = serializers.IntegerField()
     attachment = AttachmentOutput(allow_null=True)
+    reactions = ReactionOutput(many=True, help_text="Each emoji once, in the order first used.")
+    mentions = serializers.ListField(
+        child=serializers.IntegerField(), help_text="The ids of the members it mentions (`@username`, `@all`)."
+    )
 
 
 @extend_schema_serializer(examples=[OpenApiExample("The newest page", value={"results": [schema.MESSAGE, schema.IMAGE], "has_more": True})])
@@ -229,6 +249,7 @@ class ChatSummaryOutput(ChatOutput):
 
     last_message = MessageOutput(allow_null=True)
     unread_count = serializers.IntegerField()
+    mention_count = serializers.IntegerField(help_text="Unread messages that mention the caller.")
     muted_until = serializers.DateTimeField(allow_null=True, help_text="The caller's mute of this chat.")
     muted = serializers.BooleanField()
 

@@ -70,6 +70,8 @@ def message_data(message: Message, *, unread_count: int, reply_preview: dict | N
         "version": message.version,
         "unread_count": unread_count,
         "attachment": attachment_data(message),
+        "reactions": message.reactions,
+        "mentions": message.mentions,
     }
 
 

@@ -23,6 +23,12 @@ urlpatterns = [
         views.AttachmentLinkView.as_view(),
         name="attachment-link",
     ),
+    path(
+        "<id:chat_id>/messages/<id:message_id>/reactions/<str:emoji>/",
+        views.ReactionView.as_view(),
+        name="reaction",
+    ),
+    path("<id:chat_id>/typing/", views.TypingView.as_view(), name="typing"),
     path("<id:chat_id>/users/", views.ChatMembersView.as_view(), name="chat-members"),
     path("<id:chat_id>/users/<id:user_id>/", views.ChatMemberView.as_view(), name="chat-member"),
     path(

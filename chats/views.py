@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -17,6 +17,8 @@ from chats.services import members as member_services
 from chats.services.message_edit import message_update
 from chats.services.message_send import message_send
 from chats.services.pointers import pointer_move
+from chats.services.reactions import EMOJI, reaction_add, reaction_remove
+from chats.services.typing import typing_update
 from chats.serializers import (
     AttachmentLinkOutput,
     ChatCreateInput,
@@ -34,6 +36,7 @@ from chats.serializers import (
     MessageUpdateInput,
     SyncInput,
     SyncOutput,
+    TypingInput,
 )
 from accounts.errors import BlockedError, UserNotFound
 from chats.errors import (
@@ -51,7 +54,7 @@ from chats.errors import (
 )
 from chats.throttles import SendThrottle, UploadThrottle
 from chatserver.errors import NotYours
-from chatserver.openapi import raises
+from chatserver.openapi import Refusal, raises
 from chatserver.parsers import JSONParser
 
 
@@ -209,6 +212,52 @@ class MessageDetailView(APIView):
             delete=data.validated_data.get("deleted", False),
         )
         return Response(shapes.message_output(message))
+
+
+BAD_EMOJI = Refusal(400, "validation_error", "Invalid input.", {"emoji": [f"React with one of {' '.join(EMOJI)}."]})
+EMOJI_PARAMETER = OpenApiParameter(
+    "emoji", OpenApiTypes.STR, OpenApiParameter.PATH,
+    description=f"One of {' '.join(EMOJI)} (URL-encoded UTF-8; with or without U+FE0F).",
+)
+
+
+class ReactionView(APIView):
+    @extend_schema(
+        summary="React to a message with an emoji (one of each per user and message).",
+        request=None, responses={200: MessageOutput}, tags=["messages"], parameters=[EMOJI_PARAMETER],
+        description="Idempotent: a reaction the caller already has changes nothing. Members "
+        "get `message.updated`, the author `reaction.added`.",
+    )
+    @raises(BAD_EMOJI, ChatNotFound, CannotPost, BlockedError, MessageNotFound, MessageDeleted)
+    def put(self, request, chat_id: int, message_id: int, emoji: str):
+        message = reaction_add(actor=request.user, chat_id=chat_id, message_id=message_id, emoji=emoji)
+        return Response(shapes.message_output(message))
+
+    @extend_schema(
+        summary="Take one's reaction back.",
+        request=None, responses={204: None}, tags=["messages"], parameters=[EMOJI_PARAMETER],
+        description="204 also when the caller had no such reaction (nothing changes, nobody is told).",
+    )
+    @raises(BAD_EMOJI, ChatNotFound, CannotPost, BlockedError, MessageNotFound, MessageDeleted)
+    def delete(self, request, chat_id: int, message_id: int, emoji: str):
+        reaction_remove(actor=request.user, chat_id=chat_id, message_id=message_id, emoji=emoji)
+        return Response(status=204)
+
+
+class TypingView(APIView):
+    @extend_schema(
+        summary="Say that one is typing in a chat, or stopped.",
+        request=TypingInput, responses={204: None}, tags=["messages"],
+        description="The other members get `typing.updated` on the chat's topic (QoS 0, never "
+        "stored or queued). Send `true` again every 5 s while typing; others show it for "
+        "8 s after the last one. At most one per member and chat and second is passed on.",
+    )
+    @raises(ChatNotFound, CannotPost, BlockedError)
+    def post(self, request, chat_id: int):
+        data = TypingInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        typing_update(actor=request.user, chat_id=chat_id, typing=data.validated_data["typing"])
+        return Response(status=204)
 
 
 def _member_attachment(request, chat_id: int, message_id: int):

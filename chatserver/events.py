@@ -28,6 +28,8 @@ class EventType(StrEnum):
     MEMBER_REMOVED = "member.removed"
     MEMBER_UPDATED = "member.updated"
     READ_UPDATED = "read.updated"
+    # Ephemeral (QoS 0, not through the outbox): a member is typing, or stopped.
+    TYPING_UPDATED = "typing.updated"
     # User events: about a person, on user topics only.
     FRIEND_REQUESTED = "friend.requested"
     FRIEND_ACCEPTED = "friend.accepted"
@@ -37,17 +39,21 @@ class EventType(StrEnum):
     USER_UPDATED = "user.updated"
     # One's own mute of a chat: to one's own devices only (nobody else may know).
     MUTE_UPDATED = "mute.updated"
+    # Someone reacted to one's message: to the message's author only, a user event (the
+    # reactions themselves reach every member as the chat event `message.updated`).
+    REACTION_ADDED = "reaction.added"
     # Ephemeral (QoS 0, not through the outbox): connected devices, repeat your presence.
     PRESENCE_PROBE = "presence.probe"
 
     @property
     def is_ephemeral(self) -> bool:
-        """Published at QoS 0 by a worker directly, never queued (not through the outbox)."""
-        return self is EventType.PRESENCE_PROBE
+        """Published at QoS 0 by a worker directly, never queued (not through the outbox;
+        `chatserver.ephemeral` carries the web's to the relay)."""
+        return self in (EventType.PRESENCE_PROBE, EventType.TYPING_UPDATED)
 
     @property
     def is_chat_event(self) -> bool:
-        return self.value.split(".")[0] in {"message", "chat", "member", "read"}
+        return self.value.split(".")[0] in {"message", "chat", "member", "read", "typing"}
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from chatserver import outbox
+from chatserver import ephemeral, outbox
 from chatserver.broker_access import (
     SERVER_PUBLISH_FILTER,
     Command,
@@ -94,6 +94,7 @@ class Relay(Worker):
     name = "relay"
     lock_key = ADVISORY_LOCK_KEY
     listen = outbox.NOTIFY_CHANNEL
+    also_listen = (ephemeral.CHANNEL,)
 
     def __init__(self, *, stop: threading.Event | None = None) -> None:
         self.stop = stop or threading.Event()
@@ -109,6 +110,7 @@ class Relay(Worker):
         self.probe_sent = float("-inf")
         # While set, the outbox was empty at the last look: the next one is then.
         self.idle_until: float | None = None
+        self.ephemeral = ephemeral.Gate()
 
     # --- the worker -----------------------------------------------------------------
 
@@ -146,11 +148,13 @@ class Relay(Worker):
                     logger.error("broker refused %s: %s", command.get("command"), error)
             self.baseline_applied = True
         self.probe()
+        self.publish_ephemeral(self.ephemeral.due())
         if self.idle_until is not None:
             # Idle: wait for a NOTIFY, keeping the heartbeat fresh meanwhile, and look at
             # the table anyway once RELAY_IDLE_RECHECK has passed.
             remaining = self.idle_until - time.monotonic()
-            if remaining > 0 and not session.wait(min(remaining, HEARTBEAT_EVERY)):
+            held = self.ephemeral.next_due_in()
+            if remaining > 0 and not session.wait(min(remaining, HEARTBEAT_EVERY, held if held is not None else HEARTBEAT_EVERY)):
                 return True
             self.idle_until = None
         rows = list(OutboxEvent.objects.order_by("id")[: settings.RELAY_BATCH_SIZE])
@@ -167,6 +171,30 @@ class Relay(Worker):
             pass  # the heartbeat goes stale by itself
         finally:
             self.broker.close()
+
+    # --- ephemeral events (typing): NOTIFY in, QoS 0 out, never stored -----------------
+
+    def on_notify(self, channel: str, payload: str) -> None:
+        """An ephemeral event from a web process (`chatserver.ephemeral`): published now at
+        QoS 0 if its gate lets it through; a payload that is not one is logged and dropped."""
+        try:
+            publishes = self.ephemeral.receive(payload)
+        except ValueError as exc:
+            logger.error("ephemeral notification dropped: %s", exc)
+            return
+        self.publish_ephemeral(publishes)
+
+    def wake_in(self) -> float | None:
+        # A state held by the gate is due then: the idle wait ends for it.
+        return self.ephemeral.next_due_in()
+
+    def publish_ephemeral(self, publishes: list[tuple[str, bytes]]) -> None:
+        for topic, data in publishes:
+            if not topic.startswith(ephemeral.TOPIC_PREFIXES):
+                logger.error("ephemeral publish to %s refused: not an event topic", topic)
+                continue
+            # QoS 0: nobody waits for it, and the broker queues it for no offline session.
+            self.broker.publish(topic, data, qos=0)
 
     # --- one batch ------------------------------------------------------------------
 

@@ -74,6 +74,10 @@ class Worker:
     lock_key: int | None = None
     # The NOTIFY channel that wakes this worker (`Session.wait`), if any.
     listen: str | None = None
+    # Channels whose notifications are work in themselves (their payload is the item):
+    # listened to only while active (a standby would only pile them up), each handed to
+    # `on_notify` as it is read, without waking `step()`.
+    also_listen: tuple[str, ...] = ()
     # Without NOTIFY (SQLite), how long `Session.wait` sleeps at most.
     poll_interval: float = 0.5
 
@@ -87,6 +91,15 @@ class Worker:
 
     def step(self, *, session: Session) -> bool:
         raise NotImplementedError
+
+    def on_notify(self, channel: str, payload: str) -> None:
+        """A notification on one of `also_listen`, read by the session (in the worker's
+        own thread: inside `Session.check` or `Session.wait`)."""
+
+    def wake_in(self) -> float | None:
+        """After `on_notify`: in how many seconds `step()` should run again at the latest
+        (something it handed in is due then), or None. `Session.wait` ends by then."""
+        return None
 
     def close(self) -> None:
         """Called once, when `run()` ends."""
@@ -137,12 +150,14 @@ class Session:
     def take_lock(self) -> bool:
         """Block until this worker holds its lock; False if told to stop first."""
         if self.conn is None or self.worker.lock_key is None:
+            self._listen_also()
             self.active = True
             return True
         announced = False
         while not self.stop.is_set():
             (held,) = self.conn.execute("SELECT pg_try_advisory_lock(%s)", [self.worker.lock_key]).fetchone()
             if held:
+                self._listen_also()
                 self.active = True
                 return True
             if not announced:
@@ -151,14 +166,27 @@ class Session:
             self.stop.wait(STANDBY_RECHECK)
         return False
 
+    def _listen_also(self) -> None:
+        if self.conn is not None:
+            for channel in self.worker.also_listen:
+                self.conn.execute(f"LISTEN {channel}")
+
+    def _dispatch(self, notification) -> bool:
+        """Hand an `also_listen` notification to the worker; True if it is a wake-up."""
+        if notification.channel in self.worker.also_listen:
+            self.worker.on_notify(notification.channel, notification.payload)
+            return False
+        return True
+
     def check(self) -> None:
         """Read what the server sent (pending notifications): raises at once, without a
         round trip, if the session was dropped, so the lock is never assumed held longer
         than one batch after it was lost."""
         if self.conn is not None:
-            for _ in self.conn.notifies(timeout=0):
+            for notification in self.conn.notifies(timeout=0):
                 # Kept for `wait`: a wake-up read here must not be lost to it.
-                self.notified = True
+                if self._dispatch(notification):
+                    self.notified = True
 
     def wait(self, timeout: float) -> bool:
         """Until a notification on the worker's channel or `timeout`. True if there may be
@@ -173,10 +201,15 @@ class Session:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            notified = bool(list(self.conn.notifies(timeout=min(remaining, WAIT_SLICE), stop_after=1)))
+            for notification in self.conn.notifies(timeout=min(remaining, WAIT_SLICE), stop_after=1):
+                wake = self._dispatch(notification)
+                notified = wake or notified
+                soon = None if wake else self.worker.wake_in()
+                if soon is not None:
+                    deadline = min(deadline, time.monotonic() + soon)
         # Drain whatever else arrived: one look at the table serves them all.
-        for _ in self.conn.notifies(timeout=0):
-            notified = True
+        for notification in self.conn.notifies(timeout=0):
+            notified = self._dispatch(notification) or notified
         return notified
 
     def close(self) -> None:

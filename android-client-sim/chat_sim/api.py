@@ -20,7 +20,7 @@ import secrets
 import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from chat_sim import tls
 
@@ -306,6 +306,17 @@ class Api:
             fields["reply_to"] = str(reply_to)
         body, content_type = _multipart(fields, "file", path)
         return self.request("POST", f"/chats/{chat_id}/messages/", raw=body, content_type=content_type)
+
+    def react(self, chat_id: int, message_id: int, emoji: str) -> dict:
+        """Add one's `emoji` to a message (idempotent); the message with its reactions."""
+        return self.request("PUT", f"/chats/{chat_id}/messages/{message_id}/reactions/{quote(emoji, safe='')}/")
+
+    def unreact(self, chat_id: int, message_id: int, emoji: str) -> None:
+        self.request("DELETE", f"/chats/{chat_id}/messages/{message_id}/reactions/{quote(emoji, safe='')}/")
+
+    def typing(self, chat_id: int, typing: bool = True) -> None:
+        """Say one is typing (again every 5 s while it lasts) or stopped."""
+        self.request("POST", f"/chats/{chat_id}/typing/", body={"typing": typing})
 
     def message_edit(self, chat_id: int, message_id: int, content: str) -> dict:
         return self.request("PATCH", f"/chats/{chat_id}/messages/{message_id}/", body={"content": content})

@@ -25,6 +25,8 @@ from chat_sim.mqtt import Item, Listener
 from chat_sim.output import Names, print_json, table
 from chat_sim.profiles import DEFAULT_SERVER, Profile, ProfileBusy, ProfileStore, home_dir
 
+# An app says "typing" again this often while the user types (the server's docs: 5 s).
+TYPING_RESEND = 5.0
 ROLES = ("owner", "admin", "member", "restricted")
 
 
@@ -208,10 +210,11 @@ def cmd_chats_list(ctx: Context, args: argparse.Namespace) -> None:
             "id": c["id"], "type": c.get("type"), "name": c.get("name") or "(direct)",
             "members": ", ".join(m.get("username", "?") for m in c.get("members", [])),
             "unread": c.get("unread_count"),
+            "mentions": c.get("mention_count"),
             "last": (c.get("last_message") or {}).get("content"),
         } for c in rows]
         return table(flat, [("id", "ID"), ("type", "TYPE"), ("name", "NAME"), ("members", "MEMBERS"),
-                            ("unread", "UNREAD"), ("last", "LAST MESSAGE")])
+                            ("unread", "UNREAD"), ("mentions", "@"), ("last", "LAST MESSAGE")])
 
     ctx.show(chats, human)
 
@@ -274,6 +277,32 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> None:
     else:
         raise UsageError("give the text to send, or --file")
     ctx.show(message, lambda m: f"sent: id {m['id']}, #{m['seq']} in chat {m['chat']}")
+
+
+def cmd_react(ctx: Context, args: argparse.Namespace) -> None:
+    api = ctx.api()
+    if args.remove:
+        api.unreact(args.chat, args.message, args.emoji)
+        ctx.show({"removed": args.emoji}, f"reaction {args.emoji} taken back")
+        return
+    message = api.react(args.chat, args.message, args.emoji)
+    ctx.show(message, lambda m: f"message {m['id']}: {output.reactions_text(m['reactions']) or 'no reactions'}")
+
+
+def cmd_typing(ctx: Context, args: argparse.Namespace) -> None:
+    """Say "typing" (every 5 s for --seconds, as an app does while the user types), then
+    "stopped" unless --keep."""
+    api = ctx.api()
+    api.typing(args.chat, not args.stop)
+    if not args.stop and args.seconds:
+        end = time.monotonic() + args.seconds
+        while time.monotonic() + TYPING_RESEND < end:
+            time.sleep(TYPING_RESEND)
+            api.typing(args.chat, True)
+        time.sleep(max(0.0, end - time.monotonic()))
+        api.typing(args.chat, False)
+    state = "stopped" if args.stop or args.seconds else "typing"
+    ctx.show({"chat": args.chat, "typing": state == "typing"}, f"chat {args.chat}: {state}")
 
 
 def cmd_history(ctx: Context, args: argparse.Namespace) -> None:
@@ -454,7 +483,8 @@ def cmd_listen(ctx: Context, args: argparse.Namespace) -> int:
 
     listener = Listener(api, user_id=profile.user_id, mqtt=profile.mqtt, on_item=on_item,
                         cursors={int(k): v for k, v in profile.cursors.items()},
-                        versions={int(k): v for k, v in profile.versions.items()}, chats=args.chat)
+                        versions={int(k): v for k, v in profile.versions.items()}, chats=args.chat,
+                        typing=not args.no_typing)
     deadline = time.monotonic() + args.duration if args.duration else None
 
     def running() -> bool:
@@ -647,6 +677,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="attach this file (multipart upload)")
     p.add_argument("--reply-to", type=int, metavar="MESSAGE_ID")
     p.add_argument("--client-id", help="idempotency key (default: a fresh one)")
+    p = command(commands, "react", cmd_react, "react to a message with an emoji (--remove: take it back)")
+    p.add_argument("chat", type=int)
+    p.add_argument("message", type=int)
+    p.add_argument("emoji", help="one of 👍 👎 ❤️ 😂 😮 😢 🙏 🔥 🎉")
+    p.add_argument("--remove", action="store_true")
+    p = command(commands, "typing", cmd_typing, 'say "typing" in a chat (--stop: stopped)')
+    p.add_argument("chat", type=int)
+    p.add_argument("--stop", action="store_true")
+    p.add_argument("--seconds", type=float, help="keep typing this long (repeating every 5 s), then stop")
     p = command(commands, "history", cmd_history, "a page of messages, oldest first")
     p.add_argument("chat", type=int)
     p.add_argument("--limit", type=int)
@@ -698,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go to the background (connection cut) for SECONDS, come back, repeat")
     p.add_argument("--foreground", type=float, default=5.0, metavar="SECONDS",
                    help="time in the foreground between backgrounds (default 5)")
+    p.add_argument("--no-typing", action="store_true",
+                   help="do not follow the chats' topics for typing.updated")
 
     p = command(commands, "shell", cmd_shell, "a minimal chat app in the terminal")
     p.add_argument("chat", type=int, nargs="?", help="open this chat at once")

@@ -23,6 +23,10 @@ HTTP catch-up that makes "nothing is lost, only delayed" true for the user.
 - Like the app, it tells the server what it received: whenever it has nothing else to
   do, one `delivered` pointer update per chat that got new messages (so senders see
   their delivered marks); a server that refuses it is told once, then left alone.
+- With `typing`, it also subscribes to the topic of each chat it is in (after the
+  catch-up, and as it joins chats) and hands out the other members' `typing.updated`
+  (QoS 0, published there only); the other chat events on those topics are copies of
+  the user topic's and are dropped.
 - `on_item` runs on one worker thread, never on paho's network thread, so it may block
   or call the HTTP API.
 """
@@ -124,7 +128,7 @@ class Listener:
     def __init__(self, api: Api, *, user_id: int, mqtt: dict,
                  on_item: Callable[[Item], None], cursors: dict[int, int] | None = None,
                  versions: dict[int, int] | None = None, chats: Iterable[int] = (),
-                 keepalive: int = 30) -> None:
+                 keepalive: int = 30, typing: bool = False) -> None:
         """`cursors`: newest message id already shown per chat, and `versions`: highest
         chat version handled per chat (a phone's saved state). A chat without either is
         shown from its newest page of history; `chats`: chats to follow from their newest
@@ -136,6 +140,7 @@ class Listener:
         # The server's, when it says (the session's `mqtt.keepalive`): presence refreshes too.
         self.keepalive = int(mqtt.get("keepalive") or keepalive)
         self.presence_topic = f"chat/presence/{user_id}/{mqtt['client_id']}"
+        self.typing = typing
         self.cursors: dict[int, ChatCursor] = {cid: ChatCursor(last_id=mid) for cid, mid in (cursors or {}).items()}
         for cid, version in (versions or {}).items():
             self.cursors.setdefault(cid, ChatCursor()).version = version
@@ -289,6 +294,11 @@ class Listener:
             # now, from this thread, even while the worker is busy catching up.
             client.publish(self.presence_topic, "online", qos=1, retain=True)
             return
+        if message.topic.startswith("chat/chats/"):
+            # Chat topics are followed for typing only (the rest comes on the user topic).
+            if b'"typing.updated"' in message.payload:
+                self._inbox.put(("typing", message.payload))
+            return
         self._inbox.put(("mqtt", message.payload))
 
     # --- worker thread ------------------------------------------------------------------
@@ -319,6 +329,8 @@ class Listener:
                     self._after_connect(session_present=value)
                 elif what == "mqtt":
                     self._on_payload(value)
+                elif what == "typing":
+                    self._on_typing(value)
                 elif what == "disconnected":
                     self._emit(Item("status", "disconnected", data={"reason": value}))
                 elif what == "refused":
@@ -368,9 +380,28 @@ class Listener:
             return
         before = self.stats.copy()
         self._catch_up()
+        for chat_id in list(self.cursors):
+            self._follow_typing(chat_id)
         self._emit(Item("status", "caught_up", data={"fetched": self.stats.fetched - before.fetched,
                                                      "updated": self.stats.updates - before.updates}))
         self.caught_up.set()
+
+    def _follow_typing(self, chat_id: int | None) -> None:
+        """Subscribe to a chat's topic for its typing events (QoS 0 is what comes)."""
+        client = self._client
+        if self.typing and client is not None and isinstance(chat_id, int):
+            client.subscribe(f"chat/chats/{chat_id}", qos=0)
+
+    def _on_typing(self, payload: bytes) -> None:
+        try:
+            event = json.loads(payload)
+            chat_id, data = event["chat"], event["data"]
+        except (ValueError, KeyError, TypeError):
+            self._emit(Item("error", "bad_payload", data={"payload": payload[:200].decode(errors="replace")}))
+            return
+        if event.get("type") != "typing.updated" or data.get("user") == self.user_id:
+            return  # one's own typing comes back too: not shown
+        self._emit(Item("event", "typing.updated", chat=chat_id, data=data, at=time.time()))
 
     def _catch_up(self) -> None:
         """One `POST /chats/sync/` naming every chat whose version is known (plus one more
@@ -473,10 +504,12 @@ class Listener:
                 # A new chat: everything from its first message on will come live.
                 self.cursors[chat_id] = ChatCursor(last_id=0, last_seq=0, version=version)
                 self._gone.discard(chat_id)
+                self._follow_typing(chat_id)
             elif kind == "member.added" and (data.get("member") or {}).get("id") == self.user_id:
                 # Joined: follow from here on (its history is not shown).
                 self.cursors.setdefault(chat_id, ChatCursor(version=version))
                 self._gone.discard(chat_id)
+                self._follow_typing(chat_id)
             elif (kind == "chat.deleted" and not data.get("hidden")) or (
                 kind == "member.removed" and (data.get("member") or {}).get("id") == self.user_id
             ):
@@ -523,7 +556,7 @@ class Listener:
             # Shown before this listener started: its versions up to the chat's handled
             # version are on screen already, and an unchanged message is a mere copy.
             stale = ((cursor.version is not None and version <= cursor.version)
-                     or not (message.get("edited_at") or message.get("deleted")))
+                     or not (message.get("edited_at") or message.get("deleted") or message.get("reactions")))
         if stale:
             self.stats.duplicates += 1
             return

@@ -87,6 +87,14 @@ def message_line(message: dict, names: Names, *, own_id: int | None = None, sour
         extras.append(f"[{message.get('type', 'file')}: {attachment.get('name')}, {attachment.get('size')} bytes]")
     if message.get("edited_at"):
         extras.append("edited")
+    reactions = reactions_text(message.get("reactions"))
+    if reactions:
+        extras.append(reactions)
+    mentions = message.get("mentions") or []
+    if own_id is not None and own_id in mentions:
+        extras.append("@you")
+    elif mentions:
+        extras.append("@" + ",".join(names(m) for m in mentions))
     if own_id is not None and message.get("author") == own_id:
         # ✓ stored by the server; ✓✓ read by every other member
         extras.append("✓✓" if message.get("unread_count") == 0 else "✓")
@@ -95,6 +103,13 @@ def message_line(message: dict, names: Names, *, own_id: int | None = None, sour
     tail = f"  {' '.join(extras)}" if extras else ""
     return (f"{clock(message.get('created_at'))} [chat {message.get('chat')} #{message.get('seq')} "
             f"id {message.get('id')}] {names(message.get('author'))}: {text}{tail}")
+
+
+def reactions_text(reactions) -> str:
+    """`👍 3 ❤️ 1`: each emoji with its count, as the message carries them."""
+    if not isinstance(reactions, list):
+        return ""
+    return " ".join(f"{r.get('emoji')} {r.get('count')}" for r in reactions if isinstance(r, dict))
 
 
 def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
@@ -119,8 +134,24 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
     if kind == "chat.deleted":
         return f"* {where}chat deleted"
     if kind == "message.updated":
-        state = "deleted" if data.get("deleted") else f"edited: {data.get('content', '')}"
-        return f"* {where}message {data.get('id')} {state}"
+        if data.get("deleted"):
+            state = "deleted"
+        elif data.get("edited_at"):
+            state = f"edited: {data.get('content', '')}"
+        else:
+            state = "updated"
+        reactions = reactions_text(data.get("reactions"))
+        return f"* {where}message {data.get('id')} {state}; reactions: {reactions or 'none'}"
+    if kind == "typing.updated":
+        user = data.get("user")
+        who = names(user) if isinstance(user, int) else user
+        if data.get("typing"):
+            return f"* {where}{who} is typing… (for {data.get('expires_in')} s unless repeated)"
+        return f"* {where}{who} stopped typing"
+    if kind == "reaction.added":
+        user = data.get("user")
+        return (f"* [chat {data.get('chat')}] {names(user) if isinstance(user, int) else user} reacted "
+                f"{data.get('emoji')} to your message {data.get('message')}")
     if kind == "read.updated":
         reader = data.get("user")
         marks = [f"{what} up to message {data[key]}" for what, key in

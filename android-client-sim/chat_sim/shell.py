@@ -4,7 +4,9 @@ Type text to send it to the open chat; commands start with `/` (`/help` lists th
 Everything that arrives (messages of every chat, member changes, read marks, presence)
 is printed as it comes, by the same `Listener` as `chat-sim listen`, so the shell also
 catches up over HTTP after every reconnect. Own messages show ✓ once stored by the
-server and ✓✓ once every other member has read them.
+server and ✓✓ once every other member has read them; reactions show as `👍 2`, a
+message that mentions you as `@you`, and the open chat's "… alice is typing" as it
+comes (the shell says "typing" itself with `/typing`, as an app does on keystrokes).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ HELP = """\
   /reply ID TEXT       reply to message ID
   /file PATH [TEXT]    send a file
   /edit ID TEXT        edit your message;  /unsend ID  delete it
+  /react ID EMOJI      react to message ID (👍 👎 ❤️ 😂 😮 😢 🙏 🔥 🎉);  /unreact ID EMOJI
+  /typing [off]        say you are typing in the open chat (or stopped)
   /members             members, roles and read pointers
   /add USER, /kick USER, /role USER ROLE, /leave
   /read                mark the open chat read up to its newest message
@@ -51,7 +55,7 @@ class Shell:
         self.listener = Listener(Api(profile.server, profile.token), user_id=profile.user_id,
                                  mqtt=profile.mqtt, on_item=self._on_item,
                                  cursors={int(k): v for k, v in profile.cursors.items()},
-                                 versions={int(k): v for k, v in profile.versions.items()})
+                                 versions={int(k): v for k, v in profile.versions.items()}, typing=True)
         self.first_chat = chat_id
 
     # --- output -------------------------------------------------------------------------
@@ -76,6 +80,10 @@ class Shell:
                 self._mark_read(item.data["id"], api=self.listener.api)
         elif item.kind == "event" and item.type == "read.updated" and item.chat == self.chat:
             self._show_read(item.data)
+        elif item.kind == "event" and item.type == "typing.updated":
+            if item.chat == self.chat:  # only the open chat's, as an app shows it
+                who = self.names(item.data.get("user"))
+                self.say(f"  … {who} is typing" if item.data.get("typing") else f"  … {who} stopped typing")
         elif item.kind == "event":
             self.say(output.event_line(item.type, item.chat, item.data, self.names))
         elif item.kind == "gap":
@@ -199,6 +207,13 @@ class Shell:
             self.api.message_edit(self._open_chat(), int(args[0]), " ".join(args[1:]))
         elif name == "unsend":
             self.api.message_delete(self._open_chat(), int(args[0]))
+        elif name == "react":
+            message = self.api.react(self._open_chat(), int(args[0]), args[1])
+            self.say(f"  message {message['id']}: {output.reactions_text(message['reactions'])}")
+        elif name == "unreact":
+            self.api.unreact(self._open_chat(), int(args[0]), args[1])
+        elif name == "typing":
+            self.api.typing(self._open_chat(), not (args and args[0] == "off"))
         elif name == "members":
             self.say(table(self.api.members(self._open_chat()),
                            [("id", "ID"), ("username", "USERNAME"), ("role", "ROLE"),

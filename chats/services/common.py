@@ -6,7 +6,11 @@ seqs have no gap and no duplicate, outbox rows of one chat are in commit order (
 keeps per-chat order), and a membership check cannot race a kick.
 """
 
-from chats.errors import ChatNotFound
+from django.db.models import Q
+
+from accounts.errors import BlockedError
+from accounts.models import Block
+from chats.errors import CannotPost, ChatNotFound
 from chats.models import Chat, Membership
 from chatserver import outbox
 from chatserver.events import Event, EventType
@@ -34,6 +38,23 @@ def membership_locked(*, chat: Chat, user_id: int) -> Membership:
     return membership
 
 
+def membership_may_post(*, chat_id: int, user_id: int) -> Membership:
+    """The caller's membership (with its chat) if it may post there, as the send decides
+    it: ChatNotFound for outsiders, CannotPost for restricted members, BlockedError in a
+    direct chat with a block either way (one query, two in a direct chat)."""
+    membership = Membership.objects.select_related("chat").filter(chat_id=chat_id, user_id=user_id).first()
+    if membership is None:
+        raise ChatNotFound()
+    if membership.role == Role.RESTRICTED:
+        raise CannotPost()
+    if membership.chat.kind == Chat.Kind.DIRECT and Block.objects.filter(
+        Q(user_id=user_id, blocked__memberships__chat_id=chat_id)
+        | Q(blocked_id=user_id, user__memberships__chat_id=chat_id)
+    ).exists():
+        raise BlockedError("You cannot message this user.")
+    return membership
+
+
 def member_ids(chat_id: int) -> list[int]:
     return list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))
 
@@ -41,6 +62,9 @@ def member_ids(chat_id: int) -> list[int]:
 # Chat events that leave the chat's version alone, and why. Every other chat event is a
 # change that /chats/sync/ must be able to replay, so it takes the chat's next version.
 UNVERSIONED: dict[EventType, str] = {
+    EventType.TYPING_UPDATED: (
+        "ephemeral (QoS 0, never stored): it changes nothing that /chats/sync/ could replay"
+    ),
     EventType.READ_UPDATED: (
         "pointers move many times per message and without the chat's lock; /chats/sync/ "
         "answers the members' current pointers instead of replaying each move"

@@ -6,7 +6,8 @@ from django.utils import timezone
 from accounts.models import User
 from chats import media, shapes
 from chats.errors import MessageDeleted, MessageNotFound, NotAllowed, NotAuthor
-from chats.models import Chat, Message
+from chats.mentions import mentioned_ids, mentions_replace
+from chats.models import Chat, Message, Reaction
 from chats.selectors import messages_annotate
 from chats.services.common import (
     RANK,
@@ -28,7 +29,8 @@ def message_update(
     Members get `message.updated`.
 
     A deleted message keeps its row, seq and place in history; its content is replaced
-    by a fixed text, replies' previews follow, and it no longer counts as unread.
+    by a fixed text, replies' previews follow, it no longer counts as unread, and it
+    loses its reactions and mentions. An edit sets the mentions of the new content.
     Deleting again changes nothing; editing a deleted message is 409.
     """
     with transaction.atomic():
@@ -53,6 +55,7 @@ def message_update(
                 raise MessageDeleted()
             message.content = content
             message.edited_at = timezone.now()
+            mentions_replace(message, mentioned_ids(chat_id=chat.id, author_id=message.author_id, content=content))
         _updated(chat, message)
     return message
 
@@ -81,12 +84,16 @@ def _soft_delete(message: Message) -> None:
     message.deleted = True
     message.content = shapes.DELETED_CONTENT
     _attachment_drop(message)
+    mentions_replace(message, [])
+    if message.reactions:
+        Reaction.objects.filter(message_id=message.id).delete()
+        message.reactions = []
 
 
 def _updated(chat: Chat, message: Message) -> None:
     """Store the changed message with the chat's next version and tell the members."""
     message.version = chat_version_bump(chat)
-    message.save(update_fields=["content", "deleted", "edited_at", "version"])
+    message.save(update_fields=["content", "deleted", "edited_at", "version", "mentions", "reactions"])
     messages_annotate(chat_id=chat.id, messages=[message])
     chat_event(
         chat=chat,

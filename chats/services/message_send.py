@@ -1,5 +1,6 @@
 """The message send: the hottest path (its statements are in `chats.send_sql`)."""
 
+import json
 from typing import NoReturn
 
 from django.db import IntegrityError, connection, transaction
@@ -8,6 +9,7 @@ from django.utils import timezone
 from accounts.errors import BlockedError
 from accounts.models import User
 from chats import media, send_sql, shapes
+from chats.mentions import mentioned_ids, mentions_store
 from chats.errors import CannotPost, ChatNotFound
 from chats.models import Attachment, Membership, Message
 from chats.selectors import messages_annotate
@@ -36,7 +38,8 @@ def message_send(
     returns the first message (created=False) and writes nothing, not even the file, also
     when the two requests race. The author's read and delivered pointers move to the new
     message. Members get `message.created` on their user topics and the chat's topic,
-    carrying the very object the API returns for it.
+    carrying the very object the API returns for it. `@username` and `@all` set its
+    `mentions` (`chats.mentions`: no query without an '@' in the content, one with it).
 
     On PostgreSQL the message, the seq and the pointers are written by one statement
     (`send_sql.SEND`), the outbox row by a second; on SQLite through `send_sql.SEQ_BUMP`
@@ -73,6 +76,7 @@ def message_send(
     message = Message(
         chat_id=chat_id, author_id=actor.id, type=_type_of(attachment), content=content,
         reply_to=original, client_id=client_id or None, created_at=timezone.now(),
+        mentions=mentioned_ids(chat_id=chat_id, author_id=actor.id, content=content),
     )
     insert = _insert_one_statement if connection.vendor == "postgresql" else _insert_orm
     try:
@@ -102,7 +106,7 @@ def _insert_one_statement(message: Message) -> Message | None:
     params = send_sql.params(
         chat_id=message.chat_id, author_id=message.author_id, now=message.created_at,
         type=message.type, content=message.content, reply_to=message.reply_to_id,
-        client_id=message.client_id,
+        client_id=message.client_id, mentions=json.dumps(message.mentions),
     )
     with connection.cursor() as cursor:
         cursor.execute(send_sql.SEND, params)
@@ -159,7 +163,9 @@ def _refuse_post(*, chat_id: int, author_id: int) -> NoReturn:
 
 
 def _message_created(*, message: Message, attachment: Attachment | None, original: Message | None) -> None:
-    """Store the written message's attachment and queue `message.created` to the members."""
+    """Store the written message's attachment and mentions and queue `message.created` to
+    the members."""
+    mentions_store(message)
     if attachment is not None:
         attachment.message = message
         attachment.save()

@@ -60,8 +60,11 @@ from tests.support.stack import server_env, wait_until
 
 ALL_TYPES = {t.value for t in EventType}
 # What the services queue: all but the ephemeral ones (presence.probe, which the presence
-# worker publishes itself; tests/accounts/test_presence.py receives it and checks it).
+# worker publishes itself; tests/accounts/test_presence.py receives it and checks it; and
+# typing.updated, which the relay publishes from a NOTIFY: tests/chats/test_typing.py).
 QUEUED_TYPES = {t.value for t in EventType if not t.is_ephemeral}
+# On the chat's topic only.
+CHAT_TOPIC_ONLY = {EventType.TYPING_UPDATED.value}
 
 
 def png(width=40, height=30) -> bytes:
@@ -169,6 +172,7 @@ def test_the_server_sends_events_at_qos_1_unretained_and_receives_retained_prese
         "sendUserEvents": ("send", "#/channels/userTopic", 1, False),
         "probePresence": ("send", "#/channels/userTopic", 0, False),
         "sendChatEvents": ("send", "#/channels/chatTopic", 1, False),
+        "sendTyping": ("send", "#/channels/chatTopic", 0, False),
         "receivePresence": ("receive", "#/channels/presenceTopic", 1, True),
         "clearPresence": ("send", "#/channels/presenceTopic", 1, True),
     }
@@ -186,8 +190,9 @@ def test_the_server_sends_events_at_qos_1_unretained_and_receives_retained_prese
 
     documented = {key: message["name"] for key, message in contract.document()["components"]["messages"].items()}
     assert {documented[n] for n in names(operations["sendUserEvents"])} == QUEUED_TYPES
-    assert {documented[n] for n in names(operations["probePresence"])} == ALL_TYPES - QUEUED_TYPES
-    assert len(operations["sendChatEvents"]["messages"]) == len(channels["chatTopic"]["messages"])
+    assert {documented[n] for n in names(operations["probePresence"])} == ALL_TYPES - QUEUED_TYPES - CHAT_TOPIC_ONLY
+    assert {documented[n] for n in names(operations["sendTyping"])} == CHAT_TOPIC_ONLY
+    assert len(operations["sendChatEvents"]["messages"]) + 1 == len(channels["chatTopic"]["messages"])
 
 
 def test_every_event_type_is_documented_and_every_documented_type_is_an_event_type():
@@ -200,7 +205,7 @@ def test_chat_events_and_only_they_are_on_the_chat_topic_and_all_on_the_user_top
     def names(channel):
         return {contract.resolve(ref["$ref"])["name"] for ref in channels[channel]["messages"].values()}
 
-    assert names("userTopic") == ALL_TYPES
+    assert names("userTopic") == ALL_TYPES - CHAT_TOPIC_ONLY
     assert names("chatTopic") == {t.value for t in EventType if t.is_chat_event}
     assert names("presenceTopic") == {"presence", "presence.cleared"}
 
@@ -348,6 +353,9 @@ def test_the_services_make_every_event_type_and_each_matches_its_schema(settings
     image = alice.client.post(f"/chats/{cid}/messages/", {"file": _upload("p.png", png())}, format="multipart")
     assert image.status_code == 201, image.content
     assert image.json()["attachment"]["width"] == 40
+    # a reaction (bob to alice's message: alice is told), a mention
+    assert bob.client.put(f"/chats/{cid}/messages/{first['id']}/reactions/%F0%9F%91%8D/").status_code == 200
+    assert bob.client.post(f"/chats/{cid}/messages/", {"content": f"@{alice.username}"}, format="json").status_code == 201
     assert alice.client.patch(f"/chats/{cid}/messages/{first['id']}/", {"content": "hey"}, format="json").status_code == 200
     assert alice.client.patch(f"/chats/{cid}/messages/{first['id']}/", {"deleted": True}, format="json").status_code == 200
     assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/delivered/{first['id']}/").status_code == 200
@@ -403,6 +411,7 @@ def test_a_phone_receives_every_event_type_over_mqtt_and_each_matches_its_schema
         message = alice.client.post(f"/chats/{cid}/messages/", {"content": "hi"}, format="json").json()
         alice.client.post(f"/chats/{cid}/messages/", {"file": _upload("p.png", png())}, format="multipart")
         alice.client.patch(f"/chats/{cid}/messages/{message['id']}/", {"content": "hey"}, format="json")
+        bob.client.put(f"/chats/{cid}/messages/{message['id']}/reactions/%E2%9D%A4%EF%B8%8F/")
         bob.client.patch(f"/chats/{cid}/users/{bob.id}/messages/{message['id']}/")
         alice.client.patch(f"/chats/{cid}/users/{alice.id}/", {"muted_until": "2999-01-01T00:00:00Z"}, format="json")
         alice.client.delete(f"/chats/{cid}/users/{carol.id}/")
@@ -521,6 +530,8 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
         olga.post(f"/chats/{cid}/messages/", {"content": "hi", "client_id": "x1"}, format="json"),  # 200: retry
         bob.client.post(f"/chats/{cid}/messages/", {"content": "re", "reply_to": first.json()["id"]}, format="json"),
         olga.post(f"/chats/{cid}/messages/", {"file": _upload("p.png", png()), "content": "pic"}, format="multipart"),
+        bob.client.put(f"/chats/{cid}/messages/{first.json()['id']}/reactions/%F0%9F%94%A5/"),
+        olga.post(f"/chats/{cid}/messages/", {"content": f"@{bob.username} @all"}, format="json"),
         olga.patch(f"/chats/{cid}/messages/{first.json()['id']}/", {"deleted": True}, format="json"),
         olga.get(f"/chats/{cid}/"),
         olga.patch(f"/chats/{cid}/", {"name": "team2"}, format="json"),
@@ -555,7 +566,7 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
         assert response.status_code in (200, 201), (response.wsgi_request.path, response.content)
         assert_matches_openapi(openapi, response)
         statuses[response.status_code] += 1
-    assert statuses == {200: 24, 201: 8}
+    assert statuses == {200: 25, 201: 9}
 
 
 def _operations(schema):

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from accounts.models import Device, User
 from chat_sim.fcm_sink import Answer, FcmSink, fcm_error
-from chats.models import Membership
+from chats.models import MUTED_FOREVER, Membership
 from chats.services.chats import chat_create
 from chats.services.message_send import message_send
 from chats.services.pointers import pointer_move
@@ -319,3 +319,49 @@ def test_a_429_is_retried_after_its_retry_after(push_worker, sink):
     assert delivered.received_at - started >= 1.0
     assert len(sink.attempts) == 2
     wait_until(lambda: PushJob.objects.count() == 0, 10, "the push queue to empty")
+
+
+def test_a_mention_is_pushed_even_in_a_muted_chat(push_worker, sink):
+    # given: bob and carol muted the group; both phones sleep
+    alice, bob, carol = make_actor(), make_actor(), make_actor()
+    for user in (bob, carol):
+        with_token(user, f"{user.username}-phone")
+    chat, _ = chat_create(actor=alice, member_ids=[bob.id, carol.id], name="g")
+    sink.wait_for(2, timeout=5)
+    sink.pushes.clear()
+    Membership.objects.filter(chat=chat, user_id__in=[bob.id, carol.id]).update(muted_until=MUTED_FOREVER)
+
+    # when
+    message, _ = message_send(actor=alice, chat_id=chat.id, content=f"@{bob.username} look")
+
+    # then: bob, mentioned, is woken, and told why; carol is not
+    [push_] = sink.wait_for(1, timeout=5)
+    time.sleep(0.3)  # and no more come
+    assert [p.token for p in sink.pushes] == [f"{bob.username}-phone"]
+    assert push_.data["mentioned"] == "true"
+    assert push_.data["message_id"] == str(message.id)
+
+
+def test_a_reaction_wakes_the_message_s_author_unless_it_muted_the_chat(push_worker, sink):
+    # given: alice's phone sleeps with a token
+    from chats.services.reactions import reaction_add
+
+    alice, bob = make_actor("alice2"), make_actor("bob2")
+    with_token(alice, "alice-phone")
+    chat, _ = chat_create(actor=alice, member_ids=[bob.id], name="g")
+    message, _ = message_send(actor=alice, chat_id=chat.id, content="hi")
+
+    # when
+    reaction_add(actor=bob, chat_id=chat.id, message_id=message.id, emoji="👍")
+
+    # then
+    [push_] = sink.wait_for(1, timeout=5)
+    assert push_.token == "alice-phone"
+    assert push_.data == {"type": "reaction", "chat_id": str(chat.id), "message_id": str(message.id),
+                          "emoji": "👍", "by_id": str(bob.id), "by_name": "bob2"}
+    assert push_.android["priority"] == "normal"
+    # muted: no more
+    Membership.objects.filter(chat=chat, user_id=alice.id).update(muted_until=MUTED_FOREVER)
+    reaction_add(actor=bob, chat_id=chat.id, message_id=message.id, emoji="🔥")
+    time.sleep(0.5)
+    assert len(sink.pushes) == 1

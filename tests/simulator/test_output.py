@@ -27,3 +27,21 @@ def test_mute_shows_until_when_and_forever():
     assert until == "* chat 7: muted until 2030-01-01T00:00:00Z (pushes only)"
     assert forever == "* chat 7: muted for good (pushes only)"
     assert unmuted == "* chat 7: unmuted (pushes only)"
+
+
+def test_typing_reactions_and_mentions_read_as_a_user_would_see_them():
+    typing = output.event_line("typing.updated", 7, {"user": 5, "typing": True, "expires_in": 8}, names)
+    stopped = output.event_line("typing.updated", 7, {"user": 5, "typing": False, "expires_in": 0}, names)
+    told = output.event_line("reaction.added", None, {"chat": 7, "message": 30, "user": 5, "emoji": "👍"}, names)
+    updated = output.event_line("message.updated", 7, {"id": 30, "edited_at": None, "deleted": False,
+                                                       "reactions": [{"emoji": "👍", "count": 2, "user_ids": [5, 6]}]},
+                                names)
+    message = {"id": 30, "chat": 7, "seq": 1, "author": 5, "content": "@me hi", "created_at": None,
+               "reactions": [{"emoji": "🔥", "count": 1, "user_ids": [6]}], "mentions": [6]}
+
+    assert typing == "* [chat 7] bob is typing… (for 8 s unless repeated)"
+    assert stopped == "* [chat 7] bob stopped typing"
+    assert told == "* [chat 7] bob reacted 👍 to your message 30"
+    assert updated == "* [chat 7] message 30 updated; reactions: 👍 2"
+    assert output.message_line(message, names, own_id=6).endswith("bob: @me hi  🔥 1 @you")
+    assert output.message_line(message, names, own_id=5).endswith("bob: @me hi  🔥 1 @user 6 ✓")

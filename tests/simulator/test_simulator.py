@@ -17,7 +17,8 @@ import pytest
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHAT_SIM = Path(sys.executable).parent / "chat-sim"
-SCENARIOS = Path(__file__).resolve().parents[2] / "android-client-sim" / "scenarios"
+SIM_SOURCE = Path(__file__).resolve().parents[2] / "android-client-sim"
+SCENARIOS = SIM_SOURCE / "scenarios"
 PASSWORD = "pass word 123"
 
 
@@ -25,7 +26,11 @@ PASSWORD = "pass word 123"
 def sim(live_stack, tmp_path):
     """`sim(*args)` runs chat-sim against the live stack; returns the CompletedProcess."""
     assert CHAT_SIM.exists(), f"{CHAT_SIM} missing: requirements.txt installs ./android-client-sim"
-    env = {**os.environ, "CHAT_SIM_HOME": str(tmp_path / "home"), "CHAT_SIM_SERVER": live_stack.url}
+    # This checkout's simulator, whichever checkout the virtualenv installed it from
+    # (its editable finder comes after PYTHONPATH).
+    path = os.pathsep.join(p for p in (str(SIM_SOURCE), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "CHAT_SIM_HOME": str(tmp_path / "home"), "CHAT_SIM_SERVER": live_stack.url,
+           "PYTHONPATH": path}
 
     def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run([str(CHAT_SIM), *args], env=env, capture_output=True, text=True, timeout=timeout)

@@ -19,6 +19,7 @@ from chats.services.common import UNVERSIONED, UNVERSIONED_WHEN, bumps_version
 from chats.services.message_edit import message_update
 from chats.services.message_send import message_send
 from chats.services.pointers import pointer_move
+from chats.services.reactions import reaction_add, reaction_remove
 from chatserver.events import EventType
 from tests.support.factories import make_actor
 
@@ -33,6 +34,8 @@ def every_event(outbox) -> list:
     chat_services.chat_rename(chat_id=group.id, actor=alice, name="g2")
     sent, _ = message_send(actor=bob, chat_id=group.id, content="hi")
     message_update(actor=bob, chat_id=group.id, message_id=sent.id, content="hi!")
+    reaction_add(actor=alice, chat_id=group.id, message_id=sent.id, emoji="👍")
+    reaction_remove(actor=alice, chat_id=group.id, message_id=sent.id, emoji="👍")
     member_services.member_add(chat_id=group.id, actor=alice, user_id=carol.id)
     member_services.member_set_role(chat_id=group.id, actor=alice, user_id=carol.id, role="admin")
     pointer_move(actor=alice, chat_id=group.id, message_id=sent.id, read=True)

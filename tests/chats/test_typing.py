@@ -1,0 +1,199 @@
+"""Typing indicators, end to end: HTTP -> NOTIFY -> the relay process -> Mosquitto -> paho.
+
+Nothing is stored: no outbox row, no table written; QoS 0, so offline sessions never get
+it; at most one per member and chat per second.
+"""
+
+import json
+import time
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from chats.models import Membership
+from chats.services.typing import EXPIRES
+from chatserver.ephemeral import Gate
+from chatserver.models import OutboxEvent
+from tests.support.factories import make_user
+from tests.support.mqtt import MqttProbe
+from tests.support.stack import wait_until
+
+
+@contextmanager
+def phone(broker, user, *topics, clean_session=False):
+    probe = MqttProbe(broker.host, broker.port, auto_reconnect=True, keepalive=5)
+    assert probe.connect(clean_session=clean_session, **user.mqtt) == 0
+    for topic in topics:
+        assert probe.subscribe(topic) in (0, 1), topic
+    try:
+        yield probe
+    finally:
+        probe.close()
+
+
+def group(owner, *members):
+    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": "g"}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def typing(user, cid, value=True):
+    return user.client.post(f"/chats/{cid}/typing/", {"typing": value}, format="json")
+
+
+def typing_events(probe, topic):
+    return [json.loads(p) for p in probe.messages_on(topic) if b'"typing.updated"' in p]
+
+
+def drained():
+    wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_other_members_see_typing_within_a_second_and_outsiders_cannot_listen(relay, mosquitto):
+    # given
+    alice, bob, eve = make_user(), make_user(), make_user()
+    cid = group(alice, bob)
+    drained()
+    topic = f"chat/chats/{cid}"
+    with phone(mosquitto, bob, topic, f"chat/users/{bob.id}") as bob_phone, phone(mosquitto, eve) as eve_phone:
+        assert eve_phone.subscribe(topic) == 128  # the broker refuses outsiders
+
+        # when
+        started = time.monotonic()
+        response = typing(alice, cid)
+
+        # then
+        assert response.status_code == 204
+        [received] = bob_phone.wait_for(1, timeout=1, topic=topic)
+        assert time.monotonic() - started < 1
+        assert received.qos == 0 and received.retain is False
+        event = json.loads(received.payload)
+        assert (event["type"], event["chat"], event["data"]) == (
+            "typing.updated", cid, {"user": alice.id, "typing": True, "expires_in": EXPIRES}
+        )
+        assert "version" not in event
+        # on the chat's topic only, not on user topics
+        bob_phone.expect_nothing(0.3, topic=f"chat/users/{bob.id}")
+        assert eve_phone.messages == []
+    assert not OutboxEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_typing_is_never_queued_for_an_offline_session(relay, mosquitto):
+    # given: bob's phone subscribed once with a persistent session, then went away
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    drained()
+    topic = f"chat/chats/{cid}"
+    with phone(mosquitto, bob, topic):
+        pass
+    # when: alice types, then sends a message, while bob is away
+    assert typing(alice, cid).status_code == 204
+    assert alice.client.post(f"/chats/{cid}/messages/", {"content": "hi"}, format="json").status_code == 201
+    drained()
+    # then: back online, bob's session gives him the message (QoS 1) but not the typing
+    probe = MqttProbe(mosquitto.host, mosquitto.port)
+    try:
+        assert probe.connect(clean_session=False, **bob.mqtt) == 0
+        probe.wait_for(1, topic=topic)
+        probe.expect_nothing(0.5)
+        assert [json.loads(p)["type"] for p in probe.messages_on(topic)] == ["message.created"]
+    finally:
+        probe.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_at_most_one_per_member_and_second_and_the_last_state_arrives(relay, mosquitto):
+    # given
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    drained()
+    topic = f"chat/chats/{cid}"
+    with phone(mosquitto, bob, topic) as bob_phone:
+        # when: alice's phone says typing five times and then stopped, all within the second
+        started = time.monotonic()
+        for _ in range(5):
+            assert typing(alice, cid).status_code == 204
+        assert typing(alice, cid, False).status_code == 204
+
+        # then: the first at once, the stop when its second is up (not later), nothing else
+        bob_phone.wait_for(2, timeout=3, topic=topic)
+        assert 0.9 < time.monotonic() - started < 1.5
+        bob_phone.expect_nothing(1.2, topic=topic)
+        assert [e["data"]["typing"] for e in typing_events(bob_phone, topic)] == [True, False]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ["restricted", None])
+def test_restricted_members_and_outsiders_cannot_say_they_type(role):
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    if role:
+        Membership.objects.filter(chat_id=cid, user_id=bob.id).update(role=role)
+    else:
+        Membership.objects.filter(chat_id=cid, user_id=bob.id).delete()
+
+    response = typing(bob, cid)
+
+    assert response.status_code == (403 if role else 404)
+    assert response.json()["error"]["code"] == ("cannot_post" if role else "chat_not_found")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("body", [{}, {"typing": "yes"}, {"typing": 1}, {"typing": None}])
+def test_bad_bodies_are_400(body):
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+
+    response = alice.client.post(f"/chats/{cid}/typing/", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.django_db
+def test_typing_writes_nothing_and_costs_three_statements():
+    # given
+    alice, bob = make_user(), make_user()
+    cid = group(alice, bob)
+    OutboxEvent.objects.all().delete()
+
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        assert typing(alice, cid).status_code == 204
+
+    # then: the token, the membership, the NOTIFY (besides the test's own savepoints)
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 3, statements
+    assert "pg_notify" in statements[-1]
+    assert not any(s.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")) for s in statements)
+    assert not OutboxEvent.objects.exists()
+
+
+def test_the_gate_passes_one_per_second_and_holds_a_change_until_its_second_is_up():
+    gate = Gate(every=1.0, max_age=2.0)
+
+    def note(state, key="typing:1:2"):
+        return json.dumps({"topic": "chat/chats/1", "key": key, "state": state, "sent": time.time(),
+                           "event": f'{{"s":"{state}"}}'})
+
+    assert gate.receive(note("1"), now=10.0) == [("chat/chats/1", b'{"s":"1"}')]
+    assert gate.receive(note("1"), now=10.2) == []  # a repeat within the second
+    assert gate.receive(note("1", key="typing:1:3"), now=10.2) != []  # another member
+    assert gate.receive(note("0"), now=10.5) == []  # a change: held
+    assert gate.next_due_in(now=10.5) == pytest.approx(0.5)
+    assert gate.due(now=10.9) == []
+    assert gate.due(now=11.0) == [("chat/chats/1", b'{"s":"0"}')]
+    assert gate.due(now=11.5) == []
+    # typing again, then back to the state last published within the second: nothing held
+    assert gate.receive(note("1"), now=11.2) == []
+    assert gate.receive(note("0"), now=11.3) == []
+    assert gate.due(now=12.5) == []
+    # a stale notification (a relay that stood by) is dropped
+    stale = json.dumps({"topic": "chat/chats/1", "key": "k", "state": "1", "sent": time.time() - 5, "event": "{}"})
+    assert gate.receive(stale, now=20.0) == []
+    with pytest.raises(ValueError):
+        gate.receive("not json")

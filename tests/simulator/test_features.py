@@ -1,0 +1,134 @@
+"""Typing, reactions and mentions through the simulator (`chat-sim` as a subprocess)
+against the live stack: what `listen --json` shows, exactly, and what it prints."""
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.simulator.test_simulator import CHAT_SIM, PASSWORD, assert_match_the_contract, ok_json, sim  # noqa: F401
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Listening:
+    """`chat-sim -p <profile> listen --json` in the background, its lines collected."""
+
+    def __init__(self, sim, profile: str, *extra: str) -> None:
+        self.process = subprocess.Popen([str(CHAT_SIM), "-p", profile, "listen", "--json", "--duration", "30", *extra],
+                                        env=sim.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self.caught_up = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        assert self.caught_up.wait(15), self.process.stderr.read() if self.process.poll() is not None else self.lines
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(json.loads(line))
+            if self.lines[-1]["type"] == "caught_up":
+                self.caught_up.set()
+
+    def wait_for(self, predicate, timeout: float = 5) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in list(self.lines) if predicate(line)]
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"not shown within {timeout}s: {self.lines}")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.reader.join(5)
+
+
+@pytest.fixture
+def trio(sim):
+    alice = ok_json(sim("-p", "alice", "signup", "alice", "--password", PASSWORD, "--json"))
+    bob = ok_json(sim("-p", "bob", "signup", "bob", "--password", PASSWORD, "--json"))
+    carol = ok_json(sim("-p", "carol", "signup", "carol", "--password", PASSWORD, "--json"))
+    chat = ok_json(sim("-p", "alice", "chats", "create", "bob", "--json"))
+    return alice, bob, carol, chat["id"]
+
+
+def test_listen_shows_another_member_typing_within_a_second_and_an_outsider_nothing(sim, trio):
+    # given: bob and carol (not in the chat) listening
+    alice, bob, carol, cid = trio
+    bob_phone, carol_phone = Listening(sim, "bob"), Listening(sim, "carol")
+    try:
+        # when
+        started = time.monotonic()
+        said = ok_json(sim("-p", "alice", "typing", str(cid), "--json"))
+
+        # then
+        [shown] = bob_phone.wait_for(lambda line: line["type"] == "typing.updated", timeout=3)
+        assert time.monotonic() - started < 3  # a subprocess start included
+        assert said == {"chat": cid, "typing": True}
+        assert (shown["kind"], shown["chat"], shown["data"]) == (
+            "event", cid, {"user": alice["id"], "typing": True, "expires_in": 8}
+        )
+        # alice stops: bob sees it once its second is up
+        sim("-p", "alice", "typing", str(cid), "--stop")
+        bob_phone.wait_for(lambda line: line["type"] == "typing.updated" and not line["data"]["typing"], timeout=3)
+        time.sleep(0.3)
+    finally:
+        bob_phone.stop()
+        carol_phone.stop()
+    assert [line for line in carol_phone.lines if line["type"] == "typing.updated"] == []
+    assert any(line["type"] == "caught_up" for line in carol_phone.lines)
+    refused = sim("-p", "carol", "typing", str(cid))
+    assert refused.returncode == 1 and "404 chat_not_found" in refused.stderr
+
+
+def test_listen_shows_a_mention_and_the_reactions_with_their_exact_payloads(sim, trio):
+    # given: both phones listening
+    alice, bob, _, cid = trio
+    alice_phone, bob_phone = Listening(sim, "alice"), Listening(sim, "bob")
+    try:
+        # when: alice mentions bob, bob reacts
+        sent = ok_json(sim("-p", "alice", "send", str(cid), "@bob look", "--json"))
+        reacted = ok_json(sim("-p", "bob", "react", str(cid), str(sent["id"]), "👍", "--json"))
+
+        # then: bob's phone has the message with its mention
+        [message] = bob_phone.wait_for(lambda line: line["kind"] == "message")
+        assert message["data"] == sent and sent["mentions"] == [bob["id"]]
+        # alice's: the message's new reactions, and that bob reacted to her message
+        [updated] = alice_phone.wait_for(lambda line: line["type"] == "message.updated")
+        [told] = alice_phone.wait_for(lambda line: line["type"] == "reaction.added")
+        assert updated["data"] == reacted
+        assert reacted["reactions"] == [{"emoji": "👍", "count": 1, "user_ids": [bob["id"]]}]
+        assert told["data"] == {"chat": cid, "message": sent["id"], "user": bob["id"], "emoji": "👍"}
+        # bob takes it back: everyone's copy loses it
+        sim("-p", "bob", "react", str(cid), str(sent["id"]), "👍", "--remove")
+        alice_phone.wait_for(lambda line: line["type"] == "message.updated" and line["data"]["reactions"] == [])
+    finally:
+        alice_phone.stop()
+        bob_phone.stop()
+    assert_match_the_contract(alice_phone.lines + bob_phone.lines)
+    # bob's phone received it (delivered) but he has not read it: one unread mention
+    [chat] = [c for c in ok_json(sim("-p", "bob", "chats", "list", "--json")) if c["id"] == cid]
+    assert chat["mention_count"] == 1
+    assert "@" in sim("-p", "bob", "chats", "list").stdout.splitlines()[0]
+    bad = sim("-p", "bob", "react", str(cid), str(sent["id"]), "🦄")
+    assert bad.returncode == 1 and "400 validation_error" in bad.stderr
+
+
+def test_the_shell_shows_typing_reactions_and_mentions(sim, trio):
+    # given: alice mentioned bob and reacted to her own message
+    alice, bob, _, cid = trio
+    sent = ok_json(sim("-p", "alice", "send", str(cid), "@bob look", "--json"))
+    sim("-p", "alice", "react", str(cid), str(sent["id"]), "🔥")
+
+    # when: bob opens the chat, reacts and says he types
+    result = subprocess.run([str(CHAT_SIM), "-p", "bob", "shell"], env=sim.env, capture_output=True, text=True,
+                            input=f"/open {cid}\n/react {sent['id']} 👍\n/typing\n/typing off\n/quit\n", timeout=30)
+
+    # then
+    assert result.returncode == 0, result.stderr
+    assert "alice: @bob look  🔥 1 @you" in result.stdout
+    assert f"message {sent['id']}: 🔥 1 👍 1" in result.stdout
+    assert "? " not in result.stdout and "error" not in result.stdout
