@@ -5,7 +5,7 @@ from bisect import bisect_left, bisect_right
 from functools import reduce
 from operator import or_
 
-from django.db.models import Count, F, Q, Window
+from django.db.models import Count, F, Q, Value, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -249,20 +249,14 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
     behind = [m for m in memberships if m.chat.last_seq > m.last_read_seq]
     if behind:
         after_pointer = reduce(or_, (Q(chat_id=m.chat_id, seq__gt=m.last_read_seq) for m in behind))
-        deleted_unread = dict(
-            Message.objects.filter(after_pointer, deleted=True)
-            .values("chat_id")
-            .annotate(n=Count("id"))
-            .values_list("chat_id", "n")
-        )
-        # Mentions of the caller after its pointer (deleted messages have no rows left).
-        after_pointer_mine = reduce(or_, (Q(chat_id=m.chat_id, seq__gt=m.last_read_seq) for m in behind))
-        mentions_unread = dict(
-            Mention.objects.filter(after_pointer_mine, user_id=memberships[0].user_id)
-            .values("chat_id")
-            .annotate(n=Count("id"))
-            .values_list("chat_id", "n")
-        )
+        # Deleted messages and mentions of the caller after its pointer (deleted messages
+        # have no mention rows left), in one query.
+        deleted = (Message.objects.filter(after_pointer, deleted=True)
+                   .values("chat_id").annotate(n=Count("id"), mention=Value(False)))
+        mentions = (Mention.objects.filter(after_pointer, user_id=memberships[0].user_id)
+                    .values("chat_id").annotate(n=Count("id"), mention=Value(True)))
+        for chat_id, n, mention in deleted.union(mentions, all=True).values_list("chat_id", "n", "mention"):
+            (mentions_unread if mention else deleted_unread)[chat_id] = n
 
     summaries = []
     now = timezone.now()

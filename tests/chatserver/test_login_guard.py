@@ -157,11 +157,12 @@ def test_logins_with_the_password_but_another_client_id_count_as_failures(broker
         probe.close()
 
 
-def test_the_simulated_phone_waits_out_a_cooldown_and_stops_only_once_signed_out(broker, transactional_db,
-                                                                               test_database_url, tmp_path):
-    # given: a stack on this broker, a phone signed up over HTTP, its account then locked
-    # by someone else's wrong passwords
-    stack = ProcessStack(database_url=test_database_url, broker=broker, workdir=tmp_path).start()
+def test_the_simulated_phone_waits_out_a_cooldown_and_stops_only_once_signed_out(broker, fault_cluster, tmp_path):
+    # given: a stack on this broker (and a database of its own: the session's relay would
+    # apply its grants to the session's broker), a phone signed up over HTTP, its account
+    # then locked by someone else's wrong passwords
+    stack = ProcessStack(database_url=fault_cluster.cluster.url(fault_cluster.new_database()), broker=broker,
+                         workdir=tmp_path).start()
     try:
         api = Api(stack.url)
         session = api.signup(f"cool{secrets.token_hex(3)}", "pass word 123")
