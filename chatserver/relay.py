@@ -314,14 +314,26 @@ class Relay(Worker):
             )
 
     def wait_acknowledged(self, pendings: list[Pending]) -> bool:
-        """Wait up to RELAY_ACK_TIMEOUT for the broker to answer all of `pendings`,
-        refreshing the heartbeat meanwhile (a stalled slice is not a dead relay)."""
+        """Wait for the broker to answer all of `pendings`, for as long as it answers
+        something at least every RELAY_ACK_TIMEOUT, refreshing the heartbeat meanwhile (a
+        stalled slice is not a dead relay).
+
+        The timeout is on silence, not on the whole wait: a broker working through a long
+        queue (dynamic-security commands rewrite its whole JSON file, milliseconds each
+        with thousands of accounts) is slow, not stalled, and sending the same work again
+        would only lengthen its queue; a batch of sign-ups' grants was resent that way,
+        growing each time, and never went through."""
         deadline = time.monotonic() + settings.RELAY_ACK_TIMEOUT
         while True:
-            remaining = deadline - time.monotonic()
-            if self.broker.wait(pendings, timeout=max(0.0, min(remaining, HEARTBEAT_EVERY))):
+            now = time.monotonic()
+            if self.broker.wait(pendings, timeout=max(0.0, min(deadline - now, HEARTBEAT_EVERY))):
                 return True
-            if remaining <= HEARTBEAT_EVERY or any(p.failed for p in pendings):
+            if any(p.failed for p in pendings):
+                return False
+            answered = self.broker.last_answer
+            if answered is not None:
+                deadline = max(deadline, answered + settings.RELAY_ACK_TIMEOUT)
+            if time.monotonic() >= deadline:
                 return False
             self.heartbeat(connected=self.broker.connected)
 

@@ -376,6 +376,9 @@ RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 RELAY_WINDOW = env_int("RELAY_WINDOW", 200)
 RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 0.02)
 RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
+# Seconds of the broker's silence (no answer to anything) after which the relay takes it
+# for stalled and sends the unanswered rows again on the next round; a broker that keeps
+# answering, however slowly, is waited for.
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
 
 # /health/ says `degraded` once the oldest queued event has waited longer than this

@@ -212,6 +212,47 @@ def test_a_stalled_broker_keeps_the_unanswered_rows_and_the_rest_of_their_slice_
     assert broker.published == list(range(15))  # the window: 5 deleted + 10 sent
 
 
+class SlowBroker(ScriptedBroker):
+    """Answers one thing per `every` seconds, in order, as a broker working through a long
+    queue of dynamic-security commands does."""
+
+    def __init__(self, every: float) -> None:
+        super().__init__()
+        self.every = every
+        self.last_answer = None
+
+    def wait(self, pendings, timeout: float) -> bool:
+        self.waits += 1
+        deadline = time.monotonic() + timeout
+        while self.outstanding and not all(p.finished for p in pendings) and time.monotonic() < deadline:
+            time.sleep(self.every)
+            pending, _, _ = self.outstanding.pop(0)
+            if pending.commands is not None:
+                pending._complete(result=[(command, None) for command in pending.commands])
+            else:
+                pending._complete(error=None)
+            self.last_answer = time.monotonic()
+        return all(pending.done for pending in pendings)
+
+
+def test_a_slow_broker_that_keeps_answering_is_waited_for_not_sent_the_same_work_again(settings):
+    # given: a slice whose answers take 3 x RELAY_ACK_TIMEOUT in all, each well within it
+    settings.RELAY_WINDOW, settings.RELAY_ACK_TIMEOUT = 20, 0.2
+    rows = backlog(10)
+    broker = SlowBroker(every=0.06)
+    relay = scripted_relay(broker)
+
+    # when
+    started = time.monotonic()
+    sent = relay.send(rows)
+
+    # then: all of it went through once, nothing resent, nothing left
+    assert sent is True
+    assert time.monotonic() - started >= 0.5
+    assert broker.published == list(range(10))
+    assert queued() == []
+
+
 @pytest.mark.parametrize("reason", ["Server busy", "Quota exceeded"])
 def test_a_transient_refusal_keeps_the_refused_row_and_those_after_it_queued(settings, reason):
     # given
