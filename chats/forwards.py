@@ -14,6 +14,7 @@ reading history (a member of its chat now) and not deleted; anything else is
 """
 
 from chats.errors import MessageNotFound
+from chats.invites import invite_summary
 from chats.models import Attachment, Message
 from chats.selectors import MESSAGE_RELATED
 from chats.shapes import attachment_or_none
@@ -67,6 +68,4 @@ def invite_copy(source: Message) -> dict | None:
     expiry, no answers."""
     if source.invite is None:
         return None
-    from chats.invites import invite_summary
-
     return invite_summary(source.invite, answers=[])

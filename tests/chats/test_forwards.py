@@ -228,3 +228,17 @@ def test_deleting_the_original_s_chat_keeps_the_forward_s_file(chats, media_root
 
     assert stored_files(media_root) == files
     assert download(carol, body["attachment"]["url"]) == (200, files[0].read_bytes())
+
+
+def test_a_forwarded_invitation_is_a_new_one_without_answers(chats):
+    alice, bob, carol, source, target = chats
+    invite = send(alice, source, type="invite", invite={"title": "chess"}).json()
+    bob.client.post(f"/chats/{source}/messages/{invite['id']}/answer/", {"answer": "accept"}, format="json")
+
+    body = forward(bob, target, invite["id"]).json()
+
+    assert (body["type"], body["author"], body["forwarded_from"]["id"]) == ("invite", bob.id, alice.id)
+    assert body["invite"] == {"title": "chess", "url": None, "expires_at": None, "accepted": 0, "declined": 0,
+                              "answers": []}
+    assert carol.client.post(f"/chats/{target}/messages/{body['id']}/answer/", {"answer": "accept"},
+                             format="json").json()["invite"]["accepted"] == 1
