@@ -179,7 +179,7 @@ def test_a_forward_with_a_client_id_is_sent_once(chats):
     assert (first.status_code, again.status_code) == (201, 200) and again.json()["id"] == first.json()["id"]
 
 
-def test_what_a_forward_costs_and_that_a_plain_send_costs_nothing_more(chats):
+def test_what_a_forward_and_an_invitation_cost_and_that_a_plain_send_costs_nothing_more(chats):
     alice, bob, _, source, target = chats
     original = send(alice, source, content="hi").json()
     send(bob, target, content="warm-up")
@@ -192,8 +192,13 @@ def test_what_a_forward_costs_and_that_a_plain_send_costs_nothing_more(chats):
     # plain: token, rate limit, the write, the outbox row, savepoint and release (as in
     # test_chats); a forward adds: the client_id look-up, the original (read, then locked)
     # and the forward's columns
+    with CaptureQueriesContext(connection) as invited:
+        assert send(bob, target, type="invite", invite={"title": "chess"}, client_id="i1").status_code == 201
+
     assert len(plain) == 6, [q["sql"] for q in plain.captured_queries]
     assert len(forwarded) == 10, [q["sql"] for q in forwarded.captured_queries]
+    # an invitation: its columns
+    assert len(invited) == 7, [q["sql"] for q in invited.captured_queries]
 
 
 @pytest.mark.django_db(transaction=True)
