@@ -4,7 +4,7 @@ from enum import StrEnum, unique
 
 from django.conf import settings
 
-from chatserver.errors import ApplicationError, NotFound, PermissionDenied
+from chatserver.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 
 
 @unique
@@ -20,6 +20,12 @@ class ChatsErrorCode(StrEnum):
     MESSAGE_DELETED = "message_deleted"
     LINK_EXPIRED = "link_expired"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    # pins, forwards, invitations
+    TOO_MANY_PINNED_CHATS = "too_many_pinned_chats"
+    TOO_MANY_PINS = "too_many_pins"
+    NOT_AN_INVITATION = "not_an_invitation"
+    INVITATION_EXPIRED = "invitation_expired"
+    OWN_INVITATION = "own_invitation"
 
 
 class ChatNotFound(NotFound):
@@ -83,3 +89,35 @@ class PayloadTooLarge(ApplicationError):
     def __init__(self) -> None:
         limit = settings.ATTACHMENT_MAX_SIZE // (1024 * 1024)
         super().__init__(f"Files are limited to {limit} MB.")
+
+
+# --- pins, forwards, invitations ---
+
+# At most this many pinned chats per member, and pinned messages per chat.
+PINNED_CHATS_MAX = 5
+PINS_MAX = 50
+
+
+class TooManyPinnedChats(Conflict):
+    code = ChatsErrorCode.TOO_MANY_PINNED_CHATS
+    message = f"At most {PINNED_CHATS_MAX} chats can be pinned; unpin one first."
+
+
+class TooManyPins(Conflict):
+    code = ChatsErrorCode.TOO_MANY_PINS
+    message = f"At most {PINS_MAX} messages can be pinned in a chat; unpin one first."
+
+
+class NotAnInvitation(ApplicationError):
+    code = ChatsErrorCode.NOT_AN_INVITATION
+    message = "This message is not an invitation."
+
+
+class InvitationExpired(Conflict):
+    code = ChatsErrorCode.INVITATION_EXPIRED
+    message = "This invitation has expired."
+
+
+class OwnInvitation(Conflict):
+    code = ChatsErrorCode.OWN_INVITATION
+    message = "You cannot answer your own invitation."

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import filetype
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db.models import Q
 from PIL import Image, UnidentifiedImageError
 
 # Sniffed MIME type -> (message type, MIME type served). Served inline only these.
@@ -111,3 +112,22 @@ def discard(*names: str) -> None:
     for name in names:
         if name:
             default_storage.delete(name)
+
+
+def discard_unreferenced(*names: str) -> None:
+    """Delete the stored files that no attachment refers to any more. A forward's
+    attachment shares its original's files (no copy of the bytes), so deleting a message
+    (or a chat) keeps what another message still shows. Called once the deletion is
+    committed: a forward that was being written then has committed too (it locks its
+    original's row, which the deletion writes), and is seen here."""
+    from chats.models import Attachment
+
+    names = {name for name in names if name}
+    if not names:
+        return
+    used = set()
+    for file, thumbnail in Attachment.objects.filter(Q(file__in=names) | Q(thumbnail__in=names)).values_list(
+        "file", "thumbnail"
+    ):
+        used.update((file, thumbnail))
+    discard(*sorted(names - used))

@@ -66,6 +66,15 @@ class Membership(models.Model):
     # unread counts are not affected. Seen by the member only.
     muted_until = models.DateTimeField(null=True, blank=True)
 
+    # --- pins and archive (the member's own list; seen by the member only) ---
+    # Pinned chats come first in the member's list, the latest pinned first (at most
+    # `chats.errors.PINNED_CHATS_MAX`).
+    pinned_at = models.DateTimeField(null=True, blank=True)
+    # Archived at this chat.last_seq: out of the list (and in `?archived=true`) until a
+    # newer message arrives, unless the chat is muted then (a muted archived chat stays
+    # archived). Nothing is written when the message arrives: the list compares seqs.
+    archived_at_seq = models.BigIntegerField(null=True, blank=True)
+
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["chat", "user"], name="chats_membership_chat_user_unique"),
@@ -79,6 +88,7 @@ class Message(models.Model):
         AUDIO = "audio"
         VIDEO = "video"
         FILE = "file"
+        INVITE = "invite"
 
     # No separate index on chat: (chat, seq) and (chat, version) serve every chat lookup.
     chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages", db_index=False)
@@ -110,6 +120,26 @@ class Message(models.Model):
     # `Mention` rows count them per reader.
     mentions = models.JSONField(default=list, db_default=Value("[]"))
 
+    # --- pins, forwards, invitations ---
+    # Pinned in its chat (by an admin or the owner of a group, by either member of a
+    # direct chat); deleting the message unpins it.
+    pinned_at = models.DateTimeField(null=True, blank=True)
+    pinned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        db_index=False,
+    )
+    # A forward: its content and file are the original's. `forwarded_from` is the original
+    # message's author (the first one's, for a forward of a forward), never its chat. The
+    # send's statement does not name these: they default in the database too.
+    forwarded = models.BooleanField(default=False, db_default=False)
+    forwarded_from = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        db_index=False,
+    )
+    # An invitation (type `invite`): `{title, url, expires_at}` and the broadcast summary
+    # of its answers (the `InviteAnswer` rows are the truth, rebuilt under the chat's lock).
+    invite = models.JSONField(null=True, blank=True)
+
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["chat", "seq"], name="chats_message_chat_seq_unique"),
@@ -125,6 +155,10 @@ class Message(models.Model):
             # Unread counts subtract deleted messages: few, so a small partial index.
             models.Index(
                 fields=["chat", "seq"], condition=Q(deleted=True), name="chats_message_deleted_idx"
+            ),
+            # A chat's pins (the list, the cap): few, so a small partial index.
+            models.Index(
+                fields=["chat", "pinned_at"], condition=Q(pinned_at__isnull=False), name="chats_message_pinned_idx"
             ),
         ]
 
@@ -174,3 +208,25 @@ class Mention(models.Model):
             models.UniqueConstraint(fields=["message", "user"], name="chats_mention_unique"),
         ]
         indexes = [models.Index(fields=["user", "chat", "seq"], name="chats_mention_unread_idx")]
+
+
+# --- invitations ---
+
+
+class InviteAnswer(models.Model):
+    """One member's answer to an invitation: one per member and invitation, changeable."""
+
+    class Answer(models.TextChoices):
+        ACCEPT = "accept"
+        DECLINE = "decline"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    answer = models.CharField(max_length=8, choices=Answer)
+    answered_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Also the index that reads an invitation's answers.
+            models.UniqueConstraint(fields=["message", "user"], name="chats_inviteanswer_unique"),
+        ]

@@ -13,6 +13,7 @@ MESSAGE = {
     "client_id": "3f2a9c1e-6b1d-4e0a-9d55-0c8f1a2b7e41", "created_at": "2026-12-01T09:31:02.118000Z",
     "edited_at": None, "deleted": False, "version": 5, "unread_count": 0, "attachment": None,
     "reactions": [{"emoji": "👍", "count": 2, "user_ids": [43, 44]}], "mentions": [43],
+    "pinned_at": None, "pinned_by": None, "forwarded": False, "forwarded_from": None, "invite": None,
 }
 IMAGE = {
     **MESSAGE, "id": 347, "seq": 3, "type": "image", "content": "the crag", "reply_to": None,
@@ -21,7 +22,27 @@ IMAGE = {
                    "thumbnail_url": "/chats/12/messages/347/attachment/thumbnail/",
                    "mime": "image/jpeg", "size": 482113, "name": "crag.jpg", "width": 1600, "height": 1200},
 }
-SUMMARY = {**CHAT, "last_message": MESSAGE, "unread_count": 0, "mention_count": 0, "muted_until": None, "muted": False}
+# --- pins, forwards, invitations ---
+FORWARD = {
+    **IMAGE, "id": 348, "seq": 4, "author": 43, "content": "the crag", "client_id": None, "version": 7,
+    "unread_count": 2, "forwarded": True,
+    "forwarded_from": {"id": 42, "username": "alice", "display_name": "Alice"},
+    "attachment": {**IMAGE["attachment"], "url": "/chats/12/messages/348/attachment/",
+                   "thumbnail_url": "/chats/12/messages/348/attachment/thumbnail/"},
+}
+INVITE_INPUT = {"title": "Chess, best of three", "url": "https://play.example.org/g/8f2k",
+                "expires_at": "2026-12-01T20:00:00Z"}
+INVITE = {
+    **MESSAGE, "id": 349, "seq": 5, "type": "invite", "content": "Chess, best of three", "reply_to": None,
+    "reply_preview": None, "client_id": None, "version": 9, "reactions": [], "mentions": [],
+    "pinned_at": "2026-12-01T09:40:00Z", "pinned_by": 42,
+    "invite": {**INVITE_INPUT, "accepted": 1, "declined": 1, "answers": [
+        {"user": 43, "answer": "accept", "at": "2026-12-01T09:35:12.004000Z"},
+        {"user": 44, "answer": "decline", "at": "2026-12-01T09:36:40Z"},
+    ]},
+}
+SUMMARY = {**CHAT, "last_message": MESSAGE, "unread_count": 0, "mention_count": 0, "muted_until": None, "muted": False,
+           "pinned": True, "archived": False}
 SYNC = {
     "changed": [{"id": 12, "version": 6, "messages": [IMAGE], "has_more": False, "members": [OWNER, MEMBER]}],
     "removed": [9],

@@ -13,7 +13,9 @@ from chats import shapes
 from chats.errors import ChatNotFound, InvalidCursor, MessageNotFound
 from chats.models import Membership, Mention, Message
 
-
+# What a message's API object reads beyond its row, joined in the same query: its file and
+# the author of the message it forwards.
+MESSAGE_RELATED = ("attachment", "forwarded_from")
 
 
 def membership_get_for_member(*, chat_id: int, user_id: int) -> Membership:
@@ -28,7 +30,7 @@ def membership_get_for_member(*, chat_id: int, user_id: int) -> Membership:
 
 def chat_members(*, chat_id: int) -> list[Membership]:
     return list(
-        Membership.objects.filter(chat_id=chat_id).select_related("user").order_by("joined_at", "id")
+        Membership.objects.filter(chat_id=chat_id).select_related("user", "chat").order_by("joined_at", "id")
     )
 
 
@@ -50,7 +52,7 @@ def message_page(
     ) if cursors else {}
     if cursors - seqs.keys():
         raise InvalidCursor()
-    messages = Message.objects.filter(chat_id=chat_id).select_related("attachment")
+    messages = Message.objects.filter(chat_id=chat_id).select_related(*MESSAGE_RELATED)
     if before is not None:
         messages = messages.filter(seq__lt=seqs[before])
     if after is not None:
@@ -142,7 +144,7 @@ def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
         after = reduce(or_, (Q(chat_id=m.chat_id, version__gt=chats[m.chat_id]) for m in changed))
         first_changes = (
             Message.objects.filter(after)
-            .select_related("attachment")
+            .select_related(*MESSAGE_RELATED)
             .annotate(rank=Window(RowNumber(), partition_by=F("chat_id"), order_by=F("version").asc()))
             .filter(rank__lte=limit + 1)
             .order_by("chat_id", "version")
@@ -186,22 +188,32 @@ def sync(*, user_id: int, chats: dict[int, int], limit: int) -> dict:
 
 
 def message_get_in_chat(*, chat_id: int, message_id: int) -> Message:
-    message = Message.objects.filter(chat_id=chat_id, id=message_id).select_related("attachment").first()
+    message = Message.objects.filter(chat_id=chat_id, id=message_id).select_related(*MESSAGE_RELATED).first()
     if message is None:
         raise MessageNotFound()
     return message
 
 
 
-def chat_list_queryset(*, user_id: int):
-    """The user's memberships, most recent activity first, without the direct chats it
-    hid (until a newer message brings them back)."""
+def chat_list_queryset(*, user_id: int, archived: bool = False):
+    """The user's memberships: pinned chats first (the latest pinned first), then most
+    recent activity first, without the direct chats it hid (until a newer message brings
+    them back) and without its archived chats; with `archived`, its archived chats only.
+
+    A chat archived at seq n is archived while it has no message after n, or while it is
+    muted (a muted archived chat stays archived): nothing is written when a message
+    brings it back, so the send costs nothing for it."""
     visible = Q(hidden_at_seq__isnull=True) | Q(chat__last_seq__gt=F("hidden_at_seq"))
+    now = timezone.now()
+    is_archived = Q(archived_at_seq__isnull=False) & (
+        Q(chat__last_seq__lte=F("archived_at_seq")) | Q(muted_until__gt=now)
+    )
     return (
         Membership.objects.filter(user_id=user_id)
         .filter(visible)
+        .filter(is_archived if archived else ~is_archived)
         .select_related("chat")
-        .order_by("-chat__activity_at", "-chat_id")
+        .order_by(F("pinned_at").desc(nulls_last=True), "-chat__activity_at", "-chat_id")
     )
 
 
@@ -244,7 +256,7 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
     last_messages = {}
     if with_messages:
         newest = reduce(or_, (Q(chat_id=m.chat_id, seq=m.chat.last_seq) for m in with_messages))
-        last_messages = {msg.chat_id: msg for msg in Message.objects.filter(newest).select_related("attachment")}
+        last_messages = {msg.chat_id: msg for msg in Message.objects.filter(newest).select_related(*MESSAGE_RELATED)}
     deleted_unread, mentions_unread = {}, {}
     behind = [m for m in memberships if m.chat.last_seq > m.last_read_seq]
     if behind:
@@ -276,6 +288,21 @@ def chat_summaries(*, memberships: list[Membership]) -> list[dict]:
                 "unread_count": max(unread, 0),
                 "mention_count": mentions_unread.get(chat.id, 0),
                 **shapes.mute_data(membership, now=now),
+                **shapes.list_data(membership, now=now),
             }
         )
     return summaries
+
+
+# --- pins ---
+
+
+def message_pins(*, chat_id: int) -> list[Message]:
+    """A chat's pinned messages, the latest pinned first (at most `errors.PINS_MAX`: no
+    page), annotated for `shapes.message_output`."""
+    pins = list(
+        Message.objects.filter(chat_id=chat_id, pinned_at__isnull=False)
+        .select_related(*MESSAGE_RELATED)
+        .order_by("-pinned_at", "-id")
+    )
+    return messages_annotate(chat_id=chat_id, messages=pins)

@@ -5,14 +5,16 @@ serializers here describe them for the API schema.
 """
 
 import re
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from chats import schema
-from chats.models import MUTED_FOREVER, Chat, Membership, Message
-from chatserver.fields import QueryIntegerField, StrictBooleanField, StrictCharField, is_blank
+from chats.models import MUTED_FOREVER, Chat, InviteAnswer, Membership, Message
+from chatserver.fields import QueryIntegerField, StrictBooleanField, StrictCharField, StrictInput, is_blank
 from chatserver.urls_converters import MAX_ID, IdConverter
 
 _CHAT_KEY = re.compile(IdConverter.regex)
@@ -31,9 +33,42 @@ class ChatRenameInput(serializers.Serializer):
     name = StrictCharField(max_length=100)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("A reply", value={"content": "Saturday at 10?", "reply_to": 345, "client_id": "3f2a9c1e-6b1d-4e0a-9d55-0c8f1a2b7e41"})])
+# --- invitations (input) ---
+
+
+class InviteInput(StrictInput):
+    """An invitation: `title` (1-100 characters), `url` (http or https), `expires_at` (a
+    time to come)."""
+
+    title = StrictCharField(max_length=100)
+    url = serializers.URLField(max_length=2000, required=False, allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+    def validate_title(self, value: str) -> str:
+        if is_blank(value):
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+    def validate_url(self, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme.lower() not in ("http", "https"):
+            raise serializers.ValidationError("Use an http or https URL.")
+        return value
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Use a time to come.")
+        return value
+
+
+@extend_schema_serializer(examples=[
+    OpenApiExample("A reply", value={"content": "Saturday at 10?", "reply_to": 345, "client_id": "3f2a9c1e-6b1d-4e0a-9d55-0c8f1a2b7e41"}),
+    OpenApiExample("A forward", value={"forward_of": 347, "client_id": "7d1c0b9e-2f4a-4c3b-8e6d-5a9f0e1b2c3d"}),
+    OpenApiExample("An invitation", value={"type": "invite", "invite": schema.INVITE_INPUT}),
+])
 class MessageCreateInput(serializers.Serializer):
-    """JSON `{content, reply_to?, client_id?}` (`MessageUploadInput` for a file)."""
+    """JSON `{content, reply_to?, client_id?}` (`MessageUploadInput` for a file);
+    `{forward_of, ...}` forwards a message (no `content`); `{type: "invite", invite,
+    content?}` sends an invitation (its content defaults to its title)."""
 
     content = StrictCharField(
         max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False, default=""
@@ -43,8 +78,37 @@ class MessageCreateInput(serializers.Serializer):
         max_length=64, required=False, allow_null=True, default=None, trim_whitespace=False
     )
 
+    # pins, forwards, invitations
+    forward_of = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, required=False, allow_null=True, default=None,
+        help_text="Forward this message (one the caller can read now): its content and file; send no content.",
+    )
+    type = serializers.ChoiceField(
+        choices=[Message.Type.TEXT, Message.Type.INVITE], required=False, default=Message.Type.TEXT,
+        help_text="`text` (a file's message gets its type from the file), or `invite` with `invite`.",
+    )
+    invite = InviteInput(required=False, allow_null=True, default=None)
+
     def validate(self, attrs):
-        if attrs.get("file") is None and is_blank(attrs["content"]):
+        file = attrs.get("file")
+        if attrs["forward_of"] is not None:
+            # A forward is the original's words and file: nothing of one's own to add.
+            if "content" in self.initial_data:
+                raise serializers.ValidationError({"content": ["A forward takes the original's content: send none."]})
+            if file is not None:
+                raise serializers.ValidationError({"file": ["A forward takes the original's file: send none."]})
+            if attrs["type"] != Message.Type.TEXT or attrs["invite"] is not None:
+                raise serializers.ValidationError({"forward_of": ["A forward cannot be an invitation too."]})
+        elif attrs["type"] == Message.Type.INVITE:
+            if attrs["invite"] is None:
+                raise serializers.ValidationError({"invite": ["An invitation needs its invite."]})
+            if file is not None:
+                raise serializers.ValidationError({"file": ["An invitation takes no file."]})
+            if is_blank(attrs["content"]):
+                attrs["content"] = attrs["invite"]["title"]
+        elif attrs["invite"] is not None:
+            raise serializers.ValidationError({"type": ['Send type "invite" with an invite.']})
+        elif file is None and is_blank(attrs["content"]):
             raise serializers.ValidationError({"content": ["This field may not be blank."]})
         return {"file": None, **attrs}
 
@@ -121,6 +185,12 @@ class AttachmentLinkOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField()
 
 
+class ChatListQuery(serializers.Serializer):
+    archived = serializers.BooleanField(
+        required=False, default=False, help_text="`true`: the archived chats only (else they are left out)."
+    )
+
+
 class HistoryQuery(serializers.Serializer):
     before = QueryIntegerField(
         min_value=1, max_value=MAX_ID, required=False, default=None, help_text="Only messages older than this id."
@@ -142,17 +212,21 @@ class MutedUntilField(serializers.DateTimeField):
 
 
 @extend_schema_serializer(examples=[OpenApiExample("A role", value={"role": "admin"}),
-                                    OpenApiExample("Muted for good", value={"muted_until": "forever"})])
+                                    OpenApiExample("Muted for good", value={"muted_until": "forever"}),
+                                    OpenApiExample("Pinned", value={"pinned": True}),
+                                    OpenApiExample("Archived", value={"archived": True})])
 class MemberUpdateInput(serializers.Serializer):
-    """`{role}` changes a member's role; `{muted_until}` mutes the chat for oneself.
-    One of them per request."""
+    """`{role}` changes a member's role; `{muted_until}` mutes the chat for oneself,
+    `{pinned}` pins it in one's list, `{archived}` archives it. One of them per request."""
 
     role = serializers.ChoiceField(choices=Membership.Role.choices, required=False)
     muted_until = MutedUntilField(required=False, allow_null=True)
+    pinned = StrictBooleanField(required=False)
+    archived = StrictBooleanField(required=False)
 
     def validate(self, attrs):
         if len(attrs) != 1:
-            raise serializers.ValidationError("Send either role or muted_until.")
+            raise serializers.ValidationError("Send one of role, muted_until, pinned or archived.")
         return attrs
 
 
@@ -165,12 +239,14 @@ class MemberOutput(serializers.Serializer):
     last_delivered_message_id = serializers.IntegerField(allow_null=True)
 
 
-@extend_schema_serializer(examples=[OpenApiExample("The caller's own entry", value={**schema.OWNER, "muted_until": None, "muted": False})])
+@extend_schema_serializer(examples=[OpenApiExample("The caller's own entry", value={**schema.OWNER, "muted_until": None, "muted": False, "pinned": True, "archived": False})])
 class MemberListOutput(MemberOutput):
     """A member in the members list: the caller's own entry (only) has its mute."""
 
     muted_until = serializers.DateTimeField(allow_null=True, required=False)
     muted = serializers.BooleanField(required=False, help_text="muted_until is in the future.")
+    pinned = serializers.BooleanField(required=False, help_text="Pinned in the caller's list.")
+    archived = serializers.BooleanField(required=False, help_text="Archived in the caller's list.")
 
 
 @extend_schema_serializer(examples=[OpenApiExample("A group", value=schema.CHAT)])
@@ -213,8 +289,45 @@ class ReactionOutput(serializers.Serializer):
     user_ids = serializers.ListField(child=serializers.IntegerField(), help_text="In reaction order, at most 100.")
 
 
+# --- pins, forwards, invitations (output) ---
+
+
+class ForwardedFromOutput(serializers.Serializer):
+    """The author of the message a forward copies, as it is now; null when that account
+    was deleted (`forwarded` still says it is a forward)."""
+
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    display_name = serializers.CharField(allow_blank=True)
+
+
+class InviteAnswerOutput(serializers.Serializer):
+    user = serializers.IntegerField()
+    answer = serializers.ChoiceField(choices=InviteAnswer.Answer.choices)
+    at = serializers.DateTimeField()
+
+
+class InviteOutput(serializers.Serializer):
+    """An invitation, the same for every reader."""
+
+    title = serializers.CharField()
+    url = serializers.CharField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    accepted = serializers.IntegerField(min_value=0)
+    declined = serializers.IntegerField(min_value=0)
+    answers = InviteAnswerOutput(many=True, help_text="In the order given (a changed answer moves to the end), at most 100.")
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Accept", value={"answer": "accept"}),
+                                    OpenApiExample("Decline", value={"answer": "decline"})])
+class InviteAnswerInput(serializers.Serializer):
+    answer = serializers.ChoiceField(choices=InviteAnswer.Answer.choices)
+
+
 @extend_schema_serializer(examples=[OpenApiExample("A reply", value=schema.MESSAGE),
-                                    OpenApiExample("An image", value=schema.IMAGE)])
+                                    OpenApiExample("An image", value=schema.IMAGE),
+                                    OpenApiExample("A forward", value=schema.FORWARD),
+                                    OpenApiExample("An invitation", value=schema.INVITE)])
 class MessageOutput(serializers.Serializer):
     id = serializers.IntegerField()
     chat = serializers.IntegerField()
@@ -235,6 +348,12 @@ class MessageOutput(serializers.Serializer):
     mentions = serializers.ListField(
         child=serializers.IntegerField(), help_text="The ids of the members it mentions (`@username`, `@all`)."
     )
+    # pins, forwards, invitations
+    pinned_at = serializers.DateTimeField(allow_null=True, help_text="When it was pinned in its chat; null if not.")
+    pinned_by = serializers.IntegerField(allow_null=True, help_text="Who pinned it; null if not pinned.")
+    forwarded = serializers.BooleanField(help_text="A forward of another message.")
+    forwarded_from = ForwardedFromOutput(allow_null=True)
+    invite = InviteOutput(allow_null=True, help_text="An invitation's (type `invite`); null for any other message, and once deleted.")
 
 
 @extend_schema_serializer(examples=[OpenApiExample("The newest page", value={"results": [schema.MESSAGE, schema.IMAGE], "has_more": True})])
@@ -252,6 +371,8 @@ class ChatSummaryOutput(ChatOutput):
     mention_count = serializers.IntegerField(help_text="Unread messages that mention the caller.")
     muted_until = serializers.DateTimeField(allow_null=True, help_text="The caller's mute of this chat.")
     muted = serializers.BooleanField()
+    pinned = serializers.BooleanField(help_text="Pinned by the caller: first in its list.")
+    archived = serializers.BooleanField(help_text="Archived by the caller (in `?archived=true`).")
 
 
 class SyncChatOutput(serializers.Serializer):

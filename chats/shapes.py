@@ -72,7 +72,29 @@ def message_data(message: Message, *, unread_count: int, reply_preview: dict | N
         "attachment": attachment_data(message),
         "reactions": message.reactions,
         "mentions": message.mentions,
+        # pins, forwards, invitations
+        "pinned_at": message.pinned_at,
+        "pinned_by": message.pinned_by_id,
+        "forwarded": message.forwarded,
+        "forwarded_from": forwarded_from_data(message),
+        "invite": message.invite,
     }
+
+
+# --- pins, forwards, invitations ---
+
+
+def forwarded_from_data(message: Message) -> dict | None:
+    """The author of the message a forward copies, `{id, username, display_name}`, as it
+    is now (never the original's chat); null for a message that is no forward, and for a
+    forward whose original author deleted the account (`forwarded` still says it is one).
+    Reads `message.forwarded_from`: load it with the message (`selectors.MESSAGE_RELATED`)."""
+    if message.forwarded_from_id is None:
+        return None
+    user = message.forwarded_from
+    if user.deleted_at is not None:
+        return None
+    return {"id": user.id, "username": user.username, "display_name": user.display_name}
 
 
 def message_output(message: Message) -> dict:
@@ -99,12 +121,24 @@ def mute_data(membership: Membership, *, now: datetime) -> dict:
     return {"muted_until": until, "muted": until is not None and until > now}
 
 
+def list_data(membership: Membership, *, now: datetime) -> dict:
+    """Where the chat stands in one's own list: pinned (first), archived (out of the main
+    list). Archived means archived and, since, no newer message or still muted (reads
+    `membership.chat.last_seq`). Shown to oneself only, like the mute."""
+    archived = membership.archived_at_seq is not None and (
+        membership.chat.last_seq <= membership.archived_at_seq
+        or (membership.muted_until is not None and membership.muted_until > now)
+    )
+    return {"pinned": membership.pinned_at is not None, "archived": archived}
+
+
 def member_output(membership: Membership, *, caller_id: int, now: datetime) -> dict:
     """A member as the caller sees it (members list, member changes): its own entry also
     carries its mute, which events to the others never do."""
     data = member_data(membership)
     if membership.user_id == caller_id:
         data.update(mute_data(membership, now=now))
+        data.update(list_data(membership, now=now))
     return data
 
 

@@ -29,6 +29,10 @@ urlpatterns = [
         name="reaction",
     ),
     path("<id:chat_id>/typing/", views.TypingView.as_view(), name="typing"),
+    # pins, forwards, invitations
+    path("<id:chat_id>/pins/", views.ChatPinsView.as_view(), name="chat-pins"),
+    path("<id:chat_id>/messages/<id:message_id>/pin/", views.MessagePinView.as_view(), name="message-pin"),
+    path("<id:chat_id>/messages/<id:message_id>/answer/", views.InviteAnswerView.as_view(), name="invite-answer"),
     path("<id:chat_id>/users/", views.ChatMembersView.as_view(), name="chat-members"),
     path("<id:chat_id>/users/<id:user_id>/", views.ChatMemberView.as_view(), name="chat-member"),
     path(

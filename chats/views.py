@@ -19,6 +19,10 @@ from chats.services.message_send import message_send
 from chats.services.pointers import pointer_move
 from chats.services.reactions import EMOJI, reaction_add, reaction_remove
 from chats.services.typing import typing_update
+from chats.invites import invite_new
+from chats.models import Message
+from chats.services import pins as pin_services
+from chats.services.invites import invite_answer
 from chats.serializers import (
     AttachmentLinkOutput,
     ChatCreateInput,
@@ -37,6 +41,8 @@ from chats.serializers import (
     SyncInput,
     SyncOutput,
     TypingInput,
+    ChatListQuery,
+    InviteAnswerInput,
 )
 from accounts.errors import BlockedError, UserNotFound
 from chats.errors import (
@@ -51,6 +57,11 @@ from chats.errors import (
     NotAllowed,
     NotAuthor,
     PayloadTooLarge,
+    InvitationExpired,
+    NotAnInvitation,
+    OwnInvitation,
+    TooManyPinnedChats,
+    TooManyPins,
 )
 from chats.throttles import SendThrottle, UploadThrottle
 from chatserver.errors import NotYours
@@ -168,9 +179,12 @@ class ChatMessagesView(APIView):
         request={"application/json": MessageCreateInput, "multipart/form-data": MessageUploadInput},
         responses={201: MessageOutput, 200: MessageOutput},
         tags=["messages"],
-        description="The same client_id again returns the first message with 200.",
+        description="The same client_id again returns the first message with 200. "
+        "`forward_of` forwards a message the caller can read (its content and file, "
+        "`forwarded_from`; 404 `message_not_found` for one it cannot read or a deleted one); "
+        "`type: invite` with `invite` sends an invitation.",
     )
-    @raises(ChatNotFound, CannotPost, BlockedError, PayloadTooLarge)
+    @raises(ChatNotFound, CannotPost, BlockedError, PayloadTooLarge, MessageNotFound)
     def post(self, request, chat_id: int):
         upload = request.content_type.startswith("multipart/")
         data = (MessageUploadInput if upload else MessageCreateInput)(data=request.data)
@@ -187,8 +201,14 @@ class ChatMessagesView(APIView):
             reply_to_id=data.validated_data["reply_to"],
             client_id=data.validated_data["client_id"],
             upload=data.validated_data["file"],
+            forward_of_id=data.validated_data["forward_of"],
+            invite=_invite_or_none(data.validated_data),
         )
         return Response(shapes.message_output(message), status=201 if created else 200)
+
+
+def _invite_or_none(data: dict) -> dict | None:
+    return invite_new(**data["invite"]) if data["type"] == Message.Type.INVITE else None
 
 
 class MessageDetailView(APIView):
@@ -395,24 +415,33 @@ class ChatMemberView(APIView):
         return Response(shapes.member_data(membership), status=201 if created else 200)
 
     @extend_schema(
-        summary="Change a member's role, or mute the chat for oneself.",
+        summary="Change a member's role, or mute, pin or archive the chat for oneself.",
         request=MemberUpdateInput,
         responses={200: MemberListOutput},
         tags=["members"],
         description="`{role}` changes a member's role (see the roles matrix); "
         "`{muted_until: <ISO-8601> | \"forever\" | null}` on oneself mutes the chat's pushes "
-        "until then, for good, or no more (MQTT delivery and unread counts go on).",
+        "until then, for good, or no more (MQTT delivery and unread counts go on); "
+        "`{pinned: true|false}` pins the chat first in one's list (at most 5); "
+        "`{archived: true|false}` archives it (out of the list until a newer message, unless muted).",
     )
-    @raises(ChatNotFound, NotYours, NotAGroup, NotAllowed, UserNotFound)
+    @raises(ChatNotFound, NotYours, NotAGroup, NotAllowed, UserNotFound, TooManyPinnedChats)
     def patch(self, request, chat_id: int, user_id: int):
         data = MemberUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
+        own = {"muted_until", "pinned", "archived"} & set(data.validated_data)
+        if own and user_id != request.user.id:
+            selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
+            raise NotYours()
         if "muted_until" in data.validated_data:
-            if user_id != request.user.id:
-                selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
-                raise NotYours()
             membership = member_services.member_mute(
                 chat_id=chat_id, actor=request.user, until=data.validated_data["muted_until"]
+            )
+        elif "pinned" in data.validated_data:
+            membership = pin_services.member_pin(chat_id=chat_id, actor=request.user, pinned=data.validated_data["pinned"])
+        elif "archived" in data.validated_data:
+            membership = pin_services.member_archive(
+                chat_id=chat_id, actor=request.user, archived=data.validated_data["archived"]
             )
         else:
             membership = member_services.member_set_role(
@@ -433,7 +462,9 @@ class UserChatsView(generics.ListAPIView):
 
     @extend_schema(
         summary="The caller's chat list, most recent activity first, with unread counts.",
-        responses={200: ChatSummaryOutput(many=True)}, tags=["chats"],
+        responses={200: ChatSummaryOutput(many=True)}, tags=["chats"], parameters=[ChatListQuery],
+        description="Pinned chats first (the latest pinned first), then by activity; archived "
+        "chats only with `?archived=true`, and then only they.",
     )
     @raises(NotYours)
     def get(self, request, *args, **kwargs):
@@ -442,8 +473,66 @@ class UserChatsView(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        return selectors.chat_list_queryset(user_id=self.request.user.id)
+        query = ChatListQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return selectors.chat_list_queryset(user_id=self.request.user.id, archived=query.validated_data["archived"])
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(selectors.chat_summaries(memberships=page))
+
+
+# --- pins, forwards, invitations ---
+
+
+class MessagePinView(APIView):
+    @extend_schema(
+        summary="Pin a message in its chat.",
+        request=None, responses={200: MessageOutput}, tags=["messages"],
+        description="Admins and the owner of a group; either member of a direct chat. At most "
+        "50 per chat. Idempotent. Members get `message.updated` with `pinned_at` and `pinned_by`.",
+    )
+    @raises(ChatNotFound, NotAllowed, MessageNotFound, MessageDeleted, TooManyPins)
+    def put(self, request, chat_id: int, message_id: int):
+        message = pin_services.message_pin(actor=request.user, chat_id=chat_id, message_id=message_id, pinned=True)
+        return Response(shapes.message_output(message))
+
+    @extend_schema(
+        summary="Unpin a message.",
+        request=None, responses={204: None}, tags=["messages"],
+        description="The same people as pinning. 204 also when it was not pinned (nothing changes, nobody is told).",
+    )
+    @raises(ChatNotFound, NotAllowed, MessageNotFound)
+    def delete(self, request, chat_id: int, message_id: int):
+        pin_services.message_pin(actor=request.user, chat_id=chat_id, message_id=message_id, pinned=False)
+        return Response(status=204)
+
+
+class ChatPinsView(APIView):
+    @extend_schema(
+        summary="A chat's pinned messages, the latest pinned first.",
+        responses={200: MessageOutput(many=True)}, tags=["messages"],
+        description="At most 50, so not paginated.",
+    )
+    @raises(ChatNotFound)
+    def get(self, request, chat_id: int):
+        selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
+        return Response([shapes.message_output(m) for m in selectors.message_pins(chat_id=chat_id)])
+
+
+class InviteAnswerView(APIView):
+    @extend_schema(
+        summary="Accept or decline an invitation.",
+        request=InviteAnswerInput, responses={200: MessageOutput}, tags=["messages"],
+        description="Once per member; answering again changes the answer (the same one again "
+        "changes nothing). Members get `message.updated` with the invitation's answers.",
+    )
+    @raises(ChatNotFound, CannotPost, BlockedError, MessageNotFound, MessageDeleted, NotAnInvitation,
+            OwnInvitation, InvitationExpired)
+    def post(self, request, chat_id: int, message_id: int):
+        data = InviteAnswerInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        message = invite_answer(
+            actor=request.user, chat_id=chat_id, message_id=message_id, answer=data.validated_data["answer"]
+        )
+        return Response(shapes.message_output(message))

@@ -42,6 +42,8 @@ class EventType(StrEnum):
     # Someone reacted to one's message: to the message's author only, a user event (the
     # reactions themselves reach every member as the chat event `message.updated`).
     REACTION_ADDED = "reaction.added"
+    # Where one chat stands in one's own list (pinned, archived): to one's own devices only.
+    CHAT_LIST_UPDATED = "chat_list.updated"
     # Ephemeral (QoS 0, not through the outbox): connected devices, repeat your presence.
     PRESENCE_PROBE = "presence.probe"
 

@@ -255,6 +255,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ChatTypeEnum": "chats.models.Chat.Kind",
         "MessageTypeEnum": "chats.models.Message.Type",
+        # What a JSON send may say (a file's message takes its type from the file).
+        "MessageSendTypeEnum": ["text", "invite"],
     },
 }
 

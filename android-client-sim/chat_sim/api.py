@@ -221,8 +221,9 @@ class Api:
     def unblock(self, user_id: int, blocked_id: int) -> None:
         self.request("DELETE", f"/accounts/{user_id}/blocks/{blocked_id}/")
 
-    def user_chats(self, user_id: int) -> list[dict]:
-        return self.pages(f"/accounts/{user_id}/chats/")
+    def user_chats(self, user_id: int, *, archived: bool = False) -> list[dict]:
+        """One's chat list (pinned chats first), or with `archived` one's archive."""
+        return self.pages(f"/accounts/{user_id}/chats/", {"archived": "true"} if archived else None)
 
     # --- chats and members --------------------------------------------------------------
 
@@ -317,6 +318,46 @@ class Api:
     def typing(self, chat_id: int, typing: bool = True) -> None:
         """Say one is typing (again every 5 s while it lasts) or stopped."""
         self.request("POST", f"/chats/{chat_id}/typing/", body={"typing": typing})
+
+    # --- pins, forwards, invitations ---
+
+    def chat_pin(self, chat_id: int, user_id: int, pinned: bool = True) -> dict:
+        """Pin the chat first in one's own list (at most 5), or unpin it."""
+        return self.request("PATCH", f"/chats/{chat_id}/users/{user_id}/", body={"pinned": pinned})
+
+    def chat_archive(self, chat_id: int, user_id: int, archived: bool = True) -> dict:
+        """Archive the chat in one's own list (until a newer message, unless muted), or not."""
+        return self.request("PATCH", f"/chats/{chat_id}/users/{user_id}/", body={"archived": archived})
+
+    def message_pin(self, chat_id: int, message_id: int) -> dict:
+        return self.request("PUT", f"/chats/{chat_id}/messages/{message_id}/pin/")
+
+    def message_unpin(self, chat_id: int, message_id: int) -> None:
+        self.request("DELETE", f"/chats/{chat_id}/messages/{message_id}/pin/")
+
+    def pins(self, chat_id: int) -> list[dict]:
+        return self.request("GET", f"/chats/{chat_id}/pins/")
+
+    def forward(self, chat_id: int, message_id: int, *, client_id: str | None = None) -> dict:
+        """Forward message `message_id` (of any chat one can read) into `chat_id`."""
+        return self.request("POST", f"/chats/{chat_id}/messages/",
+                            body={"forward_of": message_id, "client_id": client_id or new_client_id()})
+
+    def invite(self, chat_id: int, title: str, *, url: str | None = None, expires_at: str | None = None,
+               content: str | None = None, client_id: str | None = None) -> dict:
+        invite: dict[str, Any] = {"title": title}
+        if url:
+            invite["url"] = url
+        if expires_at:
+            invite["expires_at"] = expires_at
+        body: dict[str, Any] = {"type": "invite", "invite": invite, "client_id": client_id or new_client_id()}
+        if content:
+            body["content"] = content
+        return self.request("POST", f"/chats/{chat_id}/messages/", body=body)
+
+    def answer(self, chat_id: int, message_id: int, answer: str) -> dict:
+        """Accept or decline an invitation (again: changes the answer)."""
+        return self.request("POST", f"/chats/{chat_id}/messages/{message_id}/answer/", body={"answer": answer})
 
     def message_edit(self, chat_id: int, message_id: int, content: str) -> dict:
         return self.request("PATCH", f"/chats/{chat_id}/messages/{message_id}/", body={"content": content})

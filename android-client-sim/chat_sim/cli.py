@@ -203,17 +203,19 @@ def _chat_human(chat: dict) -> str:
 
 
 def cmd_chats_list(ctx: Context, args: argparse.Namespace) -> None:
-    chats = ctx.api().user_chats(ctx.me)
+    chats = ctx.api().user_chats(ctx.me, archived=args.archived)
 
     def human(rows):
         flat = [{
+            # 📌 pinned (first, as the server orders them); 🗄 archived
+            "pin": "📌" if c.get("pinned") else "🗄" if c.get("archived") else "",
             "id": c["id"], "type": c.get("type"), "name": c.get("name") or "(direct)",
             "members": ", ".join(m.get("username", "?") for m in c.get("members", [])),
             "unread": c.get("unread_count"),
             "mentions": c.get("mention_count"),
             "last": (c.get("last_message") or {}).get("content"),
         } for c in rows]
-        return table(flat, [("id", "ID"), ("type", "TYPE"), ("name", "NAME"), ("members", "MEMBERS"),
+        return table(flat, [("pin", ""), ("id", "ID"), ("type", "TYPE"), ("name", "NAME"), ("members", "MEMBERS"),
                             ("unread", "UNREAD"), ("mentions", "@"), ("last", "LAST MESSAGE")])
 
     ctx.show(chats, human)
@@ -303,6 +305,54 @@ def cmd_typing(ctx: Context, args: argparse.Namespace) -> None:
         api.typing(args.chat, False)
     state = "stopped" if args.stop or args.seconds else "typing"
     ctx.show({"chat": args.chat, "typing": state == "typing"}, f"chat {args.chat}: {state}")
+
+
+# --- pins, forwards, invitations ---
+
+
+def cmd_chats_pin(ctx: Context, args: argparse.Namespace) -> None:
+    member = ctx.api().chat_pin(args.chat, ctx.me, not args.remove)
+    ctx.show(member, f"chat {args.chat}: {'pinned' if member.get('pinned') else 'unpinned'}")
+
+
+def cmd_chats_archive(ctx: Context, args: argparse.Namespace) -> None:
+    member = ctx.api().chat_archive(args.chat, ctx.me, not args.remove)
+    ctx.show(member, f"chat {args.chat}: {'archived' if member.get('archived') else 'back in the list'}")
+
+
+def cmd_pin(ctx: Context, args: argparse.Namespace) -> None:
+    api = ctx.api()
+    if args.remove:
+        api.message_unpin(args.chat, args.message)
+        ctx.show({"unpinned": args.message}, f"message {args.message} unpinned")
+        return
+    message = api.message_pin(args.chat, args.message)
+    ctx.show(message, lambda m: f"message {m['id']} pinned in chat {m['chat']}")
+
+
+def cmd_pins(ctx: Context, args: argparse.Namespace) -> None:
+    api = ctx.api()
+    names = Names(api, {ctx.me: ctx.profile.username})
+    ctx.show(api.pins(args.chat), lambda rows: "\n".join(output.message_line(m, names, own_id=ctx.me) for m in rows)
+             or "(no pinned messages)")
+
+
+def cmd_forward(ctx: Context, args: argparse.Namespace) -> None:
+    message = ctx.api().forward(args.chat, args.message, client_id=args.client_id)
+    ctx.show(message, lambda m: f"forwarded: id {m['id']}, #{m['seq']} in chat {m['chat']}, {output.forwarded_text(m)}")
+
+
+def cmd_invite(ctx: Context, args: argparse.Namespace) -> None:
+    message = ctx.api().invite(args.chat, args.title, url=args.url, expires_at=args.expires_at,
+                               content=args.text, client_id=args.client_id)
+    ctx.show(message, lambda m: f"invitation sent: id {m['id']}, #{m['seq']} in chat {m['chat']}")
+
+
+def cmd_answer(ctx: Context, args: argparse.Namespace) -> None:
+    api = ctx.api()
+    message = api.answer(args.chat, args.message, args.answer)
+    names = Names(api, {ctx.me: ctx.profile.username})
+    ctx.show(message, lambda m: f"message {m['id']}: {output.invite_text(m['invite'], names)}")
 
 
 def cmd_history(ctx: Context, args: argparse.Namespace) -> None:
@@ -648,7 +698,15 @@ def build_parser() -> argparse.ArgumentParser:
     command(blocks, "remove", cmd_blocks_remove, "unblock USER").add_argument("user")
 
     chats = group("chats", "chats and their members")
-    command(chats, "list", cmd_chats_list, "this user's chats, most recent first")
+    p = command(chats, "list", cmd_chats_list, "this user's chats: pinned first (📌), then most recent first")
+    p.add_argument("--archived", action="store_true", help="the archived chats instead")
+    p = command(chats, "pin", cmd_chats_pin, "pin a chat first in your list (at most 5; --remove: unpin)")
+    p.add_argument("chat", type=int)
+    p.add_argument("--remove", action="store_true")
+    p = command(chats, "archive", cmd_chats_archive,
+                "archive a chat (out of your list until a newer message, unless muted; --remove: bring it back)")
+    p.add_argument("chat", type=int)
+    p.add_argument("--remove", action="store_true")
     p = command(chats, "create", cmd_chats_create,
                 "one user and no --name: the direct chat of the pair; else a group you own")
     p.add_argument("users", nargs="+", help="ids, local profile names or usernames")
@@ -682,6 +740,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message", type=int)
     p.add_argument("emoji", help="one of 👍 👎 ❤️ 😂 😮 😢 🙏 🔥 🎉")
     p.add_argument("--remove", action="store_true")
+    p = command(commands, "pin", cmd_pin, "pin a message in its chat (admins, owner; --remove: unpin)")
+    p.add_argument("chat", type=int)
+    p.add_argument("message", type=int)
+    p.add_argument("--remove", action="store_true")
+    command(commands, "pins", cmd_pins, "a chat's pinned messages, the latest first").add_argument("chat", type=int)
+    p = command(commands, "forward", cmd_forward, "forward MESSAGE (of any chat you can read) into CHAT")
+    p.add_argument("chat", type=int, help="where to")
+    p.add_argument("message", type=int)
+    p.add_argument("--client-id", help="idempotency key (default: a fresh one)")
+    p = command(commands, "invite", cmd_invite, "send an invitation (a game, an outing) that members answer")
+    p.add_argument("chat", type=int)
+    p.add_argument("title")
+    p.add_argument("--url", help="an http(s) link")
+    p.add_argument("--expires-at", metavar="ISO-8601", help="no answers after then")
+    p.add_argument("--text", help="the message's text (default: the title)")
+    p.add_argument("--client-id", help="idempotency key (default: a fresh one)")
+    p = command(commands, "answer", cmd_answer, "accept or decline an invitation (again: change the answer)")
+    p.add_argument("chat", type=int)
+    p.add_argument("message", type=int)
+    p.add_argument("answer", choices=("accept", "decline"))
     p = command(commands, "typing", cmd_typing, 'say "typing" in a chat (--stop: stopped)')
     p.add_argument("chat", type=int)
     p.add_argument("--stop", action="store_true")

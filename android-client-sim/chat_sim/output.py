@@ -87,6 +87,13 @@ def message_line(message: dict, names: Names, *, own_id: int | None = None, sour
         extras.append(f"[{message.get('type', 'file')}: {attachment.get('name')}, {attachment.get('size')} bytes]")
     if message.get("edited_at"):
         extras.append("edited")
+    if message.get("forwarded"):
+        extras.append(forwarded_text(message))
+    invite = invite_text(message.get("invite"), names)
+    if invite:
+        extras.append(invite)
+    if message.get("pinned_at"):
+        extras.append("📌")
     reactions = reactions_text(message.get("reactions"))
     if reactions:
         extras.append(reactions)
@@ -110,6 +117,25 @@ def reactions_text(reactions) -> str:
     if not isinstance(reactions, list):
         return ""
     return " ".join(f"{r.get('emoji')} {r.get('count')}" for r in reactions if isinstance(r, dict))
+
+
+def forwarded_text(message: dict) -> str:
+    """`forwarded from alice` (the original's author; a deleted account shows as such)."""
+    source = message.get("forwarded_from")
+    if not isinstance(source, dict):
+        return "forwarded from a deleted account"
+    return f"forwarded from {source.get('display_name') or source.get('username')}"
+
+
+def invite_text(invite, names: Names) -> str:
+    """`[invite: Chess <https://…> until 20:00:00; ✔ 1 ✘ 0: bob accept]`, as everyone sees it."""
+    if not isinstance(invite, dict):
+        return ""
+    link = f" <{invite['url']}>" if invite.get("url") else ""
+    until = f" until {invite['expires_at']}" if invite.get("expires_at") else ""
+    answers = ", ".join(f"{names(a.get('user'))} {a.get('answer')}" for a in invite.get("answers") or [])
+    return (f"[invite: {invite.get('title')}{link}{until}; ✔ {invite.get('accepted', 0)} "
+            f"✘ {invite.get('declined', 0)}{': ' + answers if answers else ''}]")
 
 
 def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
@@ -141,7 +167,11 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
         else:
             state = "updated"
         reactions = reactions_text(data.get("reactions"))
-        return f"* {where}message {data.get('id')} {state}; reactions: {reactions or 'none'}"
+        line = f"* {where}message {data.get('id')} {state}; reactions: {reactions or 'none'}"
+        if data.get("pinned_at"):
+            line += f"; 📌 pinned by {names(data.get('pinned_by'))}"
+        invite = invite_text(data.get("invite"), names)
+        return f"{line}; {invite}" if invite else line
     if kind == "typing.updated":
         user = data.get("user")
         who = names(user) if isinstance(user, int) else user
@@ -163,6 +193,9 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
         state = ("muted for good" if until and until.startswith("9999") else f"muted until {until}") \
             if data.get("muted") else "unmuted"
         return f"* chat {chat}: {state} (pushes only)"
+    if kind == "chat_list.updated":
+        state = "📌 pinned" if data.get("pinned") else "archived" if data.get("archived") else "in the list"
+        return f"* chat {data.get('chat')}: {state} (your list only)"
     if kind == "presence.updated":
         user = data.get("id") or data.get("user")
         return f"* {names(user) if isinstance(user, int) else user} is {data.get('presence')}"

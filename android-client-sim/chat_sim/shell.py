@@ -7,6 +7,8 @@ catches up over HTTP after every reconnect. Own messages show ✓ once stored by
 server and ✓✓ once every other member has read them; reactions show as `👍 2`, a
 message that mentions you as `@you`, and the open chat's "… alice is typing" as it
 comes (the shell says "typing" itself with `/typing`, as an app does on keystrokes).
+Pinned chats come first in `/chats` with 📌, pinned messages carry 📌, a forward says
+"forwarded from alice", and an invitation shows its title, link and answers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ HELP = """\
   /edit ID TEXT        edit your message;  /unsend ID  delete it
   /react ID EMOJI      react to message ID (👍 👎 ❤️ 😂 😮 😢 🙏 🔥 🎉);  /unreact ID EMOJI
   /typing [off]        say you are typing in the open chat (or stopped)
+  /pin ID, /unpin ID   pin a message of the open chat (admins, owner);  /pins  its pins
+  /forward ID CHAT     forward message ID (of the open chat) into CHAT
+  /invite TITLE [URL]  send an invitation;  /accept ID, /decline ID  answer one
+  /pinchat [off]       pin the open chat first in your list (or unpin)
+  /archive [off]       archive the open chat (or bring it back);  /archived  your archive
   /members             members, roles and read pointers
   /add USER, /kick USER, /role USER ROLE, /leave
   /read                mark the open chat read up to its newest message
@@ -214,6 +221,37 @@ class Shell:
             self.api.unreact(self._open_chat(), int(args[0]), args[1])
         elif name == "typing":
             self.api.typing(self._open_chat(), not (args and args[0] == "off"))
+        # pins, forwards, invitations
+        elif name in ("pin", "unpin"):
+            if name == "pin":
+                self.api.message_pin(self._open_chat(), int(args[0]))
+            else:
+                self.api.message_unpin(self._open_chat(), int(args[0]))
+            self.say(f"  message {args[0]} {name}ned")
+        elif name == "pins":
+            pins = self.api.pins(self._open_chat())
+            for message in pins:
+                self.say(output.message_line(message, self.names, own_id=self.me))
+            if not pins:
+                self.say("  (no pinned messages)")
+        elif name == "forward":
+            sent = self.api.forward(int(args[1]), int(args[0]))
+            self.say(f"  forwarded to chat {sent['chat']} as message {sent['id']}")
+        elif name == "invite":
+            url = args[-1] if len(args) > 1 and args[-1].startswith(("http://", "https://")) else None
+            title = " ".join(args[:-1] if url else args)
+            self.api.invite(self._open_chat(), title, url=url)
+        elif name in ("accept", "decline"):
+            message = self.api.answer(self._open_chat(), int(args[0]), name)
+            self.say(f"  message {message['id']}: {output.invite_text(message['invite'], self.names)}")
+        elif name == "pinchat":
+            member = self.api.chat_pin(self._open_chat(), self.me, not (args and args[0] == "off"))
+            self.say(f"  chat {self.chat}: {'pinned' if member.get('pinned') else 'unpinned'}")
+        elif name == "archive":
+            member = self.api.chat_archive(self._open_chat(), self.me, not (args and args[0] == "off"))
+            self.say(f"  chat {self.chat}: {'archived' if member.get('archived') else 'back in the list'}")
+        elif name == "archived":
+            self.say(self._chats_table(archived=True))
         elif name == "members":
             self.say(table(self.api.members(self._open_chat()),
                            [("id", "ID"), ("username", "USERNAME"), ("role", "ROLE"),
@@ -255,13 +293,17 @@ class Shell:
                 return user["id"]
         raise ValueError(f"no user named {ref!r}")
 
-    def _chats_table(self) -> str:
+    def _chats_table(self, *, archived: bool = False) -> str:
         rows = [{
+            # pinned chats come first (the server's order), marked 📌
+            "pin": "📌" if c.get("pinned") else "",
             "id": c["id"], "name": c.get("name") or "(direct)",
             "members": ", ".join(m.get("username", "?") for m in c.get("members", []) if m.get("id") != self.me),
             "unread": c.get("unread_count"), "last": (c.get("last_message") or {}).get("content"),
-        } for c in self.api.user_chats(self.me)]
-        return table(rows, [("id", "ID"), ("name", "NAME"), ("members", "WITH"), ("unread", "UNREAD"),
+        } for c in self.api.user_chats(self.me, archived=archived)]
+        if archived and not rows:
+            return "  (no archived chats)"
+        return table(rows, [("pin", ""), ("id", "ID"), ("name", "NAME"), ("members", "WITH"), ("unread", "UNREAD"),
                             ("last", "LAST MESSAGE")])
 
     def open(self, chat_id: int) -> None:

@@ -81,7 +81,7 @@ def chat_destroy(chat: Chat) -> None:
     names = [n for pair in Attachment.objects.filter(message__chat=chat).values_list("file", "thumbnail") for n in pair]
     chat.delete()
     if names:
-        transaction.on_commit(lambda: media.discard(*names))
+        transaction.on_commit(lambda: media.discard_unreferenced(*names))
 
 
 def chat_rename(*, chat_id: int, actor: User, name: str) -> Chat:

@@ -13,6 +13,7 @@ from chats.models import Chat, Membership
 from chats.selectors import chat_members
 from chats.services.chats import chat_destroy
 from chats.services.common import RANK, Role, chat_event, lock_chat, member_ids, membership_locked
+from chats.services.pins import list_updated_enqueue
 from chatserver import outbox, push
 from chatserver.broker_access import ChatRemove, MemberGrant, MemberRevoke
 from chatserver.events import Event, EventType
@@ -157,17 +158,26 @@ def member_mute(*, chat_id: int, actor: User, until: datetime | None) -> Members
     is told or can see it: `mute.updated` goes to the actor's own devices only (its
     other phone shows the chat muted too)."""
     with transaction.atomic():
-        membership = Membership.objects.select_related("user").filter(chat_id=chat_id, user_id=actor.id).first()
+        membership = Membership.objects.select_related("user", "chat").filter(chat_id=chat_id, user_id=actor.id).first()
         if membership is None:
             raise ChatNotFound()
         if membership.muted_until != until:
+            now = timezone.now()
+            listed = shapes.list_data(membership, now=now)
+            if not listed["archived"] and membership.archived_at_seq is not None:
+                # Archived once, and brought back by a message since: muting it now must
+                # not archive it again (a muted archived chat stays archived).
+                membership.archived_at_seq = None
             membership.muted_until = until
-            membership.save(update_fields=["muted_until"])
+            membership.save(update_fields=["muted_until", "archived_at_seq"])
             outbox.enqueue(
                 event=Event(
                     type=EventType.MUTE_UPDATED,
-                    data={"chat": chat_id, **shapes.mute_data(membership, now=timezone.now())},
+                    data={"chat": chat_id, **shapes.mute_data(membership, now=now)},
                 ),
                 user_ids=[actor.id],
             )
+            if shapes.list_data(membership, now=now) != listed:
+                # Unmuting an archived chat that got messages meanwhile brings it back.
+                list_updated_enqueue(membership)
     return membership

@@ -7,8 +7,8 @@ from accounts.models import User
 from chats import media, shapes
 from chats.errors import MessageDeleted, MessageNotFound, NotAllowed, NotAuthor
 from chats.mentions import mentioned_ids, mentions_replace
-from chats.models import Chat, Message, Reaction
-from chats.selectors import messages_annotate
+from chats.models import Chat, InviteAnswer, Message, Reaction
+from chats.selectors import MESSAGE_RELATED, messages_annotate
 from chats.services.common import (
     RANK,
     Role,
@@ -30,13 +30,14 @@ def message_update(
 
     A deleted message keeps its row, seq and place in history; its content is replaced
     by a fixed text, replies' previews follow, it no longer counts as unread, and it
-    loses its reactions and mentions. An edit sets the mentions of the new content.
+    loses its reactions and mentions, its pin, and an invitation's `invite` and answers
+    (its type stays `invite`). An edit sets the mentions of the new content.
     Deleting again changes nothing; editing a deleted message is 409.
     """
     with transaction.atomic():
         chat = lock_chat(chat_id)
         actor_member = membership_locked(chat=chat, user_id=actor.id)
-        message = Message.objects.filter(chat=chat, id=message_id).select_related("attachment").first()
+        message = Message.objects.filter(chat=chat, id=message_id).select_related(*MESSAGE_RELATED).first()
         if message is None:
             raise MessageNotFound()
         if delete:
@@ -71,7 +72,7 @@ def message_moderate(*, actor: User, message_id: int) -> Message:
         raise MessageNotFound()
     with transaction.atomic():
         chat = lock_chat(chat_id)
-        message = Message.objects.filter(chat=chat, id=message_id).select_related("attachment").first()
+        message = Message.objects.filter(chat=chat, id=message_id).select_related(*MESSAGE_RELATED).first()
         if message is None:
             raise MessageNotFound()
         if not message.deleted:
@@ -88,12 +89,19 @@ def _soft_delete(message: Message) -> None:
     if message.reactions:
         Reaction.objects.filter(message_id=message.id).delete()
         message.reactions = []
+    # pins, invitations: a deleted message is unpinned and loses its invitation's answers
+    message.pinned_at, message.pinned_by_id = None, None
+    if message.invite is not None:
+        InviteAnswer.objects.filter(message_id=message.id).delete()
+        message.invite = None
 
 
 def _updated(chat: Chat, message: Message) -> None:
     """Store the changed message with the chat's next version and tell the members."""
     message.version = chat_version_bump(chat)
-    message.save(update_fields=["content", "deleted", "edited_at", "version", "mentions", "reactions"])
+    message.save(update_fields=[
+        "content", "deleted", "edited_at", "version", "mentions", "reactions", "pinned_at", "pinned_by", "invite",
+    ])
     messages_annotate(chat_id=chat.id, messages=[message])
     chat_event(
         chat=chat,
@@ -112,4 +120,4 @@ def _attachment_drop(message: Message) -> None:
     names = (attachment.file, attachment.thumbnail)
     attachment.delete()
     Message.attachment.related.set_cached_value(message, None)
-    transaction.on_commit(lambda: media.discard(*names))
+    transaction.on_commit(lambda: media.discard_unreferenced(*names))

@@ -8,11 +8,11 @@ from django.utils import timezone
 
 from accounts.errors import BlockedError
 from accounts.models import User
-from chats import media, send_sql, shapes
+from chats import forwards, media, send_sql, shapes
 from chats.mentions import mentioned_ids, mentions_store
 from chats.errors import CannotPost, ChatNotFound
 from chats.models import Attachment, Membership, Message
-from chats.selectors import messages_annotate
+from chats.selectors import MESSAGE_RELATED, messages_annotate
 from chats.services.common import Role, chat_event
 from chatserver import push
 from chatserver.errors import InvalidInput
@@ -27,6 +27,8 @@ def message_send(
     reply_to_id: int | None = None,
     client_id: str | None = None,
     upload=None,
+    forward_of_id: int | None = None,
+    invite: dict | None = None,
 ) -> tuple[Message, bool]:
     """Store a message (with its file, if any) and queue its event atomically; return
     (message, created). The message carries `unread_count` and `reply_original`, for
@@ -47,10 +49,18 @@ def message_send(
 
     A file is classified and stored before the transaction (outside the chat's lock);
     if anything fails afterwards it is deleted again: no orphan file.
+
+    `forward_of_id`: a forward of a message the actor can read now (`chats.forwards`):
+    its content, type, invitation and file (the same stored file, no copy) with
+    `forwarded_from`; `invite`: an invitation (`chats.invites.invite_new`). Either costs
+    the write one more statement on PostgreSQL (their columns; the send's statement names
+    only a plain message's) and a forward two (its original, read and row-locked); a
+    plain message costs nothing for them.
     """
-    if upload is not None:
-        # A retry must not even store its file: look before storing it. (The write looks
-        # for itself, under the chat's lock.)
+    if upload is not None or forward_of_id is not None:
+        # A retry must not even store its file (nor fail because the original it forwards
+        # was deleted since): look before. (The write looks for itself, under the chat's
+        # lock.)
         sent = _message_sent_before(chat_id=chat_id, author_id=actor.id, client_id=client_id)
         if sent is not None:
             return sent, False
@@ -65,7 +75,10 @@ def message_send(
         original = Message.objects.filter(id=reply_to_id, chat_id=chat_id).first()
         if original is None:
             raise InvalidInput("reply_to", "No such message in this chat.")
-    attachment, stored = None, ()
+    attachment, stored, source = None, (), None
+    if forward_of_id is not None:
+        source = forwards.forward_source(user_id=actor.id, message_id=forward_of_id)
+        content, invite, attachment = source.content, forwards.invite_copy(source), forwards.attachment_copy(source)
     if upload is not None:
         sniffed = media.sniff(upload)
         stored = media.store(chat_id=chat_id, upload=upload, sniffed=sniffed)
@@ -76,11 +89,18 @@ def message_send(
     message = Message(
         chat_id=chat_id, author_id=actor.id, type=_type_of(attachment), content=content,
         reply_to=original, client_id=client_id or None, created_at=timezone.now(),
-        mentions=mentioned_ids(chat_id=chat_id, author_id=actor.id, content=content),
+        # A forward's words are not the forwarder's: they mention nobody.
+        mentions=[] if source else mentioned_ids(chat_id=chat_id, author_id=actor.id, content=content),
     )
+    if invite is not None:
+        message.type, message.invite = Message.Type.INVITE, invite
+    if source is not None:
+        forwards.forward_mark(message, source)
     insert = _insert_one_statement if connection.vendor == "postgresql" else _insert_orm
     try:
         with transaction.atomic():
+            if source is not None:
+                forwards.forward_source_lock(source)
             sent = insert(message)
             if sent is None:
                 _message_created(message=message, attachment=attachment, original=original)
@@ -119,6 +139,11 @@ def _insert_one_statement(message: Message) -> Message | None:
             return sent
         _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
     message.id, message.seq, message.version, current, message.member_ids = row
+    if message.invite is not None or message.forwarded:
+        # Columns of typed messages, which the send's statement leaves to their defaults.
+        Message.objects.filter(id=message.id).update(
+            invite=message.invite, forwarded=message.forwarded, forwarded_from=message.forwarded_from_id
+        )
     if not current:
         # Another change to the chat committed while this statement waited for the lock
         # (a concurrent send, a kick...): check again. Raising rolls the write back.
@@ -198,7 +223,7 @@ def _message_sent_before(*, chat_id: int, author_id: int, client_id: str | None)
         return None
     existing = (
         Message.objects.filter(chat_id=chat_id, author_id=author_id, client_id=client_id)
-        .select_related("attachment")
+        .select_related(*MESSAGE_RELATED)
         .first()
     )
     return None if existing is None else messages_annotate(chat_id=chat_id, messages=[existing])[0]

@@ -6,7 +6,7 @@ from accounts.models import User
 from chats import shapes
 from chats.errors import MessageDeleted, MessageNotFound
 from chats.models import Message, Reaction
-from chats.selectors import messages_annotate
+from chats.selectors import MESSAGE_RELATED, messages_annotate
 from chats.services.common import chat_event, chat_version_bump, lock_chat, member_ids, membership_may_post
 from chatserver import outbox, push
 from chatserver.errors import InvalidInput
@@ -55,7 +55,7 @@ def _change(*, actor: User, chat_id: int, message_id: int, emoji: str, add: bool
         chat = lock_chat(chat_id)
         # Under the lock: a kick or a role change cannot slip in.
         membership_may_post(chat_id=chat.id, user_id=actor.id)
-        message = Message.objects.filter(chat=chat, id=message_id).select_related("attachment").first()
+        message = Message.objects.filter(chat=chat, id=message_id).select_related(*MESSAGE_RELATED).first()
         if message is None:
             raise MessageNotFound()
         if message.deleted:

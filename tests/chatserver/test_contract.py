@@ -361,6 +361,14 @@ def test_the_services_make_every_event_type_and_each_matches_its_schema(settings
     assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/delivered/{first['id']}/").status_code == 200
     assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/messages/{image.json()['id']}/").status_code == 200
     assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/", {"muted_until": "forever"}, format="json").status_code == 200
+    # pins (a chat in one's list, a message), a forward, an invitation and its answer
+    assert carol.client.patch(f"/chats/{cid}/users/{carol.id}/", {"pinned": True}, format="json").status_code == 200
+    assert alice.client.put(f"/chats/{cid}/messages/{image.json()['id']}/pin/").status_code == 200
+    forward = bob.client.post(f"/chats/{cid}/messages/", {"forward_of": image.json()["id"]}, format="json")
+    assert forward.status_code == 201, forward.content
+    invite = alice.client.post(f"/chats/{cid}/messages/", {"type": "invite", "invite": {"title": "chess"}}, format="json")
+    assert carol.client.post(f"/chats/{cid}/messages/{invite.json()['id']}/answer/", {"answer": "accept"},
+                             format="json").status_code == 200
     # members removed: a kick, then the owner leaves (ownership passes: by nobody)
     assert alice.client.delete(f"/chats/{cid}/users/{dave.id}/").status_code == 204
     assert alice.client.delete(f"/chats/{cid}/users/{alice.id}/").status_code == 204
@@ -414,6 +422,7 @@ def test_a_phone_receives_every_event_type_over_mqtt_and_each_matches_its_schema
         bob.client.put(f"/chats/{cid}/messages/{message['id']}/reactions/%E2%9D%A4%EF%B8%8F/")
         bob.client.patch(f"/chats/{cid}/users/{bob.id}/messages/{message['id']}/")
         alice.client.patch(f"/chats/{cid}/users/{alice.id}/", {"muted_until": "2999-01-01T00:00:00Z"}, format="json")
+        alice.client.patch(f"/chats/{cid}/users/{alice.id}/", {"archived": True}, format="json")
         alice.client.delete(f"/chats/{cid}/users/{carol.id}/")
         alice.client.delete(f"/chats/{cid}/")
         direct = alice.client.post("/chats/", {"members": [carol.id]}, format="json").json()["id"]
@@ -532,6 +541,14 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
         olga.post(f"/chats/{cid}/messages/", {"file": _upload("p.png", png()), "content": "pic"}, format="multipart"),
         bob.client.put(f"/chats/{cid}/messages/{first.json()['id']}/reactions/%F0%9F%94%A5/"),
         olga.post(f"/chats/{cid}/messages/", {"content": f"@{bob.username} @all"}, format="json"),
+        olga.put(f"/chats/{cid}/messages/{first.json()['id']}/pin/"),
+        olga.get(f"/chats/{cid}/pins/"),
+        bob.client.post(f"/chats/{cid}/messages/", {"forward_of": first.json()["id"]}, format="json"),
+        olga.post(f"/chats/{cid}/messages/", {"type": "invite", "invite": {
+            "title": "chess", "url": "https://example.org/g", "expires_at": "2999-01-01T00:00:00Z"}}, format="json"),
+        olga.patch(f"/chats/{cid}/users/{olga_id}/", {"pinned": True}, format="json"),
+        olga.patch(f"/chats/{cid}/users/{olga_id}/", {"archived": True}, format="json"),
+        olga.get(f"/accounts/{olga_id}/chats/", {"archived": "true"}),
         olga.patch(f"/chats/{cid}/messages/{first.json()['id']}/", {"deleted": True}, format="json"),
         olga.get(f"/chats/{cid}/"),
         olga.patch(f"/chats/{cid}/", {"name": "team2"}, format="json"),
@@ -560,13 +577,16 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
     ]
     image = responses[6].json()
     responses.append(olga.get(f"/chats/{cid}/messages/{image['id']}/attachment/link/"))
+    invite = responses[12].json()
+    assert invite["type"] == "invite", invite
+    responses.append(bob.client.post(f"/chats/{cid}/messages/{invite['id']}/answer/", {"answer": "decline"}, format="json"))
 
     statuses = Counter()
     for response in responses:
         assert response.status_code in (200, 201), (response.wsgi_request.path, response.content)
         assert_matches_openapi(openapi, response)
         statuses[response.status_code] += 1
-    assert statuses == {200: 25, 201: 9}
+    assert statuses == {200: 31, 201: 11}
 
 
 def _operations(schema):

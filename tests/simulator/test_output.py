@@ -45,3 +45,25 @@ def test_typing_reactions_and_mentions_read_as_a_user_would_see_them():
     assert updated == "* [chat 7] message 30 updated; reactions: 👍 2"
     assert output.message_line(message, names, own_id=6).endswith("bob: @me hi  🔥 1 @you")
     assert output.message_line(message, names, own_id=5).endswith("bob: @me hi  🔥 1 @user 6 ✓")
+
+
+def test_pins_forwards_and_invitations_read_as_a_user_would_see_them():
+    pinned = output.event_line("chat_list.updated", None, {"chat": 7, "pinned": True, "archived": False}, names)
+    archived = output.event_line("chat_list.updated", None, {"chat": 7, "pinned": False, "archived": True}, names)
+    back = output.event_line("chat_list.updated", None, {"chat": 7, "pinned": False, "archived": False}, names)
+    invite = {"title": "Chess", "url": "https://example.org/g", "expires_at": None, "accepted": 1, "declined": 0,
+              "answers": [{"user": 5, "answer": "accept", "at": "2026-01-01T12:00:00Z"}]}
+    answered = output.event_line("message.updated", 7, {"id": 30, "edited_at": None, "deleted": False,
+                                                        "reactions": [], "pinned_at": "2026-01-01T12:00:00Z",
+                                                        "pinned_by": 5, "invite": invite}, names)
+    forward = {"id": 31, "chat": 7, "seq": 2, "author": 6, "content": "hi", "created_at": None,
+               "forwarded": True, "forwarded_from": {"id": 5, "username": "bob", "display_name": ""}}
+    orphan = {**forward, "forwarded_from": None}
+
+    assert pinned == "* chat 7: 📌 pinned (your list only)"
+    assert archived == "* chat 7: archived (your list only)"
+    assert back == "* chat 7: in the list (your list only)"
+    assert answered == ("* [chat 7] message 30 updated; reactions: none; 📌 pinned by bob; "
+                        "[invite: Chess <https://example.org/g>; ✔ 1 ✘ 0: bob accept]")
+    assert output.message_line(forward, names).endswith("user 6: hi  forwarded from bob")
+    assert output.message_line(orphan, names).endswith("user 6: hi  forwarded from a deleted account")

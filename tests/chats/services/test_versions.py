@@ -20,6 +20,9 @@ from chats.services.message_edit import message_update
 from chats.services.message_send import message_send
 from chats.services.pointers import pointer_move
 from chats.services.reactions import reaction_add, reaction_remove
+from chats.invites import invite_new
+from chats.services import pins as pin_services
+from chats.services.invites import invite_answer
 from chatserver.events import EventType
 from tests.support.factories import make_actor
 
@@ -40,6 +43,13 @@ def every_event(outbox) -> list:
     member_services.member_set_role(chat_id=group.id, actor=alice, user_id=carol.id, role="admin")
     pointer_move(actor=alice, chat_id=group.id, message_id=sent.id, read=True)
     member_services.member_mute(chat_id=group.id, actor=bob, until=MUTED_FOREVER)
+    # pins, forwards, invitations
+    pin_services.member_pin(chat_id=group.id, actor=bob, pinned=True)
+    pin_services.member_archive(chat_id=group.id, actor=bob, archived=True)
+    pin_services.message_pin(actor=alice, chat_id=group.id, message_id=sent.id, pinned=True)
+    message_send(actor=alice, chat_id=group.id, content="", forward_of_id=sent.id)
+    invite, _ = message_send(actor=alice, chat_id=group.id, content="chess", invite=invite_new(title="chess"))
+    invite_answer(actor=bob, chat_id=group.id, message_id=invite.id, answer="accept")
     member_services.member_remove(chat_id=group.id, actor=alice, user_id=bob.id)
     direct, _ = chat_services.chat_create(actor=alice, member_ids=[carol.id])
     message_send(actor=carol, chat_id=direct.id, content="psst")
