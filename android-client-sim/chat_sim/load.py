@@ -10,6 +10,8 @@ seconds for the last copies.
 
 What it reports:
 - accepted: 2xx answers per second of sending; errors by status; skipped sends.
+  With --closed-loop there is no schedule: each of the --connections sends its next
+  message as soon as the last one is answered, and nothing is skipped.
 - POST latency: request written -> answer read, accepted messages only.
 - POST -> MQTT receipt latency: request written -> copy received, over every copy that
   reached every member's phone (the author's own phone included: the server publishes
@@ -77,6 +79,7 @@ class LoadConfig:
     duration: float = 10.0
     grace: float = 10.0
     connections: int = 16
+    closed_loop: bool = False  # every connection sends again as soon as answered (rate ignored)
     receivers: int = 0
     settle: float | None = None  # None: SETTLE_BASE + SETTLE_PER_PHONE x users
     cache_dir: Path = Path.home() / ".chat-sim" / "load"
@@ -349,7 +352,13 @@ class Load:
         progress = asyncio.create_task(self._progress(chats, started))
         burst = asyncio.create_task(self._burst(started)) if self.burst_receivers else None
         due = 0
-        while (now := loop.time()) < end:
+        if config.closed_loop:
+            # No schedule: the senders take the next message as soon as they are free.
+            while loop.time() < end:
+                await queue.put(due)
+                self.sent += 1
+                due += 1
+        while not config.closed_loop and (now := loop.time()) < end:
             while due < (now - started) * config.rate:
                 try:
                     queue.put_nowait(due)
