@@ -3,7 +3,7 @@
 The same phones as `chat_sim.swarm` (each its own MQTT connection with the device's
 credentials and client id, a persistent session, QoS 1 on its user topic, a Last Will
 `offline` on its presence topic), but a received copy is handled in C: mosquitto_sub
-alone ~14 us of CPU a copy; in a bench group run (100 members, 25 msg/s) 45-50 us a copy
+alone ~14 us of CPU a copy; in bench group runs (100 members, 25 msg/s) 15-50 us a copy
 for the whole load generator (its line-buffered writes, -d's lines, this poller, the
 senders) against ~82 us with paho clients (parse, PUBACK, callback in Python). At a
 100-member group's tens of thousands of copies a second that is the difference between
