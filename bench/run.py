@@ -2,9 +2,16 @@
 
 Profiles (each step is one `chat-sim load --json` run, a subprocess, against the stack):
   1:1      200 phones in 100 direct chats, at increasing rates until the server
-           saturates (accepted < 90% of the target);
+           saturates (accepted < 90% of the target; --rates: those rates only);
+  saturated
+           the same phones and chats, 32 closed-loop senders (each sends again as soon
+           as answered): the most the server accepts, and at what latency;
   group    one 100-member group, at increasing rates until copies fall behind
-           (receipt p50 > 1 s, or any copy lost within the grace period);
+           (receipt p50 > 1 s, or any copy lost within the grace period); its phones are
+           mosquitto_sub processes (chat-sim load --receiver mosquitto_sub: a copy costs
+           the load generator ~14 us of C instead of ~60-80 us of paho; they publish no
+           presence, which this profile does not measure), paho clients where
+           mosquitto_sub is not installed or with --group-receiver paho;
   idle     2,000 phones connected, 100 of them chatting in 50 direct chats;
   presence-burst
            100 msg/s in 100 direct chats (200 phones, sending at once: --settle 0) and,
@@ -23,11 +30,19 @@ Profiles (each step is one `chat-sim load --json` run, a subprocess, against the
            received it); and the same load on the first stack (push off) for the POST p99
            beside it.
 
-The table is printed and saved with every report under bench/results/<UTC timestamp>
-(.txt and .json). Users are signed up once per run and reused by later steps.
+The stack is the shipped configuration (bench/stack.py: durable PostgreSQL, the real
+password hasher, the Procfile's gunicorn with its access log); --fast-db runs every
+profile a second time on PostgreSQL with fsync off, those rows marked [fast-db].
 
-    python bench/run.py [--duration SECONDS] [--only 1:1,group,idle,presence-burst,push] [--quick]
+The table is printed and saved with every report under bench/results/<UTC timestamp>
+(.txt and .json). Users are signed up before any step (BenchStack.seed_users: the real
+signup, one real hash for all) and reused by later steps. The CPU table gives each
+process's CPU per accepted message while sending, and the load generator's share of the
+machine (cores busy), so that a load generator near the cores' limit shows.
+
+    python bench/run.py [--duration SECONDS] [--only 1:1,saturated,group,idle,presence-burst,push] [--quick]
     python bench/run.py --profile presence-burst     # that profile alone
+    python bench/run.py --only 1:1,saturated --rates 100,200 --fast-db
 
 chat-sim runs from this checkout's android-client-sim/ (`python -m chat_sim`), whatever
 version the virtualenv has installed.
@@ -40,6 +55,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,7 +66,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from stack import ROOT, BenchStack, tree_cpu  # noqa: E402  (bench/ is not a package)
+from stack import ROOT, BenchStack, trees_cpu  # noqa: E402  (bench/ is not a package)
 
 sys.path.insert(0, str(ROOT / "android-client-sim"))
 from chat_sim.fcm_sink import FcmSink  # noqa: E402
@@ -58,18 +74,21 @@ from chat_sim.fcm_sink import FcmSink  # noqa: E402
 SIM_DIR = ROOT / "android-client-sim"
 CHAT_SIM = [sys.executable, "-m", "chat_sim"]
 RESULTS = HERE / "results"
-PROFILES = ["1:1", "group", "idle", "presence-burst", "push"]
+PROFILES = ["1:1", "saturated", "group", "idle", "presence-burst", "push"]
 
 ONE_TO_ONE_RATES = [50, 100, 150, 200, 300, 400, 600, 800, 1200]
 GROUP_RATES = [10, 25, 50, 75, 100, 150, 200, 300]
 BURST_PHONES, BURST_RATE, BURST_GOAL = 1000, 100, 2.0
 PUSH_USERS, PUSH_RATE = 1000, 100
+SATURATED_SENDERS = 32
+GROUP_RECEIVER = "mosquitto_sub" if shutil.which("mosquitto_sub") else "paho"
 
 
 def load(stack: BenchStack, home: Path, *, users: int, chats: int, group_size: int, rate: float,
          duration: float, grace: float, extra: tuple[str, ...] = ()) -> dict:
     """One `chat-sim load` run against `stack`, with the CPU each process used while the
     load was sending (`cpu_ms_per_message`)."""
+    seed(stack, home, users=users, extra=extra)
     args = [*CHAT_SIM, "--server", stack.url, "--json", "load", "--users", str(users), "--chats", str(chats),
             "--group-size", str(group_size), "--rate", str(rate), "--duration", str(duration),
             "--grace", str(grace), *extra]
@@ -88,8 +107,40 @@ def load(stack: BenchStack, home: Path, *, users: int, chats: int, group_size: i
     window = report.get("window", {})
     if "sending_from" in window and "sending_until" in window and report["accepted"]:
         spent = samples.between(window["sending_from"], window["sending_until"])
+        machine_s = spent.pop(MACHINE, 0.0)
         report["cpu_ms_per_message"] = {name: round(1000 * v / report["accepted"], 2) for name, v in spent.items()}
+        seconds = window["sending_until"] - window["sending_from"]
+        report["cpu_cores"] = {name: round(v / seconds, 3) for name, v in spent.items()}
+        # What else ran on the machine meanwhile (other users of a shared machine): the
+        # figures of a step with much of it are not this stack's alone.
+        report["cpu_cores_others"] = round(max(0.0, machine_s - sum(spent.values())) / seconds, 3)
     return report
+
+
+def seed(stack: BenchStack, home: Path, *, users: int, extra: tuple[str, ...]) -> None:
+    """Sign up, before the step, the users `chat-sim load` would otherwise sign up over
+    HTTP (PREFIX-0 .. PREFIX-<users + burst phones - 1>), into its token cache."""
+    from chat_sim.profiles import write_private_json
+
+    def option(name: str, default: str) -> str:
+        return extra[extra.index(name) + 1] if name in extra else default
+
+    count = users + int(option("--burst-phones", "0"))
+    names = [f"{option('--user-prefix', 'load')}-{i}" for i in range(count)]
+    host_port = stack.url.split("://", 1)[1].replace(":", "_")
+    path = home / "load" / f"{host_port}.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    password = cache.setdefault("password", "load-" + os.urandom(12).hex())
+    known = cache.setdefault("users", {})
+    missing = [name for name in names if name not in known]
+    if not missing:
+        return
+    started = time.monotonic()
+    for name, token in stack.seed_users(missing, password).items():
+        known[name] = {"token": token}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private_json(path, cache)
+    print(f"  seeded {len(missing)} users ({time.monotonic() - started:.1f} s)", flush=True)
 
 
 class CpuSampler:
@@ -104,10 +155,11 @@ class CpuSampler:
 
     def sample(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        roots = {**self.stack.roots(), "load generator": self.load_pid}
         self.samples.append((time.time(), {
-            **self.stack.cpu_seconds(),
-            "load generator": tree_cpu(self.load_pid),
-            "bench (FCM stand-in)": usage.ru_utime + usage.ru_stime,
+            **trees_cpu(roots),
+            "bench (sampler, FCM stand-in)": usage.ru_utime + usage.ru_stime,
+            MACHINE: machine_busy(),
         }))
 
     def run_until(self, process: subprocess.Popen, timeout: float) -> CpuSampler:
@@ -129,13 +181,24 @@ class CpuSampler:
         return {name: max(0.0, last[name] - first.get(name, 0.0)) for name in last}
 
 
+MACHINE = "machine"  # all CPU time of the machine, this bench's or not
+
+
+def machine_busy() -> float:
+    """Seconds of CPU the whole machine spent busy so far (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def row(profile: str, report: dict) -> dict:
     c = report["config"]
     return {
         "profile": profile,
         "phones": report["phones"],
         "chats": f"{report['chats']}x{c['group_size']}",
-        "target": c["rate"],
+        "target": f"closed x{c['connections']}" if c.get("closed_loop") else f"{c['rate']:g}",
         "accepted": report["accepted_per_s"],
         "skipped": report["skipped"],
         "errors": sum(report["errors"].values()),
@@ -164,7 +227,7 @@ def render(rows: list[dict]) -> str:
 
     header = ["profile", "phones", "chats", "target/s", "accepted/s", "skipped", "errors",
               "POST ms p50/p95/p99", "POST->MQTT ms p50/p95/p99", "copies", "lost", "dup", "ooo"]
-    lines = [[r["profile"], str(r["phones"]), r["chats"], f"{r['target']:g}", f"{r['accepted']:.0f}",
+    lines = [[r["profile"], str(r["phones"]), r["chats"], r["target"], f"{r['accepted']:.0f}",
               str(r["skipped"]), str(r["errors"]), ms(r["post"]), ms(r["receipt"]),
               f"{r['copies']}/{r['expected']}", str(r["lost"]), str(r["dup"]), str(r["ooo"])] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
@@ -203,17 +266,27 @@ def render_burst(report: dict) -> str:
 
 
 def render_cpu(reports: list[dict]) -> str:
-    """CPU per accepted message and process, while the load was sending."""
+    """CPU per accepted message and process, while the load was sending; and how many
+    cores the load generator and the whole machine were busy."""
     reports = [r for r in reports if "cpu_ms_per_message" in r]
     names = list(dict.fromkeys(n for r in reports for n in r["cpu_ms_per_message"]))
-    header = ["profile", "target/s", *names]
-    lines = [[r["profile"], f"{r['config']['rate']:g}", *(f"{r['cpu_ms_per_message'].get(n, 0):.2f}" for n in names)]
+    header = ["profile", "target/s", *names, "load gen cores", "bench cores", "others' cores"]
+    lines = [[r["profile"], _target(r), *(f"{r['cpu_ms_per_message'].get(n, 0):.2f}" for n in names),
+              f"{r['cpu_cores'].get('load generator', 0):.2f}", f"{sum(r['cpu_cores'].values()):.2f}",
+              f"{r.get('cpu_cores_others', 0):.2f}"]
              for r in reports]
     widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(["CPU ms per accepted message, by process (children included), while sending:",
+    return "\n".join(["CPU ms per accepted message, by process (children included), while sending; cores busy "
+                      f"(of {os.cpu_count()}): the load generator's, this bench's in all, and other processes' "
+                      "on the machine meanwhile (not this bench: noise):",
                       fmt.format(*header), fmt.format(*("-" * w for w in widths)),
                       *(fmt.format(*line) for line in lines)])
+
+
+def _target(report: dict) -> str:
+    c = report["config"]
+    return f"closed x{c['connections']}" if c.get("closed_loop") else f"{c['rate']:g}"
 
 
 def render_push(report: dict) -> str:
@@ -258,8 +331,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending per step")
     parser.add_argument("--only", "--profile", dest="only", default=",".join(PROFILES),
                         help=f"comma-separated profiles, of {', '.join(PROFILES)}")
+    parser.add_argument("--rates", help="1:1: these rates (msg/s, comma-separated) instead of the steps to saturation")
     parser.add_argument("--burst-phones", type=int, default=BURST_PHONES,
                         help="presence-burst: phones connecting at once")
+    parser.add_argument("--fast-db", action="store_true",
+                        help="run every profile again on PostgreSQL with fsync off (rows marked [fast-db])")
+    parser.add_argument("--group-receiver", choices=["paho", "mosquitto_sub"], default=GROUP_RECEIVER,
+                        help=f"what hosts the group profile's phones (default here: {GROUP_RECEIVER})")
     parser.add_argument("--quick", action="store_true", help="short steps and few rates (a smoke run)")
     args = parser.parse_args()
     profiles = set(args.only.split(","))
@@ -267,6 +345,8 @@ def main() -> int:
         parser.error(f"unknown profile(s): {', '.join(sorted(profiles - set(PROFILES)))}")
     duration = 3.0 if args.quick else args.duration
     one_rates = ONE_TO_ONE_RATES[:2] if args.quick else ONE_TO_ONE_RATES
+    if args.rates:
+        one_rates = [float(r) for r in args.rates.split(",")]
     group_rates = GROUP_RATES[:2] if args.quick else GROUP_RATES
     idle_phones = 300 if args.quick else 2000
     # presence-burst: sending for at + window + a tail, the burst `at` seconds in
@@ -276,29 +356,35 @@ def main() -> int:
         print(f"{SIM_DIR}/chat_sim is missing", file=sys.stderr)
         return 2
     started = datetime.now(UTC)
-    rows, reports = [], []
+    rows, reports, described = [], [], {}
 
-    def step(profile: str, on: BenchStack | None = None, **kwargs) -> dict:
-        report = load(on or stack, home, **kwargs)
-        report["profile"] = profile
-        reports.append(report)
-        rows.append(row(profile, report))
-        r = rows[-1]
-        print(f"  {profile:<6} {kwargs['rate']:>6g}/s -> accepted {r['accepted']:.0f}/s, POST p50 "
-              f"{r['post']['p50']} ms, receipt p50 {r['receipt']['p50']} ms p99 {r['receipt']['p99']} ms, "
-              f"lost {r['lost']} ({report['wall_s']} s)", flush=True)
-        return report
+    def run_profiles(stack: BenchStack, home: Path, mark: str) -> None:
+        def step(profile: str, on: BenchStack | None = None, **kwargs) -> dict:
+            report = load(on or stack, home, **kwargs)
+            report["profile"], report["kind"] = profile + mark, profile
+            reports.append(report)
+            rows.append(row(profile + mark, report))
+            r = rows[-1]
+            print(f"  {profile + mark:<6} {r['target']:>9}/s -> accepted {r['accepted']:.0f}/s, POST p50 "
+                  f"{r['post']['p50']} ms, receipt p50 {r['receipt']['p50']} ms p99 {r['receipt']['p99']} ms, "
+                  f"lost {r['lost']}, load generator {report.get('cpu_cores', {}).get('load generator')} cores, "
+                  f"others {report.get('cpu_cores_others')} cores "
+                  f"({report['wall_s']} s)", flush=True)
+            return report
 
-    with BenchStack() as stack, tempfile.TemporaryDirectory(prefix="chat-bench-home-") as home_dir:
-        home = Path(home_dir)
-        print(f"stack up at {stack.url} ({stack.workdir})", flush=True)
         if "1:1" in profiles:
             for rate in one_rates:
-                if saturated(step("1:1", users=200, chats=100, group_size=2, rate=rate, duration=duration, grace=10)):
+                report = step("1:1", users=200, chats=100, group_size=2, rate=rate, duration=duration, grace=10)
+                if not args.rates and saturated(report):
                     break
+        if "saturated" in profiles:
+            # --rate only sizes the receiver processes here: the senders do not wait for it.
+            step("saturated", users=200, chats=100, group_size=2, rate=1000, duration=duration, grace=20,
+                 extra=("--closed-loop", "--connections", str(SATURATED_SENDERS)))
         if "group" in profiles:
             for rate in group_rates:
-                if behind(step("group", users=100, chats=1, group_size=100, rate=rate, duration=duration, grace=20)):
+                if behind(step("group", users=100, chats=1, group_size=100, rate=rate, duration=duration, grace=20,
+                               extra=("--receiver", args.group_receiver))):
                     break
         if "idle" in profiles:
             step("idle", users=idle_phones, chats=50, group_size=2, rate=100, duration=duration, grace=10)
@@ -329,7 +415,7 @@ def main() -> int:
             common = dict(users=PUSH_USERS, chats=PUSH_USERS // 2, group_size=2, rate=PUSH_RATE,
                           duration=push_duration)
             off = step("push, push off", grace=2, extra=("--offline", "--user-prefix", "push-off"), **common)
-            with FcmSink() as sink, BenchStack(push_sink=sink) as push_stack:
+            with FcmSink() as sink, BenchStack(push_sink=sink, fast_db=stack.fast_db) as push_stack:
                 print(f"push stack up at {push_stack.url}, FCM stand-in at {sink.url}", flush=True)
                 on = step("push", on=push_stack, grace=20,
                           extra=("--push-sink", sink.url, "--user-prefix", "push"), **common)
@@ -338,10 +424,17 @@ def main() -> int:
             print(f"  push: {p['received']} of {p['expected']} pushes, {p['per_s']}/s, latency p50 "
                   f"{p['latency_ms']['p50']} ms p99 {p['latency_ms']['p99']} ms; POST p99 "
                   f"{on['post_ms']['p99']} ms push on, {off['post_ms']['p99']} ms push off", flush=True)
-        described = stack.describe()
+
+    for fast_db in [False, True] if args.fast_db else [False]:
+        mark = " [fast-db]" if fast_db else ""
+        with BenchStack(fast_db=fast_db) as stack, tempfile.TemporaryDirectory(prefix="chat-bench-home-") as home:
+            print(f"stack up at {stack.url} ({stack.workdir}): {stack.describe()['database']}", flush=True)
+            run_profiles(stack, Path(home), mark)
+            described["fast-db" if fast_db else "shipped"] = {
+                **stack.describe(), **({"group phones": args.group_receiver} if "group" in profiles else {})}
 
     table = render(rows)
-    bursts = [render_burst(r) for r in reports if "burst" in r and r["profile"] == "presence-burst"]
+    bursts = [render_burst(r) for r in reports if "burst" in r and r["kind"] == "presence-burst"]
     if bursts:
         table += "\n\n" + "\n\n".join(bursts)
     table += "\n\n" + render_cpu(reports)
@@ -350,13 +443,17 @@ def main() -> int:
         table += "\n\n" + "\n\n".join(pushes)
     title = (f"chat backend bench, {started:%Y-%m-%d %H:%M} UTC, {machine()['cpus']} cores, "
              f"{duration:g} s per step")
-    text = f"{title}\n{json.dumps(described)}\n\n{table}\n"
+    header = "\n".join(f"{name}: {json.dumps(d)}" for name, d in described.items())
+    if args.fast_db:
+        header += "\nrows marked [fast-db] ran on the fast-db stack, NOT the shipped configuration"
+    text = f"{title}\n{header}\n\n{table}\n"
     print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"{stamp}.txt").write_text(text)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(
-        {"started": started.isoformat(), "machine": machine(), "stack": described, "duration_s": duration,
+        {"started": started.isoformat(), "machine": machine(), "stack": described["shipped"],
+         **({"stack_fast_db": described["fast-db"]} if "fast-db" in described else {}), "duration_s": duration,
          "rows": rows, "reports": reports}, indent=1) + "\n")
     print(f"saved bench/results/{stamp}.txt and .json")
     return 0

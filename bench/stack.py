@@ -1,15 +1,22 @@
 """A fresh, throw-away stack for benchmarks: PostgreSQL, Mosquitto, migrations, gunicorn
 and the workers (relay, presence, push), built from the test suite's own process helpers (tests/support).
 
-    with BenchStack() as stack:
-        stack.url            # http://127.0.0.1:<port>
-        stack.describe()     # what runs, for the results file
+    with BenchStack() as stack:             # the shipped configuration
+        stack.url                           # http://127.0.0.1:<port>
+        stack.seed_users(names, password)   # signed-up users and their tokens, quickly
+        stack.describe()                    # what runs, for the results file
+    with BenchStack(fast_db=True) as stack: # the same on PostgreSQL with fsync off
 
 Everything lives in one temporary directory, removed on exit (kept, with its logs, when
-starting failed). Like the test stacks it uses a fast password hasher and rate limits
-that the load never reaches (but counted, as shipped); PostgreSQL runs with fsync and
-synchronous_commit off (see tests/support/postgres.py), so figures are those of the
-application, not of a disk.
+starting failed). By default it is what `make run` ships: PostgreSQL with Debian's stock
+durability (fsync, synchronous_commit and full_page_writes on, on this machine's disk),
+Django's own password hasher (PBKDF2), gunicorn started with the Procfile's own `web:`
+command line (access log on), the settings' defaults (presence keepalive included). What
+differs from `make run`: rate limits that the load never reaches (but counted, as
+shipped: one bucket statement per POST), password authentication to PostgreSQL (`trust`
+here: it only costs at connect, and connections persist), and no honcho in between
+(each process logs to its own file). `fast_db=True` runs PostgreSQL with fsync,
+synchronous_commit and full_page_writes off, for comparison with older figures.
 """
 
 from __future__ import annotations
@@ -33,12 +40,18 @@ if str(ROOT) not in sys.path:
 
 WEB_WORKERS = 2
 WEB_THREADS = 4
+PROCFILE = ROOT / "Procfile"
+# The password of every seeded user is hashed once with the shipped hasher (seed_users).
+SEED_SCRIPT = Path(__file__).resolve().parent / "seed_users.py"
 
 
 class BenchStack:
-    def __init__(self, *, push_sink=None) -> None:
-        """`push_sink`: a chat_sim FcmSink to push to (push is off without one)."""
+    def __init__(self, *, push_sink=None, fast_db: bool = False) -> None:
+        """`push_sink`: a chat_sim FcmSink to push to (push is off without one);
+        `fast_db`: PostgreSQL with fsync and synchronous_commit off (not as shipped)."""
         self.push_sink = push_sink
+        self.fast_db = fast_db
+        self.env: dict[str, str] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
         self.pg = None
         self.broker = None
@@ -66,27 +79,28 @@ class BenchStack:
         import psycopg
 
         from tests.support.mosquitto import MosquittoBroker, make_workdir
-        from tests.support.postgres import PostgresCluster
-        from tests.support.stack import HttpServer, ServerProcess, server_env
+        from tests.support.stack import ServerProcess, server_env
 
-        self.pg = PostgresCluster().start()
+        self.pg = bench_cluster(fast_db=self.fast_db).start()
         with psycopg.connect(self.pg.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE chat")
         self.broker = MosquittoBroker(make_workdir("chat-bench-mqtt-"))
         self.broker.start()
         env = server_env(database_url=self.pg.url("chat"), broker=self.broker, data_dir=self.workdir)
         # The shipped settings, not the suite's (which check every event against its
-        # schema); only the hasher is the test suite's, to sign up thousands of phones.
+        # schema, and hash passwords with MD5): Django's own hasher (seed_users keeps
+        # sign-ups fast without another one) and the settings' presence keepalive (the
+        # suite's is 5 s, a presence refresh from every phone every 5 s).
         # The rate limits run as shipped (the buckets in the database, one upsert per
         # POST: that cost is measured) with rates no load step reaches: signups come
         # from one address, and a load user sends more than a person
         # (tests.support.stack.server_env sets them).
-        env.update(
-            DJANGO_SETTINGS_MODULE="chatserver.settings",
-            PASSWORD_HASHERS="django.contrib.auth.hashers.MD5PasswordHasher",
-        )
+        env["DJANGO_SETTINGS_MODULE"] = "chatserver.settings"
+        for name in ("PASSWORD_HASHERS", "MQTT_KEEPALIVE", "OUTBOX_CHECK_SCHEMAS", "LOG_LEVEL"):
+            env.pop(name, None)
         if self.push_sink is not None:
             env.update(self._push_env())
+        self.env = env
         migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
                                  capture_output=True, text=True)
         if migrate.returncode != 0:
@@ -94,11 +108,25 @@ class BenchStack:
         for worker in ("relay", "presence", "push"):
             process = ServerProcess(worker, [sys.executable, "manage.py", "worker", worker], env, self.workdir)
             self.processes.append(process.start())
-        web = HttpServer(env, self.workdir, workers=WEB_WORKERS)
+        web, self.url = start_web(env, self.workdir)
         self.processes.append(web)
-        web.start()
-        self.url = web.url
         self._wait_healthy(timeout=30)
+
+    def seed_users(self, names: list[str], password: str) -> dict[str, str]:
+        """Sign up `names` (all with `password`) before a timed window; return name -> token.
+
+        The real signup (accounts.services.user_signup: user, device, token, broker
+        accounts through the relay), except that the password is hashed once, with the
+        shipped hasher, and that hash is stored for every user (bench/seed_users.py):
+        logins against it cost what they cost in production. Signing up thousands of
+        users over HTTP would cost ~0.4 s of CPU each (PBKDF2), minutes of set-up."""
+        if not names:
+            return {}
+        result = subprocess.run([sys.executable, str(SEED_SCRIPT)], cwd=ROOT, env=self.env, text=True,
+                                input=json.dumps({"names": names, "password": password}), capture_output=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"seeding users failed:\n{result.stderr[-3000:]}")
+        return json.loads(result.stdout)
 
     def _push_env(self) -> dict[str, str]:
         """Push on, to the sink: a service account of its own (a fresh key) for its token endpoint."""
@@ -116,13 +144,17 @@ class BenchStack:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by each part of the stack, its child
         processes included (gunicorn's workers, PostgreSQL's backends, exited ones too)."""
+        return trees_cpu(self.roots())
+
+    def roots(self) -> dict[str, int]:
+        """The pid of each part of the stack (the parent of its processes)."""
         roots = {p.name: p.proc.pid for p in self.processes if p.proc is not None}
         roots["broker"] = self.broker.process.pid
         try:
             roots["postgres"] = int((self.pg.datadir / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pass
-        return {name: tree_cpu(pid) for name, pid in roots.items()}
+        return roots
 
     def pause(self, name: str) -> None:
         """SIGSTOP one of the stack's processes (the presence worker, for a control run)."""
@@ -150,14 +182,18 @@ class BenchStack:
 
     def describe(self) -> dict:
         return {
-            "database": f"PostgreSQL ({self.pg.bindir.parent.name}, fsync off)",
-            "web": f"gunicorn gthread {WEB_WORKERS} workers x {WEB_THREADS} threads",
+            "database": f"PostgreSQL {self.pg.bindir.parent.name}, "
+                        + ("fsync, synchronous_commit and full_page_writes OFF (--fast-db, not as shipped)"
+                           if self.fast_db else "durable: Debian's stock settings (fsync, synchronous_commit on)"),
+            "web": f"gunicorn gthread {WEB_WORKERS} workers x {WEB_THREADS} threads, the Procfile's command line "
+                   "(access log on)",
             "broker": "mosquitto (project config)",
             "relay": "1 process",
             "presence": "1 process",
             "push": f"1 process, {'to a local FCM stand-in' if self.push_sink is not None else 'off'}",
-            "hasher": "MD5 (throw-away stack)",
+            "hasher": "Django's default (PBKDF2); users signed up before the timed window, one hash for all",
             "rate limits": "on, buckets in the database (rates above the load)",
+            "settings": "chatserver.settings defaults (no schema checks, presence keepalive 30 s)",
         }
 
     def stop(self, *, keep: bool = False) -> None:
@@ -176,8 +212,70 @@ class BenchStack:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def bench_cluster(*, fast_db: bool = False):
+    """A throw-away PostgreSQL cluster (tests/support/postgres.py) with Debian's stock
+    settings, durable: the suite's turns fsync off. `fast_db`: the suite's settings."""
+    from tests.support.postgres import PostgresCluster
+
+    class Cluster(PostgresCluster):
+        def _options(self) -> str:
+            options = super()._options()
+            return options if fast_db else _stock_options(options)
+
+    return Cluster()
+
+
+def _stock_options(options: str) -> str:
+    """The suite's server options without its durability shortcuts, Debian's max_connections."""
+    # What Debian's postgresql.conf sets beyond initdb's defaults changes nothing here
+    # but max_connections (100); initdb's defaults, which Debian keeps, are durable:
+    # fsync, synchronous_commit and full_page_writes on, shared_buffers 128MB.
+    head, *settings = options.split(" -c ")
+    kept = [c for c in settings if not c.startswith(("fsync", "synchronous_commit", "full_page_writes",
+                                                     "max_connections"))]
+    return " -c ".join([head, *kept, "max_connections=100"])
+
+
+def start_web(env: dict[str, str], workdir: Path):
+    """gunicorn as the Procfile starts it (its `web:` line, run by a shell as honcho does)
+    on a free port of 127.0.0.1; returns (process, url) once it answers. One place to
+    change when a front server comes in between."""
+    from tests.support.postgres import free_port
+    from tests.support.stack import ServerProcess, wait_until
+
+    line = next(line for line in PROCFILE.read_text().splitlines() if line.startswith("web:"))
+    command = line.split(":", 1)[1].strip().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    port = free_port()
+    web_env = {**env, "HTTP_BIND": "127.0.0.1", "HTTP_PORT": str(port), "WEB_WORKERS": str(WEB_WORKERS),
+               "WEB_THREADS": str(WEB_THREADS), "WEB_TMP_DIR": "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/tmp"}
+    web_env.pop("HTTPS_CERT", None)
+    web_env.pop("HTTPS_KEY", None)
+    web = ServerProcess("web", ["bash", "-c", command], web_env, workdir).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if not web.alive():
+            raise RuntimeError(f"gunicorn died:\n{web.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health/", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answers; the body says what is up
+        except OSError:
+            return False
+
+    wait_until(answers, 20, f"gunicorn on port {port}", interval=0.05)
+    return web, url
+
+
 def tree_cpu(root: int) -> float:
     """Seconds of CPU of process `root` and all its descendants, live or reaped."""
+    return trees_cpu({"root": root})["root"]
+
+
+def trees_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """Seconds of CPU of each named root process and all its descendants, live or reaped,
+    from one reading of /proc (the sampler runs 4 times a second: its own CPU counts)."""
     stats: dict[int, tuple[int, float]] = {}  # pid -> (ppid, seconds)
     tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
@@ -193,13 +291,16 @@ def tree_cpu(root: int) -> float:
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            total += stats[pid][1]
-            todo += children.get(pid, [])
-    return total
+    totals = {}
+    for name, root in roots.items():
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                total += stats[pid][1]
+                todo += children.get(pid, [])
+        totals[name] = total
+    return totals
 
 
 if __name__ == "__main__":

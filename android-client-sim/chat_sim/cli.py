@@ -629,7 +629,7 @@ def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
     config = LoadConfig(
         server=ctx.server, users=args.users, chats=args.chats, group_size=args.group_size,
         rate=args.rate, duration=args.duration, grace=args.grace, connections=args.connections,
-        receivers=args.receivers, cache_dir=ctx.store.home / "load", user_prefix=args.user_prefix,
+        closed_loop=args.closed_loop, receiver=args.receiver, receivers=args.receivers, cache_dir=ctx.store.home / "load", user_prefix=args.user_prefix,
         settle=args.settle, burst_phones=args.burst_phones, burst_at=args.burst_at,
         burst_window=args.burst_window, offline=args.offline, push_sink=args.push_sink,
     )
@@ -834,8 +834,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds to wait after sending for the last copies (then: lost)")
     p.add_argument("--connections", type=int, default=16, help="concurrent HTTP connections")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="each connection sends its next message as soon as the last is answered "
+                        "(--rate is then ignored): the server's saturated throughput")
     p.add_argument("--receivers", type=int, default=0,
                    help="processes hosting the phones (default: from the expected delivery rate)")
+    p.add_argument("--receiver", choices=["paho", "mosquitto_sub"], default="paho",
+                   help="what hosts the phones: paho clients in Python (default, with presence) or one "
+                        "mosquitto_sub process each (cheap copies, for big fan-out; no presence)")
     p.add_argument("--user-prefix", default="load", help="load users are named PREFIX-<n>")
     p.add_argument("--settle", type=float,
                    help="seconds between the phones' connecting (a presence burst) and sending "

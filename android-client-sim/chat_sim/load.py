@@ -10,6 +10,8 @@ seconds for the last copies.
 
 What it reports:
 - accepted: 2xx answers per second of sending; errors by status; skipped sends.
+  With --closed-loop there is no schedule: each of the --connections sends its next
+  message as soon as the last one is answered, and nothing is skipped.
 - POST latency: request written -> answer read, accepted messages only.
 - POST -> MQTT receipt latency: request written -> copy received, over every copy that
   reached every member's phone (the author's own phone included: the server publishes
@@ -21,6 +23,10 @@ What it reports:
   once --burst-at seconds into sending, each publishing its presence like any phone; the
   receipt latency of messages sent in the --burst-window seconds from then is reported
   beside that of the same length of time just before, with the ratio of their p99.
+- with --receiver mosquitto_sub: each phone is a `mosquitto_sub` process (its own
+  connection, credentials, persistent session, QoS 1, Last Will) instead of a paho client,
+  so that a copy costs the load generator C instead of Python (chat_sim.subswarm); the
+  phones then publish no presence of their own.
 - with --offline: no phone connects (every member is away: nothing to receive over MQTT).
 - with --push-sink URL (implies --offline): every user registers a push token first, and
   the pushes are counted at that stand-in FCM server (`chat-sim fcm-sink`, `GET /log`):
@@ -77,7 +83,9 @@ class LoadConfig:
     duration: float = 10.0
     grace: float = 10.0
     connections: int = 16
+    closed_loop: bool = False  # every connection sends again as soon as answered (rate ignored)
     receivers: int = 0
+    receiver: str = "paho"  # or "mosquitto_sub": each phone a C client (chat_sim.subswarm)
     settle: float | None = None  # None: SETTLE_BASE + SETTLE_PER_PHONE x users
     cache_dir: Path = Path.home() / ".chat-sim" / "load"
     user_prefix: str = "load"
@@ -276,12 +284,17 @@ class Load:
             os.cpu_count() or 1, max(1, math.ceil(self.config.rate * self.config.group_size / DELIVERIES_PER_RECEIVER))
         )
         count = min(count, len(users))
+        target = receiver_main
+        if self.config.receiver == "mosquitto_sub":
+            from chat_sim.subswarm import receiver_main as target  # the copies cost C, not Python
+
+            count = 1
         context = multiprocessing.get_context("spawn")
         for r in range(count):
             specs = [PhoneSpec(u.id, u.mqtt, memberships[u.id]) for u in users[r::count]]
             parent, child = context.Pipe()
             counters = context.Array("q", N_COUNTERS, lock=False)
-            process = context.Process(target=receiver_main, args=(child, specs, self.tag, counters),
+            process = context.Process(target=target, args=(child, specs, self.tag, counters),
                                       name=f"chat-sim-receiver-{r}", daemon=True)
             process.start()
             self.receivers.append((process, parent, counters))
@@ -349,7 +362,13 @@ class Load:
         progress = asyncio.create_task(self._progress(chats, started))
         burst = asyncio.create_task(self._burst(started)) if self.burst_receivers else None
         due = 0
-        while (now := loop.time()) < end:
+        if config.closed_loop:
+            # No schedule: the senders take the next message as soon as they are free.
+            while loop.time() < end:
+                await queue.put(due)
+                self.sent += 1
+                due += 1
+        while not config.closed_loop and (now := loop.time()) < end:
             while due < (now - started) * config.rate:
                 try:
                     queue.put_nowait(due)
