@@ -109,7 +109,7 @@ class BenchStack:
             process = ServerProcess(worker, [sys.executable, "manage.py", "worker", worker], env, self.workdir)
             self.processes.append(process.start())
         web, self.url = start_web(env, self.workdir)
-        self.processes.append(web)
+        self.processes.extend(web)
         self._wait_healthy(timeout=30)
 
     def seed_users(self, names: list[str], password: str) -> dict[str, str]:
@@ -185,8 +185,8 @@ class BenchStack:
             "database": f"PostgreSQL {self.pg.bindir.parent.name}, "
                         + ("fsync, synchronous_commit and full_page_writes OFF (--fast-db, not as shipped)"
                            if self.fast_db else "durable: Debian's stock settings (fsync, synchronous_commit on)"),
-            "web": f"gunicorn gthread {WEB_WORKERS} workers x {WEB_THREADS} threads, the Procfile's command line "
-                   "(access log on)",
+            "web": f"nginx (front/nginx.conf, access log on) before gunicorn gthread {WEB_WORKERS} workers x "
+                   f"{WEB_THREADS} threads, the Procfile's command lines",
             "broker": "mosquitto (project config)",
             "relay": "1 process",
             "presence": "1 process",
@@ -237,35 +237,47 @@ def _stock_options(options: str) -> str:
 
 
 def start_web(env: dict[str, str], workdir: Path):
-    """gunicorn as the Procfile starts it (its `web:` line, run by a shell as honcho does)
-    on a free port of 127.0.0.1; returns (process, url) once it answers. One place to
-    change when a front server comes in between."""
+    """The HTTP tier as the Procfile starts it: its `front:` line (nginx, on
+    front/nginx.conf rendered into `workdir`/front/) and its `web:` line (gunicorn on the
+    front's socket), each run by a shell as honcho does, nginx on a free port of
+    127.0.0.1; returns ([front, web], url) once Django answers through nginx."""
+    from chatserver import frontconf
     from tests.support.postgres import free_port
     from tests.support.stack import ServerProcess, wait_until
 
-    line = next(line for line in PROCFILE.read_text().splitlines() if line.startswith("web:"))
-    command = line.split(":", 1)[1].strip().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
     port = free_port()
-    web_env = {**env, "HTTP_BIND": "127.0.0.1", "HTTP_PORT": str(port), "WEB_WORKERS": str(WEB_WORKERS),
-               "WEB_THREADS": str(WEB_THREADS), "WEB_TMP_DIR": "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/tmp"}
+    # nginx's workers (www-data, when root) pass through it to the socket.
+    os.chmod(workdir, 0o711)
+    frontconf.prepare(data_dir=workdir, port=port, bind="127.0.0.1",
+                      max_attachment=int(env.get("ATTACHMENT_MAX_SIZE", 25 * 1024 * 1024)))
+    web_env = {**env, "DATA_DIR": str(workdir), "HTTP_BIND": "127.0.0.1", "HTTP_PORT": str(port),
+               "WEB_WORKERS": str(WEB_WORKERS), "WEB_THREADS": str(WEB_THREADS),
+               "WEB_TMP_DIR": "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/tmp",
+               "PATH": f"{env.get('PATH', os.defpath)}:/usr/local/sbin:/usr/sbin:/sbin"}
     web_env.pop("HTTPS_CERT", None)
     web_env.pop("HTTPS_KEY", None)
-    web = ServerProcess("web", ["bash", "-c", command], web_env, workdir).start()
+    processes = []
+    for name in ("front", "web"):
+        line = next(line for line in PROCFILE.read_text().splitlines() if line.startswith(f"{name}:"))
+        command = line.split(":", 1)[1].strip().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+        processes.append(ServerProcess(name, ["bash", "-c", command], web_env, workdir).start())
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
-        if not web.alive():
-            raise RuntimeError(f"gunicorn died:\n{web.log_tail()}")
+        for process in processes:
+            if not process.alive():
+                raise RuntimeError(f"{process.name} died:\n{process.log_tail()}")
         try:
             with urllib.request.urlopen(f"{url}/health/", timeout=2):
                 return True
-        except urllib.error.HTTPError:
-            return True  # it answers; the body says what is up
+        except urllib.error.HTTPError as error:
+            # Django answers, whatever its body says; nginx's own 503 means not yet.
+            return not (error.code == 503 and b'"unavailable"' in error.read())
         except OSError:
             return False
 
-    wait_until(answers, 20, f"gunicorn on port {port}", interval=0.05)
-    return web, url
+    wait_until(answers, 20, f"gunicorn behind nginx on port {port}", interval=0.05)
+    return processes, url
 
 
 def tree_cpu(root: int) -> float:
