@@ -311,8 +311,9 @@ def message_search(
     kicked from), after `history_start_seq`, not deleted. Matching: see `chats.search`.
     On PostgreSQL, words go through the GIN index on `to_tsvector('simple', content)`
     and spaceless scripts also through the trigram index on `content` (migration chats
-    0004); on SQLite, LIKE over the caller's chats (see the README). Two queries: the
-    caller's memberships, then the page. ChatNotFound for a `chat_id` not the caller's.
+    0004); on SQLite, LIKE over the caller's chats (see the README). Two queries (the
+    caller's memberships, the page), three for text in spaceless scripts (words and
+    substrings apart, merged). ChatNotFound for a `chat_id` not the caller's.
     """
     from django.db import connection
     from django.db.models import BooleanField
@@ -343,28 +344,38 @@ def message_search(
     if before is not None:
         messages = messages.filter(id__lt=before)
 
+    columns = ("id", "chat_id", "seq", "author_id", "type", "content", "created_at", "edited_at")
     if connection.vendor == "postgresql":
-        conditions = []
+        # Two queries at most, each the newest limit + 1 of its own index, merged: the
+        # words' GIN index and the trigram one do not combine well in one plan (an OR
+        # keeps neither side's LIMIT).
+        page = []
         if words:
             # The very expression of the GIN index, so that the planner uses it.
-            conditions.append(RawSQL(
+            page += messages.filter(RawSQL(
                 "to_tsvector('simple', content) @@ to_tsquery('simple', %s)", [search.tsquery_of(words)],
                 output_field=BooleanField(),
-            ))
+            )).only(*columns).order_by("-id")[: limit + 1]
         if substring:
-            conditions.append(RawSQL("content ILIKE %s", [search.like_pattern(phrase)], output_field=BooleanField()))
-        match = conditions[0] if len(conditions) == 1 else Q(conditions[0]) | Q(conditions[1])
-        messages = messages.filter(match)
+            inside = messages.filter(
+                RawSQL("content ILIKE %s", [search.like_pattern(phrase)], output_field=BooleanField())
+            ).only(*columns)
+            if len(phrase) < 3:
+                # No trigram in it, so the trigram index cannot narrow it: read the
+                # caller's chats' messages instead (ordering by `id + 0` keeps the planner
+                # off walking the whole table backwards by id, which it would pick for
+                # the LIMIT, and which takes seconds for a pattern it cannot estimate).
+                inside = inside.order_by((F("id") + 0).desc())
+            else:
+                inside = inside.order_by("-id")
+            page += inside[: limit + 1]
+        page = sorted({m.id: m for m in page}.values(), key=lambda m: m.id, reverse=True)[: limit + 1]
     else:
         # SQLite: LIKE (case-insensitive for ASCII letters only) for each word as a
         # substring, or the phrase in spaceless scripts.
         for word in ([phrase] if substring else words):
             messages = messages.filter(content__icontains=word)
-
-    page = list(
-        messages.only("id", "chat_id", "seq", "author_id", "type", "content", "created_at", "edited_at")
-        .order_by("-id")[: limit + 1]
-    )
+        page = list(messages.only(*columns).order_by("-id")[: limit + 1])
     for message in page:
         message.search_words, message.search_substring = words or [phrase], substring
     return page[:limit], len(page) > limit
