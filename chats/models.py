@@ -119,6 +119,11 @@ class Message(models.Model):
     # The user ids this message mentions (`@username`, `@all`), kept with it for the API;
     # `Mention` rows count them per reader.
     mentions = models.JSONField(default=list, db_default=Value("[]"))
+    # The preview of its first http(s) link, `{url, title, description, image}`, set by the
+    # `previews` worker (chats/previews.py) after the send or an edit; null without one.
+    # (Search: GIN indexes on to_tsvector('simple', content) and on content's trigrams,
+    # PostgreSQL only, made by migration 0004 in SQL: see chats/search.py.)
+    link_preview = models.JSONField(null=True, blank=True)
 
     # --- pins, forwards, invitations ---
     # Pinned in its chat (by an admin or the owner of a group, by either member of a
@@ -230,3 +235,30 @@ class InviteAnswer(models.Model):
             # Also the index that reads an invitation's answers.
             models.UniqueConstraint(fields=["message", "user"], name="chats_inviteanswer_unique"),
         ]
+
+# --- Link previews ------------------------------------------------------------------------
+
+
+class LinkPreview(models.Model):
+    """What a URL's page showed when the `previews` worker last fetched it: the cache per
+    URL (`LINK_PREVIEW_TTL`). `data` is `{title, description, image}`, or null when the
+    page gave nothing to show (an error, not HTML, no title...): that is cached too, so a
+    failing link is not fetched again for each message."""
+
+    url = models.CharField(max_length=2000, unique=True)
+    data = models.JSONField(null=True, blank=True)
+    fetched_at = models.DateTimeField(default=timezone.now)
+
+
+class PreviewJob(models.Model):
+    """A link to preview for a message, queued in the transaction of the send or the
+    edit; the `previews` worker takes it (woken by NOTIFY: migration 0004's trigger) and
+    deletes it once done, so nothing is lost while the worker is down."""
+
+    id = models.BigAutoField(primary_key=True)
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+", db_index=False)
+    url = models.CharField(max_length=2000)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "chats_preview_job"

@@ -12,7 +12,7 @@ MESSAGE = {
     "reply_to": 345, "reply_preview": {"id": 345, "author": 43, "content": "Who's in?", "deleted": False},
     "client_id": "3f2a9c1e-6b1d-4e0a-9d55-0c8f1a2b7e41", "created_at": "2026-12-01T09:31:02.118000Z",
     "edited_at": None, "deleted": False, "version": 5, "unread_count": 0, "attachment": None,
-    "reactions": [{"emoji": "👍", "count": 2, "user_ids": [43, 44]}], "mentions": [43],
+    "reactions": [{"emoji": "👍", "count": 2, "user_ids": [43, 44]}], "mentions": [43], "link_preview": None,
     "pinned_at": None, "pinned_by": None, "forwarded": False, "forwarded_from": None, "invite": None,
 }
 IMAGE = {
@@ -47,4 +47,13 @@ SYNC = {
     "changed": [{"id": 12, "version": 6, "messages": [IMAGE], "has_more": False, "members": [OWNER, MEMBER]}],
     "removed": [9],
     "new": [{**CHAT, "id": 15, "type": "direct", "name": "", "last_seq": 0, "version": 1}],
+}
+SEARCH = {
+    "results": [
+        {"id": 346, "chat": 12, "seq": 2, "author": 42, "type": "text", "created_at": "2026-12-01T09:31:02.118000Z",
+         "edited_at": None, "snippet": "@bob Saturday at 10?", "highlights": [[5, 13]]},
+        {"id": 201, "chat": 9, "seq": 40, "author": 43, "type": "image", "created_at": "2026-11-28T17:02:45.001000Z",
+         "edited_at": None, "snippet": "…the crag on Saturday, bring ropes", "highlights": [[13, 21]]},
+    ],
+    "has_more": False,
 }

@@ -36,7 +36,7 @@ def chat_members(*, chat_id: int) -> list[Membership]:
 
 
 def message_page(
-    *, chat_id: int, before: int | None, after: int | None, limit: int
+    *, chat_id: int, before: int | None, after: int | None, limit: int, from_seq: int = 0
 ) -> tuple[list[Message], bool]:
     """A page of history, oldest first, and whether there is more beyond it.
 
@@ -44,7 +44,8 @@ def message_page(
     newer ones follow (up to `before`, when given). Otherwise it is the newest page below
     `before` (or the newest of all) and `has_more` says whether older ones precede it.
     Cursors are message ids of this chat (0 for "the beginning"); they are turned into
-    seqs, so every page is a range scan of the (chat, seq) index.
+    seqs, so every page is a range scan of the (chat, seq) index. `from_seq`: the
+    reader sees only messages after it (`history_start_seq`).
     """
     cursors = {c for c in (before, after) if c}
     seqs = dict(
@@ -53,6 +54,8 @@ def message_page(
     if cursors - seqs.keys():
         raise InvalidCursor()
     messages = Message.objects.filter(chat_id=chat_id).select_related(*MESSAGE_RELATED)
+    if from_seq:
+        messages = messages.filter(seq__gt=from_seq)
     if before is not None:
         messages = messages.filter(seq__lt=seqs[before])
     if after is not None:
@@ -306,3 +309,93 @@ def message_pins(*, chat_id: int) -> list[Message]:
         .order_by("-pinned_at", "-id")
     )
     return messages_annotate(chat_id=chat_id, messages=pins)
+
+# --- History visibility and search ------------------------------------------------------
+
+
+def history_start_seq(membership: Membership) -> int:
+    """The rule of what a member may read of its chat's history, in one place: the
+    messages after this seq. History is shared: every member, whatever its role, reads
+    the whole history of its chats, also what was sent before it joined (docs/http-api.md,
+    "Group roles"), so 0. History pages and search both ask here."""
+    return 0
+
+
+def message_search(
+    *, user_id: int, query: str, chat_id: int | None = None, before: int | None = None, limit: int = 20
+) -> tuple[list[Message], bool]:
+    """The messages `user_id` can read now that match `query`, newest first, and whether
+    older ones match too (`before`: only messages older than that id).
+
+    Readable now: in a chat the user is a member of (nothing from chats it left or was
+    kicked from), after `history_start_seq`, not deleted. Matching: see `chats.search`.
+    On PostgreSQL, words go through the GIN index on `to_tsvector('simple', content)`
+    and spaceless scripts also through the trigram index on `content` (migration chats
+    0004); on SQLite, LIKE over the caller's chats (see the README). Two queries (the
+    caller's memberships, the page), three for text in spaceless scripts (words and
+    substrings apart, merged). ChatNotFound for a `chat_id` not the caller's.
+    """
+    from django.db import connection
+    from django.db.models import BooleanField
+    from django.db.models.expressions import RawSQL
+
+    from chats import search
+
+    memberships = Membership.objects.filter(user_id=user_id)
+    if chat_id is not None:
+        memberships = memberships.filter(chat_id=chat_id)
+    memberships = list(memberships.only("id", "chat_id", "joined_seq"))
+    if chat_id is not None and not memberships:
+        raise ChatNotFound()
+    words = search.words_of(query)
+    phrase = " ".join(query.split())
+    substring = search.is_spaceless(phrase)
+    if not memberships or not (words or substring):
+        return [], False
+
+    starts: dict[int, list[int]] = {}
+    for m in memberships:
+        starts.setdefault(history_start_seq(m), []).append(m.chat_id)
+    readable = reduce(or_, (
+        Q(chat_id__in=ids) if start == 0 else Q(chat_id__in=ids, seq__gt=start)
+        for start, ids in starts.items()
+    ))
+    messages = Message.objects.filter(readable, deleted=False)
+    if before is not None:
+        messages = messages.filter(id__lt=before)
+
+    columns = ("id", "chat_id", "seq", "author_id", "type", "content", "created_at", "edited_at")
+    if connection.vendor == "postgresql":
+        # Two queries at most, each the newest limit + 1 of its own index, merged: the
+        # words' GIN index and the trigram one do not combine well in one plan (an OR
+        # keeps neither side's LIMIT).
+        page = []
+        if words:
+            # The very expression of the GIN index, so that the planner uses it.
+            page += messages.filter(RawSQL(
+                "to_tsvector('simple', content) @@ to_tsquery('simple', %s)", [search.tsquery_of(words)],
+                output_field=BooleanField(),
+            )).only(*columns).order_by("-id")[: limit + 1]
+        if substring:
+            inside = messages.filter(
+                RawSQL("content ILIKE %s", [search.like_pattern(phrase)], output_field=BooleanField())
+            ).only(*columns)
+            if len(phrase) < 3:
+                # No trigram in it, so the trigram index cannot narrow it: read the
+                # caller's chats' messages instead (ordering by `id + 0` keeps the planner
+                # off walking the whole table backwards by id, which it would pick for
+                # the LIMIT, and which takes seconds for a pattern it cannot estimate).
+                inside = inside.order_by((F("id") + 0).desc())
+            else:
+                inside = inside.order_by("-id")
+            page += inside[: limit + 1]
+        page = sorted({m.id: m for m in page}.values(), key=lambda m: m.id, reverse=True)[: limit + 1]
+    else:
+        # SQLite: LIKE (case-insensitive for ASCII letters only) for each word as a
+        # substring, or the phrase in spaceless scripts.
+        for word in ([phrase] if substring else words):
+            messages = messages.filter(content__icontains=word)
+        page = list(messages.only(*columns).order_by("-id")[: limit + 1])
+    for message in page:
+        message.search_words, message.search_substring = words or [phrase], substring
+    return page[:limit], len(page) > limit

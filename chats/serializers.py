@@ -323,6 +323,14 @@ class InviteOutput(serializers.Serializer):
 class InviteAnswerInput(serializers.Serializer):
     answer = serializers.ChoiceField(choices=InviteAnswer.Answer.choices)
 
+class LinkPreviewOutput(serializers.Serializer):
+    """What the page of a message's first link shows (Open Graph tags, else its title)."""
+
+    url = serializers.CharField(help_text="The link as it is in the message.")
+    title = serializers.CharField(allow_null=True)
+    description = serializers.CharField(allow_null=True)
+    image = serializers.CharField(allow_null=True, help_text="An absolute http(s) URL on the page's site or another; not fetched by the server.")
+
 
 @extend_schema_serializer(examples=[OpenApiExample("A reply", value=schema.MESSAGE),
                                     OpenApiExample("An image", value=schema.IMAGE),
@@ -354,6 +362,9 @@ class MessageOutput(serializers.Serializer):
     forwarded = serializers.BooleanField(help_text="A forward of another message.")
     forwarded_from = ForwardedFromOutput(allow_null=True)
     invite = InviteOutput(allow_null=True, help_text="An invitation's (type `invite`); null for any other message, and once deleted.")
+    link_preview = LinkPreviewOutput(
+        allow_null=True, help_text="The preview of its first http(s) link, once the server fetched it; else null."
+    )
 
 
 @extend_schema_serializer(examples=[OpenApiExample("The newest page", value={"results": [schema.MESSAGE, schema.IMAGE], "has_more": True})])
@@ -388,3 +399,50 @@ class SyncOutput(serializers.Serializer):
     changed = SyncChatOutput(many=True)
     removed = serializers.ListField(child=serializers.IntegerField())
     new = ChatOutput(many=True)
+
+
+# --- Search --------------------------------------------------------------------------
+
+
+class MessageSearchQuery(serializers.Serializer):
+    q = serializers.CharField(
+        min_length=1, max_length=200, trim_whitespace=True,
+        help_text="1 to 200 characters (after trimming). Every word matches as a word prefix; "
+        "text in scripts written without spaces (Chinese, Japanese, Korean, Thai) also anywhere.",
+    )
+    chat = QueryIntegerField(
+        min_value=1, max_value=MAX_ID, required=False, default=None, help_text="Only this chat (one of the caller's)."
+    )
+    before = QueryIntegerField(
+        min_value=1, max_value=MAX_ID, required=False, default=None,
+        help_text="Only messages older than this id (the last hit's id: the next page).",
+    )
+    limit = QueryIntegerField(min_value=1, max_value=50, required=False, default=20, help_text="1 to 50.")
+
+
+class SearchHitOutput(serializers.Serializer):
+    """A message that matched: where it is, and a snippet of it."""
+
+    id = serializers.IntegerField(help_text="The message's id.")
+    chat = serializers.IntegerField()
+    seq = serializers.IntegerField()
+    author = serializers.IntegerField(allow_null=True)
+    type = serializers.ChoiceField(choices=Message.Type.choices)
+    created_at = serializers.DateTimeField()
+    edited_at = serializers.DateTimeField(allow_null=True)
+    snippet = serializers.CharField(
+        allow_blank=True,
+        help_text="Plain text from the message around its first match (at most 120 characters, "
+        "whitespace runs as one space, `…` where cut). No markup.",
+    )
+    highlights = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField(min_value=0), min_length=2, max_length=2),
+        help_text="The matches in `snippet`: [start, end) pairs in UTF-16 code units "
+        "(Java/Kotlin string indices), in order, not overlapping.",
+    )
+
+
+@extend_schema_serializer(examples=[OpenApiExample("Two hits", value=schema.SEARCH)])
+class SearchPageOutput(serializers.Serializer):
+    results = SearchHitOutput(many=True, help_text="Newest first.")
+    has_more = serializers.BooleanField(help_text="Older hits follow: ask again with before=<the last id>.")

@@ -78,6 +78,7 @@ def message_data(message: Message, *, unread_count: int, reply_preview: dict | N
         "forwarded": message.forwarded,
         "forwarded_from": forwarded_from_data(message),
         "invite": message.invite,
+        "link_preview": message.link_preview,
     }
 
 
@@ -151,4 +152,28 @@ def chat_data(chat: Chat, members: list[Membership]) -> dict:
         "last_seq": chat.last_seq,
         "version": chat.version,
         "members": [member_data(m) for m in members],
+    }
+
+
+# --- Search --------------------------------------------------------------------------
+
+
+def search_hit_data(message: Message) -> dict:
+    """A search hit: where the message is (open the chat's history around `id`), and a
+    plain-text snippet with its matches as UTF-16 offsets (`chats.search.snippet`)."""
+    from chats import search
+
+    text, highlights = search.snippet(
+        message.content, message.search_words, substring=message.search_substring
+    )
+    return {
+        "id": message.id,
+        "chat": message.chat_id,
+        "seq": message.seq,
+        "author": message.author_id,
+        "type": message.type,
+        "created_at": message.created_at,
+        "edited_at": message.edited_at,
+        "snippet": text,
+        "highlights": highlights,
     }

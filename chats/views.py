@@ -34,9 +34,11 @@ from chats.serializers import (
     MemberListOutput,
     MemberUpdateInput,
     MessageCreateInput,
+    MessageSearchQuery,
     MessageOutput,
     MessageUploadInput,
     MessagePageOutput,
+    SearchPageOutput,
     MessageUpdateInput,
     SyncInput,
     SyncOutput,
@@ -169,8 +171,10 @@ class ChatMessagesView(APIView):
     def get(self, request, chat_id: int):
         query = HistoryQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
-        page, has_more = selectors.message_page(chat_id=chat_id, **query.validated_data)
+        membership = selectors.membership_get_for_member(chat_id=chat_id, user_id=request.user.id)
+        page, has_more = selectors.message_page(
+            chat_id=chat_id, from_seq=selectors.history_start_seq(membership), **query.validated_data
+        )
         results = selectors.messages_data(chat_id=chat_id, messages=page)
         return Response({"results": results, "has_more": has_more})
 
@@ -536,3 +540,24 @@ class InviteAnswerView(APIView):
             actor=request.user, chat_id=chat_id, message_id=message_id, answer=data.validated_data["answer"]
         )
         return Response(shapes.message_output(message))
+
+# --- Search --------------------------------------------------------------------------
+
+
+class MessageSearchView(APIView):
+    @extend_schema(
+        summary="Search the messages the caller can read, newest first.",
+        parameters=[MessageSearchQuery], responses={200: SearchPageOutput}, tags=["search"],
+        description="Messages of the caller's chats (not deleted; the history a member reads), "
+        "whose words start with every word of `q` (text in scripts without spaces also anywhere). "
+        "Each hit has a plain-text snippet and its matches as UTF-16 offsets.",
+    )
+    @raises(ChatNotFound)
+    def get(self, request):
+        query = MessageSearchQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        page, has_more = selectors.message_search(
+            user_id=request.user.id, query=data["q"], chat_id=data["chat"], before=data["before"], limit=data["limit"]
+        )
+        return Response({"results": [shapes.search_hit_data(m) for m in page], "has_more": has_more})

@@ -401,6 +401,18 @@ PUSH_BATCH_SIZE = env_int("PUSH_BATCH_SIZE", 200)
 # Sends of one push before it is given up (429s and 5xx, with back-off from 1 s doubling).
 PUSH_MAX_ATTEMPTS = env_int("PUSH_MAX_ATTEMPTS", 8)
 
+# Link previews (chats/previews.py, the `previews` worker): the page of a message's first
+# http(s) link, read with a strict time and size limit, cached per URL for the TTL
+# (seconds; pages that showed nothing too). Never from private, loopback, link-local or
+# other non-public addresses unless LINK_PREVIEW_ALLOW_PRIVATE (the tests' local server).
+LINK_PREVIEWS = env_bool("LINK_PREVIEWS", True)
+LINK_PREVIEW_ALLOW_PRIVATE = env_bool("LINK_PREVIEW_ALLOW_PRIVATE")
+LINK_PREVIEW_TIMEOUT = env_float("LINK_PREVIEW_TIMEOUT", 3.0)
+LINK_PREVIEW_MAX_BYTES = env_int("LINK_PREVIEW_MAX_BYTES", 512 * 1024)
+LINK_PREVIEW_MAX_REDIRECTS = 3
+LINK_PREVIEW_TTL = env_int("LINK_PREVIEW_TTL", 86400)
+LINK_PREVIEW_CONCURRENCY = env_int("LINK_PREVIEW_CONCURRENCY", 8)
+
 # Check every queued event against its JSON Schema in docs/asyncapi.yaml (the suite turns
 # it on; it costs a schema validation per event, so production leaves it off).
 OUTBOX_CHECK_SCHEMAS = env_bool("OUTBOX_CHECK_SCHEMAS")

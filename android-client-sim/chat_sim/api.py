@@ -308,6 +308,11 @@ class Api:
         body, content_type = _multipart(fields, "file", path)
         return self.request("POST", f"/chats/{chat_id}/messages/", raw=body, content_type=content_type)
 
+    def search(self, q: str, *, chat: int | None = None, before: int | None = None,
+               limit: int | None = None) -> dict:
+        """Messages one can read matching `q`: `{results: [hits, newest first], has_more}`."""
+        return self.request("GET", "/search/messages/", query={"q": q, "chat": chat, "before": before, "limit": limit})
+
     def react(self, chat_id: int, message_id: int, emoji: str) -> dict:
         """Add one's `emoji` to a message (idempotent); the message with its reactions."""
         return self.request("PUT", f"/chats/{chat_id}/messages/{message_id}/reactions/{quote(emoji, safe='')}/")

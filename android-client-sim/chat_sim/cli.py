@@ -370,6 +370,21 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> None:
     ctx.show(page, human)
 
 
+def cmd_search(ctx: Context, args: argparse.Namespace) -> None:
+    """Messages one can read that match the words, newest first, matches in [[ ]]."""
+    api = ctx.api()
+    page = api.search(args.query, chat=args.chat, before=args.before, limit=args.limit)
+    names = Names(api, {ctx.me: ctx.profile.username})
+
+    def human(p):
+        lines = [output.search_line(hit, names) for hit in p["results"]]
+        if p.get("has_more") and p["results"]:
+            lines.append(f"(older: --before {p['results'][-1]['id']})")
+        return "\n".join(lines) or "(no messages found)"
+
+    ctx.show(page, human)
+
+
 def _pointer(ctx: Context, args: argparse.Namespace, which: str) -> None:
     api = ctx.api()
     message_id = args.message
@@ -769,6 +784,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--before", type=int, metavar="MESSAGE_ID")
     p.add_argument("--after", type=int, metavar="MESSAGE_ID")
+    p = command(commands, "search", cmd_search, "search the messages you can read, newest first")
+    p.add_argument("query", help="words (each matches a word's start; CJK and Korean also inside words)")
+    p.add_argument("--chat", type=int, help="only this chat")
+    p.add_argument("--before", type=int, metavar="MESSAGE_ID", help="older than this hit (the next page)")
+    p.add_argument("--limit", type=int, help="1 to 50 (default 20)")
     p = command(commands, "read", cmd_read, "move your read pointer (default: to the newest message)")
     p.add_argument("chat", type=int)
     p.add_argument("message", type=int, nargs="?")

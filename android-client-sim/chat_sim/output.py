@@ -102,6 +102,9 @@ def message_line(message: dict, names: Names, *, own_id: int | None = None, sour
         extras.append("@you")
     elif mentions:
         extras.append("@" + ",".join(names(m) for m in mentions))
+    preview = preview_text(message.get("link_preview"))
+    if preview:
+        extras.append(preview)
     if own_id is not None and message.get("author") == own_id:
         # ✓ stored by the server; ✓✓ read by every other member
         extras.append("✓✓" if message.get("unread_count") == 0 else "✓")
@@ -110,6 +113,33 @@ def message_line(message: dict, names: Names, *, own_id: int | None = None, sour
     tail = f"  {' '.join(extras)}" if extras else ""
     return (f"{clock(message.get('created_at'))} [chat {message.get('chat')} #{message.get('seq')} "
             f"id {message.get('id')}] {names(message.get('author'))}: {text}{tail}")
+
+
+def preview_text(preview) -> str:
+    """`[link: The crag — Routes and grades]`: a message's link preview, if it has one."""
+    if not isinstance(preview, dict):
+        return ""
+    title = preview.get("title") or preview.get("url")
+    description = preview.get("description")
+    return f"[link: {title}{' — ' + description if description else ''}]"
+
+
+def highlighted(snippet: str, highlights) -> str:
+    """A search hit's snippet with its matches in [[ ]] (the server gives UTF-16 offsets)."""
+    units = snippet.encode("utf-16-le")
+    out, last = [], 0
+    for start, end in highlights or []:
+        out += [units[last * 2:start * 2].decode("utf-16-le", "replace"), "[[",
+                units[start * 2:end * 2].decode("utf-16-le", "replace"), "]]"]
+        last = end
+    out.append(units[last * 2:].decode("utf-16-le", "replace"))
+    return "".join(out)
+
+
+def search_line(hit: dict, names: "Names") -> str:
+    """`12:00:01 [chat 7 #3 id 301] alice: …see you at the [[crag]]`."""
+    return (f"{clock(hit.get('created_at'))} [chat {hit.get('chat')} #{hit.get('seq')} id {hit.get('id')}] "
+            f"{names(hit.get('author'))}: {highlighted(hit.get('snippet', ''), hit.get('highlights'))}")
 
 
 def reactions_text(reactions) -> str:
@@ -171,7 +201,10 @@ def event_line(kind: str, chat: int | None, data: dict, names: Names) -> str:
         if data.get("pinned_at"):
             line += f"; 📌 pinned by {names(data.get('pinned_by'))}"
         invite = invite_text(data.get("invite"), names)
-        return f"{line}; {invite}" if invite else line
+        if invite:
+            line += f"; {invite}"
+        preview = preview_text(data.get("link_preview"))
+        return f"{line}; {preview}" if preview else line
     if kind == "typing.updated":
         user = data.get("user")
         who = names(user) if isinstance(user, int) else user

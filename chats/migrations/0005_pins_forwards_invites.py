@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chats', '0003_reactions_and_mentions'),
+        ('chats', '0004_search_and_previews'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

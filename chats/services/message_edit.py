@@ -5,10 +5,12 @@ from django.utils import timezone
 
 from accounts.models import User
 from chats import media, shapes
-from chats.errors import MessageDeleted, MessageNotFound, NotAllowed, NotAuthor
+from chats.errors import ChatNotFound, MessageDeleted, MessageNotFound, NotAllowed, NotAuthor
 from chats.mentions import mentioned_ids, mentions_replace
 from chats.models import Chat, InviteAnswer, Message, Reaction
+from chats.previews import first_link
 from chats.selectors import MESSAGE_RELATED, messages_annotate
+from chats.services.previews import preview_queue, preview_requeue
 from chats.services.common import (
     RANK,
     Role,
@@ -57,6 +59,7 @@ def message_update(
             message.content = content
             message.edited_at = timezone.now()
             mentions_replace(message, mentioned_ids(chat_id=chat.id, author_id=message.author_id, content=content))
+            preview_requeue(message)
         _updated(chat, message)
     return message
 
@@ -86,6 +89,7 @@ def _soft_delete(message: Message) -> None:
     message.content = shapes.DELETED_CONTENT
     _attachment_drop(message)
     mentions_replace(message, [])
+    message.link_preview = None  # a queued job finds the message deleted and drops itself
     if message.reactions:
         Reaction.objects.filter(message_id=message.id).delete()
         message.reactions = []
@@ -101,6 +105,7 @@ def _updated(chat: Chat, message: Message) -> None:
     message.version = chat_version_bump(chat)
     message.save(update_fields=[
         "content", "deleted", "edited_at", "version", "mentions", "reactions", "pinned_at", "pinned_by", "invite",
+        "link_preview",
     ])
     messages_annotate(chat_id=chat.id, messages=[message])
     chat_event(
@@ -121,3 +126,34 @@ def _attachment_drop(message: Message) -> None:
     attachment.delete()
     Message.attachment.related.set_cached_value(message, None)
     transaction.on_commit(lambda: media.discard_unreferenced(*names))
+
+
+# --- Link previews --------------------------------------------------------------------
+
+
+def message_preview_set(*, message_id: int, url: str, preview: dict | None) -> bool:
+    """The `previews` worker read the page of `url`, the link a job was queued for:
+    store its preview on the message, with the chat's next version, and members get
+    `message.updated`; return whether it did.
+
+    Under the chat's lock, and only if the message is still there, not deleted, its
+    first link is still `url` (an edit since queued its own job) and the preview is new;
+    a page that showed nothing (`preview` None) changes nothing.
+    """
+    chat_id = Message.objects.filter(id=message_id).values_list("chat_id", flat=True).first()
+    if chat_id is None or preview is None:
+        return False
+    with transaction.atomic():
+        try:
+            chat = lock_chat(chat_id)
+        except ChatNotFound:
+            return False
+        message = Message.objects.filter(chat=chat, id=message_id).select_related(*MESSAGE_RELATED).first()
+        if message is None or message.deleted or first_link(message.content) != url:
+            return False
+        value = {"url": url, **preview}
+        if message.link_preview == value:
+            return False
+        message.link_preview = value
+        _updated(chat, message)
+    return True

@@ -14,6 +14,7 @@ from chats.errors import CannotPost, ChatNotFound
 from chats.models import Attachment, Membership, Message
 from chats.selectors import MESSAGE_RELATED, messages_annotate
 from chats.services.common import Role, chat_event
+from chats.services.previews import preview_queue
 from chatserver import push
 from chatserver.errors import InvalidInput
 from chatserver.events import EventType
@@ -209,6 +210,8 @@ def _message_created(*, message: Message, attachment: Attachment | None, origina
     )
     # The members' devices without a live connection are woken (chats/push.py).
     push.enqueue(kind="message", data={"message_id": message.id})
+    # Its first link, if any, is previewed by the `previews` worker (no query without one).
+    preview_queue(message)
 
 
 def _type_of(attachment: Attachment | None) -> str:

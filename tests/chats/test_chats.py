@@ -145,7 +145,7 @@ def test_messages_get_seq_1_2_3_and_an_event_for_every_member():
     assert set(first) == {
         "id", "chat", "seq", "author", "type", "content", "reply_to", "reply_preview",
         "client_id", "created_at", "edited_at", "deleted", "version", "unread_count", "attachment",
-        "reactions", "mentions", "pinned_at", "pinned_by", "forwarded", "forwarded_from", "invite",
+        "reactions", "mentions", "pinned_at", "pinned_by", "forwarded", "forwarded_from", "invite", "link_preview",
     }
     assert first["author"] == alice.id
     assert first["chat"] == chat["id"]

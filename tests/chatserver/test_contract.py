@@ -51,6 +51,7 @@ from rest_framework.test import APIClient
 from accounts import presence as account_presence
 from accounts import social
 from chats.services.common import UNVERSIONED, UNVERSIONED_WHEN
+from chats.services.message_edit import message_preview_set
 from chatserver import contract, outbox
 from chatserver.events import Event, EventType
 from chatserver.models import OutboxEvent
@@ -550,9 +551,15 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
         olga.patch(f"/chats/{cid}/users/{olga_id}/", {"archived": True}, format="json"),
         olga.get(f"/accounts/{olga_id}/chats/", {"archived": "true"}),
         olga.patch(f"/chats/{cid}/messages/{first.json()['id']}/", {"deleted": True}, format="json"),
+        linked := olga.post(f"/chats/{cid}/messages/", {"content": "see https://example.org/x"}, format="json"),
         olga.get(f"/chats/{cid}/"),
         olga.patch(f"/chats/{cid}/", {"name": "team2"}, format="json"),
+        # the previews worker's part, done here: the page of the link was read
+        message_preview_set(message_id=linked.json()["id"], url="https://example.org/x",
+                            preview={"title": "X", "description": None, "image": None}) and None,
         olga.get(f"/chats/{cid}/messages/"),
+        olga.get("/search/messages/", {"q": "hi see"}),
+        olga.get("/search/messages/", {"q": "example", "chat": cid, "limit": 1}),
         olga.get(f"/chats/{cid}/users/"),
         olga.post(f"/chats/{cid}/users/{make_user().id}/"),
         olga.patch(f"/chats/{cid}/users/{carol.id}/", {"role": "restricted"}, format="json"),
@@ -582,11 +589,14 @@ def test_real_responses_match_the_openapi_schema(openapi, settings, tmp_path):
     responses.append(bob.client.post(f"/chats/{cid}/messages/{invite['id']}/answer/", {"answer": "decline"}, format="json"))
 
     statuses = Counter()
+    responses = [r for r in responses if r is not None]
+    [history] = [r for r in responses if r.wsgi_request.method == "GET" and r.wsgi_request.path == f"/chats/{cid}/messages/"]
+    assert history.json()["results"][-1]["link_preview"]["title"] == "X"
     for response in responses:
         assert response.status_code in (200, 201), (response.wsgi_request.path, response.content)
         assert_matches_openapi(openapi, response)
         statuses[response.status_code] += 1
-    assert statuses == {200: 31, 201: 11}
+    assert statuses == {200: 33, 201: 12}
 
 
 def _operations(schema):

@@ -43,7 +43,7 @@ def test_no_module_of_chatserver_imports_an_app():
 def test_the_apps_register_their_workers():
     registered = workers.registered()
 
-    assert sorted(registered) == ["presence", "push", "relay"]
+    assert sorted(registered) == ["presence", "previews", "push", "relay"]
 
 
 def test_a_name_cannot_be_registered_twice_with_another_factory():

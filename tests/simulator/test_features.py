@@ -1,8 +1,9 @@
-"""Typing, reactions and mentions through the simulator (`chat-sim` as a subprocess)
+"""Typing, reactions, mentions, search and link previews through the simulator (`chat-sim` as a subprocess)
 against the live stack: what `listen --json` shows, exactly, and what it prints."""
 
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -132,3 +133,65 @@ def test_the_shell_shows_typing_reactions_and_mentions(sim, trio):
     assert "alice: @bob look  🔥 1 @you" in result.stdout
     assert f"message {sent['id']}: 🔥 1 👍 1" in result.stdout
     assert "? " not in result.stdout and "error" not in result.stdout
+
+
+# --- search and link previews ------------------------------------------------------------
+
+
+def test_search_prints_the_hits_newest_first_with_their_matches(sim, trio):
+    # given
+    alice, bob, carol, cid = trio
+    for text in ("주말에 친구들과 등산", "On se retrouve au café ?", "climbing at the crag", "nothing"):
+        ok_json(sim("-p", "alice", "send", str(cid), text, "--json"))
+
+    # when
+    found = ok_json(sim("-p", "bob", "search", "친구", "--json"))
+    printed = sim("-p", "bob", "search", "c")
+    outsider = ok_json(sim("-p", "carol", "search", "climbing", "--json"))
+    refused = sim("-p", "bob", "search", " ")
+
+    # then
+    assert [hit["snippet"] for hit in found["results"]] == ["주말에 친구들과 등산"]
+    assert found["results"][0]["highlights"] == [[4, 6]] and found["has_more"] is False
+    lines = printed.stdout.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "alice: [[c]]limbing at the [[c]]rag", "alice: On se retrouve au [[c]]afé ?"]
+    assert outsider == {"results": [], "has_more": False}
+    assert refused.returncode == 1 and "400 validation_error" in refused.stderr
+
+
+@pytest.fixture
+def previews(live_stack, test_database_url, tmp_path):
+    """A real `manage.py worker previews` for this test (allowed to fetch the local page)."""
+    from tests.support.stack import ServerProcess, server_env
+
+    env = {**server_env(database_url=test_database_url, broker=live_stack.broker, data_dir=tmp_path),
+           "LINK_PREVIEW_ALLOW_PRIVATE": "on"}
+    process = ServerProcess("previews", [sys.executable, "manage.py", "worker", "previews"], env, tmp_path).start()
+    yield process
+    process.stop()
+
+
+def test_listen_shows_a_link_s_preview(sim, trio, previews):
+    from tests.chats.test_previews import Site
+
+    alice, bob, _, cid = trio
+    site = Site()
+    bob_phone = Listening(sim, "bob")
+    try:
+        # when
+        url = site.url("/page")
+        sent = ok_json(sim("-p", "alice", "send", str(cid), f"look {url}", "--json"))
+
+        # then: the message, then its update with the preview
+        [updated] = bob_phone.wait_for(lambda line: line["type"] == "message.updated", timeout=15)
+        assert updated["data"]["id"] == sent["id"]
+        assert updated["data"]["link_preview"] == {
+            "url": url, "title": "The crag & its routes", "description": "Grades, approach and topo.",
+            "image": site.url("/img/crag.jpg")}
+        history = sim("-p", "bob", "history", str(cid)).stdout
+        assert "[link: The crag & its routes — Grades, approach and topo.]" in history
+    finally:
+        bob_phone.stop()
+        site.stop()
+    assert_match_the_contract(bob_phone.lines)
