@@ -94,6 +94,12 @@ class Relay(Worker):
     name = "relay"
     lock_key = ADVISORY_LOCK_KEY
     listen = outbox.NOTIFY_CHANNEL
+    # What the relay writes may be lost in a database crash without harm: a DELETE lost
+    # means those rows are sent again (at-least-once; phones drop duplicates by id), a
+    # heartbeat is written again within a second, a dead letter not committed is still in
+    # the outbox and set aside again. So its commits do not wait for the disk (one flush
+    # per slice on the good path otherwise).
+    durable_commits = False
     also_listen = (ephemeral.CHANNEL,)
 
     def __init__(self, *, stop: threading.Event | None = None) -> None:

@@ -80,6 +80,12 @@ class Worker:
     also_listen: tuple[str, ...] = ()
     # Without NOTIFY (SQLite), how long `Session.wait` sleeps at most.
     poll_interval: float = 0.5
+    # Whether this worker's COMMITs wait for the write-ahead log to be on disk. A worker
+    # whose writes a database crash may lose without harm (they are done again: the relay
+    # resends what it had not deleted) says False, and its own connection runs with
+    # PostgreSQL's synchronous_commit off: its commits skip the flush (milliseconds each
+    # on a real disk); nobody else's durability changes.
+    durable_commits: bool = True
 
     def activated(self) -> None:
         """Called each time this worker becomes the active one (first start, and again
@@ -248,8 +254,23 @@ def _close_django_connection() -> None:
         pass
 
 
+def commits_without_flush() -> None:
+    """This process's database connections from now on commit without waiting for the
+    WAL flush (PostgreSQL: `synchronous_commit=off` as a connection option; nothing
+    elsewhere). For `Worker.durable_commits` False."""
+    if connection.vendor != "postgresql":
+        return
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+    flag = "-c synchronous_commit=off"
+    if flag not in options.get("options", ""):
+        options["options"] = f"{options.get('options', '')} {flag}".strip()
+        _close_django_connection()  # the next query connects with it
+
+
 def run(*, worker: Worker, stop: threading.Event) -> None:
     """Drive `worker` until `stop` is set; it never returns on an error (see the module)."""
+    if not worker.durable_commits:
+        commits_without_flush()
     session = Session(worker=worker, stop=stop)
     backoff = BACKOFF_FIRST
     try:

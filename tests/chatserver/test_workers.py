@@ -1,6 +1,8 @@
 """Workers: the framework's rules, its database session, and chatserver/ free of the apps."""
 
 import ast
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -119,3 +121,34 @@ def test_a_dropped_session_is_noticed_by_check_without_a_query(test_database_url
         wait_until(raised, 5, "check() to raise")
     finally:
         session.close()
+
+
+@pytest.mark.django_db
+def test_a_worker_without_durable_commits_commits_without_the_flush_on_its_own_connection(
+        test_database_url, mosquitto, tmp_path):
+    # given: a process set up as `run()` sets up the relay's (Relay.durable_commits False)
+    from chatserver.relay import Relay
+    from tests.support.stack import ROOT, server_env
+
+    assert Relay.durable_commits is False
+    script = (
+        "import django; django.setup()\n"
+        "from django.db import connection\n"
+        "from chatserver.workers import commits_without_flush\n"
+        "def show():\n"
+        "    with connection.cursor() as c:\n"
+        "        c.execute(\"SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'\")\n"
+        "        return c.fetchone()\n"
+        "before = show()\n"
+        "commits_without_flush()\n"
+        "print(before, show())\n"
+    )
+
+    # when
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            env=server_env(database_url=test_database_url, broker=mosquitto, data_dir=tmp_path))
+
+    # then: its own connection says so as a client setting (the test cluster's default is
+    # off already, from its command line; a stock cluster's is on)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "('off', 'command line') ('off', 'client')"
