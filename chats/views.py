@@ -66,9 +66,10 @@ from chats.errors import (
     TooManyPins,
 )
 from chats.throttles import SendThrottle, UploadThrottle
-from chatserver.errors import NotYours
+from chatserver.errors import NotYours, Overloaded
 from chatserver.openapi import Refusal, raises
 from chatserver.parsers import JSONParser
+from chatserver.throttling import DeliveryBackpressure
 
 
 def _chat_response(chat, status: int = 200) -> Response:
@@ -150,8 +151,9 @@ class SizeLimitUploadHandler(FileUploadHandler):
 
 class ChatMessagesView(APIView):
     parser_classes = [JSONParser, MultiPartParser]
-    # POST only; one round trip to the shared bucket per message (two with a file).
-    throttle_classes = [SendThrottle, UploadThrottle]
+    # POST only: refused while delivery is behind (no query: a verdict per process and
+    # second), then one round trip to the shared bucket per message (two with a file).
+    throttle_classes = [DeliveryBackpressure, SendThrottle, UploadThrottle]
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -188,7 +190,7 @@ class ChatMessagesView(APIView):
         "`forwarded_from`; 404 `message_not_found` for one it cannot read or a deleted one); "
         "`type: invite` with `invite` sends an invitation.",
     )
-    @raises(ChatNotFound, CannotPost, BlockedError, PayloadTooLarge, MessageNotFound)
+    @raises(ChatNotFound, CannotPost, BlockedError, PayloadTooLarge, MessageNotFound, Overloaded)
     def post(self, request, chat_id: int):
         upload = request.content_type.startswith("multipart/")
         data = (MessageUploadInput if upload else MessageCreateInput)(data=request.data)

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     NOT_YOURS = "not_yours"
     DATABASE_UNAVAILABLE = "database_unavailable"
+    OVERLOADED = "overloaded"
     SERVER_ERROR = "server_error"
 
 
@@ -47,6 +48,8 @@ class ApplicationError(Exception):
     status_code = 400
     code: StrEnum = ErrorCode.BAD_REQUEST
     message = "Bad request."
+    # Seconds the client is asked to wait before trying again (a Retry-After header), if any.
+    retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, fields: dict | None = None) -> None:
         super().__init__(message or self.message)
@@ -88,3 +91,12 @@ class NotYours(PermissionDenied):
 
     code = ErrorCode.NOT_YOURS
     message = "You can only see and change your own."
+
+
+class Overloaded(ApplicationError):
+    """Delivery is behind (chatserver/backpressure.py): try again after `retry_after`."""
+
+    status_code = 503
+    code = ErrorCode.OVERLOADED
+    message = "Messages are being delivered late; send this one again shortly."
+    retry_after = 2

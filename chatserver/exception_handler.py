@@ -27,6 +27,8 @@ class _ApplicationAPIException(exceptions.APIException):
     def __init__(self, error: ApplicationError) -> None:
         self.status_code = error.status_code
         self.error = error
+        # DRF's handler turns `wait` into Retry-After.
+        self.wait = error.retry_after
         super().__init__(detail=error.message, code=error.code)
 
 

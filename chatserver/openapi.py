@@ -92,7 +92,7 @@ _STATUS_TEXT = {
     413: "The upload is too large.",
     415: "The body's Content-Type is not accepted here.",
     429: "Too many requests: wait `Retry-After` seconds.",
-    503: "The database is unavailable: wait `Retry-After` seconds.",
+    503: "Unavailable for now (the database, or for a message delivery running late): wait `Retry-After` seconds.",
 }
 
 # `fields` of a validation_error: each invalid field's messages, or for a field holding

@@ -383,6 +383,11 @@ RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 # answering, however slowly, is waited for.
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
 
+# Back-pressure (chatserver/backpressure.py): while the relay works and yet the oldest
+# undelivered event is older than this (seconds), message POSTs are refused with 503
+# `overloaded` and Retry-After, until delivery catches up. 0: never.
+INGEST_MAX_OUTBOX_AGE = env_float("INGEST_MAX_OUTBOX_AGE", 10.0)
+
 # /health/ says `degraded` once the oldest queued event has waited longer than this
 # (seconds): messages are accepted but not delivered.
 HEALTH_MAX_OUTBOX_AGE = env_float("HEALTH_MAX_OUTBOX_AGE", 5.0)

@@ -15,9 +15,9 @@ import ipaddress
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.settings import api_settings
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
-from chatserver import ratelimit
+from chatserver import backpressure, ratelimit
 from chatserver.client_address import client_address
 
 
@@ -89,3 +89,14 @@ class UserThrottle(BucketThrottle):
     def ident(self, request, view) -> str | None:
         user = request.user
         return str(user.pk) if user is not None and user.is_authenticated else None
+
+
+class DeliveryBackpressure(BaseThrottle):
+    """Refuses writes with 503 `overloaded` while delivery is behind
+    (`chatserver.backpressure`); first in a view's `throttle_classes`, so a refused request
+    takes nothing from the caller's rate-limit buckets."""
+
+    def allow_request(self, request, view) -> bool:
+        if request.method in ("POST", "PUT", "PATCH"):
+            backpressure.check()
+        return True

@@ -19,13 +19,15 @@ copies a phone received (a killed relay resends at most its window, chatserver/r
 import json
 import secrets
 import time
+import urllib.error
+import urllib.request
 
 import psycopg
 import pytest
 
 from chatserver import models as chatserver_models
 from tests.support.faults import ChatWorld, LivePhone, SteadyLoad, signup
-from tests.support.stack import wait_until
+from tests.support.stack import call, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -310,3 +312,54 @@ def test_relay_killed_twice_while_draining_a_backlog_resends_at_most_its_window_
         assert duplicates <= KILLS * WINDOW, f"{duplicates} duplicates\n{fault_stack.logs()}"
     finally:
         phone.close()
+
+
+def post_message(url: str, chat_id: int, token: str, content: str) -> tuple[int, str | None, dict]:
+    """(status, Retry-After, JSON body) of one message POST."""
+    request = urllib.request.Request(
+        f"{url}/chats/{chat_id}/messages/", method="POST", data=json.dumps({"content": content}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("Retry-After"), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Retry-After"), json.loads(error.read())
+
+
+def test_sends_wait_at_the_door_while_delivery_runs_late_and_not_while_the_relay_is_down(fault_stack):
+    # given: a web tier that refuses sends once the oldest undelivered event is 2 s old,
+    # a direct chat, and with the relay stopped a backlog older than that
+    fault_stack.http.stop()
+    fault_stack.http.env["INGEST_MAX_OUTBOX_AGE"] = "2"
+    fault_stack.http.start()
+    alice = signup(fault_stack.url, f"door-a-{secrets.token_hex(3)}")
+    bob = signup(fault_stack.url, f"door-b-{secrets.token_hex(3)}")
+    status, chat = call(f"{fault_stack.url}/chats/", "POST", {"members": [bob.id]}, alice.token)
+    assert status == 201, chat
+    fault_stack.relay.stop()
+    queue_numbered(fault_stack, bob.id, 1, 20_000)
+    time.sleep(2.5)
+
+    def stored() -> int:
+        return fault_stack.sql("SELECT count(*) FROM chats_message WHERE chat_id = %s", [chat["id"]])[0][0]
+
+    # when the relay is down (an outage, not overload): accepted and queued
+    during_outage = post_message(fault_stack.url, chat["id"], alice.token, "while the relay is down")
+    # when it runs and drains the backlog: refused at the door, nothing written
+    fault_stack.start_relay()
+    wait_until(lambda: fault_stack.health()[1].get("relay") == "running"
+               and fault_stack.health()[1].get("broker") == "up", 15, "the relay running, the broker up")
+    time.sleep(1.1)  # the web processes' verdict is a second old at most
+    before = stored()
+    late = post_message(fault_stack.url, chat["id"], alice.token, "while delivery runs late")
+    after_refusal = stored()
+    # once it caught up: accepted again
+    wait_until(lambda: fault_stack.sql("SELECT count(*) FROM chat_outbox") == [(0,)], 60, "the outbox to empty")
+    time.sleep(1.1)
+    caught_up = post_message(fault_stack.url, chat["id"], alice.token, "caught up")
+
+    # then
+    assert during_outage[0] == 201
+    assert (late[0], late[1], late[2]["error"]["code"]) == (503, "2", "overloaded"), late
+    assert after_refusal == before
+    assert caught_up[0] == 201

@@ -1,0 +1,73 @@
+"""Back-pressure on ingest: while delivery is behind, new messages wait at the door.
+
+The relay drains the outbox as fast as it can. When messages come in faster than it
+delivers them (a burst past its capacity, a big group at full speed), the oldest
+undelivered event ages without bound: every later message is late, and accepting more
+only makes it later, for everybody. So while the relay is running and the broker
+answering it, and yet the oldest event in the outbox is older than
+`INGEST_MAX_OUTBOX_AGE` seconds, a message POST is refused with 503 `overloaded` and
+`Retry-After` (`chatserver.errors.Overloaded`): the phone keeps the message, sends it
+again with the same `client_id` (so a retry never makes two), and delivery catches up
+meanwhile. Nothing is written for a refused POST.
+
+While the relay or the broker is down, messages are accepted and queued as ever: that
+is an outage (`/health/` says degraded, delivery resumes by itself once it is back), not
+overload, and refusing them would only move the queue onto the phones.
+
+Why a refusal rather than slower acceptance: a POST held back would hold a gunicorn
+thread (8 per host) for as long, and stop every other request with it; a 503 costs one
+cheap answer and says plainly when to come back.
+
+The verdict costs two indexed queries (the relay's heartbeat row, the outbox's oldest
+row) at most once per `CHECK_EVERY` per process, not per request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from django.conf import settings
+from django.utils import timezone
+
+from chatserver import outbox
+from chatserver.errors import Overloaded
+from chatserver.models import OutboxEvent
+
+# How long one process keeps its verdict (seconds).
+CHECK_EVERY = 1.0
+
+_lock = threading.Lock()
+_verdict: tuple[float, bool] = (float("-inf"), False)  # (monotonic time checked, behind)
+
+
+def check() -> None:
+    """Raise Overloaded while delivery is behind (see the module); return otherwise."""
+    if settings.INGEST_MAX_OUTBOX_AGE <= 0:
+        return
+    global _verdict
+    checked_at, behind = _verdict
+    now = time.monotonic()
+    if now - checked_at >= CHECK_EVERY:
+        with _lock:
+            checked_at, behind = _verdict
+            if now - checked_at >= CHECK_EVERY:
+                behind = delivery_behind()
+                _verdict = (time.monotonic(), behind)
+    if behind:
+        raise Overloaded()
+
+
+def delivery_behind() -> bool:
+    """Whether the relay works (running, the broker answering) and still the oldest event
+    waits longer than INGEST_MAX_OUTBOX_AGE."""
+    oldest = OutboxEvent.objects.order_by("id").values_list("created_at", flat=True).first()
+    if oldest is None or (timezone.now() - oldest).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+        return False
+    return outbox.relay_status() == {"relay": "running", "broker": "up"}
+
+
+def forget() -> None:
+    """Drop this process's verdict (tests)."""
+    global _verdict
+    _verdict = (float("-inf"), False)
