@@ -5,7 +5,9 @@ delivers them (a burst past its capacity, a big group at full speed), the oldest
 undelivered event ages without bound: every later message is late, and accepting more
 only makes it later, for everybody. So while the relay is running and the broker
 answering it, and yet the oldest event in the outbox is older than
-`INGEST_MAX_OUTBOX_AGE` seconds, a message POST is refused with 503 `overloaded` and
+`INGEST_MAX_OUTBOX_AGE` seconds, and the broker has answered the relay for longer than
+that too (the backlog an outage leaves is drained before anything is refused), a message
+POST is refused with 503 `overloaded` and
 `Retry-After` (`chatserver.errors.Overloaded`): the phone keeps the message, sends it
 again with the same `client_id` (so a retry never makes two), and delivery catches up
 meanwhile. Nothing is written for a refused POST.
@@ -18,7 +20,7 @@ Why a refusal rather than slower acceptance: a POST held back would hold a gunic
 thread (8 per host) for as long, and stop every other request with it; a 503 costs one
 cheap answer and says plainly when to come back.
 
-The verdict costs two indexed queries (the relay's heartbeat row, the outbox's oldest
+The verdict costs a few indexed queries (the outbox's oldest row, the relay's heartbeat
 row) at most once per `CHECK_EVERY` per process, not per request.
 """
 
@@ -32,7 +34,7 @@ from django.utils import timezone
 
 from chatserver import outbox
 from chatserver.errors import Overloaded
-from chatserver.models import OutboxEvent
+from chatserver.models import OutboxEvent, RelayStatus
 
 # How long one process keeps its verdict (seconds).
 CHECK_EVERY = 1.0
@@ -59,10 +61,18 @@ def check() -> None:
 
 
 def delivery_behind() -> bool:
-    """Whether the relay works (running, the broker answering) and still the oldest event
-    waits longer than INGEST_MAX_OUTBOX_AGE."""
+    """Whether the relay works (running, the broker answering) and has not caught up for
+    longer than INGEST_MAX_OUTBOX_AGE: the oldest event waits longer than that, and the
+    broker has answered for longer than that (right after an outage, the backlog it left
+    is not overload: the relay is given the threshold's time to drain it)."""
     oldest = OutboxEvent.objects.order_by("id").values_list("created_at", flat=True).first()
-    if oldest is None or (timezone.now() - oldest).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+    if oldest is None:
+        return False
+    now = timezone.now()
+    if (now - oldest).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+        return False
+    status = RelayStatus.objects.filter(id=1).values_list("broker_up_since", flat=True).first()
+    if status is None or (now - status).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
         return False
     return outbox.relay_status() == {"relay": "running", "broker": "up"}
 

@@ -41,6 +41,11 @@ class RelayStatus(models.Model):
     broker_connected = models.BooleanField(default=False)
     heartbeat_at = models.DateTimeField(default=timezone.now)
     broker_answered_at = models.DateTimeField(null=True, blank=True)
+    # Since when the broker has answered the relay without a gap longer than
+    # `outbox.BROKER_ANSWER_MAX_AGE` (null while it does not): delivery has been possible
+    # since then, so a backlog older than that is an outage's, not overload
+    # (chatserver/backpressure.py).
+    broker_up_since = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
 
     class Meta:

@@ -113,6 +113,9 @@ class Relay(Worker):
         self.last_heartbeat = float("-inf")
         self.reported_connected: bool | None = None
         self.probe_pending: Pending | None = None
+        # Wall time since which the broker has answered without a long gap (None: it
+        # does not now); reported in the heartbeat.
+        self.up_since = None
         self.probe_sent = float("-inf")
         # While set, the outbox was empty at the last look: the next one is then.
         self.idle_until: float | None = None
@@ -362,12 +365,19 @@ class Relay(Worker):
             logger.info("broker %s", "connected" if connected else "not connected")
         wall = timezone.now()
         answered = self.broker.last_answer
+        answering = (connected and answered is not None
+                     and now - answered <= outbox.BROKER_ANSWER_MAX_AGE.total_seconds())
+        if not answering:
+            self.up_since = None
+        elif self.up_since is None:
+            self.up_since = wall
         RelayStatus.objects.update_or_create(
             id=1,
             defaults={
                 "broker_connected": connected,
                 "heartbeat_at": wall,
                 "broker_answered_at": None if answered is None else wall - timedelta(seconds=now - answered),
+                "broker_up_since": self.up_since,
             },
         )
         self.last_heartbeat = now
