@@ -1,5 +1,8 @@
 """Search and link preview jobs, called directly (service tier; also run on SQLite)."""
 
+import importlib
+from types import SimpleNamespace
+
 import pytest
 from django.db import connection
 
@@ -143,6 +146,31 @@ def test_on_sqlite_the_fts5_tables_follow_every_write(group):
             "chats_message_search_delete", "chats_message_search_insert", "chats_message_search_update",
         ]
     assert found(bob, "rope") == [kept.id]
+
+
+def test_on_sqlite_the_migration_indexes_the_messages_already_there_and_reverses(group):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's FTS5 tables (PostgreSQL indexes an expression)")
+    # given: the migration reversed, and messages sent without the tables
+    migration = importlib.import_module("chats.migrations.0006_sqlite_fts5")
+    editor = SimpleNamespace(connection=connection, execute=lambda sql: connection.cursor().execute(sql))
+    chat, alice, bob, carol = group
+    migration.drop(None, editor)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'chats_message_fts%' OR name LIKE "
+                       "'chats_message_trgm%' OR name LIKE 'chats_message_search_%'")
+        assert cursor.fetchone() == (0,)
+    old = message_send(actor=alice, chat_id=chat.id, content="rope from before 여자친구랑")[0]
+
+    # when
+    migration.create(None, editor)
+
+    # then
+    new = message_send(actor=alice, chat_id=chat.id, content="rope from after")[0]
+    assert (found(bob, "rope"), found(bob, "자친구")) == ([new.id, old.id], [old.id])
+    with connection.cursor() as cursor:
+        for table in ("chats_message_fts", "chats_message_trgm"):
+            cursor.execute(f"INSERT INTO {table}({table}, rank) VALUES ('integrity-check', 1)")
 
 
 def test_a_link_queues_one_job_with_the_send_and_its_preview_is_an_update(group, outbox):
