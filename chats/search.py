@@ -62,7 +62,8 @@ def words_of(query: str) -> list[str]:
 def is_spaceless(text: str) -> bool:
     """Whether the text has a character of a script written without spaces."""
     for char in text:
-        if ord(char) > 0x2E7F and unicodedata.name(char, "").startswith(_SPACELESS):
+        # Below U+0E00 (Thai, the first of them) no name needs looking up.
+        if ord(char) >= 0x0E00 and unicodedata.name(char, "").startswith(_SPACELESS):
             return True
     return False
 

@@ -56,6 +56,7 @@ def test_words_match_as_prefixes_and_spaceless_scripts_inside_words_on_both_data
     en = message_send(actor=carol, chat_id=chat.id, content="Climbing chats: bring the ropes")[0]
     ja = message_send(actor=alice, chat_id=chat.id, content="私は東京Towerに住んでいます")[0]
     inside = message_send(actor=alice, chat_id=chat.id, content="여자친구랑 영화 봤어")[0]
+    th = message_send(actor=alice, chat_id=chat.id, content="สวัสดีครับ เพื่อน")[0]
     message_send(actor=alice, chat_id=chat.id, content="nothing to see")
 
     # then: words, as prefixes, case folded, diacritics kept (PostgreSQL's 'simple')
@@ -74,6 +75,7 @@ def test_words_match_as_prefixes_and_spaceless_scripts_inside_words_on_both_data
     assert found(bob, "東京tower に") == []  # the phrase as typed, spaces included
     assert found(bob, "東京tower") == [ja.id]
     assert found(bob, "등산 갈래요") == [ko.id]
+    assert found(bob, "สวัสดี") == [th.id]  # Thai (U+0E00-0E7F), a spaceless script too
     # paging as on PostgreSQL
     assert message_search(user_id=bob.id, query="친구", limit=1) == ([inside], True)
     assert found(bob, "친구", before=inside.id) == [ko.id]
