@@ -122,7 +122,8 @@ class Message(models.Model):
     # The preview of its first http(s) link, `{url, title, description, image}`, set by the
     # `previews` worker (chats/previews.py) after the send or an edit; null without one.
     # (Search: GIN indexes on to_tsvector('simple', content) and on content's trigrams,
-    # PostgreSQL only, made by migration 0004 in SQL: see chats/search.py.)
+    # made by migration 0004 in SQL on PostgreSQL; FTS5 tables kept by triggers, made by
+    # migration 0006 on SQLite: see chats/search.py.)
     link_preview = models.JSONField(null=True, blank=True)
 
     # --- pins, forwards, invitations ---

@@ -331,9 +331,11 @@ def message_search(
     kicked from), after `history_start_seq`, not deleted. Matching: see `chats.search`.
     On PostgreSQL, words go through the GIN index on `to_tsvector('simple', content)`
     and spaceless scripts also through the trigram index on `content` (migration chats
-    0004); on SQLite, LIKE over the caller's chats (see the README). Two queries (the
-    caller's memberships, the page), three for text in spaceless scripts (words and
-    substrings apart, merged). ChatNotFound for a `chat_id` not the caller's.
+    0004); on SQLite, through the FTS5 word and trigram tables (migration chats 0006),
+    the same matches. Substrings shorter than 3 characters are LIKE over the caller's
+    chats on both. Two queries (the caller's memberships, the page), three for text in
+    spaceless scripts (words and substrings apart, merged). ChatNotFound for a `chat_id`
+    not the caller's.
     """
     from django.db import connection
     from django.db.models import BooleanField
@@ -391,11 +393,29 @@ def message_search(
             page += inside[: limit + 1]
         page = sorted({m.id: m for m in page}.values(), key=lambda m: m.id, reverse=True)[: limit + 1]
     else:
-        # SQLite: LIKE (case-insensitive for ASCII letters only) for each word as a
-        # substring, or the phrase in spaceless scripts.
-        for word in ([phrase] if substring else words):
-            messages = messages.filter(content__icontains=word)
-        page = list(messages.only(*columns).order_by("-id")[: limit + 1])
+        # SQLite: the same two queries, through FTS5 (see chats/search.py). The rowids
+        # of an FTS5 table are the messages' ids (content_rowid='id').
+        page = []
+        table = Message._meta.db_table
+        match = search.fts5_query_of(words)
+        if match:
+            page += messages.filter(RawSQL(
+                f"{table}.id IN (SELECT rowid FROM {search.FTS_WORDS} WHERE {search.FTS_WORDS} MATCH %s)",
+                [match], output_field=BooleanField(),
+            )).only(*columns).order_by("-id")[: limit + 1]
+        if substring:
+            if len(phrase) >= 3:
+                inside = messages.filter(RawSQL(
+                    f"{table}.id IN (SELECT rowid FROM {search.FTS_TRIGRAMS} WHERE {search.FTS_TRIGRAMS} MATCH %s)",
+                    [search.fts5_string(phrase)], output_field=BooleanField(),
+                ))
+            else:
+                # No trigram in it (the trigram table matches nothing then): LIKE,
+                # case-insensitive for ASCII letters only (the scripts in question have
+                # no case).
+                inside = messages.filter(content__icontains=phrase)
+            page += inside.only(*columns).order_by("-id")[: limit + 1]
+        page = sorted({m.id: m for m in page}.values(), key=lambda m: m.id, reverse=True)[: limit + 1]
     for message in page:
         message.search_words, message.search_substring = words or [phrase], substring
     return page[:limit], len(page) > limit

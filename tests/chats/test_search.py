@@ -164,3 +164,16 @@ def test_snippets_are_plain_text_with_utf16_offsets():
     [[start, end]] = highlights
     assert text[start:end] == "target"
     assert snippet("Ropes ropes", ["rope"], substring=False)[1] == [[0, 4], [6, 10]]
+
+
+@pytest.mark.django_db
+def test_query_syntax_of_fts5_tsquery_and_like_is_text_over_http(team):
+    alice, bob, carol, cid = team
+    hit = send(alice, cid, 'rope AND "wall" NEAR 東京タワー')
+
+    for q in ('"', "*", '"*', "AND", "NEAR(", "rope)", "(rope", "^rope", "content:rope", "'", ":*", "!", "&", "|",
+              "%", "_", "\\", '東京"*', "東京タ*"):
+        response = bob.client.get("/search/messages/", {"q": q})
+        assert response.status_code == 200, (q, response.content)
+    assert ids(search(bob, '"wall" AND* NEAR( rope)')) == [hit["id"]]
+    assert ids(search(bob, "東京タ")) == [hit["id"]]
