@@ -94,8 +94,10 @@ def test_the_shell_pins_forwards_and_answers(sim, trio):
     hello = ok_json(sim("-p", "alice", "send", str(second), "hello", "--json"))
 
     # when
+    # (opening the first chat again shows the forward from its history, whether or not its
+    # live copy has come yet)
     script = (f"/open {first}\n/pinchat\n/accept {invite['id']}\n/open {second}\n/forward {hello['id']} {first}\n"
-              "/chats\n/quit\n")
+              f"/open {first}\n/chats\n/quit\n")
     result = subprocess.run([str(CHAT_SIM), "-p", "bob", "shell"], env=sim.env, capture_output=True, text=True,
                             input=script, timeout=30)
 
