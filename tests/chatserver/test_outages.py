@@ -139,9 +139,12 @@ def assert_alive(*processes: ServerProcess) -> None:
 
 
 def test_the_workers_survive_their_database_connections_being_terminated(spare, observer):
-    # given: delivery works
+    # given: delivery works, and both workers hold their locks (the presence worker may
+    # still be starting when the relay already delivers)
     spare.enqueue([1])
     wait_until(lambda: numbers(observer) == [1], 10, "row 1")
+    locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    wait_until(lambda: spare.sql(locks) == [(2,)], 15, "both workers holding their locks")
     relay_outages = spare.log_count(spare.relay, "database unavailable")
     presence_outages = spare.log_count(spare.presence, "database unavailable")
 
@@ -165,7 +168,6 @@ def test_the_workers_survive_their_database_connections_being_terminated(spare, 
     wait_until(lambda: numbers(observer) == [1, 2, 3], RESUME_WITHIN, "rows 2 and 3 within 5 s")
     assert time.monotonic() - started < RESUME_WITHIN
     wait_until(lambda: spare.heartbeat_at()[0] > terminated_at, 5, "a fresh heartbeat")
-    locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
     wait_until(lambda: spare.sql(locks) == [(2,)], 5, "both workers' locks taken again")
     assert_alive(spare.relay, spare.presence, spare.web)
 
