@@ -2,7 +2,7 @@
 
 from enum import StrEnum, unique
 
-from chatserver.errors import ApplicationError, Conflict, NotFound, PermissionDenied
+from chatserver.errors import ApplicationError, Conflict, ErrorCode, NotFound, PermissionDenied
 
 
 @unique
@@ -29,6 +29,16 @@ class InvalidCredentials(ApplicationError):
     status_code = 401
     code = AccountsErrorCode.INVALID_CREDENTIALS
     message = "Wrong username or password."
+
+
+class TokenRevoked(ApplicationError):
+    """The request's device was signed out (or its user deactivated) after its token was
+    taken from a process's token cache; found by the write that re-checks it. The same
+    401 `invalid_token` as the token check's (the view adds `WWW-Authenticate`)."""
+
+    status_code = 401
+    code = ErrorCode.INVALID_TOKEN
+    message = "Invalid or revoked token."
 
 
 class UserNotFound(NotFound):

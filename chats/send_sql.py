@@ -13,6 +13,8 @@ this file behind; every value, the role and kind names included, is a parameter.
 statements take these parameters:
 
     chat, author, now: the chat id, the author's id, the message's time
+    device, token_hash: the sending device's id and token hash, whose row must still be
+    there with that hash and an active user (None, None: not checked; see `params`)
     restricted, group: `Membership.Role.RESTRICTED` and `Chat.Kind.GROUP` (see `params`)
     type, content, reply_to, client_id, mentions: the message's columns (SEND only;
     mentions as JSON text)
@@ -20,7 +22,7 @@ statements take these parameters:
 
 from django.db.models import Model
 
-from accounts.models import Block
+from accounts.models import Block, Device, User
 from chats.models import Chat, Membership, Message
 
 
@@ -32,12 +34,17 @@ def _col(model: type[Model], field: str) -> str:
     return model._meta.get_field(field).column
 
 
-def params(*, chat_id: int, author_id: int, now, **message) -> dict:
-    """The parameters of these statements (`message`: type, content, reply_to, client_id)."""
+def params(*, chat_id: int, author_id: int, now, device: Device | None = None, **message) -> dict:
+    """The parameters of these statements (`message`: type, content, reply_to, client_id).
+    `device`: the device the request came from, checked by the statement itself (the
+    message POST's token may come from a cache: `accounts.authentication`); None for
+    callers that checked their actor otherwise."""
     return {
         "chat": chat_id,
         "author": author_id,
         "now": now,
+        "device": None if device is None else device.id,
+        "token_hash": None if device is None else device.token_hash,
         "restricted": Membership.Role.RESTRICTED.value,
         "group": Chat.Kind.GROUP.value,
         **message,
@@ -45,16 +52,30 @@ def params(*, chat_id: int, author_id: int, now, **message) -> dict:
 
 
 CHAT, MEMBERSHIP, MESSAGE, BLOCK = _table(Chat), _table(Membership), _table(Message), _table(Block)
+DEVICE, USER = _table(Device), _table(User)
+D_USER, D_TOKEN_HASH, U_ACTIVE = _col(Device, "user"), _col(Device, "token_hash"), _col(User, "is_active")
 M_CHAT, M_USER, M_ROLE = _col(Membership, "chat"), _col(Membership, "user"), _col(Membership, "role")
 B_USER, B_BLOCKED = _col(Block, "user"), _col(Block, "blocked")
 C_KIND, C_LAST_SEQ, C_VERSION, C_ACTIVITY = (
     _col(Chat, "kind"), _col(Chat, "last_seq"), _col(Chat, "version"), _col(Chat, "activity_at")
 )
 
-# Who may post, as a condition on the chat row being updated: a member that is not
-# restricted, and in a direct chat neither side has blocked the other.
+# The sending device is still signed in: its row is there with the token hash the request
+# showed, and its user is active. Logout, sign-out and deactivation delete the row (or
+# clear is_active) in their own committed transaction, so the next POST's statement sees
+# it whatever a process's token cache holds. A primary-key lookup: ~no cost.
+DEVICE_VALID = f"""
+    (CAST(%(device)s AS bigint) IS NULL OR EXISTS (
+        SELECT 1 FROM {DEVICE} d JOIN {USER} u ON u.id = d.{D_USER}
+        WHERE d.id = %(device)s AND d.{D_TOKEN_HASH} = %(token_hash)s AND d.{D_USER} = %(author)s
+          AND u.{U_ACTIVE}))
+"""
+
+# Who may post, as a condition on the chat row being updated: the device is still signed
+# in, the author a member that is not restricted, and in a direct chat neither side has
+# blocked the other.
 MAY_POST = f"""
-    EXISTS (
+    {DEVICE_VALID} AND EXISTS (
         SELECT 1 FROM {MEMBERSHIP}
         WHERE {M_CHAT} = %(chat)s AND {M_USER} = %(author)s AND {M_ROLE} <> %(restricted)s)
     AND ({C_KIND} = %(group)s OR NOT EXISTS (

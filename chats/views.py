@@ -5,7 +5,7 @@ from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import generics
+from rest_framework import exceptions, generics
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -46,7 +46,8 @@ from chats.serializers import (
     ChatListQuery,
     InviteAnswerInput,
 )
-from accounts.errors import BlockedError, UserNotFound
+from accounts.authentication import TOKEN_CACHE, device_confirm
+from accounts.errors import BlockedError, TokenRevoked, UserNotFound
 from chats.errors import (
     AttachmentNotFound,
     CannotPost,
@@ -67,6 +68,7 @@ from chats.errors import (
 )
 from chats.throttles import SendThrottle, UploadThrottle
 from chatserver.errors import NotYours, Overloaded
+from chatserver.exception_handler import DATABASE_UNAVAILABLE
 from chatserver.openapi import Refusal, raises
 from chatserver.parsers import JSONParser
 from chatserver.throttling import DeliveryBackpressure
@@ -150,10 +152,30 @@ class SizeLimitUploadHandler(FileUploadHandler):
 
 
 class ChatMessagesView(APIView):
+    # A JSON POST may take its device from the process's token cache (no token query):
+    # message_send's write statement checks the device itself, and any other answer is
+    # given only after reading it (handle_exception, post). GET reads it every time.
+    token_cache = True  # accounts.authentication.DeviceTokenAuthentication
     parser_classes = [JSONParser, MultiPartParser]
     # POST only: refused while delivery is behind (no query: a verdict per process and
     # second), then one round trip to the shared bucket per message (two with a file).
     throttle_classes = [DeliveryBackpressure, SendThrottle, UploadThrottle]
+
+    def handle_exception(self, exc):
+        device = getattr(self.request, "_auth", None)
+        if isinstance(exc, TokenRevoked):
+            # The write found the device signed out: this process's cache forgets it.
+            TOKEN_CACHE.discard(device.token_hash)
+            exc = exceptions.AuthenticationFailed(exc.message)
+        elif device is not None and not isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed,
+                                                         *DATABASE_UNAVAILABLE)):
+            # A refusal (validation, throttle, not found...) to a device from the cache:
+            # a signed-out one gets 401, as without the cache.
+            try:
+                device_confirm(device)
+            except exceptions.AuthenticationFailed as revoked:
+                exc = revoked
+        return super().handle_exception(exc)
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -198,6 +220,9 @@ class ChatMessagesView(APIView):
         if guard is not None and guard.exceeded:
             raise PayloadTooLarge()
         data.is_valid(raise_exception=True)
+        if data.validated_data["reply_to"] is not None or data.validated_data["forward_of"] is not None:
+            # Their reads come before the write statement: the device is read first.
+            device_confirm(request.auth)
         # No membership query here: message_send's seq statement checks it (404 for
         # outsiders), one round trip less on the hottest path.
         message, created = message_send(
@@ -209,6 +234,7 @@ class ChatMessagesView(APIView):
             upload=data.validated_data["file"],
             forward_of_id=data.validated_data["forward_of"],
             invite=_invite_or_none(data.validated_data),
+            device=request.auth,
         )
         return Response(shapes.message_output(message), status=201 if created else 200)
 

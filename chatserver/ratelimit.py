@@ -17,6 +17,12 @@ on every write. Here one request is one atomic round trip: an upsert with a cond
 or one Lua script in Redis. Times come from the web process's clock (hosts keep time
 with NTP; a skew of a second moves a bucket by a second).
 
+On PostgreSQL the table is UNLOGGED (migration chatserver 0007): the upsert commits on
+its own, and a transaction that wrote only unlogged tables does not wait for a WAL flush,
+which was half of a message POST's fsync wait. A crash (not a clean restart) empties it,
+and a replica does not have it: every bucket is full again, once; the limits damp abuse,
+they keep no account.
+
 Redis going away does not take the API down: a limit that cannot be checked lets the
 request through (fail open), logged at WARNING at most every `REDIS_RETRY_AFTER` s, and
 Redis is not asked again for that long. The database store needs no such rule: without

@@ -18,6 +18,8 @@ import pytest
 from django.core.cache import cache
 from django.db.models import Max
 
+from accounts.authentication import TOKEN_CACHE
+
 from chatserver.broker_access import AccessOp, access_op_from_json
 from chatserver.events import EventType
 from chatserver.models import OutboxEvent
@@ -36,8 +38,10 @@ pytest_plugins = [
 def _fresh_throttle_counters():
     # Rate-limit buckets live in the database (chat_rate_bucket: rolled back or flushed
     # with every test's data) or, for the tests of the Redis path, in a Redis of their
-    # own (tests/support/redis.py flushes it); Django's cache is cleared all the same.
+    # own (tests/support/redis.py flushes it); Django's cache is cleared all the same,
+    # and so is the message POST's token cache (its devices went with the last test's).
     cache.clear()
+    TOKEN_CACHE.clear()
 
 
 @dataclass(frozen=True)

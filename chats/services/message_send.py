@@ -6,8 +6,8 @@ from typing import NoReturn
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from accounts.errors import BlockedError
-from accounts.models import User
+from accounts.errors import BlockedError, TokenRevoked
+from accounts.models import Device, User
 from chats import forwards, media, send_sql, shapes
 from chats.mentions import mentioned_ids, mentions_store
 from chats.errors import CannotPost, ChatNotFound
@@ -30,6 +30,7 @@ def message_send(
     upload=None,
     forward_of_id: int | None = None,
     invite: dict | None = None,
+    device: Device | None = None,
 ) -> tuple[Message, bool]:
     """Store a message (with its file, if any) and queue its event atomically; return
     (message, created). The message carries `unread_count` and `reply_original`, for
@@ -57,6 +58,13 @@ def message_send(
     the write one more statement on PostgreSQL (their columns; the send's statement names
     only a plain message's) and a forward two (its original, read and row-locked); a
     plain message costs nothing for them.
+
+    `device`: the device the request came from, whose token may have come from a cache
+    (`accounts.authentication.SendTokenAuthentication`). The write statement itself checks
+    that it is still signed in (its row there with that token hash, its user active), and
+    a refused write, or a retry answered with the first message, checks it before
+    anything else: TokenRevoked (401), nothing written. The caller checks it before
+    asking for a reply, a forward or a file (their reads come before the write).
     """
     if upload is not None or forward_of_id is not None:
         # A retry must not even store its file (nor fail because the original it forwards
@@ -102,7 +110,7 @@ def message_send(
         with transaction.atomic():
             if source is not None:
                 forwards.forward_source_lock(source)
-            sent = insert(message)
+            sent = insert(message, device)
             if sent is None:
                 _message_created(message=message, attachment=attachment, original=original)
     except IntegrityError:
@@ -121,11 +129,11 @@ def message_send(
     return message, True
 
 
-def _insert_one_statement(message: Message) -> Message | None:
+def _insert_one_statement(message: Message, device: Device | None) -> Message | None:
     """Write `message` (setting its id, seq and version, and `member_ids`) in one
     statement; or return the author's earlier message with this client_id."""
     params = send_sql.params(
-        chat_id=message.chat_id, author_id=message.author_id, now=message.created_at,
+        chat_id=message.chat_id, author_id=message.author_id, now=message.created_at, device=device,
         type=message.type, content=message.content, reply_to=message.reply_to_id,
         client_id=message.client_id, mentions=json.dumps(message.mentions),
     )
@@ -133,8 +141,10 @@ def _insert_one_statement(message: Message) -> Message | None:
         cursor.execute(send_sql.SEND, params)
         row = cursor.fetchone()
     if row is None:
-        # Nothing written: a known client_id (answered first, even if the author may no
-        # longer post, as on the ORM path), or the author may not post.
+        # Nothing written: a signed-out device (refused before anything else), a known
+        # client_id (answered first, even if the author may no longer post, as on the ORM
+        # path), or the author may not post.
+        _device_check(device)
         sent = _message_sent_before(chat_id=message.chat_id, author_id=message.author_id, client_id=message.client_id)
         if sent is not None:
             return sent
@@ -152,20 +162,24 @@ def _insert_one_statement(message: Message) -> Message | None:
             cursor.execute(send_sql.RECHECK, params)
             may_post, message.member_ids = cursor.fetchone()
         if not may_post:
+            _device_check(device)
             _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
     return None
 
 
-def _insert_orm(message: Message) -> Message | None:
+def _insert_orm(message: Message, device: Device | None) -> Message | None:
     """The same as `_insert_one_statement`, for databases without data-modifying CTEs."""
     sent = _message_sent_before(chat_id=message.chat_id, author_id=message.author_id, client_id=message.client_id)
     if sent is not None:
+        _device_check(device)
         return sent
-    params = send_sql.params(chat_id=message.chat_id, author_id=message.author_id, now=message.created_at)
+    params = send_sql.params(chat_id=message.chat_id, author_id=message.author_id, now=message.created_at,
+                             device=device)
     with connection.cursor() as cursor:
         cursor.execute(send_sql.SEQ_BUMP, params)
         row = cursor.fetchone()
     if row is None:
+        _device_check(device)
         _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
     message.seq, message.version = row
     message.member_ids = list(Membership.objects.filter(chat_id=message.chat_id).values_list("user_id", flat=True))
@@ -175,6 +189,22 @@ def _insert_orm(message: Message) -> Message | None:
         last_delivered_seq=message.seq, last_delivered_message_id=message.id,
     )
     return None
+
+
+def _device_check(device: Device | None) -> None:
+    """TokenRevoked unless `device` is still signed in (as `send_sql.DEVICE_VALID` asks):
+    one query, only where a write was refused or not needed."""
+    if device is None:
+        return
+    active = (
+        Device.objects.filter(id=device.id, token_hash=device.token_hash, user_id=device.user_id)
+        .values_list("user__is_active", flat=True)
+        .first()
+    )
+    if active is None:
+        raise TokenRevoked()
+    if not active:
+        raise TokenRevoked("User inactive or deleted.")
 
 
 def _refuse_post(*, chat_id: int, author_id: int) -> NoReturn:

@@ -6,6 +6,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from accounts import authentication
+from accounts.authentication import TOKEN_CACHE
+from accounts.models import Device, User, hash_token
 from chats.models import Chat, Membership, Message
 from chatserver.models import OutboxEvent
 from tests.support.factories import make_user
@@ -316,12 +319,111 @@ def test_send_costs_a_fixed_number_of_queries_whatever_the_group_size():
         counts.append(len(queries))
 
     assert counts[0] == counts[1]
-    # token, the rate limit (one conditional upsert of the sender's bucket), the write
-    # (checks, seq, message, pointers, member ids: one statement), the outbox row (its
-    # trigger notifies), plus the savepoint and its release that the test's own
-    # transaction turns BEGIN and COMMIT into
-    assert counts[0] == 6, [q["sql"] for q in queries.captured_queries]
+    # the rate limit (one conditional upsert of the sender's bucket), the write (device
+    # still signed in, checks, seq, message, pointers, member ids: one statement), the
+    # outbox row (its trigger notifies), plus the savepoint and its release that the
+    # test's own transaction turns BEGIN and COMMIT into; no token query: the warm-up
+    # put the device in the token cache, and the write checks it
+    assert counts[0] == 5, [q["sql"] for q in queries.captured_queries]
     assert len([q for q in queries.captured_queries if "chat_rate_bucket" in q["sql"]]) == 1
+    assert not [q for q in queries.captured_queries if q["sql"].startswith("SELECT") and "accounts_device" in q["sql"]]
+
+
+# --- the token cache: revocation holds on the next POST ---------------------------------
+
+
+def message_created_events():
+    return [p for _, p in events("message.created")]
+
+
+def test_a_logged_out_devices_token_is_refused_on_the_next_post_though_the_cache_held_it():
+    # given: alice's token is in the cache (she sent), then she logs out
+    alice, bob = make_user(), make_user()
+    cid = post(alice.client, "/chats/", {"members": [bob.id]}).json()["id"]
+    assert send(alice, cid, "before", client_id="k1").status_code == 201
+    assert alice.client.post("/accounts/logout/").status_code == 204
+    assert TOKEN_CACHE.get(hash_token(alice.token)) is not None
+    OutboxEvent.objects.all().delete()
+
+    # when: a new message, then a retry of the first
+    refused = send(alice, cid, "after", client_id="k2")
+    retry = send(alice, cid, "before", client_id="k1")
+
+    # then: 401 as without the cache, nothing stored, nothing queued (so nothing published)
+    assert refused.status_code == retry.status_code == 401
+    assert refused.json() == {"error": {"code": "invalid_token", "message": "Invalid or revoked token."}}
+    assert refused.headers["WWW-Authenticate"] == alice.client.get("/accounts/me/").headers["WWW-Authenticate"]
+    assert list(Message.objects.values_list("content", flat=True)) == ["before"]
+    assert OutboxEvent.objects.count() == 0
+    assert TOKEN_CACHE.get(hash_token(alice.token)) is None
+
+
+def test_a_deactivated_users_token_is_refused_on_the_next_post_though_the_cache_held_it():
+    # given: deactivated behind User.save's back (the device row stays until the sweep)
+    alice, bob = make_user(), make_user()
+    cid = post(alice.client, "/chats/", {"members": [bob.id]}).json()["id"]
+    assert send(alice, cid, "before").status_code == 201
+    User.objects.filter(id=alice.id).update(is_active=False)
+    assert TOKEN_CACHE.get(hash_token(alice.token)) is not None
+    OutboxEvent.objects.all().delete()
+
+    # when
+    refused = send(alice, cid, "after")
+
+    # then
+    assert refused.status_code == 401
+    assert refused.json() == {"error": {"code": "invalid_token", "message": "User inactive or deleted."}}
+    assert Message.objects.count() == 1
+    assert OutboxEvent.objects.count() == 0
+
+
+@pytest.mark.parametrize("body", [{"content": ""}, {"content": "re", "reply_to": 1}, {"forward_of": 1}])
+def test_a_revoked_cached_token_gets_401_not_another_answer(body):
+    # given: in the cache, then signed out
+    alice, bob = make_user(), make_user()
+    cid = post(alice.client, "/chats/", {"members": [bob.id]}).json()["id"]
+    assert send(alice, cid, "before").status_code == 201
+    Device.objects.filter(id=alice.device.id).delete()
+
+    # when: a bad body (400 otherwise), a reply or forward (read before the write)
+    refused = post(alice.client, f"/chats/{cid}/messages/", body)
+
+    # then
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_token"
+    assert Message.objects.count() == 1
+
+
+def test_only_the_json_message_post_uses_the_token_cache():
+    # given: alice's token cached by a POST, her device then gone
+    alice, bob = make_user(), make_user()
+    cid = post(alice.client, "/chats/", {"members": [bob.id]}).json()["id"]
+    assert send(alice, cid, "before").status_code == 201
+    Device.objects.filter(id=alice.device.id).delete()
+
+    # when / then: the history (GET of the same path) and any other endpoint read the device
+    assert alice.client.get(f"/chats/{cid}/messages/").status_code == 401
+    assert alice.client.get("/accounts/me/").status_code == 401
+    assert post(alice.client, f"/chats/{cid}/typing/", {}).status_code == 401
+
+
+def test_last_seen_is_still_written_once_a_minute_with_the_cache(monkeypatch):
+    # given: alice's device in the cache
+    alice, bob = make_user(), make_user()
+    cid = post(alice.client, "/chats/", {"members": [bob.id]}).json()["id"]
+    assert send(alice, cid, "first").status_code == 201
+    first_seen = Device.objects.get(id=alice.device.id).last_seen_at
+    later = first_seen + authentication.LAST_SEEN_RESOLUTION
+    monkeypatch.setattr(authentication.timezone, "now", lambda: later)
+
+    # when: a minute later, twice
+    with CaptureQueriesContext(connection) as queries:
+        assert send(alice, cid, "a minute later").status_code == 201
+        assert send(alice, cid, "again").status_code == 201
+
+    # then: written once, by the first
+    assert Device.objects.get(id=alice.device.id).last_seen_at == later
+    assert len([q for q in queries.captured_queries if q["sql"].startswith("UPDATE") and "accounts_device" in q["sql"]]) == 1
 
 
 # --- paths and errors ------------------------------------------------------------------

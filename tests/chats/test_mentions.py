@@ -120,10 +120,10 @@ def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_ment
             send(alice, cid, content, client_id=f"c-{name}")
         counts[name] = len(queries)
 
-    # plain: the same 6 as before mentions (tests/chats/test_chats.py); '@' without a
+    # plain: the same 5 as without mentions (tests/chats/test_chats.py); '@' without a
     # name parses and asks nothing; a name: one lookup among the members, and one insert
     # when it is a member's (@all: the lookup reads every member instead)
-    assert counts == {"plain": 6, "at, no name": 6, "no member": 7, "mention": 8, "all": 8}
+    assert counts == {"plain": 5, "at, no name": 5, "no member": 6, "mention": 7, "all": 7}
 
 
 @pytest.mark.django_db(transaction=True)

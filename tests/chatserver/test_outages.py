@@ -300,6 +300,27 @@ def test_http_answers_503_in_the_error_envelope_while_the_database_is_down(spare
     assert_alive(spare.relay, spare.presence, spare.web)
 
 
+def test_a_postgresql_restart_between_requests_is_not_seen_by_a_phone(spare):
+    # given: the web workers' threads hold persistent connections (CONN_MAX_AGE)
+    status, alice = call(f"{spare.url}/accounts/signup", "POST",
+                         {"username": f"erin-{secrets.token_hex(3)}", "password": "pass word 123"})
+    assert status == 201
+    assert {call(f"{spare.url}/accounts/me/", token=alice["token"])[0] for _ in range(32)} == {200}
+
+    # when: PostgreSQL restarts while no request is under way
+    spare.pg.stop_server()
+    spare.pg.start_server()
+
+    # then: every request answers as before, the first one on each broken connection
+    # too: the connection health check (CONN_HEALTH_CHECKS, a `SELECT 1` before a
+    # request's first query) finds it broken and opens another. Without it, each
+    # thread's first request afterwards answers 503 database_unavailable (Retry-After:
+    # 2), and the phone's retry then succeeds.
+    answers = [call(f"{spare.url}/accounts/me/", token=alice["token"])[0] for _ in range(32)]
+    assert answers == [200] * 32
+    assert_alive(spare.relay, spare.presence, spare.web)
+
+
 def header_of(url: str, name: str, *, token: str) -> str | None:
     """One header of the answer to a GET, whatever its status."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})

@@ -3,6 +3,7 @@ uploads (two workers and Redis: tests/chatserver/test_rate_limits.py)."""
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from rest_framework.test import APIClient
 
 from chats.models import Message
@@ -30,6 +31,16 @@ def test_a_bucket_lets_its_burst_through_then_one_per_interval():
     assert not store.take("k", limit, now=1005.0).allowed
     assert store.take("k", limit, now=1100.0).allowed  # full again, long after
     assert store.take("other", limit, now=1005.0).allowed
+
+
+def test_the_buckets_are_unlogged_on_postgresql_so_their_commit_waits_for_no_wal_flush():
+    # given / when: the migrations as run for the tests
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relpersistence FROM pg_class WHERE relname = 'chat_rate_bucket'")
+        (persistence,) = cursor.fetchone()
+
+    # then: 'u' (unlogged), not 'p' (permanent): a crash empties it, every bucket full
+    assert persistence == "u"
 
 
 def test_a_given_back_request_is_as_if_never_made():

@@ -5,7 +5,8 @@ import json
 import pytest
 from rest_framework.utils.encoders import JSONEncoder
 
-from accounts.errors import BlockedError
+from accounts.errors import BlockedError, TokenRevoked
+from accounts.models import Device, User
 from accounts.social import block_add
 from chats import shapes
 from chats.errors import CannotPost, ChatNotFound
@@ -76,6 +77,40 @@ def test_refused_senders_write_and_queue_nothing(group, outbox, who):
         message_send(actor=sender, chat_id=chat.id, content="hi")
 
     # then
+    assert outbox.rows == []
+    assert Message.objects.count() == 0
+
+
+def test_a_signed_out_devices_send_is_refused_by_the_write_and_writes_nothing(group, outbox):
+    # given: alice's device sends, then is signed out (as by logout in another process,
+    # whose token cache this one does not see)
+    chat, alice, _, _ = group
+    device = Device.objects.get(user=alice)
+    message_send(actor=alice, chat_id=chat.id, content="before", client_id="k1", device=device)
+    outbox.clear()
+    Device.objects.filter(id=device.id).delete()
+
+    # when / then: refused, a new message and a retry of the first alike
+    for client_id in ("k2", "k1"):
+        with pytest.raises(TokenRevoked) as refused:
+            message_send(actor=alice, chat_id=chat.id, content="after", client_id=client_id, device=device)
+        assert refused.value.message == "Invalid or revoked token."
+    assert outbox.rows == []
+    assert list(Message.objects.values_list("content", flat=True)) == ["before"]
+
+
+def test_a_deactivated_users_device_is_refused_by_the_write_and_writes_nothing(group, outbox):
+    # given: deactivated behind User.save's back, so the device row is still there
+    chat, alice, _, _ = group
+    device = Device.objects.get(user=alice)
+    User.objects.filter(id=alice.id).update(is_active=False)
+
+    # when
+    with pytest.raises(TokenRevoked) as refused:
+        message_send(actor=alice, chat_id=chat.id, content="hi", device=device)
+
+    # then
+    assert refused.value.message == "User inactive or deleted."
     assert outbox.rows == []
     assert Message.objects.count() == 0
 
