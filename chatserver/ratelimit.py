@@ -17,7 +17,7 @@ on every write. Here one request is one atomic round trip: an upsert with a cond
 or one Lua script in Redis. Times come from the web process's clock (hosts keep time
 with NTP; a skew of a second moves a bucket by a second).
 
-On PostgreSQL the table is UNLOGGED (migration chatserver 0007): the upsert commits on
+On PostgreSQL the table is UNLOGGED (migration chatserver 0008): the upsert commits on
 its own, and a transaction that wrote only unlogged tables does not wait for a WAL flush,
 which was half of a message POST's fsync wait. A crash (not a clean restart) empties it,
 and a replica does not have it: every bucket is full again, once; the limits damp abuse,
