@@ -243,7 +243,7 @@ def start_web(env: dict[str, str], workdir: Path):
     127.0.0.1; returns ([front, web], url) once Django answers through nginx."""
     from chatserver import frontconf
     from tests.support.postgres import free_port
-    from tests.support.stack import ServerProcess, wait_until
+    from tests.support.stack import ServerProcess, django_answers, wait_until
 
     port = free_port()
     # nginx's workers (www-data, when root) pass through it to the socket.
@@ -267,14 +267,7 @@ def start_web(env: dict[str, str], workdir: Path):
         for process in processes:
             if not process.alive():
                 raise RuntimeError(f"{process.name} died:\n{process.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{url}/health/", timeout=2):
-                return True
-        except urllib.error.HTTPError as error:
-            # Django answers, whatever its body says; nginx's own 503 means not yet.
-            return not (error.code == 503 and b'"unavailable"' in error.read())
-        except OSError:
-            return False
+        return django_answers(url)
 
     wait_until(answers, 20, f"gunicorn behind nginx on port {port}", interval=0.05)
     return processes, url

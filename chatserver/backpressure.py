@@ -20,8 +20,8 @@ Why a refusal rather than slower acceptance: a POST held back would hold a gunic
 thread (8 per host) for as long, and stop every other request with it; a 503 costs one
 cheap answer and says plainly when to come back.
 
-The verdict costs a few indexed queries (the outbox's oldest row, the relay's heartbeat
-row) at most once per `CHECK_EVERY` per process, not per request.
+The verdict costs two indexed queries (the outbox's oldest row, then the relay's
+heartbeat row) at most once per `CHECK_EVERY` per process, not per request.
 """
 
 from __future__ import annotations
@@ -71,10 +71,11 @@ def delivery_behind() -> bool:
     now = timezone.now()
     if (now - oldest).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
         return False
-    status = RelayStatus.objects.filter(id=1).values_list("broker_up_since", flat=True).first()
-    if status is None or (now - status).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+    status = RelayStatus.objects.filter(id=1).first()
+    up_since = status.broker_up_since if status is not None else None
+    if up_since is None or (now - up_since).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
         return False
-    return outbox.relay_status() == {"relay": "running", "broker": "up"}
+    return outbox.relay_status_of(status) == {"relay": "running", "broker": "up"}
 
 
 def forget() -> None:

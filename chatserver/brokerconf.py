@@ -55,7 +55,7 @@ PLUGIN_GLOBS = (
 )
 
 # A bind address is one token: a config value with spaces or newlines could inject options.
-_BIND_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]*$")
+BIND_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]*$")
 
 # What building the login guard needs (Debian packages): a C compiler, the C library's
 # headers, the broker's plugin headers and libmosquitto's (which they include).
@@ -128,7 +128,7 @@ def render(
         raise ValueError(f"broker_dir must be absolute, got {broker_dir}")
     if any(c.isspace() for c in str(broker_dir)):
         raise ValueError(f"broker_dir must not contain whitespace: {broker_dir!r}")
-    if not _BIND_RE.match(bind):
+    if not BIND_RE.match(bind):
         raise ValueError(f"bind must be an address or empty, got {bind!r}")
 
     values = {
@@ -143,13 +143,23 @@ def render(
         "@LOGIN_WINDOW@": f"{login_limit.window:g}",
         "@LOGIN_COOLDOWN@": f"{login_limit.cooldown:g}",
     }
-    text = keep_blocks(Path(template).read_text(), keep={"plaintext": plaintext, "tls": tls_ports is not None})
+    return write_rendered(
+        template=template, out=out, values=values, keep={"plaintext": plaintext, "tls": tls_ports is not None}
+    )
+
+
+def write_rendered(*, template: Path, out: Path, values: dict[str, str], keep: dict[str, bool]) -> Path:
+    """Write `template` to `out` with its blocks kept or dropped (`keep_blocks`) and its
+    @PLACEHOLDERS@ replaced by `values` (ValueError for one left over); the file is
+    written whole, mode 0600, then renamed into place. Returns `out`. For the broker's and
+    the front server's configs (chatserver/frontconf.py)."""
+    text = keep_blocks(Path(template).read_text(), keep=keep)
     for key, value in values.items():
         text = text.replace(key, value)
     left = re.findall(r"@[A-Z_]+@", text)
     if left:
         raise ValueError(f"unknown placeholders in {template}: {sorted(set(left))}")
-    # Trailing spaces (an empty bind) are harmless to Mosquitto; keep the file tidy anyway.
+    # Trailing spaces (an empty value) are harmless to the servers; keep the file tidy anyway.
     text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
     out = Path(out)

@@ -26,7 +26,7 @@ import re
 import shutil
 from pathlib import Path
 
-from chatserver.brokerconf import check_traversable, keep_blocks
+from chatserver.brokerconf import BIND_RE, check_traversable, write_rendered
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_DIR / "front" / "nginx.conf"
@@ -38,8 +38,6 @@ WORKER_USER = "www-data"
 BODY_MARGIN = 1024 * 1024
 # sun_path is 108 bytes on Linux, its last one the terminating NUL.
 MAX_SOCKET_PATH = 107
-
-_BIND_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]*$")
 
 
 def find_nginx() -> str:
@@ -82,7 +80,7 @@ def render(
     """
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"port must be a port number, got {port!r}")
-    if not _BIND_RE.match(bind):
+    if not BIND_RE.match(bind):
         raise ValueError(f"bind must be an address or empty, got {bind!r}")
     if not isinstance(max_body, int) or max_body <= 0:
         raise ValueError(f"max_body must be a positive number of bytes, got {max_body!r}")
@@ -111,20 +109,7 @@ def render(
         "@TLS_KEY@": str(tls[1]) if tls else "",
         "@FORWARDED_PROTO@": forwarded_proto,
     }
-    text = keep_blocks(Path(template).read_text(), keep={"plain": tls is None, "tls": tls is not None})
-    for key, value in values.items():
-        text = text.replace(key, value)
-    left = re.findall(r"@[A-Z_]+@", text)
-    if left:
-        raise ValueError(f"unknown placeholders in {template}: {sorted(set(left))}")
-    text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
-
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, out)
-    return out
+    return write_rendered(template=template, out=out, values=values, keep={"plain": tls is None, "tls": tls is not None})
 
 
 def prepare(

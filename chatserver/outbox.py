@@ -89,7 +89,11 @@ def relay_status() -> dict:
     stopped reporting cannot leave a stale `up` behind. (The relay's clock and this
     process's are compared: hosts keep time with NTP.)
     """
-    status = RelayStatus.objects.filter(id=1).first()
+    return relay_status_of(RelayStatus.objects.filter(id=1).first())
+
+
+def relay_status_of(status: RelayStatus | None) -> dict:
+    """`relay_status()` judged now from a heartbeat row already read (None: no row)."""
     now = timezone.now()
     if status is None or now - status.heartbeat_at > RELAY_HEARTBEAT_MAX_AGE:
         return {"relay": "down", "broker": "unknown"}

@@ -28,7 +28,6 @@ import os
 import selectors
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from chat_sim.swarm import C_DELIVERED, C_READY, PhoneSpec, _presence_topic

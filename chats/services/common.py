@@ -11,7 +11,9 @@ from django.db.models import Q
 from accounts.errors import BlockedError
 from accounts.models import Block
 from chats.errors import CannotPost, ChatNotFound
-from chats.models import Chat, Membership
+from chats import shapes
+from chats.models import Chat, Membership, Message
+from chats.selectors import messages_annotate
 from chatserver import outbox
 from chatserver.events import Event, EventType
 
@@ -121,4 +123,21 @@ def chat_event(
         user_ids=user_ids,
         chat_topic=chat_id if to_chat_topic else None,
         access=access,
+    )
+
+
+def message_updated(*, chat: Chat, message: Message, fields: list[str]) -> None:
+    """Store the message's changed `fields` with the chat's next version, and queue
+    `message.updated` (the message as members read it) to the members. The caller holds
+    the chat's row lock. The one way an existing message changes for its readers: edits,
+    deletions, reactions, pins, invitation answers, link previews."""
+    message.version = chat_version_bump(chat)
+    message.save(update_fields=[*fields, "version"])
+    messages_annotate(chat_id=chat.id, messages=[message])
+    chat_event(
+        chat=chat,
+        type=EventType.MESSAGE_UPDATED,
+        data=shapes.message_output(message),
+        user_ids=member_ids(chat.id),
+        version=message.version,
     )

@@ -4,13 +4,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from chats import shapes
 from chats.errors import InvitationExpired, MessageDeleted, MessageNotFound, NotAnInvitation, OwnInvitation
 from chats.invites import invite_expired, invite_summary
 from chats.models import InviteAnswer, Message
 from chats.selectors import MESSAGE_RELATED, messages_annotate
-from chats.services.common import chat_event, chat_version_bump, lock_chat, member_ids, membership_may_post
-from chatserver.events import EventType
+from chats.services.common import lock_chat, membership_may_post, message_updated
 
 
 def invite_answer(*, actor: User, chat_id: int, message_id: int, answer: str) -> Message:
@@ -51,14 +49,5 @@ def invite_answer(*, actor: User, chat_id: int, message_id: int, answer: str) ->
             InviteAnswer.objects.filter(message=message).order_by("answered_at", "id").values_list("user_id", "answer", "answered_at")
         )
         message.invite = invite_summary(message.invite, answers=answers)
-        message.version = chat_version_bump(chat)
-        message.save(update_fields=["invite", "version"])
-        messages_annotate(chat_id=chat.id, messages=[message])
-        chat_event(
-            chat=chat,
-            type=EventType.MESSAGE_UPDATED,
-            data=shapes.message_output(message),
-            user_ids=member_ids(chat.id),
-            version=message.version,
-        )
+        message_updated(chat=chat, message=message, fields=["invite"])
     return message

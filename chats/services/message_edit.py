@@ -10,17 +10,14 @@ from chats.mentions import mentioned_ids, mentions_replace
 from chats.models import Chat, InviteAnswer, Message, Reaction
 from chats.previews import first_link
 from chats.selectors import MESSAGE_RELATED, messages_annotate
-from chats.services.previews import preview_queue, preview_requeue
+from chats.services.previews import preview_requeue
 from chats.services.common import (
     RANK,
     Role,
-    chat_event,
-    chat_version_bump,
     lock_chat,
-    member_ids,
     membership_locked,
+    message_updated,
 )
-from chatserver.events import EventType
 
 
 def message_update(
@@ -60,7 +57,7 @@ def message_update(
             message.edited_at = timezone.now()
             mentions_replace(message, mentioned_ids(chat_id=chat.id, author_id=message.author_id, content=content))
             preview_requeue(message)
-        _updated(chat, message)
+        message_updated(chat=chat, message=message, fields=EDITED_FIELDS)
     return message
 
 
@@ -80,7 +77,7 @@ def message_moderate(*, actor: User, message_id: int) -> Message:
             raise MessageNotFound()
         if not message.deleted:
             _soft_delete(message)
-            _updated(chat, message)
+            message_updated(chat=chat, message=message, fields=EDITED_FIELDS)
     return message
 
 
@@ -100,21 +97,9 @@ def _soft_delete(message: Message) -> None:
         message.invite = None
 
 
-def _updated(chat: Chat, message: Message) -> None:
-    """Store the changed message with the chat's next version and tell the members."""
-    message.version = chat_version_bump(chat)
-    message.save(update_fields=[
-        "content", "deleted", "edited_at", "version", "mentions", "reactions", "pinned_at", "pinned_by", "invite",
-        "link_preview",
-    ])
-    messages_annotate(chat_id=chat.id, messages=[message])
-    chat_event(
-        chat=chat,
-        type=EventType.MESSAGE_UPDATED,
-        data=shapes.message_output(message),
-        user_ids=member_ids(chat.id),
-        version=message.version,
-    )
+# What an edit or a deletion may change.
+EDITED_FIELDS = ["content", "deleted", "edited_at", "mentions", "reactions", "pinned_at", "pinned_by", "invite",
+                 "link_preview"]
 
 
 def _attachment_drop(message: Message) -> None:
@@ -155,5 +140,5 @@ def message_preview_set(*, message_id: int, url: str, preview: dict | None) -> b
         if message.link_preview == value:
             return False
         message.link_preview = value
-        _updated(chat, message)
+        message_updated(chat=chat, message=message, fields=["link_preview"])
     return True

@@ -18,7 +18,7 @@ from chats.errors import (
 )
 from chats.models import Chat, Membership, Message
 from chats.selectors import MESSAGE_RELATED, messages_annotate
-from chats.services.common import RANK, Role, chat_event, chat_version_bump, lock_chat, member_ids, membership_locked
+from chats.services.common import RANK, Role, lock_chat, membership_locked, message_updated
 from chatserver import outbox
 from chatserver.events import Event, EventType
 
@@ -117,14 +117,5 @@ def message_pin(*, actor: User, chat_id: int, message_id: int, pinned: bool) -> 
             message.pinned_at, message.pinned_by_id = timezone.now(), actor.id
         else:
             message.pinned_at, message.pinned_by_id = None, None
-        message.version = chat_version_bump(chat)
-        message.save(update_fields=["pinned_at", "pinned_by", "version"])
-        messages_annotate(chat_id=chat.id, messages=[message])
-        chat_event(
-            chat=chat,
-            type=EventType.MESSAGE_UPDATED,
-            data=shapes.message_output(message),
-            user_ids=member_ids(chat.id),
-            version=message.version,
-        )
+        message_updated(chat=chat, message=message, fields=["pinned_at", "pinned_by"])
     return message

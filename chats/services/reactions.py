@@ -3,11 +3,10 @@
 from django.db import transaction
 
 from accounts.models import User
-from chats import shapes
 from chats.errors import MessageDeleted, MessageNotFound
 from chats.models import Message, Reaction
 from chats.selectors import MESSAGE_RELATED, messages_annotate
-from chats.services.common import chat_event, chat_version_bump, lock_chat, member_ids, membership_may_post
+from chats.services.common import lock_chat, membership_may_post, message_updated
 from chatserver import outbox, push
 from chatserver.errors import InvalidInput
 from chatserver.events import Event, EventType
@@ -68,16 +67,7 @@ def _change(*, actor: User, chat_id: int, message_id: int, emoji: str, add: bool
         else:
             mine.delete()
         message.reactions = reactions_summary(message.id)
-        message.version = chat_version_bump(chat)
-        message.save(update_fields=["reactions", "version"])
-        messages_annotate(chat_id=chat.id, messages=[message])
-        chat_event(
-            chat=chat,
-            type=EventType.MESSAGE_UPDATED,
-            data=shapes.message_output(message),
-            user_ids=member_ids(chat.id),
-            version=message.version,
-        )
+        message_updated(chat=chat, message=message, fields=["reactions"])
         if add and message.author_id is not None and message.author_id != actor.id:
             outbox.enqueue(
                 event=Event(
