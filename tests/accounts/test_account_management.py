@@ -14,7 +14,6 @@ from accounts.models import Block, Device, FriendRequest, Friendship, User
 from chats.models import Chat, Membership, Message
 from chatserver.broker_access import DeviceRemove
 from chatserver.events import EventType
-from chatserver.models import OutboxEvent
 from tests.support.factories import PASSWORD, TestUser, authed_client, login, make_user
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from chats.models import Attachment, Message
 from chatserver.models import OutboxEvent
-from tests.support.factories import PASSWORD, make_user
+from tests.support.factories import PASSWORD, group_chat, make_user
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
 
@@ -34,10 +34,6 @@ def png() -> bytes:
     return out.getvalue()
 
 
-def group(owner, *members, name="g"):
-    return owner.client.post("/chats/", {"members": [m.id for m in members], "name": name}, format="json").json()["id"]
-
-
 def send(user, cid, **body):
     response = user.client.post(f"/chats/{cid}/messages/", body, format="json")
     return response
@@ -55,7 +51,7 @@ def download(user, url):
 @pytest.fixture
 def chats(db):
     alice, bob, carol = make_user(), make_user(), make_user()
-    source, target = group(alice, bob, name="source"), group(bob, carol, name="target")
+    source, target = group_chat(alice, bob, name="source"), group_chat(bob, carol, name="target")
     return alice, bob, carol, source, target
 
 
@@ -135,7 +131,7 @@ def test_a_forward_of_a_forward_is_from_the_first_author_and_a_deleted_account_s
 def test_what_one_cannot_read_is_not_found_and_nothing_is_written(chats):
     # given: a message in a chat bob is not in, a deleted one, one that does not exist
     alice, bob, carol, source, target = chats
-    secret = group(alice, carol, name="secret")
+    secret = group_chat(alice, carol, name="secret")
     hidden = send(alice, secret, content="not for bob").json()
     gone = send(alice, source, content="gone").json()
     alice.client.patch(f"/chats/{source}/messages/{gone['id']}/", {"deleted": True}, format="json")
@@ -205,7 +201,7 @@ def test_what_a_forward_and_an_invitation_cost_and_that_a_plain_send_costs_nothi
 @pytest.mark.django_db(transaction=True)
 def test_a_member_s_phone_gets_the_forward(relay, mosquitto):
     alice, bob, carol = make_user(), make_user(), make_user()
-    source, target = group(alice, bob), group(bob, carol)
+    source, target = group_chat(alice, bob), group_chat(bob, carol)
     original = send(alice, source, content="hi").json()
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
     phone = MqttProbe(mosquitto.host, mosquitto.port)

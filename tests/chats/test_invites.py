@@ -8,15 +8,11 @@ from django.utils import timezone
 
 from chats.models import InviteAnswer, Message
 from chatserver.models import OutboxEvent
-from tests.support.factories import make_user
+from tests.support.factories import group_chat, make_user, queued_events
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
 
 INVITE = {"title": "Chess, best of three", "url": "https://play.example.org/g/8f2k"}
-
-
-def group(owner, *members):
-    return owner.client.post("/chats/", {"members": [m.id for m in members], "name": "g"}, format="json").json()["id"]
 
 
 def invite(user, cid, **invite_fields):
@@ -28,14 +24,10 @@ def answer(user, cid, mid, value):
     return user.client.post(f"/chats/{cid}/messages/{mid}/answer/", {"answer": value}, format="json")
 
 
-def events():
-    return [(row, json.loads(row.payload)) for row in OutboxEvent.objects.order_by("id") if row.payload]
-
-
 @pytest.fixture
 def chat(db):
     alice, bob, carol = make_user(), make_user(), make_user()
-    cid = group(alice, bob, carol)
+    cid = group_chat(alice, bob, carol)
     sent = invite(alice, cid, expires_at="2999-01-01T18:00:00+02:00")
     assert sent.status_code == 201, sent.content
     OutboxEvent.objects.all().delete()
@@ -66,7 +58,7 @@ def test_members_answer_and_everyone_sees_the_answers(chat):
     assert (body["invite"]["accepted"], body["invite"]["declined"]) == (1, 1)
     assert [(a["user"], a["answer"]) for a in body["invite"]["answers"]] == [(bob.id, "accept"), (carol.id, "decline")]
     assert body["version"] == accepted.json()["version"] + 1
-    [(row, event), (_, second)] = events()
+    [(row, event), (_, second)] = queued_events()
     assert (event["type"], event["data"]) == ("message.updated", accepted.json())
     assert sorted(row.user_ids) == sorted([alice.id, bob.id, carol.id]) and row.chat_id == cid
     assert second["data"] == body
@@ -79,11 +71,11 @@ def test_answering_again_changes_the_answer_and_the_same_one_changes_nothing(cha
     answer(bob, cid, sent["id"], "accept")
 
     again = answer(bob, cid, sent["id"], "accept")
-    assert len(events()) == 1 and again.json()["invite"]["accepted"] == 1
+    assert len(queued_events()) == 1 and again.json()["invite"]["accepted"] == 1
     changed = answer(bob, cid, sent["id"], "decline").json()
 
     assert (changed["invite"]["accepted"], changed["invite"]["declined"]) == (0, 1)
-    assert InviteAnswer.objects.get().answer == "decline" and len(events()) == 2
+    assert InviteAnswer.objects.get().answer == "decline" and len(queued_events()) == 2
 
 
 def test_one_s_own_an_expired_or_a_deleted_invitation_and_other_messages_are_refused(chat):
@@ -152,7 +144,7 @@ def test_an_invitation_may_say_more_than_its_title(chat):
 @pytest.mark.django_db(transaction=True)
 def test_the_inviter_s_phone_sees_the_answer(relay, mosquitto):
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     sent = invite(alice, cid).json()
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
     phone = MqttProbe(mosquitto.host, mosquitto.port)

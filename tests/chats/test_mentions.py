@@ -9,21 +9,9 @@ from django.test.utils import CaptureQueriesContext
 from chats.mentions import names_in
 from chats.models import Membership, Mention
 from chatserver.models import OutboxEvent
-from tests.support.factories import make_user
+from tests.support.factories import group_chat, make_user, send_message
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
-
-
-def group(owner, *members):
-    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": "g"}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
-
-
-def send(user, cid, content, **extra):
-    response = user.client.post(f"/chats/{cid}/messages/", {"content": content, **extra}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def chat_list(user):
@@ -33,7 +21,7 @@ def chat_list(user):
 @pytest.fixture
 def team(db):
     alice, bob, carol = make_user("alice"), make_user("Bob.B"), make_user("carol")
-    return alice, bob, carol, group(alice, bob, carol)
+    return alice, bob, carol, group_chat(alice, bob, carol)
 
 
 def test_names_are_found_as_written_and_not_inside_addresses():
@@ -47,7 +35,7 @@ def test_a_member_named_is_mentioned_whatever_the_case_and_others_are_plain_text
     alice, bob, carol, cid = team
     outsider = make_user("zed")
 
-    message = send(alice, cid, "@bob.b and @CAROL, not @zed nor @alice nor @nobody")
+    message = send_message(alice, cid, "@bob.b and @CAROL, not @zed nor @alice nor @nobody")
 
     assert message["mentions"] == sorted([bob.id, carol.id])
     assert sorted(Mention.objects.values_list("user_id", flat=True)) == sorted([bob.id, carol.id])
@@ -60,12 +48,12 @@ def test_a_member_named_is_mentioned_whatever_the_case_and_others_are_plain_text
 def test_all_mentions_everyone_from_the_owner_or_an_admin_only(team):
     alice, bob, carol, cid = team
 
-    by_owner = send(alice, cid, "@all meeting")
-    by_member = send(bob, cid, "@all meeting")
+    by_owner = send_message(alice, cid, "@all meeting")
+    by_member = send_message(bob, cid, "@all meeting")
     Membership.objects.filter(chat_id=cid, user_id=bob.id).update(role="admin")
-    by_admin = send(bob, cid, "@all meeting")
+    by_admin = send_message(bob, cid, "@all meeting")
     direct = alice.client.post("/chats/", {"members": [bob.id]}, format="json").json()["id"]
-    in_direct = send(alice, direct, "@all")
+    in_direct = send_message(alice, direct, "@all")
 
     assert by_owner["mentions"] == sorted([bob.id, carol.id])
     assert by_member["mentions"] == []  # plain text from a member
@@ -77,10 +65,10 @@ def test_all_mentions_everyone_from_the_owner_or_an_admin_only(team):
 def test_the_chat_list_counts_unread_mentions_until_read(team):
     # given
     alice, bob, carol, cid = team
-    send(alice, cid, "@carol one")
-    second = send(bob, cid, "@carol two")
-    send(alice, cid, "no mention")
-    deleted = send(alice, cid, "@carol gone")
+    send_message(alice, cid, "@carol one")
+    second = send_message(bob, cid, "@carol two")
+    send_message(alice, cid, "no mention")
+    deleted = send_message(alice, cid, "@carol gone")
     alice.client.patch(f"/chats/{cid}/messages/{deleted['id']}/", {"deleted": True}, format="json")
 
     # then
@@ -95,7 +83,7 @@ def test_the_chat_list_counts_unread_mentions_until_read(team):
 @pytest.mark.django_db
 def test_editing_updates_the_mentions_and_deleting_drops_them(team):
     alice, bob, carol, cid = team
-    message = send(alice, cid, "@bob.b look")
+    message = send_message(alice, cid, "@bob.b look")
 
     edited = alice.client.patch(f"/chats/{cid}/messages/{message['id']}/", {"content": "@carol look"}, format="json")
 
@@ -111,13 +99,13 @@ def test_editing_updates_the_mentions_and_deleting_drops_them(team):
 @pytest.mark.django_db
 def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_mention(team):
     alice, bob, carol, cid = team
-    send(alice, cid, "warm-up")
+    send_message(alice, cid, "warm-up")
 
     counts = {}
     for name, content in [("plain", "hello"), ("at, no name", "a @ b"), ("no member", "hi @nobody"),
                           ("mention", "hi @carol"), ("all", "@all hi")]:
         with CaptureQueriesContext(connection) as queries:
-            send(alice, cid, content, client_id=f"c-{name}")
+            send_message(alice, cid, content, client_id=f"c-{name}")
         counts[name] = len(queries)
 
     # plain: the same 5 as without mentions (tests/chats/test_chats.py); '@' without a
@@ -130,14 +118,14 @@ def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_ment
 def test_a_phone_gets_the_message_with_its_mentions(relay, mosquitto):
     # given
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
     probe = MqttProbe(mosquitto.host, mosquitto.port)
     assert probe.connect(**bob.mqtt) == 0
     assert probe.subscribe(f"chat/users/{bob.id}") == 1
     try:
         # when
-        sent = send(alice, cid, f"@{bob.username} hi")
+        sent = send_message(alice, cid, f"@{bob.username} hi")
 
         # then
         [received] = probe.wait_for(1)

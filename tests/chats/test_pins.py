@@ -8,21 +8,9 @@ import pytest
 from chats.models import Membership, Message
 from chats.services import pins
 from chatserver.models import OutboxEvent
-from tests.support.factories import login, make_user
+from tests.support.factories import group_chat, login, make_user, queued_events, send_message
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
-
-
-def group(owner, *members, name="g"):
-    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": name}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
-
-
-def send(user, cid, content="hello"):
-    response = user.client.post(f"/chats/{cid}/messages/", {"content": content}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def own(user, cid, **body):
@@ -35,10 +23,6 @@ def chat_list(user, **query):
     return [(c["id"], c["pinned"], c["archived"]) for c in response.json()["results"]]
 
 
-def events():
-    return [(row, json.loads(row.payload)) for row in OutboxEvent.objects.order_by("id") if row.payload]
-
-
 # --- one's own list ---------------------------------------------------------------------
 
 
@@ -46,7 +30,7 @@ def events():
 def test_pinned_chats_come_first_and_the_member_alone_sees_it():
     # given
     alice, bob = make_user(), make_user()
-    first, second, third = (group(alice, bob, name=n) for n in ("a", "b", "c"))
+    first, second, third = (group_chat(alice, bob, name=n) for n in ("a", "b", "c"))
     OutboxEvent.objects.all().delete()
 
     # when
@@ -57,7 +41,7 @@ def test_pinned_chats_come_first_and_the_member_alone_sees_it():
     assert (response.json()["pinned"], response.json()["archived"]) == (True, False)
     assert chat_list(alice) == [(first, True, False), (third, False, False), (second, False, False)]
     assert chat_list(bob)[0] == (third, False, False)
-    [(row, event)] = events()
+    [(row, event)] = queued_events()
     assert (event["type"], event["data"], row.user_ids, row.chat_id) == (
         "chat_list.updated", {"chat": first, "pinned": True, "archived": False}, [alice.id], None
     )
@@ -65,13 +49,13 @@ def test_pinned_chats_come_first_and_the_member_alone_sees_it():
     assert members[alice.id]["pinned"] is True and "pinned" not in members[bob.id]
     # pinning again changes nothing and tells nobody
     assert own(alice, first, pinned=True).status_code == 200
-    assert len(events()) == 1
+    assert len(queued_events()) == 1
 
 
 @pytest.mark.django_db
 def test_a_sixth_pinned_chat_is_409_and_nothing_changes():
     alice, bob = make_user(), make_user()
-    cids = [group(alice, bob, name=f"c{i}") for i in range(6)]
+    cids = [group_chat(alice, bob, name=f"c{i}") for i in range(6)]
     for cid in cids[:5]:
         assert own(alice, cid, pinned=True).status_code == 200
     OutboxEvent.objects.all().delete()
@@ -91,7 +75,7 @@ def test_a_sixth_pinned_chat_is_409_and_nothing_changes():
 def test_an_archived_chat_leaves_the_list_until_a_message_unless_muted():
     # given
     alice, bob = make_user(), make_user()
-    cid, other = group(alice, bob, name="a"), group(alice, bob, name="b")
+    cid, other = group_chat(alice, bob, name="a"), group_chat(alice, bob, name="b")
 
     # when
     response = own(alice, cid, archived=True)
@@ -102,13 +86,13 @@ def test_an_archived_chat_leaves_the_list_until_a_message_unless_muted():
     assert chat_list(alice, archived="true") == [(cid, False, True)]
     assert len(chat_list(bob)) == 2
     # a new message brings it back
-    send(bob, cid, "news")
+    send_message(bob, cid, "news")
     assert chat_list(alice) == [(cid, False, False), (other, False, False)]
     assert chat_list(alice, archived="true") == []
     # muted and archived: it stays archived when a message arrives
     own(alice, cid, archived=True)
     own(alice, cid, muted_until="forever")
-    send(bob, cid, "more news")
+    send_message(bob, cid, "more news")
     assert chat_list(alice) == [(other, False, False)]
     assert chat_list(alice, archived="true") == [(cid, False, True)]
 
@@ -116,7 +100,7 @@ def test_an_archived_chat_leaves_the_list_until_a_message_unless_muted():
 @pytest.mark.django_db
 def test_nobody_pins_or_archives_for_somebody_else_and_outsiders_get_404():
     alice, bob, outsider = make_user(), make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     OutboxEvent.objects.all().delete()
 
     for body in ({"pinned": True}, {"archived": True}):
@@ -136,7 +120,7 @@ def test_nobody_pins_or_archives_for_somebody_else_and_outsiders_get_404():
 def test_one_s_other_phone_gets_chat_list_updated_and_the_other_member_nothing(relay, mosquitto):
     # given: alice's second phone, and bob's
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
     other_phone, bob_phone = login(alice), MqttProbe(mosquitto.host, mosquitto.port)
     alice_phone = MqttProbe(mosquitto.host, mosquitto.port)
@@ -170,8 +154,8 @@ def pin(user, cid, mid, method="put"):
 @pytest.fixture
 def chat(db):
     alice, bob, carol = make_user(), make_user(), make_user()
-    cid = group(alice, bob, carol)
-    first, second = send(bob, cid, "rules"), send(carol, cid, "dates")
+    cid = group_chat(alice, bob, carol)
+    first, second = send_message(bob, cid, "rules"), send_message(carol, cid, "dates")
     OutboxEvent.objects.all().delete()
     return alice, bob, carol, cid, first, second
 
@@ -194,7 +178,7 @@ def test_admins_and_the_owner_pin_and_members_see_it(chat):
     listing = carol.client.get(f"/chats/{cid}/pins/")
     assert listing.status_code == 200
     assert [(m["id"], m["pinned_by"]) for m in listing.json()] == [(second["id"], bob.id), (first["id"], alice.id)]
-    [(row, event), _] = events()
+    [(row, event), _] = queued_events()
     assert (event["type"], event["version"], event["data"]) == ("message.updated", body["version"], body)
     assert sorted(row.user_ids) == sorted([alice.id, bob.id, carol.id]) and row.chat_id == cid
     # history shows it too
@@ -221,7 +205,7 @@ def test_members_cannot_pin_in_a_group_and_outsiders_get_404(chat):
 def test_either_member_of_a_direct_chat_pins():
     alice, bob = make_user(), make_user()
     cid = alice.client.post("/chats/", {"members": [bob.id]}, format="json").json()["id"]
-    message = send(alice, cid)
+    message = send_message(alice, cid)
 
     assert pin(bob, cid, message["id"]).json()["pinned_by"] == bob.id
 
@@ -262,8 +246,8 @@ def test_past_the_cap_pinning_is_409(chat, monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_a_member_s_phone_gets_the_pinned_message(relay, mosquitto):
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
-    message = send(bob, cid)
+    cid = group_chat(alice, bob)
+    message = send_message(bob, cid)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
     phone = MqttProbe(mosquitto.host, mosquitto.port)
     assert phone.connect(**bob.mqtt) == 0 and phone.subscribe(f"chat/chats/{cid}") == 1

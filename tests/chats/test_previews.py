@@ -14,11 +14,10 @@ import pytest
 from chats.models import LinkPreview, Message, PreviewJob
 from chats.previews import first_link
 from chats.workers import PreviewWorker
-from chatserver import workers
 from chatserver.models import OutboxEvent
-from tests.support.factories import make_user
+from tests.support.factories import make_user, send_message
 from tests.support.mqtt import MqttProbe
-from tests.support.stack import ServerProcess, server_env, wait_until
+from tests.support.stack import ServerProcess, server_env, wait_until, worker_in_thread
 
 PAGE = (b"<!doctype html><html><head><title>Fallback title</title>"
         b'<meta property="og:title" content="The crag &amp; its routes">'
@@ -131,24 +130,12 @@ def previews_on(settings):
 @pytest.fixture
 def preview_worker(previews_on, transactional_db):
     """The previews worker, running in a thread of this process (its own DB connection)."""
-    stop = threading.Event()
-    worker = PreviewWorker(stop=stop)
-    thread = threading.Thread(target=workers.run, kwargs={"worker": worker, "stop": stop}, daemon=True)
-    thread.start()
-    yield worker
-    stop.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    with worker_in_thread(PreviewWorker) as worker:
+        yield worker
 
 
 def direct(alice, bob) -> int:
     return alice.client.post("/chats/", {"members": [bob.id]}, format="json").json()["id"]
-
-
-def send(user, cid, content):
-    response = user.client.post(f"/chats/{cid}/messages/", {"content": content}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def jobs_done(timeout: float = 10):
@@ -178,7 +165,7 @@ def test_a_phone_gets_message_updated_with_the_preview(relay, mosquitto, site, p
     try:
         # when
         url = site.url("/page")
-        sent = send(alice, cid, f"look {url}, nice")
+        sent = send_message(alice, cid, f"look {url}, nice")
 
         # then: the send answers at once without one; the preview follows
         assert sent["link_preview"] is None
@@ -204,9 +191,9 @@ def test_a_url_is_fetched_once_and_cached(site, preview_worker):
     cid = direct(alice, bob)
     url = site.url("/page")
 
-    first = send(alice, cid, url)
+    first = send_message(alice, cid, url)
     jobs_done()
-    second = send(bob, cid, f"same {url}")
+    second = send_message(bob, cid, f"same {url}")
     jobs_done()
 
     assert preview_of(first["id"]) == preview_of(second["id"]) is not None
@@ -222,7 +209,7 @@ def test_loopback_is_never_fetched_without_the_setting(site, preview_worker, set
     cid = direct(alice, bob)
 
     # when: loopback by address and by name, a private and a link-local address
-    messages = [send(alice, cid, f"{link}") for link in (
+    messages = [send_message(alice, cid, f"{link}") for link in (
         site.url("/page"), site.url("/page").replace("127.0.0.1", "localhost"),
         "http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[::1]/",
     )]
@@ -238,9 +225,9 @@ def test_three_redirects_are_followed_and_a_fourth_is_not(site, preview_worker):
     alice, bob = make_user(), make_user()
     cid = direct(alice, bob)
 
-    three = send(alice, cid, site.url("/redirect/3"))
+    three = send_message(alice, cid, site.url("/redirect/3"))
     jobs_done()
-    four = send(alice, cid, site.url("/redirect/4"))
+    four = send_message(alice, cid, site.url("/redirect/4"))
     jobs_done()
 
     assert preview_of(three["id"])["title"] == "after-redirects & its routes"
@@ -255,7 +242,7 @@ def test_a_10_mib_page_is_cut_at_the_limit(site, preview_worker):
     alice, bob = make_user(), make_user()
     cid = direct(alice, bob)
 
-    big = send(alice, cid, site.url("/big"))
+    big = send_message(alice, cid, site.url("/big"))
     jobs_done()
 
     # the title (first bytes) is read; the description after 1 MiB never was
@@ -270,9 +257,9 @@ def test_a_slow_page_times_out_and_holds_up_nothing_else(site, preview_worker):
     cid = direct(alice, bob)
 
     started = time.monotonic()
-    slow = send(alice, cid, site.url("/slow/6"))
-    fast = send(alice, cid, site.url("/page"))
-    not_html = send(alice, cid, site.url("/image"))
+    slow = send_message(alice, cid, site.url("/slow/6"))
+    fast = send_message(alice, cid, site.url("/page"))
+    not_html = send_message(alice, cid, site.url("/image"))
     jobs_done(timeout=8)
     elapsed = time.monotonic() - started
 
@@ -286,7 +273,7 @@ def test_a_slow_page_times_out_and_holds_up_nothing_else(site, preview_worker):
 def test_editing_the_link_previews_the_new_one_and_deleting_drops_it(site, preview_worker):
     alice, bob = make_user(), make_user()
     cid = direct(alice, bob)
-    sent = send(alice, cid, site.url("/page/first"))
+    sent = send_message(alice, cid, site.url("/page/first"))
     jobs_done()
     assert preview_of(sent["id"])["title"] == "first & its routes"
 
@@ -309,7 +296,7 @@ def test_editing_the_link_previews_the_new_one_and_deleting_drops_it(site, previ
 def test_a_message_deleted_before_its_preview_gets_none(site, preview_worker):
     alice, bob = make_user(), make_user()
     cid = direct(alice, bob)
-    sent = send(alice, cid, site.url("/slow/1"))
+    sent = send_message(alice, cid, site.url("/slow/1"))
     alice.client.patch(f"/chats/{cid}/messages/{sent['id']}/", {"deleted": True}, format="json")
     jobs_done()
 
@@ -323,7 +310,7 @@ def test_with_previews_off_nothing_is_queued(settings):
     alice, bob = make_user(), make_user()
     cid = direct(alice, bob)
 
-    send(alice, cid, "https://example.org/")
+    send_message(alice, cid, "https://example.org/")
 
     assert not PreviewJob.objects.exists()
 
@@ -341,7 +328,7 @@ def test_a_worker_killed_mid_fetch_and_started_again_still_previews_the_job(
     cid = direct(alice, bob)
     try:
         # when: it is killed while it reads a page (2 s, within the limit)
-        sent = send(alice, cid, site.url("/slow/2"))
+        sent = send_message(alice, cid, site.url("/slow/2"))
         wait_until(lambda: site.requests, 10, f"the worker to fetch\n{first.log_tail()}")
         first.kill()
         time.sleep(2.5)

@@ -8,38 +8,22 @@ import pytest
 from chats.models import Membership, Message, Reaction
 from chats.services import reactions
 from chatserver.models import OutboxEvent
-from tests.support.factories import make_user
+from tests.support.factories import group_chat, make_user, queued_events, send_message
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
 
 THUMBS, HEART = "👍", "❤️"
 
 
-def group(owner, *members):
-    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": "g"}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
-
-
-def send(user, cid, content="hello"):
-    response = user.client.post(f"/chats/{cid}/messages/", {"content": content}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
-
-
 def react(user, cid, mid, emoji, method="put"):
     return getattr(user.client, method)(f"/chats/{cid}/messages/{mid}/reactions/{quote(emoji)}/")
-
-
-def events():
-    return [(row, json.loads(row.payload)) for row in OutboxEvent.objects.order_by("id") if row.payload]
 
 
 @pytest.fixture
 def chat(db):
     alice, bob, carol = make_user(), make_user(), make_user()
-    cid = group(alice, bob, carol)
-    message = send(alice, cid)
+    cid = group_chat(alice, bob, carol)
+    message = send_message(alice, cid)
     OutboxEvent.objects.all().delete()
     return alice, bob, carol, cid, message
 
@@ -56,7 +40,7 @@ def test_a_reaction_is_on_the_message_for_everyone_and_the_author_is_told(chat):
     body = response.json()
     assert body["reactions"] == [{"emoji": THUMBS, "count": 1, "user_ids": [bob.id]}]
     assert body["version"] == message["version"] + 1
-    [(updated, updated_event), (told, told_event)] = events()
+    [(updated, updated_event), (told, told_event)] = queued_events()
     assert updated_event["type"] == "message.updated"
     assert updated_event["data"] == body
     assert updated_event["version"] == body["version"]
@@ -84,7 +68,7 @@ def test_reactions_count_per_emoji_in_the_order_first_used(chat):
         {"emoji": HEART, "count": 1, "user_ids": [carol.id]},
     ]
     # the author reacting to its own message tells nobody in particular
-    assert [e["type"] for _, e in events()].count("reaction.added") == 3
+    assert [e["type"] for _, e in queued_events()].count("reaction.added") == 3
 
 
 def test_put_twice_is_one_reaction_and_tells_nobody_again(chat):
@@ -120,7 +104,7 @@ def test_delete_takes_it_back_and_deleting_a_missing_one_is_204_and_changes_noth
 
     # then: members see it gone; the author is not told of a take-back
     assert removed.status_code == 204
-    [(row, event)] = events()
+    [(row, event)] = queued_events()
     assert event["type"] == "message.updated" and event["data"]["reactions"] == []
     assert Reaction.objects.count() == 0
     OutboxEvent.objects.all().delete()
@@ -147,7 +131,7 @@ def test_who_may_not_react(chat):
     alice, bob, carol, cid, message = chat
     Membership.objects.filter(chat_id=cid, user_id=carol.id).update(role="restricted")
     outsider = make_user()
-    other = group(outsider, make_user())
+    other = group_chat(outsider, make_user())
     OutboxEvent.objects.all().delete()
 
     # then
@@ -184,8 +168,8 @@ def test_user_ids_are_capped_and_the_count_is_exact(chat, monkeypatch):
 def test_a_member_s_phone_and_the_author_s_phone_get_the_exact_events(relay, mosquitto):
     # given
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
-    message = send(alice, cid)
+    cid = group_chat(alice, bob)
+    message = send_message(alice, cid)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
     alice_phone = MqttProbe(mosquitto.host, mosquitto.port)
     assert alice_phone.connect(**alice.mqtt) == 0

@@ -5,19 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from chats.search import snippet
-from tests.support.factories import make_user
-
-
-def group(owner, *members):
-    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": "g"}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
-
-
-def send(user, cid, content):
-    response = user.client.post(f"/chats/{cid}/messages/", {"content": content}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
+from tests.support.factories import group_chat, make_user, send_message
 
 
 def search(user, q, **params):
@@ -33,17 +21,17 @@ def ids(page):
 @pytest.fixture
 def team(db):
     alice, bob, carol = make_user(), make_user(), make_user()
-    return alice, bob, carol, group(alice, bob, carol)
+    return alice, bob, carol, group_chat(alice, bob, carol)
 
 
 @pytest.mark.django_db
 def test_words_match_as_prefixes_in_korean_french_and_english_newest_first(team):
     # given
     alice, bob, carol, cid = team
-    ko = send(alice, cid, "주말에 친구들과 등산 갈래요?")
-    fr = send(bob, cid, "On se retrouve à l'Été Café, d'accord ?")
-    en = send(carol, cid, "Climbing chats: bring the ropes")
-    send(alice, cid, "nothing to see")
+    ko = send_message(alice, cid, "주말에 친구들과 등산 갈래요?")
+    fr = send_message(bob, cid, "On se retrouve à l'Été Café, d'accord ?")
+    en = send_message(carol, cid, "Climbing chats: bring the ropes")
+    send_message(alice, cid, "nothing to see")
 
     # then
     assert ids(search(bob, "친구")) == [ko["id"]]
@@ -64,8 +52,8 @@ def test_words_match_as_prefixes_in_korean_french_and_english_newest_first(team)
 @pytest.mark.django_db
 def test_spaceless_scripts_match_inside_words(team):
     alice, bob, carol, cid = team
-    ja = send(alice, cid, "私は東京に住んでいます")
-    ko = send(alice, cid, "여자친구랑 영화 봤어")
+    ja = send_message(alice, cid, "私は東京に住んでいます")
+    ko = send_message(alice, cid, "여자친구랑 영화 봤어")
 
     assert ids(search(bob, "東京")) == [ja["id"]]
     assert ids(search(bob, "친구")) == [ko["id"]]
@@ -76,20 +64,20 @@ def test_spaceless_scripts_match_inside_words(team):
 def test_only_what_the_caller_can_read_now(team):
     # given
     alice, bob, carol, cid = team
-    other = group(alice, carol)  # bob is not in it
-    send(alice, other, "secret plan")
-    left = group(alice, bob)
-    send(alice, left, "secret of a chat bob left")
+    other = group_chat(alice, carol)  # bob is not in it
+    send_message(alice, other, "secret plan")
+    left = group_chat(alice, bob)
+    send_message(alice, left, "secret of a chat bob left")
     assert bob.client.delete(f"/chats/{left}/users/{bob.id}/").status_code == 204
-    kicked = group(alice, bob)
-    send(alice, kicked, "secret of a chat bob was kicked from")
+    kicked = group_chat(alice, bob)
+    send_message(alice, kicked, "secret of a chat bob was kicked from")
     assert alice.client.delete(f"/chats/{kicked}/users/{bob.id}/").status_code == 204
-    deleted = send(alice, cid, "secret deleted")
+    deleted = send_message(alice, cid, "secret deleted")
     alice.client.patch(f"/chats/{cid}/messages/{deleted['id']}/", {"deleted": True}, format="json")
-    before_joining = send(alice, cid, "secret before dave joined")
+    before_joining = send_message(alice, cid, "secret before dave joined")
     dave = make_user()
     assert alice.client.post(f"/chats/{cid}/users/{dave.id}/").status_code == 201
-    edited = send(alice, cid, "nothing here")
+    edited = send_message(alice, cid, "nothing here")
     alice.client.patch(f"/chats/{cid}/messages/{edited['id']}/", {"content": "secret after the edit"}, format="json")
 
     # then: bob sees his chat's live messages only; history is shared, so dave, who
@@ -104,8 +92,8 @@ def test_only_what_the_caller_can_read_now(team):
 def test_one_chat_and_pages_by_before(team):
     # given
     alice, bob, carol, cid = team
-    other = group(alice, bob)
-    sent = [send(alice, cid if i % 2 else other, f"page {i}") for i in range(7)]
+    other = group_chat(alice, bob)
+    sent = [send_message(alice, cid if i % 2 else other, f"page {i}") for i in range(7)]
 
     # when
     first = search(bob, "page", limit=3)
@@ -143,7 +131,7 @@ def test_bad_queries_and_other_people_s_chats_are_refused(team):
 @pytest.mark.django_db
 def test_a_search_is_two_queries_after_the_token(team):
     alice, bob, carol, cid = team
-    send(alice, cid, "hello")
+    send_message(alice, cid, "hello")
     search(bob, "hello")
 
     with CaptureQueriesContext(connection) as queries:
@@ -169,7 +157,7 @@ def test_snippets_are_plain_text_with_utf16_offsets():
 @pytest.mark.django_db
 def test_query_syntax_of_fts5_tsquery_and_like_is_text_over_http(team):
     alice, bob, carol, cid = team
-    hit = send(alice, cid, 'rope AND "wall" NEAR 東京タワー')
+    hit = send_message(alice, cid, 'rope AND "wall" NEAR 東京タワー')
 
     for q in ('"', "*", '"*', "AND", "NEAR(", "rope)", "(rope", "^rope", "content:rope", "'", ":*", "!", "&", "|",
               "%", "_", "\\", '東京"*', "東京タ*"):

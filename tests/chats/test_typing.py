@@ -6,7 +6,6 @@ it; at most one per member and chat per second.
 
 import json
 import time
-from contextlib import contextmanager
 
 import pytest
 from django.db import connection
@@ -16,27 +15,9 @@ from chats.models import Membership
 from chats.services.typing import EXPIRES
 from chatserver.ephemeral import Gate
 from chatserver.models import OutboxEvent
-from tests.support.factories import make_user
-from tests.support.mqtt import MqttProbe
+from tests.support.factories import group_chat, make_user
+from tests.support.mqtt import MqttProbe, phone
 from tests.support.stack import wait_until
-
-
-@contextmanager
-def phone(broker, user, *topics, clean_session=False):
-    probe = MqttProbe(broker.host, broker.port, auto_reconnect=True, keepalive=5)
-    assert probe.connect(clean_session=clean_session, **user.mqtt) == 0
-    for topic in topics:
-        assert probe.subscribe(topic) in (0, 1), topic
-    try:
-        yield probe
-    finally:
-        probe.close()
-
-
-def group(owner, *members):
-    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": "g"}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
 
 
 def typing(user, cid, value=True):
@@ -55,7 +36,7 @@ def drained():
 def test_other_members_see_typing_within_a_second_and_outsiders_cannot_listen(relay, mosquitto):
     # given
     alice, bob, eve = make_user(), make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     drained()
     topic = f"chat/chats/{cid}"
     with phone(mosquitto, bob, topic, f"chat/users/{bob.id}") as bob_phone, phone(mosquitto, eve) as eve_phone:
@@ -85,7 +66,7 @@ def test_other_members_see_typing_within_a_second_and_outsiders_cannot_listen(re
 def test_typing_is_never_queued_for_an_offline_session(relay, mosquitto):
     # given: bob's phone subscribed once with a persistent session, then went away
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     drained()
     topic = f"chat/chats/{cid}"
     with phone(mosquitto, bob, topic):
@@ -109,7 +90,7 @@ def test_typing_is_never_queued_for_an_offline_session(relay, mosquitto):
 def test_at_most_one_per_member_and_second_and_the_last_state_arrives(relay, mosquitto):
     # given
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     drained()
     topic = f"chat/chats/{cid}"
     with phone(mosquitto, bob, topic) as bob_phone:
@@ -130,7 +111,7 @@ def test_at_most_one_per_member_and_second_and_the_last_state_arrives(relay, mos
 @pytest.mark.parametrize("role", ["restricted", None])
 def test_restricted_members_and_outsiders_cannot_say_they_type(role):
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     if role:
         Membership.objects.filter(chat_id=cid, user_id=bob.id).update(role=role)
     else:
@@ -146,7 +127,7 @@ def test_restricted_members_and_outsiders_cannot_say_they_type(role):
 @pytest.mark.parametrize("body", [{}, {"typing": "yes"}, {"typing": 1}, {"typing": None}])
 def test_bad_bodies_are_400(body):
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
 
     response = alice.client.post(f"/chats/{cid}/typing/", body, format="json")
 
@@ -158,7 +139,7 @@ def test_bad_bodies_are_400(body):
 def test_typing_writes_nothing_and_costs_three_statements():
     # given
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     OutboxEvent.objects.all().delete()
 
     # when

@@ -6,32 +6,18 @@ Each test commits its writes (the relay is another process), runs the real relay
 
 import json
 import time
-from contextlib import contextmanager
 
 import pytest
 from rest_framework.test import APIClient
 
 from chatserver.models import OutboxEvent
 from tests.support.factories import PASSWORD, TestUser, login, make_user
-from tests.support.mqtt import MqttProbe
+from tests.support.mqtt import MqttProbe, phone
 from tests.support.stack import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REFUSED = 128  # SUBACK failure (MQTT 3.1.1)
-
-
-@contextmanager
-def phone(broker, user: TestUser, *topics: str, clean_session: bool = False):
-    """A device of `user` connected like the app (persistent session, auto-reconnect)."""
-    probe = MqttProbe(broker.host, broker.port, auto_reconnect=True, keepalive=5)
-    assert probe.connect(clean_session=clean_session, **user.mqtt) == 0
-    for topic in topics:
-        assert probe.subscribe(topic) in (0, 1), topic
-    try:
-        yield probe
-    finally:
-        probe.close()
 
 
 def payloads(received) -> list[dict]:

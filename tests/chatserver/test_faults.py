@@ -19,15 +19,13 @@ copies a phone received (a killed relay resends at most its window, chatserver/r
 import json
 import secrets
 import time
-import urllib.error
-import urllib.request
 
 import psycopg
 import pytest
 
 from chatserver import models as chatserver_models
 from tests.support.faults import ChatWorld, LivePhone, SteadyLoad, signup
-from tests.support.stack import call, wait_until
+from tests.support.stack import call, call_with_headers, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -316,14 +314,8 @@ def test_relay_killed_twice_while_draining_a_backlog_resends_at_most_its_window_
 
 def post_message(url: str, chat_id: int, token: str, content: str) -> tuple[int, str | None, dict]:
     """(status, Retry-After, JSON body) of one message POST."""
-    request = urllib.request.Request(
-        f"{url}/chats/{chat_id}/messages/", method="POST", data=json.dumps({"content": content}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers.get("Retry-After"), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers.get("Retry-After"), json.loads(error.read())
+    status, headers, body = call_with_headers(f"{url}/chats/{chat_id}/messages/", "POST", {"content": content}, token)
+    return status, headers.get("Retry-After"), body
 
 
 def test_sends_wait_at_the_door_while_delivery_runs_late_and_not_while_the_relay_is_down(fault_stack):

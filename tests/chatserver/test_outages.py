@@ -15,8 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -28,7 +26,7 @@ from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
 from tests.support.postgres import PostgresCluster
 from tests.support.stack import ROOT, HttpServer, ServerProcess, server_env, wait_until
-from tests.support.stack import call
+from tests.support.stack import call, call_with_headers
 
 pytestmark = pytest.mark.slow
 
@@ -285,7 +283,7 @@ def test_http_answers_503_in_the_error_envelope_while_the_database_is_down(spare
         me = call(f"{spare.url}/accounts/me/", token=alice["token"])
         signup = call(f"{spare.url}/accounts/signup/", "POST", {"username": "dave-x", "password": "pass word 123"})
         health = call(f"{spare.url}/health/")
-        retry_after = header_of(f"{spare.url}/accounts/me/", "Retry-After", token=alice["token"])
+        retry_after = call_with_headers(f"{spare.url}/accounts/me/", token=alice["token"])[1].get("Retry-After")
     finally:
         spare.pg.start_server()
 
@@ -320,12 +318,3 @@ def test_a_postgresql_restart_between_requests_is_not_seen_by_a_phone(spare):
     assert answers == [200] * 32
     assert_alive(spare.relay, spare.presence, spare.web)
 
-
-def header_of(url: str, name: str, *, token: str) -> str | None:
-    """One header of the answer to a GET, whatever its status."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.headers.get(name)
-    except urllib.error.HTTPError as error:
-        return error.headers.get(name)

@@ -5,7 +5,6 @@ fed by the jobs real services queue.
 
 import base64
 import json
-import threading
 import time
 from datetime import timedelta
 
@@ -21,12 +20,12 @@ from chats.models import MUTED_FOREVER, Membership
 from chats.services.chats import chat_create
 from chats.services.message_send import message_send
 from chats.services.pointers import pointer_move
-from chatserver import push, workers
+from chatserver import push
 from chatserver.fcm import SCOPE, FcmClient, FcmMessage, Outcome
 from chatserver.models import PushJob
 from chatserver.push_worker import PushWorker
 from tests.support.factories import login, make_actor, make_user
-from tests.support.stack import wait_until
+from tests.support.stack import wait_until, worker_in_thread
 
 PROJECT = "chat-test"
 
@@ -159,14 +158,8 @@ def push_on(settings, service_account, sink):
 @pytest.fixture
 def push_worker(push_on, transactional_db):
     """The push worker, running in a thread of this process (its own DB connection)."""
-    stop = threading.Event()
-    worker = PushWorker(stop=stop)
-    thread = threading.Thread(target=workers.run, kwargs={"worker": worker, "stop": stop}, daemon=True)
-    thread.start()
-    yield worker
-    stop.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    with worker_in_thread(PushWorker) as worker:
+        yield worker
 
 
 def with_token(user, token: str) -> Device:

@@ -1,7 +1,6 @@
 """The stack over real sockets: gunicorn, the relay, Mosquitto and PostgreSQL."""
 
 import json
-import urllib.request
 
 import pytest
 

@@ -1,50 +1,15 @@
 """Typing, reactions, mentions, search and link previews through the simulator (`chat-sim` as a subprocess)
 against the live stack: what `listen --json` shows, exactly, and what it prints."""
 
-import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from tests.simulator.test_simulator import CHAT_SIM, PASSWORD, assert_match_the_contract, ok_json, sim  # noqa: F401
+from tests.support.sim import CHAT_SIM, PASSWORD, Listening, assert_match_the_contract, ok_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Listening:
-    """`chat-sim -p <profile> listen --json` in the background, its lines collected."""
-
-    def __init__(self, sim, profile: str, *extra: str) -> None:
-        self.process = subprocess.Popen([str(CHAT_SIM), "-p", profile, "listen", "--json", "--duration", "30", *extra],
-                                        env=sim.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[dict] = []
-        self.caught_up = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        assert self.caught_up.wait(15), self.process.stderr.read() if self.process.poll() is not None else self.lines
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(json.loads(line))
-            if self.lines[-1]["type"] == "caught_up":
-                self.caught_up.set()
-
-    def wait_for(self, predicate, timeout: float = 5) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [line for line in list(self.lines) if predicate(line)]
-            if found:
-                return found
-            time.sleep(0.02)
-        raise AssertionError(f"not shown within {timeout}s: {self.lines}")
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.reader.join(5)
 
 
 @pytest.fixture

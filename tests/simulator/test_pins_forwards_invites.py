@@ -6,8 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.simulator.test_features import Listening
-from tests.simulator.test_simulator import CHAT_SIM, PASSWORD, assert_match_the_contract, ok_json, sim  # noqa: F401
+from tests.support.sim import CHAT_SIM, PASSWORD, Listening, assert_match_the_contract, ok_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -103,7 +102,7 @@ def test_the_shell_pins_forwards_and_answers(sim, trio):
 
     # then
     assert result.returncode == 0, result.stderr
-    assert f"alice: Chess  [invite: Chess; ✔ 0 ✘ 0]" in result.stdout
+    assert "alice: Chess  [invite: Chess; ✔ 0 ✘ 0]" in result.stdout
     assert f"message {invite['id']}: [invite: Chess; ✔ 1 ✘ 0: bob accept]" in result.stdout
     assert "bob: hello  forwarded from alice" in result.stdout
     table = result.stdout[result.stdout.rindex("ID"):].splitlines()

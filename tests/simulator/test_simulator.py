@@ -6,53 +6,17 @@ its profiles in a temporary home.
 """
 
 import json
-import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from tests.support.sim import CHAT_SIM, PASSWORD, SIM_SOURCE, assert_match_the_contract, ok_json
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHAT_SIM = Path(sys.executable).parent / "chat-sim"
-SIM_SOURCE = Path(__file__).resolve().parents[2] / "android-client-sim"
 SCENARIOS = SIM_SOURCE / "scenarios"
-PASSWORD = "pass word 123"
-
-
-@pytest.fixture
-def sim(live_stack, tmp_path):
-    """`sim(*args)` runs chat-sim against the live stack; returns the CompletedProcess."""
-    assert CHAT_SIM.exists(), f"{CHAT_SIM} missing: requirements.txt installs ./android-client-sim"
-    # This checkout's simulator, whichever checkout the virtualenv installed it from
-    # (its editable finder comes after PYTHONPATH).
-    path = os.pathsep.join(p for p in (str(SIM_SOURCE), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "CHAT_SIM_HOME": str(tmp_path / "home"), "CHAT_SIM_SERVER": live_stack.url,
-           "PYTHONPATH": path}
-
-    def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run([str(CHAT_SIM), *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-    run.env = env
-    return run
-
-
-def ok_json(result: subprocess.CompletedProcess):
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
-
-
-def assert_match_the_contract(items: list[dict]) -> None:
-    """The messages and events `listen --json` showed, live or fetched, have the data
-    docs/asyncapi.yaml gives their type (ValueError names what does not)."""
-    from chatserver.contract import check_data
-
-    shown = [i for i in items if i["kind"] in ("message", "event")]
-    for item in shown:
-        check_data(item["type"], item["data"])
-    assert shown, "nothing to check"
 
 
 def test_signup_login_me_and_logout(sim):

@@ -17,11 +17,15 @@ import json
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+if TYPE_CHECKING:
+    from tests.support.factories import TestUser
 
 
 # What probes received that does not match the contract, this test (see the module doc).
@@ -299,3 +303,16 @@ def _nodelay(client, userdata, sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass
+
+
+@contextmanager
+def phone(broker, user: TestUser, *topics: str, clean_session: bool = False):
+    """A device of `user` connected like the app (persistent session, auto-reconnect)."""
+    probe = MqttProbe(broker.host, broker.port, auto_reconnect=True, keepalive=5)
+    assert probe.connect(clean_session=clean_session, **user.mqtt) == 0
+    for topic in topics:
+        assert probe.subscribe(topic) in (0, 1), topic
+    try:
+        yield probe
+    finally:
+        probe.close()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -47,6 +49,25 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def worker_in_thread(factory) -> Iterator:
+    """A worker (`factory(stop=...)`, e.g. PushWorker) run by `chatserver.workers.run` in a
+    thread of this process, with its own database connection; stopped, and checked gone,
+    on exit. Yields the worker."""
+    from chatserver import workers
+
+    stop = threading.Event()
+    worker = factory(stop=stop)
+    thread = threading.Thread(target=workers.run, kwargs={"worker": worker, "stop": stop}, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive(), f"the {worker.name} worker did not stop"
 
 
 class ServerProcess:
@@ -224,14 +245,19 @@ class HttpServer(ServerProcess):
             raise AssertionError(f"gunicorn died:\n{self.log_tail()}")
         if not self.front.alive():
             raise AssertionError(f"nginx died:\n{self.front.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/health/", timeout=2, context=self.ssl_context):
-                return True
-        except urllib.error.HTTPError as error:
-            # Django answers, whatever its body says; nginx's own 503 means not yet.
-            return not (error.code == 503 and b'"unavailable"' in error.read())
-        except OSError:
-            return False
+        return django_answers(self.url, ssl_context=self.ssl_context)
+
+
+def django_answers(url: str, *, ssl_context: ssl.SSLContext | None = None) -> bool:
+    """Whether Django answers `/health/` through the front server at `url`, whatever its
+    body says (nginx's own 503 `unavailable`: gunicorn is not up yet)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health/", timeout=2, context=ssl_context):
+            return True
+    except urllib.error.HTTPError as error:
+        return not (error.code == 503 and b'"unavailable"' in error.read())
+    except OSError:
+        return False
 
 
 class ProcessStack:
@@ -325,6 +351,13 @@ def call(url: str, method: str = "GET", body: dict | None = None, token: str | N
          timeout: float = 10) -> tuple[int, dict | None]:
     """One HTTP request to a server process over a real socket: (status, JSON body);
     status 0 when no answer came (connection refused, timeout)."""
+    status, _, answer = call_with_headers(url, method, body, token, timeout)
+    return status, answer
+
+
+def call_with_headers(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
+                      timeout: float = 10) -> tuple[int, dict[str, str], dict | None]:
+    """`call`, with the answer's headers: (status, headers, JSON body)."""
     request = urllib.request.Request(url, method=method)
     data = None
     if body is not None:
@@ -335,12 +368,12 @@ def call(url: str, method: str = "GET", body: dict | None = None, token: str | N
     try:
         with urllib.request.urlopen(request, data, timeout=timeout) as response:
             raw = response.read()
-            return response.status, json.loads(raw) if raw else None
+            return response.status, dict(response.headers), json.loads(raw) if raw else None
     except urllib.error.HTTPError as error:
         raw = error.read()
         try:
-            return error.code, json.loads(raw) if raw else None
+            return error.code, dict(error.headers), json.loads(raw) if raw else None
         except ValueError:
-            return error.code, {"not_json": raw[:200].decode(errors="replace")}
+            return error.code, dict(error.headers), {"not_json": raw[:200].decode(errors="replace")}
     except (OSError, ValueError):
-        return 0, None
+        return 0, {}, None

@@ -20,14 +20,6 @@ from tests.support.factories import make_actor
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def group(outbox):
-    alice, bob, carol = make_actor(), make_actor(), make_actor()
-    chat, _ = chat_create(actor=alice, member_ids=[bob.id, carol.id], name="g")
-    outbox.clear()
-    return chat, alice, bob, carol
-
-
 def test_a_message_is_queued_once_to_every_member_and_the_chat_topic(group, outbox):
     # given
     chat, alice, bob, carol = group

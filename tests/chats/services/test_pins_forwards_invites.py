@@ -32,14 +32,6 @@ pytestmark = pytest.mark.django_db
 GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 
 
-@pytest.fixture
-def group(outbox):
-    alice, bob, carol = make_actor(), make_actor(), make_actor()
-    chat, _ = chat_create(actor=alice, member_ids=[bob.id, carol.id], name="g")
-    outbox.clear()
-    return chat, alice, bob, carol
-
-
 def listed(user, *, archived=False) -> list[int]:
     return [m.chat_id for m in chat_list_queryset(user_id=user.id, archived=archived)]
 

@@ -16,14 +16,6 @@ from tests.support.factories import make_actor
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def group(outbox):
-    alice, bob, carol = make_actor(), make_actor(), make_actor()
-    chat, _ = chat_create(actor=alice, member_ids=[bob.id, carol.id], name="g")
-    outbox.clear()
-    return chat, alice, bob, carol
-
-
 def test_a_sent_message_keeps_its_mentions_through_both_write_paths(group, outbox):
     chat, alice, bob, carol = group
 

@@ -9,24 +9,14 @@ from django.db import connection
 from chats import shapes
 from chats.models import Message, PreviewJob
 from chats.selectors import message_search
-from chats.services.chats import chat_create
 from chats.services.members import member_remove
 from chats.services.message_edit import message_preview_set, message_update
 from chats.services.message_send import message_send
 from chatserver.events import EventType
-from tests.support.factories import make_actor
 
 pytestmark = pytest.mark.django_db
 
 PREVIEW = {"title": "T", "description": "D", "image": None}
-
-
-@pytest.fixture
-def group(outbox):
-    alice, bob, carol = make_actor(), make_actor(), make_actor()
-    chat, _ = chat_create(actor=alice, member_ids=[bob.id, carol.id], name="g")
-    outbox.clear()
-    return chat, alice, bob, carol
 
 
 def test_search_finds_what_a_member_reads_on_both_databases(group):
