@@ -355,6 +355,16 @@ MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
 MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
 MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)
+# The MQTT version of the server's own connections (relay, presence, push): "5" (its
+# PUBACK reason codes show a refused publish) or "3.1.1" (RabbitMQ 3.10 speaks no other;
+# what 3.1.1 cannot say is handled as docs/mqtt.md tells). Default: 5 on Mosquitto, 3.1.1
+# on RabbitMQ, which refuses anything else.
+_BROKER_KIND = globals().get("BROKER", env("BROKER", "mosquitto"))
+MQTT_PROTOCOL = env("MQTT_PROTOCOL", "3.1.1" if _BROKER_KIND == "rabbitmq" else "5")
+if MQTT_PROTOCOL not in {"5", "3.1.1"}:
+    raise ImproperlyConfigured(f"MQTT_PROTOCOL must be 5 or 3.1.1, not {MQTT_PROTOCOL!r}")
+if _BROKER_KIND == "rabbitmq" and MQTT_PROTOCOL != "3.1.1":
+    raise ImproperlyConfigured("BROKER=rabbitmq speaks MQTT 3.1.1 only: MQTT_PROTOCOL=3.1.1")
 # The broker's failed-login limit (broker/login_guard.c, rendered by `manage.py
 # broker_prepare`): after MQTT_LOGIN_FAILURES refused logins of one device account within
 # MQTT_LOGIN_WINDOW seconds, that account is refused for MQTT_LOGIN_COOLDOWN seconds.

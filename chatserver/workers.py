@@ -244,6 +244,7 @@ def broker_connection(*, name: str):
         keepalive=settings.MQTT_KEEPALIVE,
         tls=tls,
         tls_ca=settings.MQTT_TLS_CA or None,
+        protocol=settings.MQTT_PROTOCOL,
     )
 
 
