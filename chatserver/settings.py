@@ -372,6 +372,25 @@ MQTT_LOGIN_FAILURES = env_int("MQTT_LOGIN_FAILURES", 10)
 MQTT_LOGIN_WINDOW = env_int("MQTT_LOGIN_WINDOW", 60)
 MQTT_LOGIN_COOLDOWN = env_int("MQTT_LOGIN_COOLDOWN", 60)
 
+# --- RabbitMQ (BROKER=rabbitmq) ---------------------------------------------------------
+# Which broker the server talks to: access operations go to Mosquitto's dynamic security
+# (chatserver.broker_access.DynsecAccess) or to RabbitMQ's management API (RabbitAccess).
+BROKER = env("BROKER", "mosquitto").lower()
+if BROKER not in {"mosquitto", "rabbitmq"}:
+    raise ImproperlyConfigured(f"BROKER must be mosquitto or rabbitmq, got {BROKER!r}")
+RABBITMQ_MANAGEMENT_PORT = env_int("RABBITMQ_MANAGEMENT_PORT", 15672)
+# The management API the relay revokes through (deletes bindings, closes connections);
+# a cluster lists several nodes, comma-separated, tried in turn.
+RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}")
+# Django decides every RabbitMQ login, vhost, queue and topic check (chatserver/broker_auth.py):
+# the broker POSTs to http://127.0.0.1:BROKER_AUTH_PORT/broker-auth/BROKER_AUTH_SECRET/...,
+# a loopback-only listener of the front server (front/nginx.conf).
+BROKER_AUTH_PORT = env_int("BROKER_AUTH_PORT", 15680)
+BROKER_AUTH_SECRET = secret("broker-auth-secret", "BROKER_AUTH_SECRET")
+# Seconds RabbitMQ's auth cache keeps an answer to a vhost/queue/topic check (logins are
+# never cached); the relay's revocation pass waits this out (chatserver/broker_access.py).
+RABBITMQ_AUTH_CACHE_TTL = env_int("RABBITMQ_AUTH_CACHE_TTL", 2)
+
 # How long signup, login, logout and membership changes wait for the relay to apply
 # their broker grants before answering (so the credentials and topics handed out work
 # at once). When the broker is down the answer comes after this, and the grants are
