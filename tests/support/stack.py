@@ -192,9 +192,11 @@ class HttpServer(ServerProcess):
     answers 503 `unavailable`); `front` is the nginx process."""
 
     def __init__(self, env: dict[str, str], workdir: Path, workers: int = 2,
-                 tls: ServerTls | None = None) -> None:
+                 tls: ServerTls | None = None, broker_auth_port: int | None = None) -> None:
         self.port = free_port()
         self.tls = tls
+        # The loopback listener for RabbitMQ's auth checks (BROKER=rabbitmq), if any.
+        self.broker_auth_port = broker_auth_port
         # nginx's workers run as www-data: pytest's own temp dirs (0700) would stop them.
         self.front_root = Path(tempfile.mkdtemp(prefix="chat-front-"))
         os.chmod(self.front_root, 0o711)
@@ -219,6 +221,7 @@ class HttpServer(ServerProcess):
                 data_dir=self.front_root, port=self.port, bind="127.0.0.1",
                 max_attachment=int(self.env.get("ATTACHMENT_MAX_SIZE", django_settings.ATTACHMENT_MAX_SIZE)),
                 tls=(self.tls.cert, self.tls.key) if self.tls else None,
+                broker_auth_port=self.broker_auth_port,
             )
             self.front.start()
         super().start()
