@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.support.stack",
     "tests.support.faults",
     "tests.support.redis",
+    "tests.support.rabbit_auth",
 ]
 
 

@@ -1,0 +1,268 @@
+"""Access on RabbitMQ from the attacker's side: a real node whose HTTP auth backend asks
+Django (chatserver/broker_auth.py), the relay revoking over the management API
+(chatserver/rabbit_access.py), and paho MQTT 3.1.1 clients as phones and attackers.
+The stack is the module's own (tests/support/rabbit_auth.py); everything goes over HTTP
+and MQTT, as from a phone.
+
+RabbitMQ 3.10 answers a forbidden SUBSCRIBE or PUBLISH by closing the connection (no
+SUBACK, no PUBACK): that is what "refused" means below."""
+
+from __future__ import annotations
+
+import json
+import threading
+from itertools import count
+
+import paho.mqtt.client as paho
+import pytest
+
+from tests.support.mqtt import MqttProbe
+from tests.support.stack import call
+
+PASSWORD = "rabbit hole 123"
+_names = count(1)
+
+
+@pytest.fixture
+def stack(rabbit_auth_stack):
+    if not rabbit_auth_stack.relay.alive():
+        raise AssertionError(f"the relay died:\n{rabbit_auth_stack.logs()}")
+    return rabbit_auth_stack
+
+
+class Account:
+    """A user signed up over HTTP, with its device's MQTT credentials."""
+
+    def __init__(self, stack, *, username: str | None = None) -> None:
+        self.stack = stack
+        self.username = username or f"rabbit{next(_names)}"
+        status, body = call(f"{stack.url}/accounts/signup/", "POST", {"username": self.username, "password": PASSWORD})
+        assert status == 201, body
+        self.id, self.token, self.mqtt = body["id"], body["token"], body["mqtt"]
+
+    @property
+    def queue(self) -> str:
+        return f"mqtt-subscription-{self.mqtt['client_id']}qos1"
+
+    def phone(self, *, client_id: str | None = None, password: str | None = None) -> tuple[MqttProbe, int]:
+        """A paho 3.1.1 client with a persistent session: (probe, CONNACK code)."""
+        probe = MqttProbe(self.stack.node.host, self.stack.node.port, protocol=paho.MQTTv311)
+        code = probe.connect(self.mqtt["username"], password or self.mqtt["password"],
+                             client_id or self.mqtt["client_id"], clean_session=False)
+        return probe, code
+
+    def post(self, path: str, body: dict | None = None, method: str = "POST") -> tuple[int, dict | None]:
+        return call(f"{self.stack.url}{path}", method, body, token=self.token)
+
+
+def group(owner: Account, *members: Account) -> int:
+    status, body = owner.post("/chats/", {"members": [m.id for m in members], "name": "g"})
+    assert status == 201, body
+    return body["id"]
+
+
+def send(author: Account, chat: int, content: str) -> int:
+    status, body = author.post(f"/chats/{chat}/messages/", {"content": content})
+    assert status == 201, body
+    return body["id"]
+
+
+def refused(probe: MqttProbe, action) -> bool:
+    """Whether `action` (a subscribe or publish) got the connection closed instead of an
+    answer."""
+    try:
+        answered = action()
+    except TimeoutError:
+        answered = None
+    return probe.wait_disconnected(5) and answered in (None, False)
+
+
+def said(probe: MqttProbe, topic: str, content: str) -> bool:
+    """Whether a message with this content reached the probe on the topic."""
+    return any(json.dumps(content).encode() in payload for payload in probe.messages_on(topic))
+
+
+# --- logins ---------------------------------------------------------------------------------
+
+
+def test_another_devices_client_id_is_refused_and_the_victim_is_not_kicked(stack):
+    # given: alice online, in a chat with bob
+    alice, bob, mallory = Account(stack), Account(stack), Account(stack)
+    chat = group(alice, bob)
+    victim, code = alice.phone()
+    assert code == 0 and victim.subscribe(f"chat/chats/{chat}") == 1
+
+    # when: mallory presents alice's client id with his own account, then with hers
+    _, with_his_account = mallory.phone(client_id=alice.mqtt["client_id"])
+    attacker = MqttProbe(stack.node.host, stack.node.port)
+    with_her_name = attacker.connect(alice.mqtt["username"], "0" * 64, alice.mqtt["client_id"])
+
+    # then: both refused; alice's session is untouched and still receives
+    assert with_his_account != 0 and with_her_name != 0
+    send(bob, chat, "still here")
+    victim.wait_for(1, topic=f"chat/chats/{chat}", timeout=10)
+    assert victim.connected.is_set() and victim.connections == 1
+
+
+def test_logout_disconnects_at_once_and_the_next_login_is_refused(stack):
+    # given
+    bob = Account(stack)
+    phone, code = bob.phone()
+    assert code == 0
+
+    # when
+    status, _ = bob.post("/accounts/logout/")
+
+    # then: the relay closed its connection before the logout answered
+    assert status == 204
+    assert phone.wait_disconnected(2)
+    assert bob.phone()[1] != 0
+    assert stack.node.bindings_of(bob.queue) == []
+
+
+def test_a_deleted_account_is_disconnected_at_once_and_refused(stack):
+    carol = Account(stack)
+    phone, code = carol.phone()
+    assert code == 0 and phone.subscribe(f"chat/users/{carol.id}") == 1
+
+    status, _ = carol.post("/accounts/me/", {"password": PASSWORD}, method="DELETE")
+
+    assert status == 204
+    assert phone.wait_disconnected(2)
+    assert carol.phone()[1] != 0
+    # Its persistent session is gone with it.
+    assert stack.node.bindings_of(carol.queue) == []
+
+
+# --- subscriptions and publishes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["user", "users+", "all", "chat-all", "other-chat", "presence", "chats+"])
+def test_an_attacker_cannot_subscribe_to_what_is_not_his(stack, target):
+    # given: bob and carol in a chat; mallory online
+    bob, carol, mallory = Account(stack), Account(stack), Account(stack)
+    theirs = group(bob, carol)
+    topic = {
+        "user": f"chat/users/{bob.id}",
+        "users+": "chat/users/+",
+        "all": "#",
+        "chat-all": "chat/#",
+        "other-chat": f"chat/chats/{theirs}",
+        "presence": f"chat/presence/{bob.id}/{bob.mqtt['client_id']}",
+        "chats+": "chat/chats/+",
+    }[target]
+    probe, code = mallory.phone()
+    assert code == 0
+
+    # when / then: refused, and nothing was bound for him
+    assert refused(probe, lambda: probe.subscribe(topic, timeout=3))
+    assert stack.node.bindings_of(mallory.queue) == []
+    # His own topic is fine on a new connection.
+    probe, code = mallory.phone()
+    assert code == 0 and probe.subscribe(f"chat/users/{mallory.id}") == 1
+
+
+def test_publishing_another_devices_presence_is_refused(stack):
+    # given: an observer with the server's account, watching presence
+    alice, mallory = Account(stack), Account(stack)
+    observer = MqttProbe(stack.node.host, stack.node.port)
+    assert observer.connect(stack.node.admin_username, stack.node.admin_password, "test-observer",
+                            clean_session=True) == 0
+    assert observer.subscribe("chat/presence/+/+") == 1
+    probe, code = mallory.phone()
+    assert code == 0
+    alice_presence = f"chat/presence/{alice.id}/{alice.mqtt['client_id']}"
+
+    # when: mallory speaks for alice's device; then for his own
+    forged = refused(probe, lambda: probe.publish(alice_presence, b'{"state": "online"}', retain=True, timeout=3))
+    probe, _ = mallory.phone()
+    own = probe.publish(f"chat/presence/{mallory.id}/{mallory.mqtt['client_id']}", b'{"state": "online"}')
+
+    # then
+    assert forged and own
+    observer.wait_for(1, topic=f"chat/presence/{mallory.id}/{mallory.mqtt['client_id']}")
+    assert observer.messages_on(alice_presence) == []
+
+
+# --- revocation --------------------------------------------------------------------------------
+
+
+def test_a_kicked_member_gets_nothing_after_the_kick_live_or_from_its_session(stack):
+    # given: bob online in alice's group, subscribed (so the auth cache holds his allow)
+    alice, bob = Account(stack), Account(stack)
+    chat = group(alice, bob)
+    topic = f"chat/chats/{chat}"
+    phone, code = bob.phone()
+    assert code == 0 and phone.subscribe(topic) == 1
+    send(alice, chat, "before")
+    phone.wait_for(1, topic=topic, timeout=10)
+
+    # when: alice removes him; he comes back at once, within the cache's TTL, and
+    # subscribes again as a phone would (the cache may still allow it)
+    answer = {}
+    removal = threading.Thread(target=lambda: answer.update(r=alice.post(f"/chats/{chat}/users/{bob.id}/",
+                                                                        method="DELETE")))
+    removal.start()
+    assert phone.wait_disconnected(5), "the relay's first pass did not kick him"
+    again, code = bob.phone()
+    if code == 0:
+        try:
+            again.subscribe(topic, timeout=2)
+        except TimeoutError:
+            pass  # refused: the cache had no allow left
+    removal.join(30)
+    assert answer["r"][0] == 204
+    send(alice, chat, "after")
+
+    # then: nothing after the kick, live ...
+    again.expect_nothing(1.5, topic=topic)
+    assert not said(phone, topic, "after") and not said(again, topic, "after")
+    # ... nor from his persistent session once the TTL is long over, and the chat's topic
+    # is refused now
+    later, code = bob.phone()
+    assert code == 0
+    later.expect_nothing(1.0, topic=topic)
+    assert f"chat.chats.{chat}" not in stack.node.bindings_of(bob.queue)
+    assert not said(later, topic, "after")
+    assert refused(later, lambda: later.subscribe(topic, timeout=3))
+    # The others still get the chat.
+    assert alice.phone()[0].subscribe(topic) == 1
+
+
+def test_an_offline_ex_member_finds_nothing_of_the_chat_in_its_session(stack):
+    # given: bob subscribed with a persistent session, then offline
+    alice, bob = Account(stack), Account(stack)
+    chat = group(alice, bob)
+    topic = f"chat/chats/{chat}"
+    phone, code = bob.phone()
+    assert code == 0 and phone.subscribe(topic) == 1
+    phone.disconnect()
+
+    # when: removed while offline, messages follow
+    assert alice.post(f"/chats/{chat}/users/{bob.id}/", method="DELETE")[0] == 204
+    send(alice, chat, "while you were away")
+
+    # then: his session has no binding left to the chat, and he gets nothing of it
+    assert f"chat.chats.{chat}" not in stack.node.bindings_of(bob.queue)
+    back, code = bob.phone()
+    assert code == 0
+    back.expect_nothing(1.5, topic=topic)
+
+
+def test_a_removed_chat_keeps_nobody_bound(stack):
+    # given: alice alone in a group she then leaves (the group is deleted: ChatRemove)
+    alice, bob = Account(stack), Account(stack)
+    chat = group(alice, bob)
+    phones = []
+    for account in (alice, bob):
+        phone, code = account.phone()
+        assert code == 0 and phone.subscribe(f"chat/chats/{chat}") == 1
+        phones.append(phone)
+
+    # when
+    assert bob.post(f"/chats/{chat}/users/{bob.id}/", method="DELETE")[0] == 204
+    assert alice.post(f"/chats/{chat}/users/{alice.id}/", method="DELETE")[0] == 204
+
+    # then
+    assert all(phone.wait_disconnected(5) for phone in phones)
+    assert f"chat.chats.{chat}" not in stack.node.bindings_of(alice.queue) + stack.node.bindings_of(bob.queue)
