@@ -255,7 +255,7 @@ def broker_access():
         from chatserver.rabbit_access import RabbitAccess
 
         return RabbitAccess(
-            urls=[url.strip() for url in settings.RABBITMQ_MANAGEMENT_URL.split(",") if url.strip()],
+            urls=settings.RABBITMQ_MANAGEMENT_URLS,
             username=settings.MQTT_ADMIN_USERNAME,
             password=settings.MQTT_ADMIN_PASSWORD,
             cache_ttl=settings.RABBITMQ_AUTH_CACHE_TTL,

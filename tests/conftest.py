@@ -28,6 +28,7 @@ from tests.support import mqtt as mqtt_probe
 pytest_plugins = [
     "tests.support.postgres",
     "tests.support.mosquitto",
+    "tests.support.rabbitmq",
     "tests.support.stack",
     "tests.support.faults",
     "tests.support.redis",
