@@ -117,7 +117,7 @@ def test_logout_disconnects_at_once_and_the_next_login_is_refused(stack):
     assert status == 204
     assert phone.wait_disconnected(2)
     assert bob.phone()[1] != 0
-    assert stack.node.bindings_of(bob.queue) == []
+    assert stack.bindings_of(bob.queue) == []
 
 
 def test_a_deleted_account_is_disconnected_at_once_and_refused(stack):
@@ -131,7 +131,7 @@ def test_a_deleted_account_is_disconnected_at_once_and_refused(stack):
     assert phone.wait_disconnected(2)
     assert carol.phone()[1] != 0
     # Its persistent session is gone with it.
-    assert stack.node.bindings_of(carol.queue) == []
+    assert stack.bindings_of(carol.queue) == []
 
 
 # --- subscriptions and publishes ---------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_an_attacker_cannot_subscribe_to_what_is_not_his(stack, target):
 
     # when / then: refused, and nothing was bound for him
     assert refused(probe, lambda: probe.subscribe(topic, timeout=3))
-    assert stack.node.bindings_of(mallory.queue) == []
+    assert stack.bindings_of(mallory.queue) == []
     # His own topic is fine on a new connection.
     probe, code = mallory.phone()
     assert code == 0 and probe.subscribe(f"chat/users/{mallory.id}") == 1
@@ -222,7 +222,7 @@ def test_a_kicked_member_gets_nothing_after_the_kick_live_or_from_its_session(st
     later, code = bob.phone()
     assert code == 0
     later.expect_nothing(1.0, topic=topic)
-    assert f"chat.chats.{chat}" not in stack.node.bindings_of(bob.queue)
+    assert f"chat.chats.{chat}" not in stack.bindings_of(bob.queue)
     assert not said(later, topic, "after")
     assert refused(later, lambda: later.subscribe(topic, timeout=3))
     # The others still get the chat.
@@ -243,7 +243,7 @@ def test_an_offline_ex_member_finds_nothing_of_the_chat_in_its_session(stack):
     send(alice, chat, "while you were away")
 
     # then: his session has no binding left to the chat, and he gets nothing of it
-    assert f"chat.chats.{chat}" not in stack.node.bindings_of(bob.queue)
+    assert f"chat.chats.{chat}" not in stack.bindings_of(bob.queue)
     back, code = bob.phone()
     assert code == 0
     back.expect_nothing(1.5, topic=topic)
@@ -265,4 +265,4 @@ def test_a_removed_chat_keeps_nobody_bound(stack):
 
     # then
     assert all(phone.wait_disconnected(5) for phone in phones)
-    assert f"chat.chats.{chat}" not in stack.node.bindings_of(alice.queue) + stack.node.bindings_of(bob.queue)
+    assert f"chat.chats.{chat}" not in stack.bindings_of(alice.queue) + stack.bindings_of(bob.queue)
