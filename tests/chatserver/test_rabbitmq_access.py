@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from itertools import count
 
 import paho.mqtt.client as paho
 import pytest
 
+from chatserver.broker_access import AccessRefused, AccessUnavailable, DeviceRemove
+from chatserver.rabbit_access import RabbitAccess
 from tests.support.mqtt import MqttProbe
-from tests.support.stack import call
+from tests.support.rabbit_auth import CACHE_TTL
+from tests.support.stack import ServerProcess, call, free_port, wait_until
 
 PASSWORD = "rabbit hole 123"
 _names = count(1)
@@ -266,3 +270,64 @@ def test_a_removed_chat_keeps_nobody_bound(stack):
     # then
     assert all(phone.wait_disconnected(5) for phone in phones)
     assert f"chat.chats.{chat}" not in stack.bindings_of(alice.queue) + stack.bindings_of(bob.queue)
+
+
+# --- the management API failing ------------------------------------------------------------------
+
+
+def test_the_management_api_answers_are_mapped_to_done_retry_or_refused(stack):
+    # given: a device with no connection and no session queue (a sign-out's DeviceRemove)
+    op = DeviceRemove(user=1, username="device-999999", client_id="chat-1-999999")
+    node = stack.node
+    good = RabbitAccess(urls=[node.management_url], username=node.admin_username,
+                        password=node.admin_password, cache_ttl=CACHE_TTL)
+    dead_port = free_port()
+    # A cluster whose first node does not answer: the next one is asked.
+    failover = RabbitAccess(urls=[f"http://127.0.0.1:{dead_port}", node.management_url],
+                            username=node.admin_username, password=node.admin_password, cache_ttl=CACHE_TTL)
+    unreachable = RabbitAccess(urls=[f"http://127.0.0.1:{dead_port}"], username=node.admin_username,
+                               password=node.admin_password, cache_ttl=CACHE_TTL)
+    wrong_password = RabbitAccess(urls=[node.management_url], username=node.admin_username, password="nope",
+                                  cache_ttl=CACHE_TTL)
+
+    # when / then: 404s are "already so"; no answer is "later"; 401 is the row's failure
+    good.apply(op, created_at=time.time(), pause=time.sleep)
+    failover.apply(op, created_at=time.time(), pause=time.sleep)
+    with pytest.raises(AccessUnavailable):
+        unreachable.apply(op, created_at=time.time(), pause=time.sleep)
+    with pytest.raises(AccessRefused):
+        wrong_password.apply(op, created_at=time.time(), pause=time.sleep)
+
+
+def test_while_the_management_api_is_unreachable_a_removal_holds_back_what_follows_it(stack):
+    # given: the relay replaced by one whose management API does not answer
+    alice, bob = Account(stack), Account(stack)
+    chat = group(alice, bob)
+    topic = f"chat/chats/{chat}"
+    phones = {}
+    for account in (alice, bob):
+        phone, code = account.phone()
+        assert code == 0 and phone.subscribe(topic) == 1
+        phones[account.id] = phone
+    stack.relay.stop()
+    blind = ServerProcess("relay-blind", stack.relay.args,
+                          stack.relay.env | {"RABBITMQ_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}"},
+                          stack.http.front_root).start()
+    try:
+        # when: bob is removed, and alice writes
+        assert alice.post(f"/chats/{chat}/users/{bob.id}/", method="DELETE")[0] == 204
+        send(alice, chat, "held back")
+
+        # then: nothing after the removal goes out, to anybody, while it cannot be applied
+        phones[alice.id].expect_nothing(2.0, topic=topic)
+        assert stack.sql("SELECT count(*) FROM chat_outbox")[0][0] >= 2
+        assert stack.sql("SELECT count(*) FROM chat_dead_letter") == [(0,)]
+    finally:
+        blind.stop()
+        stack.relay.start()
+
+    # and once the API answers: bob is cut off first, then alice gets her message
+    wait_until(lambda: said(phones[alice.id], topic, "held back"), 20, "alice's message after the relay's return")
+    assert phones[bob.id].wait_disconnected(5)
+    assert not said(phones[bob.id], topic, "held back")
+    assert f"chat.chats.{chat}" not in stack.bindings_of(bob.queue)
