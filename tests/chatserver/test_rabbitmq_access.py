@@ -108,20 +108,33 @@ def test_another_devices_client_id_is_refused_and_the_victim_is_not_kicked(stack
     assert victim.connected.is_set() and victim.connections == 1
 
 
+def observer(stack) -> MqttProbe:
+    """A client with the server's own account (a RabbitMQ internal user)."""
+    probe = MqttProbe(stack.node.host, stack.node.port)
+    assert probe.connect(stack.node.admin_username, stack.node.admin_password, f"test-observer-{next(_names)}",
+                         clean_session=True) == 0
+    return probe
+
+
 def test_logout_disconnects_at_once_and_the_next_login_is_refused(stack):
-    # given
+    # given: bob online, his presence retained
     bob = Account(stack)
     phone, code = bob.phone()
-    assert code == 0
+    presence = f"chat/presence/{bob.id}/{bob.mqtt['client_id']}"
+    assert code == 0 and phone.publish(presence, b'{"state": "online"}', retain=True)
 
     # when
     status, _ = bob.post("/accounts/logout/")
 
-    # then: the relay closed its connection before the logout answered
+    # then: the relay closed its connection before the logout answered, and cleared his
+    # presence (a closed connection sends no Last Will)
     assert status == 204
     assert phone.wait_disconnected(2)
     assert bob.phone()[1] != 0
     assert stack.bindings_of(bob.queue) == []
+    watcher = observer(stack)
+    assert watcher.subscribe(presence) == 1
+    watcher.expect_nothing(1.0, topic=presence)
 
 
 def test_a_deleted_account_is_disconnected_at_once_and_refused(stack):
@@ -169,10 +182,8 @@ def test_an_attacker_cannot_subscribe_to_what_is_not_his(stack, target):
 def test_publishing_another_devices_presence_is_refused(stack):
     # given: an observer with the server's account, watching presence
     alice, mallory = Account(stack), Account(stack)
-    observer = MqttProbe(stack.node.host, stack.node.port)
-    assert observer.connect(stack.node.admin_username, stack.node.admin_password, "test-observer",
-                            clean_session=True) == 0
-    assert observer.subscribe("chat/presence/+/+") == 1
+    watcher = observer(stack)
+    assert watcher.subscribe("chat/presence/+/+") == 1
     probe, code = mallory.phone()
     assert code == 0
     alice_presence = f"chat/presence/{alice.id}/{alice.mqtt['client_id']}"
@@ -184,8 +195,8 @@ def test_publishing_another_devices_presence_is_refused(stack):
 
     # then
     assert forged and own
-    observer.wait_for(1, topic=f"chat/presence/{mallory.id}/{mallory.mqtt['client_id']}")
-    assert observer.messages_on(alice_presence) == []
+    watcher.wait_for(1, topic=f"chat/presence/{mallory.id}/{mallory.mqtt['client_id']}")
+    assert watcher.messages_on(alice_presence) == []
 
 
 # --- revocation --------------------------------------------------------------------------------
