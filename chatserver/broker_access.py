@@ -140,13 +140,13 @@ _SESSION_QUEUE = "mqtt-subscription-{client_id}qos{qos}"
 _SESSION_QUEUE_RE = re.compile(r"mqtt-subscription-(.+)qos[01]")
 
 
-def rabbitmq_session_queues(client_id: str) -> tuple[str, str]:
+def rabbitmq_session_queues(client_id: str) -> tuple[str, ...]:
     """The names of a client's session queues (QoS 0 and QoS 1); none for a bad id."""
     try:
         client_id = _client_id(client_id)
     except ValueError:
-        return ()  # type: ignore[return-value]
-    return tuple(_SESSION_QUEUE.format(client_id=client_id, qos=qos) for qos in (0, 1))  # type: ignore[return-value]
+        return ()
+    return tuple(_SESSION_QUEUE.format(client_id=client_id, qos=qos) for qos in (0, 1))
 
 
 def rabbitmq_queue_client_id(queue: str) -> str | None:

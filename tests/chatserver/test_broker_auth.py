@@ -311,3 +311,19 @@ def test_every_check_is_denied_while_the_database_cannot_be_reached():
     # then
     assert answers == [DENY] * 3
     assert ask("user", **fields) == ALLOW
+
+
+@pytest.mark.parametrize("store", ["database", "redis"])
+def test_the_cooldown_holds_in_either_rate_limit_store(request, settings, store):
+    # given: the login limit in the database's buckets, or in Redis (REDIS_URL)
+    if store == "redis":
+        settings.REDIS_URL = request.getfixturevalue("redis_url")
+    settings.MQTT_LOGIN_FAILURES, settings.MQTT_LOGIN_COOLDOWN = 1, 60
+    alice = make_user()
+
+    # when: one failure tolerated, the second starts the cooldown
+    answers = [ask("user", **login_fields(alice, password="x")) for _ in range(2)]
+
+    # then
+    assert answers == [DENY, DENY]
+    assert ask("user", **login_fields(alice)) == DENY
