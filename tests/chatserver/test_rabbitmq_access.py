@@ -16,6 +16,7 @@ from itertools import count
 
 import paho.mqtt.client as paho
 import pytest
+import requests
 
 from chatserver.broker_access import AccessRefused, AccessUnavailable, DeviceRemove
 from chatserver.rabbit_access import RabbitAccess
@@ -342,3 +343,13 @@ def test_while_the_management_api_is_unreachable_a_removal_holds_back_what_follo
     assert phones[bob.id].wait_disconnected(5)
     assert not said(phones[bob.id], topic, "held back")
     assert f"chat.chats.{chat}" not in stack.bindings_of(bob.queue)
+
+
+def test_a_devices_credentials_do_not_open_the_management_api(stack):
+    # A login without a client id (the management API's, AMQP's) is refused by Django.
+    alice = Account(stack)
+
+    response = requests.get(f"{stack.node.management_url}/api/queues", timeout=5,
+                            auth=(alice.mqtt["username"], alice.mqtt["password"]))
+
+    assert response.status_code == 401
