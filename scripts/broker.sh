@@ -17,7 +17,7 @@ case "${broker,,}" in
         exec mosquitto -c "$DATA_DIR/broker/mosquitto.conf"
         ;;
     rabbitmq)
-        node_env="$DATA_DIR/broker/rabbitmq/node.env"
+        node_env="${RABBITMQ_NODE_DIR:-$DATA_DIR/broker/rabbitmq}/node.env"
         [[ -f $node_env ]] || { echo "broker: $node_env missing: run manage.py broker_prepare" >&2; exit 1; }
         # shellcheck source=/dev/null
         . "$node_env"

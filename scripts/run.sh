@@ -23,7 +23,7 @@ fi
 export HTTP_PORT="${HTTP_PORT:-8000}"
 export MQTT_PORT="${MQTT_PORT:-1883}"
 export MQTT_WS_PORT="${MQTT_WS_PORT:-9001}"
-export BROKER="${BROKER:-mosquitto}"
+export BROKER="${BROKER:-mosquitto}" BROKER_EXTERNAL="${BROKER_EXTERNAL:-off}"
 # Absolute, so every process agrees on it whatever its working directory.
 DATA_DIR="$(realpath -m "${DATA_DIR:-var}")"
 export DATA_DIR
@@ -41,10 +41,17 @@ mkdir -p "$DATA_DIR"
 .venv/bin/python manage.py migrate --noinput
 # Renders $DATA_DIR/broker/mosquitto.conf and provisions the broker's accounts, or with
 # BROKER=rabbitmq the node's directory $DATA_DIR/broker/rabbitmq/ (scripts/broker.sh).
-.venv/bin/python manage.py broker_prepare
+# BROKER_EXTERNAL=on: the broker is somebody else's (`make cluster`, hosts of its own):
+# neither prepared nor started here.
+processes=()
+if [[ ${BROKER_EXTERNAL,,} =~ ^(1|true|yes|on)$ ]]; then
+    processes=(front web relay presence push previews)
+else
+    .venv/bin/python manage.py broker_prepare
+fi
 # Renders $DATA_DIR/front/nginx.conf (gunicorn's socket goes beside it).
 .venv/bin/python manage.py front_prepare >/dev/null
 
 # `-e /dev/null`: honcho would otherwise apply .env over the environment (handled above,
 # with the environment winning).
-exec .venv/bin/honcho start -f Procfile -e /dev/null
+exec .venv/bin/honcho start -f Procfile -e /dev/null "${processes[@]}"

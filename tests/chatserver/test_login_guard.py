@@ -24,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "android-client-sim
 from chat_sim.api import Api  # noqa: E402
 from chat_sim.mqtt import Listener  # noqa: E402
 
+# The login guard is a Mosquitto plugin (broker/login_guard.c).
+pytestmark = pytest.mark.mosquitto_only
+
 NOT_AUTHORISED = 135  # CONNACK refusal as paho reports it
 LIMIT = LoginLimit(failures=5, window=30, cooldown=2)
 

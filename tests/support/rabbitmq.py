@@ -238,7 +238,8 @@ class RabbitNode:
         self.wait_ready(timeout)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Graceful stop (SIGTERM to the start script, which stops the VM)."""
+        """Graceful stop (SIGTERM to the start script, which stops the VM), and of the node's
+        own epmd. (`kill` leaves epmd running, as a crash of the VM does.)"""
         if not self.running:
             return
         self.thaw()  # a frozen VM cannot handle SIGTERM
@@ -255,6 +256,8 @@ class RabbitNode:
             self.kill()
             raise RuntimeError(f"{self.nodename} ignored SIGTERM for {timeout}s") from None
         self._wait_group_gone()
+        if self._own_epmd:
+            self.epmd.kill()  # started again by `start`; a cluster's stays for the other nodes
 
     def kill(self) -> None:
         """Crash (SIGKILL to the node's whole process group: script, VM and its helpers)."""
@@ -469,7 +472,7 @@ def rabbitmq(request: pytest.FixtureRequest):
         yield node
     finally:
         node.stop()
-        node.epmd.kill()
+        node.kill()
         if request.session.testsfailed:
             print(f"\nrabbitmq directory kept: {workdir}")
         else:
