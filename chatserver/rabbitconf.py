@@ -52,7 +52,6 @@ PLUGINS_TEMPLATE = REPO_DIR / "broker" / "enabled_plugins"
 SERVER_BIN = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL_BIN = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 
-NODE_SUBDIR = Path("broker") / "rabbitmq"
 CONF_NAME = "rabbitmq.conf"
 PLUGINS_NAME = "enabled_plugins"
 DEFINITIONS_NAME = "definitions.json"

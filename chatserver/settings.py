@@ -381,12 +381,18 @@ MQTT_LOGIN_COOLDOWN = env_int("MQTT_LOGIN_COOLDOWN", 60)
 BROKER = env("BROKER", "mosquitto").lower()
 if BROKER not in {"mosquitto", "rabbitmq"}:
     raise ImproperlyConfigured(f"BROKER must be mosquitto or rabbitmq, got {BROKER!r}")
+# On: the broker runs elsewhere (`make cluster`, broker hosts of their own) and `make run`
+# starts everything but it (scripts/run.sh), nor prepares its files.
+BROKER_EXTERNAL = env_bool("BROKER_EXTERNAL")
 # The RabbitMQ node's Erlang name (name@host: @localhost keeps epmd and the distribution
 # on loopback) and its ports besides the MQTT ones, all below 32768 (the kernel's
 # ephemeral ports, 32768-60999, can hold a port a node then fails to listen on): AMQP
 # (loopback only), the management HTTP API (loopback only), the Erlang distribution
 # (node to node and rabbitmqctl) and epmd, where nodes find each other's distribution port.
 RABBITMQ_NODENAME = env("RABBITMQ_NODENAME", "chat@localhost")
+# The node's own directory (config, definitions, its database and log): one per node when
+# several run on one machine (scripts/rabbitmq-cluster.sh).
+RABBITMQ_NODE_DIR = Path(env("RABBITMQ_NODE_DIR", str(DATA_DIR / "broker" / "rabbitmq"))).resolve()
 RABBITMQ_AMQP_PORT = env_int("RABBITMQ_AMQP_PORT", 5672)
 RABBITMQ_MANAGEMENT_PORT = env_int("RABBITMQ_MANAGEMENT_PORT", 15672)
 RABBITMQ_DIST_PORT = env_int("RABBITMQ_DIST_PORT", 25672)

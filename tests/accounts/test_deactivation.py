@@ -117,13 +117,13 @@ def test_the_sweep_signs_out_the_devices_of_users_made_inactive_without_a_save()
 
 
 @pytest.mark.parametrize("path", ["save", "update"])
-def test_a_deactivated_users_connection_is_dropped_and_gets_nothing_afterwards(relay, mosquitto, path):
+def test_a_deactivated_users_connection_is_dropped_and_gets_nothing_afterwards(relay, broker, path):
     # given: alice, bob and carol in a group; alice's phone connected with a persistent
     # session on her user and chat topics; carol listening on the chat
     alice, bob, carol = make_user(), make_user(), make_user()
     chat_id = group(bob, alice, carol)
-    alice_probe = MqttProbe(mosquitto.host, mosquitto.port)
-    carol_probe = MqttProbe(mosquitto.host, mosquitto.port)
+    alice_probe = MqttProbe(broker.host, broker.port)
+    carol_probe = MqttProbe(broker.host, broker.port)
     try:
         assert alice_probe.connect(**alice.mqtt, clean_session=False) == 0
         assert alice_probe.subscribe(f"chat/users/{alice.id}") == 1

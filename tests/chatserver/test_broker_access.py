@@ -41,6 +41,9 @@ from chatserver.mqtt import BrokerConnection
 from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
 
+# Mosquitto's dynamic security and the admin connection's $CONTROL commands.
+pytestmark = pytest.mark.mosquitto_only
+
 REFUSED = 128  # SUBACK failure, MQTT 3.1.1
 NOT_AUTHORIZED = 135  # CONNACK refusal as paho reports it (0x87)
 

@@ -168,6 +168,11 @@ class MosquittoBroker:
         port, ca = (self.port, None) if self.plaintext else (self.tls_port, self.tls.ca)
         return connack(self.host, port, self.admin_username, self.admin_password, ca=ca, timeout=timeout) == 0
 
+    def env(self) -> dict[str, str]:
+        """What a server process must be told about this broker besides the MQTT ports
+        and the admin (tests/support/stack.py `server_env`)."""
+        return {"BROKER": "mosquitto"}
+
     def logs(self) -> str:
         parts = []
         for path in (self.output_path, self.log_path):

@@ -1,8 +1,8 @@
 """The server's own processes for tests: the workers, and a whole stack over real HTTP.
 
 - `relay_process`, `presence_process` (session): `manage.py worker relay` and
-  `manage.py worker presence` against the test database and the test broker, each
-  logging to a file.
+  `manage.py worker presence` against the test database and the session's `broker`
+  (Mosquitto or RabbitMQ: tests/support/brokers.py), each logging to a file.
 - `relay` (function): a transactional database plus both workers, once the relay reports
   the broker connected (the heartbeat row is truncated with everything else between tests).
 - `http_server` (session): nginx on a free port and gunicorn behind it (`HttpServer`), same
@@ -116,7 +116,8 @@ class ServerProcess:
 def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
     """The environment of a server process pointed at the test database and broker."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "DATABASE_", "HTTP_"))
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("MQTT_", "DATABASE_", "HTTP_", "BROKER", "RABBITMQ_"))
     }
     env.update(
         # The suite's settings (fast hasher, events checked against docs/asyncapi.yaml).
@@ -128,12 +129,14 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
         MQTT_HOST=broker.host,
         MQTT_PORT=str(broker.port),
         MQTT_WS_PORT=str(broker.ws_port),
-        # The broker's TLS listeners, if it has any (tests/support/mosquitto.py).
+        # The broker's TLS listeners, if it has any (tests/support/mosquitto.py, rabbitmq.py).
         **({"MQTT_TLS": "on", "MQTT_TLS_PORT": str(broker.tls_port), "MQTT_WSS_PORT": str(broker.wss_port),
             "MQTT_TLS_CA": str(broker.tls.ca), "MQTT_PLAINTEXT": "on" if broker.plaintext else "off"}
            if getattr(broker, "tls", None) else {"MQTT_TLS": "off"}),
         MQTT_ADMIN_USERNAME=broker.admin_username,
         MQTT_ADMIN_PASSWORD=broker.admin_password,
+        # Which broker it is, and for RabbitMQ its management API and auth endpoints.
+        **broker.env(),
         # Rate limits out of load-like tests' way (tests/settings.py sets the same
         # defaults; a stack's own `env` may set low ones).
         **{name: "1000000/minute" for name in (
@@ -149,32 +152,32 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def relay_process(test_database_url, mosquitto, tmp_path_factory) -> Iterator[ServerProcess]:
+def relay_process(test_database_url, broker, tmp_path_factory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("relay")
-    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
+    env = server_env(database_url=test_database_url, broker=broker, data_dir=workdir)
     process = ServerProcess("relay", [sys.executable, "manage.py", "worker", "relay"], env, workdir).start()
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="session")
-def presence_process(test_database_url, mosquitto, tmp_path_factory) -> Iterator[ServerProcess]:
+def presence_process(test_database_url, broker, tmp_path_factory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("presence")
-    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
+    env = server_env(database_url=test_database_url, broker=broker, data_dir=workdir)
     process = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env, workdir).start()
     yield process
     process.stop()
 
 
 @pytest.fixture
-def relay(transactional_db, relay_process, presence_process, mosquitto, settings) -> ServerProcess:
+def relay(transactional_db, relay_process, presence_process, broker, settings) -> ServerProcess:
     """A running relay (and presence worker), connected to the broker, for a test that
     commits its writes."""
     from chatserver.outbox import relay_status
 
-    settings.MQTT_HOST = mosquitto.host
-    settings.MQTT_PORT = settings.MQTT_PUBLIC_PORT = mosquitto.port
-    settings.MQTT_WS_PORT = settings.MQTT_PUBLIC_WS_PORT = mosquitto.ws_port
+    settings.MQTT_HOST = broker.host
+    settings.MQTT_PORT = settings.MQTT_PUBLIC_PORT = broker.port
+    settings.MQTT_WS_PORT = settings.MQTT_PUBLIC_WS_PORT = broker.ws_port
     for process in (relay_process, presence_process):
         if not process.alive():
             raise AssertionError(f"the {process.name} worker died:\n{process.log_tail()}")
@@ -281,7 +284,8 @@ class ProcessStack:
         self.workdir = Path(workdir)
         self.env = server_env(database_url=database_url, broker=broker, data_dir=self.workdir) | (env or {})
         self.relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], self.env, self.workdir)
-        self.http = HttpServer(self.env, self.workdir, workers=web_workers)
+        self.http = HttpServer(self.env, self.workdir, workers=web_workers,
+                               broker_auth_port=getattr(broker, "auth_port", None))
         self.url = self.http.url
 
     def start(self, timeout: float = 30.0) -> ProcessStack:
@@ -328,22 +332,24 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def http_server(test_database_url, mosquitto, tmp_path_factory) -> Iterator[HttpServer]:
+def http_server(test_database_url, broker, tmp_path_factory) -> Iterator[HttpServer]:
     """The HTTP API over real sockets (gunicorn), on the test database and broker."""
     workdir = tmp_path_factory.mktemp("web")
-    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
-    server = HttpServer(env, workdir).start()
+    env = server_env(database_url=test_database_url, broker=broker, data_dir=workdir)
+    # On RabbitMQ, its auth checks come to this front's loopback listener.
+    server = HttpServer(env, workdir, broker_auth_port=getattr(broker, "auth_port", None)).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def live_stack(relay, http_server, mosquitto):
+def live_stack(relay, http_server, broker):
     """Everything running, over real sockets: `.url` (HTTP), `.broker`, `.relay`."""
+    session_broker = broker
 
     class Stack:
         url = http_server.url
-        broker = mosquitto
+        broker = session_broker
 
     Stack.relay = relay
     Stack.http = http_server

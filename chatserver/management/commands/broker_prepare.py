@@ -2,8 +2,8 @@
 
 BROKER=mosquitto: renders DATA_DIR/broker/mosquitto.conf (chatserver/brokerconf.py);
 `make run` starts Mosquitto with it (scripts/broker.sh). BROKER=rabbitmq: prepares the
-RabbitMQ node's directory DATA_DIR/broker/rabbitmq/ (chatserver/rabbitconf.py) and prints
-its rabbitmq.conf; scripts/broker.sh sources node.env beside it and starts the node.
+RabbitMQ node's directory RABBITMQ_NODE_DIR (DATA_DIR/broker/rabbitmq/, chatserver/rabbitconf.py)
+and prints its rabbitmq.conf; scripts/broker.sh sources node.env beside it and starts the node.
 With TLS on (the default), the certificate is MQTT_TLS_CERT / MQTT_TLS_KEY, or one of a
 local CA made once under DATA_DIR/tls/ (chatserver/tls.py); where that CA is goes to
 stderr, for phones and `chat-sim --ca`.
@@ -68,7 +68,7 @@ class Command(BaseCommand):
         self.stdout.write(str(conf))
 
     def prepare_rabbitmq(self, *, tls, tls_ports, bind: str) -> None:
-        node_dir = settings.DATA_DIR / rabbitconf.NODE_SUBDIR
+        node_dir = settings.RABBITMQ_NODE_DIR
         try:
             rabbitconf.prepare(
                 node_dir=node_dir,
