@@ -17,7 +17,6 @@ from tests.support.stack import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REFUSED = 128  # SUBACK failure (MQTT 3.1.1)
 
 
 def payloads(received) -> list[dict]:
@@ -64,8 +63,11 @@ def test_signup_credentials_work_by_the_time_the_response_arrives(relay, broker)
         mqtt = body["mqtt"]
         assert probe.connect(mqtt["username"], mqtt["password"], mqtt["client_id"]) == 0
         assert probe.subscribe(mqtt["user_topic"]) == 1
-        assert probe.subscribe(f"chat/users/{body['id'] + 1}") == REFUSED
-        assert probe.subscribe("chat/#") == REFUSED
+        assert probe.refuses_subscribe(f"chat/users/{body['id'] + 1}")
+        # (RabbitMQ closed the connection: a refusal there takes it along)
+        if not probe.connected.is_set():
+            assert probe.connect(mqtt["username"], mqtt["password"], mqtt["client_id"]) == 0
+        assert probe.refuses_subscribe("chat/#")
     finally:
         probe.close()
 
@@ -104,7 +106,7 @@ def test_the_author_s_other_devices_receive_its_messages(relay, broker):
         assert messages_in(tablet_phone.messages) == [sent]
 
 
-def test_a_member_added_can_subscribe_when_the_add_returns_and_gets_later_messages(relay, broker):
+def test_a_member_added_can_subscribe_when_the_add_returns_and_gets_later_messages(relay, broker, broker_kind):
     # given
     alice, bob, dave = make_user(), make_user(), make_user()
     cid = group(alice, bob)
@@ -112,9 +114,11 @@ def test_a_member_added_can_subscribe_when_the_add_returns_and_gets_later_messag
     with phone(broker, dave, f"chat/users/{dave.id}") as dave_phone:
         # when
         assert alice.client.post(f"/chats/{cid}/users/{dave.id}/").status_code == 201
-        # then: the grant is in force when the answer comes (it disconnects dave's phone
-        # once, which reconnects with its session)
-        assert dave_phone.wait_reconnected(after=1, timeout=10)
+        # then: the grant is in force when the answer comes (on Mosquitto it disconnects
+        # dave's phone once, which reconnects with its session; RabbitMQ asks Django at
+        # the SUBSCRIBE, nobody is disconnected)
+        if broker_kind == "mosquitto":
+            assert dave_phone.wait_reconnected(after=1, timeout=10)
         assert dave_phone.subscribe(f"chat/chats/{cid}") == 1
         after = send(alice, cid, "after dave")
         dave_phone.wait_for(1, topic=f"chat/chats/{cid}")
@@ -188,7 +192,7 @@ def test_a_member_removed_while_offline_receives_nothing_sent_after_removal(rela
         assert "also after" not in contents
         assert before["content"] in contents  # sent while he was still a member
         assert any(e["type"] == "member.removed" and e["data"]["member"]["id"] == bob.id for e in received)
-        assert bob_phone.subscribe(f"chat/chats/{cid}") == REFUSED
+        assert bob_phone.refuses_subscribe(f"chat/chats/{cid}")
 
 
 def test_a_kicked_member_online_stops_receiving_at_once(relay, broker):

@@ -170,10 +170,14 @@ def presence_process(test_database_url, broker, tmp_path_factory) -> Iterator[Se
 
 
 @pytest.fixture
-def relay(transactional_db, relay_process, presence_process, broker, settings) -> ServerProcess:
+def relay(request, transactional_db, relay_process, presence_process, broker, settings) -> ServerProcess:
     """A running relay (and presence worker), connected to the broker, for a test that
-    commits its writes."""
+    commits its writes. On RabbitMQ also the session's front server: the node asks it
+    about every device login and subscription (chatserver/broker_auth.py)."""
     from chatserver.outbox import relay_status
+
+    if getattr(broker, "auth_port", None):
+        request.getfixturevalue("http_server")
 
     settings.MQTT_HOST = broker.host
     settings.MQTT_PORT = settings.MQTT_PUBLIC_PORT = broker.port
