@@ -37,17 +37,55 @@ class InvalidOutboxRow(ValueError):
     the request that made it."""
 
 
+def partition_key(
+    *, event: Event | None, user_ids: list[int], access: list[AccessOp], key: int | None = None
+) -> int:
+    """Which relay sends a row (the one of partition `key % RELAY_PARTITIONS`): rows with
+    the same key are sent in id order, rows with different keys in any order.
+
+    - The chat, for a chat event (to the chat's topic or to its members only) and for a
+      row whose access operations name a chat (a MemberGrant, a MemberRevoke, a
+      ChatRemove): a chat's grants and revocations stay in line with its events, so the
+      new member's grant goes before the chat's first message to it, and a removed
+      member's revocation before the first message it must not get.
+    - Else the user the row is about: the user of its first access operation (a signup's
+      UserAdd and DeviceAdds, a sign-out's DeviceRemoves), else the first of `user_ids`
+      (services put the user the event is about first: `presence.updated` of user 5 to
+      [5, *its friends], `user.updated` to [the user, *its audience]), so two states of
+      one user reach everybody in order. A row about a user who is not among its
+      recipients passes `key` (an account deletion's `user.updated` to its partners).
+    - `key`, when given, wins.
+
+    What is not ordered: a chat's events against a user's own events (a `chat_list.updated`
+    against the chat's messages), as different topics never were for a phone that
+    reconnects and fetches; and a MemberGrant against its user's UserAdd in another
+    partition, which the relay retries while the group does not exist yet (chatserver/relay.py).
+    """
+    if key is not None:
+        return key
+    if event is not None and event.chat is not None:
+        return event.chat
+    for op in access:
+        if getattr(op, "chat", None) is not None:
+            return op.chat
+    if access:
+        return access[0].user
+    return user_ids[0]
+
+
 def enqueue(
     *,
     event: Event | None = None,
     user_ids: Iterable[int] = (),
     chat_topic: int | None = None,
     access: Iterable[AccessOp] = (),
+    key: int | None = None,
 ) -> OutboxEvent:
     """Queue one outbox row in the current transaction; the relay gets it after commit.
 
     The relay applies `access` in order, then publishes `event` to the user topic of each
-    of `user_ids` and, if set, to the topic of chat `chat_topic`.
+    of `user_ids` and, if set, to the topic of chat `chat_topic`. `key`: the partition
+    key when `partition_key`'s rule would not find the user the row is about.
     """
     assert connection.in_atomic_block, "enqueue() belongs inside the change's transaction"
     access = list(access)
@@ -78,23 +116,48 @@ def enqueue(
         user_ids=user_ids,
         chat_id=chat_topic,
         access=[op.to_json() for op in access],
+        partition_key=partition_key(event=event, user_ids=user_ids, access=access, key=key),
     )
 
 
 def relay_status() -> dict:
-    """What the relay last reported: `{"relay": "running"|"down", "broker": "up"|"down"|"unknown"}`.
+    """What the relays last reported: `{"relay": "running"|"down", "broker":
+    "up"|"down"|"unknown", "partitions": [{"partition": k, "relay": ..., "broker": ...}, ...]}`.
 
-    The broker is `up` only if it answered the relay within BROKER_ANSWER_MAX_AGE (a
-    round trip; an open socket to a hung broker is `down`), judged now, so a relay that
-    stopped reporting cannot leave a stale `up` behind. (The relay's clock and this
-    process's are compared: hosts keep time with NTP.)
+    Per partition (one heartbeat row each, `RelayStatus`), the broker is `up` only if it
+    answered that partition's relay within BROKER_ANSWER_MAX_AGE (a round trip; an open
+    socket to a hung broker is `down`), judged now, so a relay that stopped reporting
+    cannot leave a stale `up` behind. (The relay's clock and this process's are compared:
+    hosts keep time with NTP.) Overall, `relay` is `running` and `broker` `up` only if
+    they are for every partition: a partition without a live relay is a share of the
+    chats whose messages wait.
     """
-    return relay_status_of(RelayStatus.objects.filter(id=1).first())
+    return relay_status_of(relay_heartbeats())
 
 
-def relay_status_of(status: RelayStatus | None) -> dict:
-    """`relay_status()` judged now from a heartbeat row already read (None: no row)."""
+def relay_heartbeats() -> list[RelayStatus]:
+    """The heartbeat rows of partitions 0..RELAY_PARTITIONS-1 (missing ones left out), in one query."""
+    return list(RelayStatus.objects.filter(id__in=range(1, settings.RELAY_PARTITIONS + 1)).order_by("id"))
+
+
+def relay_status_of(statuses: Iterable[RelayStatus]) -> dict:
+    """`relay_status()` judged now from heartbeat rows already read (a partition without
+    a row: its relay is down)."""
     now = timezone.now()
+    by_partition = {status.id - 1: status for status in statuses}
+    partitions = [
+        {"partition": k, **_partition_status(by_partition.get(k), now)} for k in range(settings.RELAY_PARTITIONS)
+    ]
+    if any(p["relay"] == "down" for p in partitions):
+        overall = {"relay": "down", "broker": "unknown"}
+    elif all(p["broker"] == "up" for p in partitions):
+        overall = {"relay": "running", "broker": "up"}
+    else:
+        overall = {"relay": "running", "broker": "down"}
+    return {**overall, "partitions": partitions}
+
+
+def _partition_status(status: RelayStatus | None, now) -> dict:
     if status is None or now - status.heartbeat_at > RELAY_HEARTBEAT_MAX_AGE:
         return {"relay": "down", "broker": "unknown"}
     answered = status.broker_answered_at
@@ -155,6 +218,7 @@ def set_aside(*, failed: dict[int, str], rows: Iterable[OutboxEvent]) -> list[De
             payload=row.payload,
             user_ids=row.user_ids,
             chat_id=row.chat_id,
+            partition_key=row.partition_key,
             error=failed[row.id],
         )
         for row in rows
@@ -185,6 +249,7 @@ def dead_letters_replay(*, ids: Iterable[int] | None) -> list[OutboxEvent]:
                 payload=letter.payload,
                 user_ids=letter.user_ids,
                 chat_id=letter.chat_id,
+                partition_key=letter.partition_key,
             )
             for letter in letters
         ]
