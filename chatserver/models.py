@@ -25,7 +25,7 @@ class OutboxEvent(models.Model):
     payload = models.TextField(blank=True)
     user_ids = models.JSONField(default=list, blank=True)
     chat_id = models.BigIntegerField(null=True, blank=True)
-    partition_key = models.BigIntegerField(default=0)
+    partition_key = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         db_table = "chat_outbox"
@@ -76,7 +76,7 @@ class DeadLetter(models.Model):
     payload = models.TextField(blank=True)
     user_ids = models.JSONField(default=list, blank=True)
     chat_id = models.BigIntegerField(null=True, blank=True)
-    partition_key = models.BigIntegerField(default=0)
+    partition_key = models.BigIntegerField(default=0, db_default=0)
     error = models.TextField()
     failed_at = models.DateTimeField(default=timezone.now)
 

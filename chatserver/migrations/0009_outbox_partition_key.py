@@ -1,7 +1,8 @@
 """Relays partitioned by chat: every outbox row (and dead letter) says which partition
 sends it (`partition_key`, see `chatserver.outbox.partition_key`).
 
-Rows already queued get their key from the same rule, frozen here (a migration must not
+A database default of 0 too: rows inserted by hand (an operator's SQL, the tests') go to
+partition 0. Rows already queued get their key from the same rule, frozen here (a migration must not
 follow later changes of the code): else a chat's old rows would all be partition 0's and
 its new ones another's, out of order while the backlog drains. No index: the relay reads
 `WHERE partition_key % N = k ORDER BY id LIMIT n` along the primary key, its rows being
@@ -48,10 +49,10 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.AddField(
-            model_name="outboxevent", name="partition_key", field=models.BigIntegerField(default=0),
+            model_name="outboxevent", name="partition_key", field=models.BigIntegerField(default=0, db_default=0),
         ),
         migrations.AddField(
-            model_name="deadletter", name="partition_key", field=models.BigIntegerField(default=0),
+            model_name="deadletter", name="partition_key", field=models.BigIntegerField(default=0, db_default=0),
         ),
         migrations.RunPython(backfill, migrations.RunPython.noop),
     ]
