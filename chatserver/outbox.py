@@ -179,9 +179,11 @@ def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None)
 
     Used where the answer hands out something the broker must already know (fresh MQTT
     credentials, a chat topic one may now subscribe to, a revoked device). It returns at
-    once when the relay or the broker is down, so requests never pile up behind an outage;
+    once when the relay (of these rows' partitions) or the broker is down, so requests never
+    pile up behind an outage;
     the rows stay queued and are applied once the broker is back.
     """
+    events = list(events)
     ids = [event.id for event in events]
     if not ids:
         return True
@@ -190,7 +192,9 @@ def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None)
         return False
     if timeout is None:
         timeout = settings.BROKER_SYNC_TIMEOUT
-    if relay_status()["broker"] != "up":
+    # The partitions that send these rows (another one being down does not stop them).
+    partitions = {event.partition_key % settings.RELAY_PARTITIONS for event in events}
+    if any(p["broker"] != "up" for p in relay_status()["partitions"] if p["partition"] in partitions):
         return False
     deadline = time.monotonic() + timeout
     pause = 0.002

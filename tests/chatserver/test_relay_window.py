@@ -351,3 +351,56 @@ def test_a_row_s_commands_go_out_after_the_row_before_and_before_its_publishes(s
     assert broker.sent == [(TOPIC, 0), "commands", (TOPIC, 1), (TOPIC, 2)]
     assert broker.commands == Relay().translate(rows[1])[0]
     assert queued() == []
+
+
+class GrantBeforeItsUser(ScriptedBroker):
+    """Answers a member grant "Group not found" (its user's UserAdd, in another partition,
+    not applied yet) the first `times` times, then like Mosquitto once the group exists."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def wait(self, pendings, timeout: float) -> bool:
+        for pending, _, _ in list(self.outstanding):
+            if pending.commands is not None:
+                self.outstanding.remove((pending, None, "$CONTROL"))
+                missing = self.times > 0
+                self.times -= 1
+                pending._complete(result=[(c, "Group not found" if missing and c["command"] == "addGroupRole" else None)
+                                          for c in pending.commands])
+        return super().wait(pendings, timeout)
+
+
+def grant_relay(broker: ScriptedBroker) -> Relay:
+    """The relay of partition 1 of 2 on `broker` (rows without payload: no `n` to record)."""
+    relay = Relay()
+    relay.broker, relay.heartbeat = broker, lambda **kwargs: None
+    relay.partitions, relay.partition = 2, 1
+    return relay
+
+
+def test_with_partitions_a_grant_whose_user_group_is_missing_is_sent_again_until_it_exists(settings):
+    # given: two partitions; a member grant (chat 7's partition) whose user's signup row
+    # is another partition's, not sent yet
+    settings.RELAY_PARTITIONS = 2
+    OutboxEvent.objects.create(access=[{"op": "member_grant", "chat": 7, "user": 5}], partition_key=7)
+    relay = grant_relay(GrantBeforeItsUser(times=2))
+
+    # when: three rounds
+    results = [relay.send(list(OutboxEvent.objects.order_by("id"))) for _ in range(3) if OutboxEvent.objects.exists()]
+
+    # then: held twice, applied the third time; no dead letter
+    assert results == [False, False, True]
+    assert (OutboxEvent.objects.count(), DeadLetter.objects.count()) == (0, 0)
+
+
+def test_with_partitions_a_grant_whose_user_group_never_comes_is_set_aside_after_the_wait(settings, monkeypatch):
+    settings.RELAY_PARTITIONS = 2
+    monkeypatch.setattr("chatserver.relay.DEPENDENCY_WAIT", 0.0)
+    OutboxEvent.objects.create(access=[{"op": "member_grant", "chat": 7, "user": 5}], partition_key=7)
+    relay = grant_relay(GrantBeforeItsUser(times=99))
+
+    assert relay.send(list(OutboxEvent.objects.order_by("id"))) is True
+
+    assert DeadLetter.objects.get().error == "broker refused: addGroupRole: Group not found"
