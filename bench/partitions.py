@@ -49,7 +49,7 @@ def main() -> None:
     os.environ["MQTT_ADMIN_PASSWORD"] = secrets.token_urlsafe(24)
     import psycopg
 
-    from bench.stack import bench_cluster
+    from bench.stack import bench_cluster, trees_cpu
     from tests.support.mosquitto import MosquittoBroker, make_workdir
     from tests.support.stack import ServerProcess, server_env
 
@@ -77,26 +77,45 @@ def main() -> None:
                                         workdir).start() for k in range(n)]
                 try:
                     wait_relays(db, n)
-                    queue(db, rows=args.rows, groups=groups, members=args.members)
+                    queue(db, rows=args.rows, groups=groups, members=args.members, partitions=n)
+                    cpu_before = trees_cpu({**{f"r{k}": r.proc.pid for k, r in enumerate(relays)},
+                                            "broker": broker.process.pid})
+                    load_before = os.getloadavg()[0]
                     started = time.monotonic()
                     while db.execute("SELECT count(*) FROM chat_outbox").fetchone()[0]:
                         time.sleep(0.05)
                     seconds = time.monotonic() - started
+                    cpu_after = trees_cpu({**{f"r{k}": r.proc.pid for k, r in enumerate(relays)},
+                                           "broker": broker.process.pid})
+                    cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
                 finally:
                     for relay in relays:
                         relay.stop()
+                relay_cpu = sum(v for name, v in cpu.items() if name.startswith("r"))
                 run = {"groups": groups, "partitions": n, "seconds": round(seconds, 2),
-                       "rows_per_s": round(args.rows / seconds), "publishes_per_s": round(args.rows * (args.members + 1) / seconds)}
+                       "rows_per_s": round(args.rows / seconds),
+                       "publishes_per_s": round(args.rows * (args.members + 1) / seconds),
+                       "relay_cpu_s": round(relay_cpu, 2), "broker_cpu_s": round(cpu["broker"], 2),
+                       "relay_cpu_us_per_publish": round(relay_cpu * 1e6 / (args.rows * (args.members + 1)), 2),
+                       "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
                 results["runs"].append(run)
                 print(json.dumps(run), flush=True)
         # The SELECT of partition 1 of 3 with the backlog queued (no relay running).
         for groups in args.groups:
             db.execute("DELETE FROM chat_outbox")
             db.execute("VACUUM ANALYZE chat_outbox")
-            queue(db, rows=args.rows, groups=groups, members=args.members)
+            queue(db, rows=args.rows, groups=groups, members=args.members, partitions=3)
             db.execute("ANALYZE chat_outbox")
             for n, k in ((1, 0), (3, 1), (3, 2)):
-                where = "" if n == 1 else f"WHERE MOD(partition_key, {n}) = {k} "
+                # The relay's own (`partition` indexed with the id), and the first shape
+                # tried (a filter on the key: a scan and a sort of the whole table).
+                where = "" if n == 1 else f"WHERE partition = {k} "
+                if n == 3:
+                    plan = db.execute("EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM chat_outbox WHERE"
+                                      f" MOD(partition_key, 3) = {k} ORDER BY id LIMIT 500").fetchall()
+                    key = f"groups={groups} N=3 k={k} on MOD(partition_key, 3)"
+                    results["explain"][key] = [line for (line,) in plan]
+                    print(key, [line for (line,) in plan if "Execution Time" in line][0].strip(), flush=True)
                 plan = db.execute(
                     "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM chat_outbox " + where + "ORDER BY id LIMIT 500"
                 ).fetchall()
@@ -128,7 +147,7 @@ def wait_relays(db, n: int, timeout: float = 30) -> None:
     raise RuntimeError(f"{n} relays did not report")
 
 
-def queue(db, *, rows: int, groups: int, members: int) -> None:
+def queue(db, *, rows: int, groups: int, members: int, partitions: int) -> None:
     """`rows` message rows round-robin over `groups` groups (chat ids 1..groups), each to
     `members` users and the chat's topic, in one transaction."""
     with db.transaction():
@@ -138,10 +157,10 @@ def queue(db, *, rows: int, groups: int, members: int) -> None:
                 chat = 1 + i % groups
                 user_ids = list(range(1000 * chat, 1000 * chat + members))
                 payload = json.dumps({"type": "message.created", "chat": chat, "data": {"n": i, "pad": PAYLOAD_PAD}})
-                values.append((payload, json.dumps(user_ids), chat, chat))
+                values.append((payload, json.dumps(user_ids), chat, chat, chat % partitions))
             cursor.executemany(
-                "INSERT INTO chat_outbox (created_at, access, payload, user_ids, chat_id, partition_key)"
-                " VALUES (now(), '[]', %s, %s, %s, %s)", values)
+                "INSERT INTO chat_outbox (created_at, access, payload, user_ids, chat_id, partition_key, partition)"
+                " VALUES (now(), '[]', %s, %s, %s, %s, %s)", values)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,13 @@ class OutboxEvent(models.Model):
     One row per change (not per recipient): fan-out happens in the relay, which keeps the
     write path as short for a 1,000-member group as for a direct chat.
 
-    `partition_key` says which relay sends the row: with RELAY_PARTITIONS=N, the relay of
-    partition `partition_key % N` (`chatserver.outbox.partition_key`: the chat of a chat's
-    rows, else the user the row is about). Rows with the same key keep their order.
+    `partition_key` says which relay sends the row (`chatserver.outbox.partition_key`: the
+    chat of a chat's rows, else the user the row is about); rows with the same key keep
+    their order. With RELAY_PARTITIONS=N, the relay of partition `partition_key % N` sends
+    it: `partition`, stored with the row and indexed with the id, so that a relay's
+    SELECT is a range of that index (on `partition_key % N`, PostgreSQL scanned and
+    sorted the whole backlog for every batch of every relay); relays set it again for
+    rows queued under another N when they start.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -26,9 +30,11 @@ class OutboxEvent(models.Model):
     user_ids = models.JSONField(default=list, blank=True)
     chat_id = models.BigIntegerField(null=True, blank=True)
     partition_key = models.BigIntegerField(default=0, db_default=0)
+    partition = models.SmallIntegerField(default=0, db_default=0)
 
     class Meta:
         db_table = "chat_outbox"
+        indexes = [models.Index(fields=["partition", "id"], name="chat_outbox_partition_idx")]
 
     def __str__(self) -> str:
         return f"outbox #{self.id}"

@@ -109,6 +109,9 @@ def enqueue(
         if chat_topic is not None and chat_topic != event.chat:
             raise InvalidOutboxRow(f"{event.type} of chat {event.chat} sent to chat {chat_topic}'s topic")
         check_against_contract(event)
+    if key is not None and (isinstance(key, bool) or not isinstance(key, int) or key < 0):
+        raise InvalidOutboxRow(f"not a partition key: {key!r}")
+    row_key = partition_key(event=event, user_ids=user_ids, access=access, key=key)
     # On PostgreSQL the insert also wakes the relay at commit (a trigger sends NOTIFY:
     # migration chatserver 0002); SQLite is polled by the relay.
     return OutboxEvent.objects.create(
@@ -116,7 +119,8 @@ def enqueue(
         user_ids=user_ids,
         chat_id=chat_topic,
         access=[op.to_json() for op in access],
-        partition_key=partition_key(event=event, user_ids=user_ids, access=access, key=key),
+        partition_key=row_key,
+        partition=row_key % settings.RELAY_PARTITIONS,
     )
 
 
@@ -254,6 +258,7 @@ def dead_letters_replay(*, ids: Iterable[int] | None) -> list[OutboxEvent]:
                 user_ids=letter.user_ids,
                 chat_id=letter.chat_id,
                 partition_key=letter.partition_key,
+                partition=letter.partition_key % settings.RELAY_PARTITIONS,
             )
             for letter in letters
         ]

@@ -58,7 +58,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models.functions import Mod
 from django.utils import timezone
 
 from chatserver import ephemeral, outbox
@@ -147,6 +146,7 @@ class Relay(Worker):
         self.partition = self.held_lock or 0
         if self.partitions > 1:
             logger.info("partition %d of %d", self.partition, self.partitions)
+            self.repartition()
         if not self.broker_started:
             logger.info("broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
             self.broker.connect(timeout=5.0)
@@ -209,8 +209,26 @@ class Relay(Worker):
         the partition's rows are spread through the table; the README has the cost)."""
         rows = OutboxEvent.objects.order_by("id")
         if self.partitions > 1:
-            rows = rows.alias(part=Mod("partition_key", self.partitions)).filter(part=self.partition)
+            rows = rows.filter(partition=self.partition)
         return list(rows[: settings.RELAY_BATCH_SIZE])
+
+    def repartition(self) -> int:
+        """Give rows queued under another RELAY_PARTITIONS (or inserted by hand) the
+        partition of their key under this one; how many. A scan of the backlog, once per
+        activation: nothing to change in the normal case."""
+        if self.partitions == 1:
+            return 0  # one relay reads every row, whatever its partition
+        table, key = connection.ops.quote_name(OUTBOX_TABLE), connection.ops.quote_name("partition_key")
+        partition = connection.ops.quote_name("partition")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {partition} = MOD({key}, %s) WHERE {partition} <> MOD({key}, %s)",
+                [self.partitions, self.partitions],
+            )
+            changed = cursor.rowcount
+        if changed:
+            logger.info("%d queued rows moved to their partition of %d", changed, self.partitions)
+        return changed
 
     def owns_topic(self, topic: str) -> bool:
         """Whether an ephemeral event to `topic` (chat/chats/<chat>, chat/users/<user>) is

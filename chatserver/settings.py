@@ -401,8 +401,8 @@ RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
 # the first free partition; one more stands by and takes over a partition whose relay
 # died. Every process of a stack must agree on it. SQLite has one relay: 1 only.
 RELAY_PARTITIONS = env_int("RELAY_PARTITIONS", 1)
-if RELAY_PARTITIONS < 1:
-    raise ImproperlyConfigured("RELAY_PARTITIONS must be 1 or more")
+if not 1 <= RELAY_PARTITIONS <= 1000:
+    raise ImproperlyConfigured("RELAY_PARTITIONS must be between 1 and 1000")
 if RELAY_PARTITIONS > 1 and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     raise ImproperlyConfigured("RELAY_PARTITIONS above 1 needs PostgreSQL (advisory locks, one relay per partition)")
 # A row that was in flight, sent alone, each time the broker dropped the connection this

@@ -88,10 +88,11 @@ def test_a_gate_without_owner_takes_every_topic():
 
 
 @pytest.mark.django_db
-def test_a_chats_rows_carry_the_chat_and_a_users_rows_the_user_as_their_key():
+def test_a_chats_rows_carry_the_chat_and_a_users_rows_the_user_as_their_key(settings):
     from tests.support.factories import group_chat, make_user, send_message
 
-    # given
+    # given: three partitions
+    settings.RELAY_PARTITIONS = 3
     alice, bob = make_user(), make_user()
     OutboxEvent.objects.all().delete()
 
@@ -102,12 +103,14 @@ def test_a_chats_rows_carry_the_chat_and_a_users_rows_the_user_as_their_key():
     assert response.status_code == 200, response.content
 
     # then: the chat's rows (its creation with the members' grants, the message) have the
-    # chat's key; user.updated, to alice's audience in id order, has alice's
+    # chat's key; user.updated, to alice's audience in id order, has alice's; each row
+    # the partition of its key
     rows = list(OutboxEvent.objects.order_by("id"))
     by_type = {json.loads(row.payload)["type"] if row.payload else "access": row for row in rows}
     assert by_type["chat.created"].partition_key == cid
     assert by_type["message.created"].partition_key == cid
     assert by_type["user.updated"].partition_key == alice.id
+    assert {(row.partition_key, row.partition) for row in rows} == {(cid, cid % 3), (alice.id, alice.id % 3)}
 
 
 # --- what a relay reads and reports -------------------------------------------------------------
@@ -115,14 +118,17 @@ def test_a_chats_rows_carry_the_chat_and_a_users_rows_the_user_as_their_key():
 
 @pytest.mark.django_db
 def test_a_relay_reads_the_rows_of_its_partition_only_in_id_order(settings):
-    # given: rows of keys 0..8, three partitions
+    # given: rows of keys 0..8 queued while there was one partition; now there are three
     settings.RELAY_PARTITIONS = 3
     rows = OutboxEvent.objects.bulk_create(
-        [OutboxEvent(payload=json.dumps({"n": k}), user_ids=[900_000_001], partition_key=k) for k in range(9)]
+        [OutboxEvent(payload=json.dumps({"n": k}), user_ids=[900_000_001], partition_key=k, partition=0)
+         for k in range(9)]
     )
     relay = Relay()
 
-    # when
+    # when: a relay starts (and moves them to their partitions), and each reads its own
+    assert relay.repartition() == 6
+    assert relay.repartition() == 0
     taken = {}
     for partition in range(3):
         relay.partition = partition
