@@ -37,10 +37,28 @@ letters (`chatserver.models.DeadLetter`) in the transaction that deletes its sli
 logged at ERROR. The good path is one SELECT per batch and one DELETE per slice.
 
 It runs under `chatserver.workers.run` (`manage.py worker relay`, or `manage.py relay`),
-which keeps exactly one relay active on PostgreSQL (per-chat order depends on it: a
-second one stands by on an advisory lock), wakes it on PostgreSQL's NOTIFY (sent by
-every transaction that writes to the outbox; SQLite is polled), and survives database
-outages. Presence is another worker (`accounts.workers`).
+which keeps exactly one relay active per partition on PostgreSQL (per-chat order depends
+on it: a relay started when every partition has one stands by on the advisory locks),
+wakes it on PostgreSQL's NOTIFY (sent by every transaction that writes to the outbox;
+SQLite is polled), and survives database outages. Presence is another worker
+(`accounts.workers`).
+
+Partitions (RELAY_PARTITIONS=N, default 1): the relay holding lock k (ADVISORY_LOCK_KEY
++ k, the first free one) sends the rows of partition k only (`OutboxEvent.partition`,
+`partition_key % N`: a chat's rows have the chat's key, a user's the user's, see
+`outbox.partition_key`), in id order, writes heartbeat row k + 1, and publishes the
+typing events of its chats only. So a chat's order holds with N relays, each with a
+share of the chats; a relay killed is replaced by a spare within STANDBY_RECHECK (2 s).
+Across partitions nothing is ordered; the one dependency that crosses them, a chat's
+MemberGrant on its user's UserAdd (the user's group), is sent again while the broker
+says "Group not found", for DEPENDENCY_WAIT (after an outage, partitions drain side by
+side), before it is taken for a bug and set aside.
+
+Over MQTT 3.1.1 (MQTT_PROTOCOL) a PUBACK carries no refusal: RabbitMQ closes the
+connection on a publish it will not take. The rows in flight at a drop are each sent
+alone next (the batch stops before them), and a row that, alone in flight, sees the
+connection dropped RELAY_MAX_DROPS times is set aside (`dropped`): a broker restart
+costs one lone resend per row that was in flight, a poison row a few reconnects.
 
 The heartbeat row (`RelayStatus`, about every second) says when the broker last
 *answered* the relay (a PUBACK, a command response, a CONNACK), not whether a socket is
