@@ -24,11 +24,11 @@ The verdict costs two indexed queries (the outbox's oldest row, then the relays'
 heartbeat rows) at most once per `CHECK_EVERY` per process, not per request.
 
 With several relay partitions (RELAY_PARTITIONS) the age is the whole outbox's oldest
-row, not each partition's: a POST does not say which chat it is for before its
-serializer ran, and a verdict per partition would cost a query per partition. One
-partition behind (one very busy group) thus holds back every sender for as long, the
-coarse side; the relays share the same host and broker, so one of them running late
-usually means all of them are near it.
+row, not each partition's, and the relays must all be running with the broker answering
+each for longer than the threshold: the verdict stays one cached boolean per process and
+two queries (one per partition would be a query per partition and a verdict per chat,
+known only once the view has read the chat). The coarse side: one partition behind (one
+very busy group) holds back the senders of every chat until it catches up.
 """
 
 from __future__ import annotations
