@@ -204,6 +204,30 @@ def test_a_heartbeat_row_of_a_partition_beyond_relay_partitions_is_not_read(sett
                                      "partitions": [{"partition": 0, "relay": "running", "broker": "up"}]}
 
 
+@pytest.mark.django_db
+def test_back_pressure_refuses_only_while_every_partitions_relay_works_and_the_outbox_runs_late(settings):
+    from chatserver import backpressure
+
+    # given: two partitions, an event waiting 20 s, the broker answering partition 0's
+    # relay for a minute and partition 1 without a relay
+    settings.RELAY_PARTITIONS, settings.INGEST_MAX_OUTBOX_AGE = 2, 10.0
+    OutboxEvent.objects.create(created_at=timezone.now() - timedelta(seconds=20), access=[{"op": "x"}])
+    beat(0)
+    RelayStatus.objects.filter(id=1).update(broker_up_since=timezone.now() - timedelta(seconds=60))
+
+    # then: an outage, not overload
+    assert backpressure.delivery_behind() is False
+
+    # when: partition 1's relay runs, the broker answering it for 5 s only (it just came)
+    beat(1)
+    RelayStatus.objects.filter(id=2).update(broker_up_since=timezone.now() - timedelta(seconds=5))
+    assert backpressure.delivery_behind() is False
+
+    # and once that is longer than the threshold too: delivery is behind
+    RelayStatus.objects.filter(id=2).update(broker_up_since=timezone.now() - timedelta(seconds=11))
+    assert backpressure.delivery_behind() is True
+
+
 # --- three relays and a spare, one killed mid-load (real processes) --------------------------
 
 PARTITIONS = 3
