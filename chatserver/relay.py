@@ -422,12 +422,17 @@ class Relay(Worker):
         return True
 
     def waits_for_user(self, entry: tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]) -> bool:
-        """Whether this answered row's grant found no group for its user, within
-        DEPENDENCY_WAIT of the first time: that user's UserAdd is another partition's row,
-        maybe not sent yet (`outbox.partition_key`). Past the wait, it is a refusal."""
+        """Whether this answered row's grant found no group for its user (the broker
+        access's `is_not_yet`), within DEPENDENCY_WAIT of the first time: that user's
+        UserAdd is another partition's row, maybe not sent yet (`outbox.partition_key`).
+        Past the wait, it is a refusal."""
         row, pendings, _ = entry
+        # A broker access without the notion (none of its commands waits for another's).
+        not_yet = getattr(self.access, "is_not_yet", None)
+        if not_yet is None:
+            return False
         missing = any(
-            command.get("command") == "addGroupRole" and error == "Group not found"
+            error and not_yet(command, error)
             for pending in pendings if pending.commands is not None
             for command, error in pending.result
         )
