@@ -11,10 +11,13 @@ fails and paho's copies are dropped (not resent on reconnect): the relay sends t
 rows again itself, so delivery is at-least-once and nothing is reported done that the
 broker may not have.
 
-MQTT 5 (not 3.1.1): its PUBACK carries a reason code, so a publish the broker refused
-(e.g. "Not authorized") shows as `Pending.error` instead of 3.1.1's silent success.
-Clean start on every connection: the relay keeps no broker session, it replays
-unacknowledged outbox rows. Payloads above `max_payload` are refused here (the pending
+MQTT 5 by default (`protocol="5"`): its PUBACK carries a reason code, so a publish the
+broker refused (e.g. "Not authorized") shows as `Pending.error`. MQTT 3.1.1
+(`protocol="3.1.1"`, MQTT_PROTOCOL; RabbitMQ 3.10 speaks nothing else) has no reason in a
+PUBACK: a refusal is a silent success on Mosquitto and a closed connection on RabbitMQ
+(every pending in flight fails; the relay finds the row that does it, chatserver/relay.py).
+Clean start (3.1.1: clean session) on every connection: the relay keeps no broker
+session, it replays unacknowledged outbox rows. Payloads above `max_payload` are refused here (the pending
 completes with an error): above the broker's `max_packet_size` Mosquitto would disconnect
 us, and the relay would resend the same row forever.
 """
@@ -41,6 +44,7 @@ from chatserver.broker_access import DynsecAccess
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, bool], None]
+PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
 
 class Pending:
@@ -87,7 +91,7 @@ class Pending:
 
 
 class BrokerConnection:
-    """A self-reconnecting MQTT 5 connection for the server's own use.
+    """A self-reconnecting MQTT 5 (or 3.1.1) connection for the server's own use.
 
     Thread-safety: `publish`, `control`, `subscribe`, `wait` and `close` may be called
     from any thread; paho's callbacks run in its network thread. Message handlers given to
@@ -116,9 +120,13 @@ class BrokerConnection:
         max_payload: int = 256 * 1024,
         tls: bool = False,
         tls_ca: str | None = None,
+        protocol: str = "5",
     ) -> None:
         """`tls`: connect over TLS, verifying the broker's certificate and name against
-        `tls_ca` (a PEM file; None: the system's CAs)."""
+        `tls_ca` (a PEM file; None: the system's CAs). `protocol`: "5" or "3.1.1"."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"MQTT protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+        self.protocol = protocol
         self.host, self.port, self.keepalive = host, port, keepalive
         # Below `max_packet_size` in broker/mosquitto.conf (256 KiB + room for the topic).
         self.max_payload = max_payload
@@ -143,7 +151,9 @@ class BrokerConnection:
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=PROTOCOLS[protocol],
+            # 3.1.1's clean session (MQTT 5 takes clean_start at connect instead).
+            **({} if protocol == "5" else {"clean_session": True}),
         )
         client.username_pw_set(username, password)
         if tls:
@@ -172,7 +182,8 @@ class BrokerConnection:
             self._started = True
         if start:
             self._client.connect_async(
-                self.host, self.port, keepalive=self.keepalive, clean_start=True
+                self.host, self.port, keepalive=self.keepalive,
+                **({"clean_start": True} if self.protocol == "5" else {}),
             )
             self._client.loop_start()
         return self._connected.wait(timeout)
@@ -329,7 +340,7 @@ class BrokerConnection:
             client.subscribe(topic, qos=qos)
         # Set last: a publish from now on goes out after the SUBSCRIBEs above.
         self._connected.set()
-        log.info("connected to the broker at %s:%s", self.host, self.port)
+        log.info("connected to the broker at %s:%s (MQTT %s)", self.host, self.port, self.protocol)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
                        reason: ReasonCode, properties: Properties | None) -> None:

@@ -355,6 +355,16 @@ MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
 MQTT_ADMIN_USERNAME = env("MQTT_ADMIN_USERNAME", "chat-server")
 MQTT_ADMIN_PASSWORD = secret("mqtt-admin-password", "MQTT_ADMIN_PASSWORD")
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)
+# The MQTT version of the server's own connections (relay, presence, push): "5" (its
+# PUBACK reason codes show a refused publish) or "3.1.1" (RabbitMQ 3.10 speaks no other;
+# what 3.1.1 cannot say is handled as docs/mqtt.md tells). Default: 5 on Mosquitto, 3.1.1
+# on RabbitMQ, which refuses anything else.
+_BROKER_KIND = globals().get("BROKER", env("BROKER", "mosquitto"))
+MQTT_PROTOCOL = env("MQTT_PROTOCOL", "3.1.1" if _BROKER_KIND == "rabbitmq" else "5")
+if MQTT_PROTOCOL not in {"5", "3.1.1"}:
+    raise ImproperlyConfigured(f"MQTT_PROTOCOL must be 5 or 3.1.1, not {MQTT_PROTOCOL!r}")
+if _BROKER_KIND == "rabbitmq" and MQTT_PROTOCOL != "3.1.1":
+    raise ImproperlyConfigured("BROKER=rabbitmq speaks MQTT 3.1.1 only: MQTT_PROTOCOL=3.1.1")
 # The broker's failed-login limit (broker/login_guard.c, rendered by `manage.py
 # broker_prepare`): after MQTT_LOGIN_FAILURES refused logins of one device account within
 # MQTT_LOGIN_WINDOW seconds, that account is refused for MQTT_LOGIN_COOLDOWN seconds.
@@ -385,6 +395,20 @@ RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 # for stalled and sends the unanswered rows again on the next round; a broker that keeps
 # answering, however slowly, is waited for.
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
+# Relays partitioned by chat (chatserver/relay.py): N relays, each sending the outbox
+# rows of its partition (a chat's rows: `chat_id % N`; a user's: `user_id % N`), so
+# delivery grows with relays while each chat keeps its order. Every relay process takes
+# the first free partition; one more stands by and takes over a partition whose relay
+# died. Every process of a stack must agree on it. SQLite has one relay: 1 only.
+RELAY_PARTITIONS = env_int("RELAY_PARTITIONS", 1)
+if not 1 <= RELAY_PARTITIONS <= 1000:
+    raise ImproperlyConfigured("RELAY_PARTITIONS must be between 1 and 1000")
+if RELAY_PARTITIONS > 1 and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    raise ImproperlyConfigured("RELAY_PARTITIONS above 1 needs PostgreSQL (advisory locks, one relay per partition)")
+# A row that was in flight, sent alone, each time the broker dropped the connection this
+# many times is set aside as a dead letter (chatserver/relay.py): over MQTT 3.1.1 a refusal
+# closes the connection (RabbitMQ) instead of answering with a reason code.
+RELAY_MAX_DROPS = env_int("RELAY_MAX_DROPS", 3)
 
 # Back-pressure (chatserver/backpressure.py): while the relay works and yet the oldest
 # undelivered event is older than this (seconds), message POSTs are refused with 503

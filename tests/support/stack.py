@@ -134,6 +134,8 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
            if getattr(broker, "tls", None) else {"MQTT_TLS": "off"}),
         MQTT_ADMIN_USERNAME=broker.admin_username,
         MQTT_ADMIN_PASSWORD=broker.admin_password,
+        # The suite's own (`MQTT_PROTOCOL=3.1.1 pytest ...` runs every worker over 3.1.1).
+        MQTT_PROTOCOL=django_settings.MQTT_PROTOCOL,
         # Rate limits out of load-like tests' way (tests/settings.py sets the same
         # defaults; a stack's own `env` may set low ones).
         **{name: "1000000/minute" for name in (
