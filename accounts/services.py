@@ -196,10 +196,12 @@ def user_audience(user_id: int) -> list[int]:
 
 def user_updated_enqueue(*, user: User, user_ids: Iterable[int] | None = None) -> OutboxEvent:
     """Queue `user.updated` (the user as it is now) to its audience, in the caller's
-    transaction."""
+    transaction; in line with the user's other states (keyed by the user: its relay
+    partition, `outbox.partition_key`), also when the user is not among the recipients."""
     return outbox.enqueue(
         event=Event(type=EventType.USER_UPDATED, data=user_data(user)),
         user_ids=user_audience(user.id) if user_ids is None else list(user_ids),
+        key=user.id,
     )
 
 

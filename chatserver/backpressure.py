@@ -20,8 +20,15 @@ Why a refusal rather than slower acceptance: a POST held back would hold a gunic
 thread (8 per host) for as long, and stop every other request with it; a 503 costs one
 cheap answer and says plainly when to come back.
 
-The verdict costs two indexed queries (the outbox's oldest row, then the relay's
-heartbeat row) at most once per `CHECK_EVERY` per process, not per request.
+The verdict costs two indexed queries (the outbox's oldest row, then the relays'
+heartbeat rows) at most once per `CHECK_EVERY` per process, not per request.
+
+With several relay partitions (RELAY_PARTITIONS) the age is the whole outbox's oldest
+row, not each partition's, and the relays must all be running with the broker answering
+each for longer than the threshold: the verdict stays one cached boolean per process and
+two queries (one per partition would be a query per partition and a verdict per chat,
+known only once the view has read the chat). The coarse side: one partition behind (one
+very busy group) holds back the senders of every chat until it catches up.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from django.utils import timezone
 
 from chatserver import outbox
 from chatserver.errors import Overloaded
-from chatserver.models import OutboxEvent, RelayStatus
+from chatserver.models import OutboxEvent
 
 # How long one process keeps its verdict (seconds).
 CHECK_EVERY = 1.0
@@ -71,11 +78,16 @@ def delivery_behind() -> bool:
     now = timezone.now()
     if (now - oldest).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
         return False
-    status = RelayStatus.objects.filter(id=1).first()
-    up_since = status.broker_up_since if status is not None else None
-    if up_since is None or (now - up_since).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+    statuses = outbox.relay_heartbeats()
+    # With several partitions: since when the broker has answered every relay (the
+    # latest of their starts); a partition without one is an outage, not overload.
+    ups = [status.broker_up_since for status in statuses]
+    if len(ups) < settings.RELAY_PARTITIONS or None in ups:
         return False
-    return outbox.relay_status_of(status) == {"relay": "running", "broker": "up"}
+    if (now - max(ups)).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+        return False
+    state = outbox.relay_status_of(statuses)
+    return (state["relay"], state["broker"]) == ("running", "up")
 
 
 def forget() -> None:

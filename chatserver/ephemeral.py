@@ -9,7 +9,9 @@ and no process is added. What is lost with it: an event sent while no relay is a
 (or on SQLite, which has no NOTIFY) is dropped, which is what an ephemeral event may be.
 
 `Gate` is the relay's side: at most one publish per `key` (a member in a chat) per
-`every` seconds, across every web process and host since there is one active relay. A
+`every` seconds, across every web process and host since there is one active relay per
+partition, and every relay LISTENs but publishes only the events its partition `owns`
+(a chat's typing goes out through the relay of the chat's outbox rows, RELAY_PARTITIONS). A
 repeat of the same state within the second is dropped; a change within it (typing, then
 stopped) is held and published when the second is up, so the last state always arrives.
 Notifications older than `max_age` (a relay that just took over reads what queued while
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import connection
@@ -66,8 +69,11 @@ class Gate:
     """The relay's limit on ephemeral publishes (see the module docstring). Not thread
     safe: the relay's one thread calls it."""
 
-    def __init__(self, *, every: float = 1.0, max_age: float = 2.0) -> None:
-        self.every, self.max_age = every, max_age
+    def __init__(self, *, every: float = 1.0, max_age: float = 2.0,
+                 owns: Callable[[str], bool] | None = None) -> None:
+        """`owns(topic)`: whether this relay publishes to `topic` (None: all); what it
+        does not own is dropped before the gate keeps any state of it."""
+        self.every, self.max_age, self.owns = every, max_age, owns
         self.keys: dict[str, _Key] = {}
 
     def receive(self, notification: str, *, now: float | None = None) -> list[tuple[str, bytes]]:
@@ -79,6 +85,8 @@ class Gate:
             topic, key, state, sent, event = item["topic"], item["key"], item["state"], item["sent"], item["event"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not an ephemeral notification: {notification[:200]!r}") from exc
+        if self.owns is not None and not self.owns(str(topic)):
+            return []  # another partition's relay publishes it
         if time.time() - float(sent) > self.max_age:
             return []  # stale: queued while this relay stood by
         payload = event.encode()

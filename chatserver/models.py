@@ -13,6 +13,14 @@ class OutboxEvent(models.Model):
 
     One row per change (not per recipient): fan-out happens in the relay, which keeps the
     write path as short for a 1,000-member group as for a direct chat.
+
+    `partition_key` says which relay sends the row (`chatserver.outbox.partition_key`: the
+    chat of a chat's rows, else the user the row is about); rows with the same key keep
+    their order. With RELAY_PARTITIONS=N, the relay of partition `partition_key % N` sends
+    it: `partition`, stored with the row and indexed with the id, so that a relay's
+    SELECT is a range of that index (on `partition_key % N`, PostgreSQL scanned and
+    sorted the whole backlog for every batch of every relay); relays set it again for
+    rows queued under another N when they start.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -21,20 +29,25 @@ class OutboxEvent(models.Model):
     payload = models.TextField(blank=True)
     user_ids = models.JSONField(default=list, blank=True)
     chat_id = models.BigIntegerField(null=True, blank=True)
+    partition_key = models.BigIntegerField(default=0, db_default=0)
+    partition = models.SmallIntegerField(default=0, db_default=0)
 
     class Meta:
         db_table = "chat_outbox"
+        indexes = [models.Index(fields=["partition", "id"], name="chat_outbox_partition_idx")]
 
     def __str__(self) -> str:
         return f"outbox #{self.id}"
 
 
 class RelayStatus(models.Model):
-    """The relay's heartbeat: whether its broker connection is open, and when the broker
+    """A relay's heartbeat: whether its broker connection is open, and when the broker
     last answered on it (a round trip: a PUBACK, a command response, a CONNACK).
 
-    A single row (id 1) that the relay refreshes every second or so; `/health/` and the
-    request paths that wait for broker grants read it (`chatserver.outbox.relay_status`).
+    One row per partition (id = partition + 1: with one partition, the row id 1 as
+    before), refreshed every second or so by the relay active for that partition;
+    `/health/` and the request paths that wait for broker grants read the rows of
+    partitions 0..RELAY_PARTITIONS-1 (`chatserver.outbox.relay_status`).
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
@@ -69,6 +82,7 @@ class DeadLetter(models.Model):
     payload = models.TextField(blank=True)
     user_ids = models.JSONField(default=list, blank=True)
     chat_id = models.BigIntegerField(null=True, blank=True)
+    partition_key = models.BigIntegerField(default=0, db_default=0)
     error = models.TextField()
     failed_at = models.DateTimeField(default=timezone.now)
 

@@ -340,7 +340,7 @@ class BrokerConnection:
             client.subscribe(topic, qos=qos)
         # Set last: a publish from now on goes out after the SUBSCRIBEs above.
         self._connected.set()
-        log.info("connected to the broker at %s:%s", self.host, self.port)
+        log.info("connected to the broker at %s:%s (MQTT %s)", self.host, self.port, self.protocol)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
                        reason: ReasonCode, properties: Properties | None) -> None:

@@ -37,17 +37,55 @@ class InvalidOutboxRow(ValueError):
     the request that made it."""
 
 
+def partition_key(
+    *, event: Event | None, user_ids: list[int], access: list[AccessOp], key: int | None = None
+) -> int:
+    """Which relay sends a row (the one of partition `key % RELAY_PARTITIONS`): rows with
+    the same key are sent in id order, rows with different keys in any order.
+
+    - The chat, for a chat event (to the chat's topic or to its members only) and for a
+      row whose access operations name a chat (a MemberGrant, a MemberRevoke, a
+      ChatRemove): a chat's grants and revocations stay in line with its events, so the
+      new member's grant goes before the chat's first message to it, and a removed
+      member's revocation before the first message it must not get.
+    - Else the user the row is about: the user of its first access operation (a signup's
+      UserAdd and DeviceAdds, a sign-out's DeviceRemoves), else the first of `user_ids`
+      (services put the user the event is about first: `presence.updated` of user 5 to
+      [5, *its friends], `user.updated` to [the user, *its audience]), so two states of
+      one user reach everybody in order. A row about a user who is not among its
+      recipients passes `key` (an account deletion's `user.updated` to its partners).
+    - `key`, when given, wins.
+
+    What is not ordered: a chat's events against a user's own events (a `chat_list.updated`
+    against the chat's messages), as different topics never were for a phone that
+    reconnects and fetches; and a MemberGrant against its user's UserAdd in another
+    partition, which the relay retries while the group does not exist yet (chatserver/relay.py).
+    """
+    if key is not None:
+        return key
+    if event is not None and event.chat is not None:
+        return event.chat
+    for op in access:
+        if getattr(op, "chat", None) is not None:
+            return op.chat
+    if access:
+        return access[0].user
+    return user_ids[0]
+
+
 def enqueue(
     *,
     event: Event | None = None,
     user_ids: Iterable[int] = (),
     chat_topic: int | None = None,
     access: Iterable[AccessOp] = (),
+    key: int | None = None,
 ) -> OutboxEvent:
     """Queue one outbox row in the current transaction; the relay gets it after commit.
 
     The relay applies `access` in order, then publishes `event` to the user topic of each
-    of `user_ids` and, if set, to the topic of chat `chat_topic`.
+    of `user_ids` and, if set, to the topic of chat `chat_topic`. `key`: the partition
+    key when `partition_key`'s rule would not find the user the row is about.
     """
     assert connection.in_atomic_block, "enqueue() belongs inside the change's transaction"
     access = list(access)
@@ -71,6 +109,9 @@ def enqueue(
         if chat_topic is not None and chat_topic != event.chat:
             raise InvalidOutboxRow(f"{event.type} of chat {event.chat} sent to chat {chat_topic}'s topic")
         check_against_contract(event)
+    if key is not None and (isinstance(key, bool) or not isinstance(key, int) or key < 0):
+        raise InvalidOutboxRow(f"not a partition key: {key!r}")
+    row_key = partition_key(event=event, user_ids=user_ids, access=access, key=key)
     # On PostgreSQL the insert also wakes the relay at commit (a trigger sends NOTIFY:
     # migration chatserver 0002); SQLite is polled by the relay.
     return OutboxEvent.objects.create(
@@ -78,23 +119,49 @@ def enqueue(
         user_ids=user_ids,
         chat_id=chat_topic,
         access=[op.to_json() for op in access],
+        partition_key=row_key,
+        partition=row_key % settings.RELAY_PARTITIONS,
     )
 
 
 def relay_status() -> dict:
-    """What the relay last reported: `{"relay": "running"|"down", "broker": "up"|"down"|"unknown"}`.
+    """What the relays last reported: `{"relay": "running"|"down", "broker":
+    "up"|"down"|"unknown", "partitions": [{"partition": k, "relay": ..., "broker": ...}, ...]}`.
 
-    The broker is `up` only if it answered the relay within BROKER_ANSWER_MAX_AGE (a
-    round trip; an open socket to a hung broker is `down`), judged now, so a relay that
-    stopped reporting cannot leave a stale `up` behind. (The relay's clock and this
-    process's are compared: hosts keep time with NTP.)
+    Per partition (one heartbeat row each, `RelayStatus`), the broker is `up` only if it
+    answered that partition's relay within BROKER_ANSWER_MAX_AGE (a round trip; an open
+    socket to a hung broker is `down`), judged now, so a relay that stopped reporting
+    cannot leave a stale `up` behind. (The relay's clock and this process's are compared:
+    hosts keep time with NTP.) Overall, `relay` is `running` and `broker` `up` only if
+    they are for every partition: a partition without a live relay is a share of the
+    chats whose messages wait.
     """
-    return relay_status_of(RelayStatus.objects.filter(id=1).first())
+    return relay_status_of(relay_heartbeats())
 
 
-def relay_status_of(status: RelayStatus | None) -> dict:
-    """`relay_status()` judged now from a heartbeat row already read (None: no row)."""
+def relay_heartbeats() -> list[RelayStatus]:
+    """The heartbeat rows of partitions 0..RELAY_PARTITIONS-1 (missing ones left out), in one query."""
+    return list(RelayStatus.objects.filter(id__in=range(1, settings.RELAY_PARTITIONS + 1)).order_by("id"))
+
+
+def relay_status_of(statuses: Iterable[RelayStatus]) -> dict:
+    """`relay_status()` judged now from heartbeat rows already read (a partition without
+    a row: its relay is down)."""
     now = timezone.now()
+    by_partition = {status.id - 1: status for status in statuses}
+    partitions = [
+        {"partition": k, **_partition_status(by_partition.get(k), now)} for k in range(settings.RELAY_PARTITIONS)
+    ]
+    if any(p["relay"] == "down" for p in partitions):
+        overall = {"relay": "down", "broker": "unknown"}
+    elif all(p["broker"] == "up" for p in partitions):
+        overall = {"relay": "running", "broker": "up"}
+    else:
+        overall = {"relay": "running", "broker": "down"}
+    return {**overall, "partitions": partitions}
+
+
+def _partition_status(status: RelayStatus | None, now) -> dict:
     if status is None or now - status.heartbeat_at > RELAY_HEARTBEAT_MAX_AGE:
         return {"relay": "down", "broker": "unknown"}
     answered = status.broker_answered_at
@@ -116,9 +183,11 @@ def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None)
 
     Used where the answer hands out something the broker must already know (fresh MQTT
     credentials, a chat topic one may now subscribe to, a revoked device). It returns at
-    once when the relay or the broker is down, so requests never pile up behind an outage;
+    once when the relay (of these rows' partitions) or the broker is down, so requests never
+    pile up behind an outage;
     the rows stay queued and are applied once the broker is back.
     """
+    events = list(events)
     ids = [event.id for event in events]
     if not ids:
         return True
@@ -127,7 +196,9 @@ def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None)
         return False
     if timeout is None:
         timeout = settings.BROKER_SYNC_TIMEOUT
-    if relay_status()["broker"] != "up":
+    # The partitions that send these rows (another one being down does not stop them).
+    partitions = {event.partition_key % settings.RELAY_PARTITIONS for event in events}
+    if any(p["broker"] != "up" for p in relay_status()["partitions"] if p["partition"] in partitions):
         return False
     deadline = time.monotonic() + timeout
     pause = 0.002
@@ -155,6 +226,7 @@ def set_aside(*, failed: dict[int, str], rows: Iterable[OutboxEvent]) -> list[De
             payload=row.payload,
             user_ids=row.user_ids,
             chat_id=row.chat_id,
+            partition_key=row.partition_key,
             error=failed[row.id],
         )
         for row in rows
@@ -185,6 +257,8 @@ def dead_letters_replay(*, ids: Iterable[int] | None) -> list[OutboxEvent]:
                 payload=letter.payload,
                 user_ids=letter.user_ids,
                 chat_id=letter.chat_id,
+                partition_key=letter.partition_key,
+                partition=letter.partition_key % settings.RELAY_PARTITIONS,
             )
             for letter in letters
         ]

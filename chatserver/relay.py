@@ -36,11 +36,37 @@ a dynsec command failing for another reason than "already so"), is moved to the 
 letters (`chatserver.models.DeadLetter`) in the transaction that deletes its slice, and
 logged at ERROR. The good path is one SELECT per batch and one DELETE per slice.
 
+Access work that does not go over the MQTT connection (`access.applies(op)`: on
+RabbitMQ, revocations over its management API, chatserver/rabbit_access.py) is done by
+`access.apply`, synchronously, once everything sent before the row is answered and
+before anything of it or after it is sent: so it sits in outbox order like a dynsec
+command. While it cannot be done (the API does not answer), the row and everything after
+it stay queued; refused for good, the row is set aside. The relay does not know which
+broker it has (`workers.broker_access`, settings.BROKER).
+
 It runs under `chatserver.workers.run` (`manage.py worker relay`, or `manage.py relay`),
-which keeps exactly one relay active on PostgreSQL (per-chat order depends on it: a
-second one stands by on an advisory lock), wakes it on PostgreSQL's NOTIFY (sent by
-every transaction that writes to the outbox; SQLite is polled), and survives database
-outages. Presence is another worker (`accounts.workers`).
+which keeps exactly one relay active per partition on PostgreSQL (per-chat order depends
+on it: a relay started when every partition has one stands by on the advisory locks),
+wakes it on PostgreSQL's NOTIFY (sent by every transaction that writes to the outbox;
+SQLite is polled), and survives database outages. Presence is another worker
+(`accounts.workers`).
+
+Partitions (RELAY_PARTITIONS=N, default 1): the relay holding lock k (ADVISORY_LOCK_KEY
++ k, the first free one) sends the rows of partition k only (`OutboxEvent.partition`,
+`partition_key % N`: a chat's rows have the chat's key, a user's the user's, see
+`outbox.partition_key`), in id order, writes heartbeat row k + 1, and publishes the
+typing events of its chats only. So a chat's order holds with N relays, each with a
+share of the chats; a relay killed is replaced by a spare within STANDBY_RECHECK (2 s).
+Across partitions nothing is ordered; the one dependency that crosses them, a chat's
+MemberGrant on its user's UserAdd (the user's group), is sent again while the broker
+says "Group not found", for DEPENDENCY_WAIT (after an outage, partitions drain side by
+side), before it is taken for a bug and set aside.
+
+Over MQTT 3.1.1 (MQTT_PROTOCOL) a PUBACK carries no refusal: RabbitMQ closes the
+connection on a publish it will not take. The rows in flight at a drop are each sent
+alone next (the batch stops before them), and a row that, alone in flight, sees the
+connection dropped RELAY_MAX_DROPS times is set aside (`dropped`): a broker restart
+costs one lone resend per row that was in flight, a poison row a few reconnects.
 
 The heartbeat row (`RelayStatus`, about every second) says when the broker last
 *answered* the relay (a PUBACK, a command response, a CONNACK), not whether a socket is
@@ -81,11 +107,16 @@ HEARTBEAT_EVERY = 1.0
 # What the relay publishes to, to hear from the broker while there is nothing to send:
 # under the server's own publish grant, and no client may subscribe to it.
 PROBE_TOPIC = SERVER_PUBLISH_FILTER.removesuffix("#") + "server/probe"
-# Any 64-bit number only this program uses: the key of the "one relay" advisory lock.
+# Any 64-bit number only this program uses: the key of the "one relay" advisory lock
+# (partition k's: this + k).
 ADVISORY_LOCK_KEY = 0x636861745F72656C  # "chat_rel"
 # MQTT 5 refusals that may pass (the broker is overloaded): the row and those after it
 # are sent again rather than set aside.
 TRANSIENT_REFUSALS = frozenset({"Server busy", "Quota exceeded"})
+# A MemberGrant whose user's group does not exist yet: with several partitions, its
+# UserAdd may be another partition's row not sent yet (after an outage, partitions drain
+# side by side). Sent again for this long before it is taken for a bug and set aside.
+DEPENDENCY_WAIT = 30.0
 
 Publish = tuple[str, bytes, bool]  # topic, payload, retain
 OUTBOX_TABLE = OutboxEvent._meta.db_table
@@ -107,6 +138,16 @@ class Relay(Worker):
     def __init__(self, *, stop: threading.Event | None = None) -> None:
         self.stop = stop or threading.Event()
         self.poll_interval = settings.RELAY_POLL_INTERVAL
+        self.partitions = settings.RELAY_PARTITIONS
+        # Which one this relay sends (set when it becomes active: the lock it took).
+        self.partition = 0
+        # Rows that were in flight when the broker dropped the connection: each is sent
+        # alone next, to tell the row that makes it drop the connection from the others.
+        self.suspects: set[int] = set()
+        # Row id -> drops with it in flight alone (RELAY_MAX_DROPS: a dead letter).
+        self.drops: dict[int, int] = {}
+        # Row id -> monotonic time its grant first found no group (DEPENDENCY_WAIT).
+        self.waiting: dict[int, float] = {}
         self.access = broker_access()
         self.broker = broker_connection(name="relay")
         self.broker_started = False
@@ -121,11 +162,19 @@ class Relay(Worker):
         self.probe_sent = float("-inf")
         # While set, the outbox was empty at the last look: the next one is then.
         self.idle_until: float | None = None
-        self.ephemeral = ephemeral.Gate()
+        self.ephemeral = ephemeral.Gate(owns=self.owns_topic)
 
     # --- the worker -----------------------------------------------------------------
 
+    def lock_keys(self) -> tuple[int, ...]:
+        return tuple(ADVISORY_LOCK_KEY + k for k in range(self.partitions))
+
     def activated(self) -> None:
+        # SQLite: no lock, one relay, one partition (the settings refuse more).
+        self.partition = self.held_lock or 0
+        if self.partitions > 1:
+            logger.info("partition %d of %d", self.partition, self.partitions)
+            self.repartition()
         if not self.broker_started:
             logger.info("broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
             self.broker.connect(timeout=5.0)
@@ -168,7 +217,7 @@ class Relay(Worker):
             if remaining > 0 and not session.wait(min(remaining, HEARTBEAT_EVERY, held if held is not None else HEARTBEAT_EVERY)):
                 return True
             self.idle_until = None
-        rows = list(OutboxEvent.objects.order_by("id")[: settings.RELAY_BATCH_SIZE])
+        rows = self.pending_rows()
         if not rows:
             self.idle_until = time.monotonic() + settings.RELAY_IDLE_RECHECK
             return True
@@ -182,6 +231,42 @@ class Relay(Worker):
             pass  # the heartbeat goes stale by itself
         finally:
             self.broker.close()
+
+    def pending_rows(self) -> list[OutboxEvent]:
+        """The next batch of this relay's partition, in id order (along the primary key:
+        the partition's rows are spread through the table; the README has the cost)."""
+        rows = OutboxEvent.objects.order_by("id")
+        if self.partitions > 1:
+            rows = rows.filter(partition=self.partition)
+        return list(rows[: settings.RELAY_BATCH_SIZE])
+
+    def repartition(self) -> int:
+        """Give rows queued under another RELAY_PARTITIONS (or inserted by hand) the
+        partition of their key under this one; how many. A scan of the backlog, once per
+        activation: nothing to change in the normal case."""
+        if self.partitions == 1:
+            return 0  # one relay reads every row, whatever its partition
+        table, key = connection.ops.quote_name(OUTBOX_TABLE), connection.ops.quote_name("partition_key")
+        partition = connection.ops.quote_name("partition")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {partition} = MOD({key}, %s) WHERE {partition} <> MOD({key}, %s)",
+                [self.partitions, self.partitions],
+            )
+            changed = cursor.rowcount
+        if changed:
+            logger.info("%d queued rows moved to their partition of %d", changed, self.partitions)
+        return changed
+
+    def owns_topic(self, topic: str) -> bool:
+        """Whether an ephemeral event to `topic` (chat/chats/<chat>, chat/users/<user>) is
+        this relay's: its id in this relay's partition, as the rows of that chat or user."""
+        if self.partitions == 1:
+            return True
+        try:
+            return int(topic.rsplit("/", 1)[1]) % self.partitions == self.partition
+        except (IndexError, ValueError):
+            return self.partition == 0  # not an event topic: partition 0 logs its refusal
 
     # --- ephemeral events (typing): NOTIFY in, QoS 0 out, never stored -----------------
 
@@ -239,6 +324,12 @@ class Relay(Worker):
         the rows from the first unanswered one on stay queued."""
         window = max(1, settings.RELAY_WINDOW)
         half = max(1, window // 2)
+        # A row in flight at the broker's last drop goes alone (and the batch stops
+        # before it): if the drop comes again, that row is the cause (see `dropped`).
+        first_suspect = next((i for i, row in enumerate(rows) if row.id in self.suspects), None)
+        alone = first_suspect == 0
+        if first_suspect is not None:
+            rows = rows[: max(1, first_suspect)]
         failed: dict[int, str] = {}
         # Per row, in id order: (row, its pendings, its publishes' topics and pendings).
         sent: list[tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]] = []
@@ -266,14 +357,26 @@ class Relay(Worker):
             if not self.wait_acknowledged(pendings) and (answered := self.answered(sent[deleted:end])) < end - deleted:
                 end = deleted + answered
                 stopped = f"broker did not answer row #{sent[end][0].id} in time; will resend from it"
+                if self.dropped(sent[end:], alone=alone, failed=failed):
+                    stopped = None  # set aside: that row is done with
+                    end += 1
             for index in range(deleted, end):
                 row, _, published = sent[index]
+                if row.id in failed:
+                    continue
                 busy = next((p.error for _, p in published if p.error in TRANSIENT_REFUSALS), None)
                 if busy:
                     end, stopped = index, f"broker busy ({busy}) at row #{row.id}; will resend from it"
                     break
+                if self.partitions > 1 and self.waits_for_user(sent[index]):
+                    end, stopped = index, f"row #{row.id} grants a user whose group is not there yet; will resend"
+                    break
                 if refusals := self.refusals(sent[index]):
                     failed[row.id] = "broker refused: " + "; ".join(refusals)
+                self.waiting.pop(row.id, None)
+                if alone:
+                    self.suspects.discard(row.id)
+                    self.drops.pop(row.id, None)
             self.delete(rows[deleted:end], failed)
             if stopped:
                 logger.warning("%s (%d rows of the batch left)", stopped, total - end)
@@ -350,6 +453,55 @@ class Relay(Worker):
         refusals += [f"publish to {topic}: {pending.error}" for topic, pending in published if pending.error]
         return refusals
 
+    def dropped(self, unanswered: list[tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]], *,
+                alone: bool, failed: dict[int, str]) -> bool:
+        """After a wait that ended short: if the broker dropped the connection with these
+        rows in flight, they become suspects, each to be sent alone next. True if the
+        row was alone already and this was its RELAY_MAX_DROPS-th drop: it is then in
+        `failed`, to be set aside.
+
+        Why: over MQTT 3.1.1 a publish the broker will not take gets no refusal to read;
+        RabbitMQ closes the connection instead (so does Mosquitto for a packet above its
+        limit). Resending the same window would make it drop the connection again and
+        again, and nothing of the partition would pass any more. A row that, alone in
+        flight, saw the connection dropped that often is the cause, not a restart of the
+        broker (which also drops rows in flight: those pass on their lone resend)."""
+        suspects = [row for row, pendings, _ in unanswered
+                    if any(p.failed and (p.error or "").startswith("disconnected") for p in pendings)]
+        if not suspects:
+            return False
+        if not alone:
+            self.suspects.update(row.id for row in suspects)
+            return False
+        row = suspects[0]
+        self.drops[row.id] = drops = self.drops.get(row.id, 0) + 1
+        if drops < settings.RELAY_MAX_DROPS:
+            return False
+        failed[row.id] = f"the broker dropped the connection {drops} times with this row in flight alone"
+        self.suspects.discard(row.id)
+        self.drops.pop(row.id, None)
+        return True
+
+    def waits_for_user(self, entry: tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]) -> bool:
+        """Whether this answered row's grant found no group for its user (the broker
+        access's `is_not_yet`), within DEPENDENCY_WAIT of the first time: that user's
+        UserAdd is another partition's row, maybe not sent yet (`outbox.partition_key`).
+        Past the wait, it is a refusal."""
+        row, pendings, _ = entry
+        # A broker access without the notion (none of its commands waits for another's).
+        not_yet = getattr(self.access, "is_not_yet", None)
+        if not_yet is None:
+            return False
+        missing = any(
+            error and not_yet(command, error)
+            for pending in pendings if pending.commands is not None
+            for command, error in pending.result
+        )
+        if not missing:
+            return False
+        first = self.waiting.setdefault(row.id, time.monotonic())
+        return time.monotonic() - first < DEPENDENCY_WAIT
+
     @staticmethod
     def answered(entries: list[tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]]) -> int:
         """How many of `entries`, from the first, the broker answered in full."""
@@ -425,7 +577,7 @@ class Relay(Worker):
         elif self.up_since is None:
             self.up_since = wall
         RelayStatus.objects.update_or_create(
-            id=1,
+            id=self.partition + 1,
             defaults={
                 "broker_connected": connected,
                 "heartbeat_at": wall,

@@ -445,6 +445,20 @@ RELAY_IDLE_RECHECK = env_float("RELAY_IDLE_RECHECK", 1.0)
 # for stalled and sends the unanswered rows again on the next round; a broker that keeps
 # answering, however slowly, is waited for.
 RELAY_ACK_TIMEOUT = env_float("RELAY_ACK_TIMEOUT", 10.0)
+# Relays partitioned by chat (chatserver/relay.py): N relays, each sending the outbox
+# rows of its partition (a chat's rows: `chat_id % N`; a user's: `user_id % N`), so
+# delivery grows with relays while each chat keeps its order. Every relay process takes
+# the first free partition; one more stands by and takes over a partition whose relay
+# died. Every process of a stack must agree on it. SQLite has one relay: 1 only.
+RELAY_PARTITIONS = env_int("RELAY_PARTITIONS", 1)
+if not 1 <= RELAY_PARTITIONS <= 1000:
+    raise ImproperlyConfigured("RELAY_PARTITIONS must be between 1 and 1000")
+if RELAY_PARTITIONS > 1 and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    raise ImproperlyConfigured("RELAY_PARTITIONS above 1 needs PostgreSQL (advisory locks, one relay per partition)")
+# A row that was in flight, sent alone, each time the broker dropped the connection this
+# many times is set aside as a dead letter (chatserver/relay.py): over MQTT 3.1.1 a refusal
+# closes the connection (RabbitMQ) instead of answering with a reason code.
+RELAY_MAX_DROPS = env_int("RELAY_MAX_DROPS", 3)
 
 # Back-pressure (chatserver/backpressure.py): while the relay works and yet the oldest
 # undelivered event is older than this (seconds), message POSTs are refused with 503

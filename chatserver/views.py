@@ -13,9 +13,10 @@ from chatserver.models import DeadLetter
 class HealthView(APIView):
     """200 while the database answers (messages are accepted and queued even when the
     broker is down), 503 when it does not. The body tells each part's state; `status` is
-    `degraded` while the relay is down, the broker has not answered it for a few seconds
-    (`outbox.BROKER_ANSWER_MAX_AGE`), or the oldest queued event waits for longer than
-    HEALTH_MAX_OUTBOX_AGE: accepted messages are not being delivered."""
+    `degraded` while a relay partition has no live relay, the broker has not answered one
+    of them for a few seconds (`outbox.BROKER_ANSWER_MAX_AGE`), or the oldest queued event
+    waits for longer than HEALTH_MAX_OUTBOX_AGE: accepted messages are not being delivered.
+    `relay` and `broker` are over all partitions (RELAY_PARTITIONS); `partitions` has each."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
@@ -29,6 +30,14 @@ class HealthView(APIView):
                     "database": serializers.CharField(),
                     "relay": serializers.CharField(),
                     "broker": serializers.CharField(),
+                    "partitions": serializers.ListField(
+                        child=inline_serializer("RelayPartition", {
+                            "partition": serializers.IntegerField(),
+                            "relay": serializers.CharField(),
+                            "broker": serializers.CharField(),
+                        }),
+                        help_text="each relay partition's relay and broker (RELAY_PARTITIONS of them)",
+                    ),
                     "outbox_pending": serializers.IntegerField(),
                     "outbox_oldest_age_s": serializers.FloatField(
                         help_text="seconds the oldest queued event has waited (0 when none is)"
@@ -54,10 +63,12 @@ class HealthView(APIView):
         summary="Whether the server can take messages, and the state of its parts.",
         examples=[
             OpenApiExample("Serving", status_codes=[200], value={
-                "status": "ok", "database": "up", "relay": "running", "broker": "up", "outbox_pending": 0,
+                "status": "ok", "database": "up", "relay": "running", "broker": "up",
+                "partitions": [{"partition": 0, "relay": "running", "broker": "up"}], "outbox_pending": 0,
                 "outbox_oldest_age_s": 0.0, "dead_letters": 0, "push": "on", "push_pending": 0, "push_failed": 0}),
             OpenApiExample("Messages accepted, not delivered: the broker stopped answering", status_codes=[200],
                            value={"status": "degraded", "database": "up", "relay": "running", "broker": "down",
+                                  "partitions": [{"partition": 0, "relay": "running", "broker": "down"}],
                                   "outbox_pending": 42, "outbox_oldest_age_s": 3.2, "dead_letters": 0,
                                   "push": "on", "push_pending": 0, "push_failed": 0}),
             OpenApiExample("The database is down", status_codes=[503], value={

@@ -10,7 +10,10 @@ and `manage.py worker presence` runs one: `factory(stop=<threading.Event>)` buil
 - Its own PostgreSQL session (`Session`, beside Django's connection): it LISTENs on the
   worker's `listen` channel and holds the worker's `lock_key` advisory lock, so exactly
   one worker of a kind is active; another one started stands by until the lock is free.
-  (SQLite has neither: the worker is polled every `poll_interval` and runs alone.)
+  A worker with several locks (`lock_keys()`: the relay, one per partition) takes the
+  first free one, and `held_lock` says which (its index); one started when all are taken
+  stands by until any is free. (SQLite has neither: the worker is polled every
+  `poll_interval` and runs alone, `held_lock` None.)
 - Database outages are survived: a "database unavailable" error (a dropped connection, a
   restarted server, `pg_terminate_backend`) closes Django's connection and the session
   (calling `deactivated()` first if the worker was active), then `run()` reconnects
@@ -72,6 +75,8 @@ class Worker:
     name: str = "worker"
     # Any 64-bit number only this worker uses: one active worker of this kind at a time.
     lock_key: int | None = None
+    # While active: the index in `lock_keys()` of the lock it holds (None: no lock held).
+    held_lock: int | None = None
     # The NOTIFY channel that wakes this worker (`Session.wait`), if any.
     listen: str | None = None
     # Channels whose notifications are work in themselves (their payload is the item):
@@ -86,6 +91,10 @@ class Worker:
     # PostgreSQL's synchronous_commit off: its commits skip the flush (milliseconds each
     # on a real disk); nobody else's durability changes.
     durable_commits: bool = True
+
+    def lock_keys(self) -> tuple[int, ...]:
+        """The advisory locks any one of which makes this worker active, tried in order."""
+        return () if self.lock_key is None else (self.lock_key,)
 
     def activated(self) -> None:
         """Called each time this worker becomes the active one (first start, and again
@@ -154,18 +163,23 @@ class Session:
             self.conn.execute(f"LISTEN {self.worker.listen}")
 
     def take_lock(self) -> bool:
-        """Block until this worker holds its lock; False if told to stop first."""
-        if self.conn is None or self.worker.lock_key is None:
+        """Block until this worker holds its lock (the first free one of `lock_keys()`);
+        False if told to stop first."""
+        self.worker.held_lock = None
+        keys = self.worker.lock_keys() if self.conn is not None else ()
+        if not keys:
             self._listen_also()
             self.active = True
             return True
         announced = False
         while not self.stop.is_set():
-            (held,) = self.conn.execute("SELECT pg_try_advisory_lock(%s)", [self.worker.lock_key]).fetchone()
-            if held:
-                self._listen_also()
-                self.active = True
-                return True
+            for index, key in enumerate(keys):
+                (held,) = self.conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+                if held:
+                    self.worker.held_lock = index
+                    self._listen_also()
+                    self.active = True
+                    return True
             if not announced:
                 logger.info("another %s is active; standing by", self.worker.name)
                 announced = True

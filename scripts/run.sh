@@ -54,4 +54,6 @@ fi
 
 # `-e /dev/null`: honcho would otherwise apply .env over the environment (handled above,
 # with the environment winning).
-exec .venv/bin/honcho start -f Procfile -e /dev/null "${processes[@]}"
+# One relay per partition (RELAY_PARTITIONS, chatserver/relay.py); RELAY_PROCESSES above it
+# adds standbys, each taking over the partition of a relay that dies.
+exec .venv/bin/honcho start -f Procfile -e /dev/null -c "relay=${RELAY_PROCESSES:-${RELAY_PARTITIONS:-1}}" "${processes[@]}"

@@ -187,11 +187,58 @@ def test_a_dropped_connection_deletes_the_answered_rows_and_the_next_round_resen
     assert queued() == list(range(12, 30))
     assert DeadLetter.objects.count() == 0
 
-    # and the next round, on a new connection, sends from 12 on, in order
+    # and the next rounds, on a new connection, send from 12 on, in order: the rows that
+    # were in flight at the drop (12..14: the window was 5..14) one at a time, then the rest
     relay.broker = broker = ScriptedBroker()
-    assert relay.send(list(OutboxEvent.objects.order_by("id"))) is True
+    rounds = []
+    while OutboxEvent.objects.exists():
+        assert relay.send(list(OutboxEvent.objects.order_by("id"))) is True
+        rounds.append(len(broker.published) - sum(rounds))
     assert broker.published == list(range(12, 30))
+    assert rounds == [1, 1, 1, 15]
     assert queued() == []
+
+
+def test_a_row_that_makes_the_broker_drop_the_connection_each_time_is_set_aside_after_max_drops(settings):
+    # given: the broker drops the connection whenever row 3 is in flight (MQTT 3.1.1 has
+    # no refusal to read: RabbitMQ closes the connection on a forbidden publish)
+    settings.RELAY_WINDOW, settings.RELAY_MAX_DROPS = 10, 3
+    backlog(8)
+    relay = scripted_relay(ScriptedBroker())
+
+    # when: round after round, on a new connection each
+    results = []
+    for _ in range(10):
+        if not OutboxEvent.objects.exists():
+            break
+        relay.broker = ScriptedBroker(lambda n, topic: "drop" if n == 3 else None)
+        results.append(relay.send(list(OutboxEvent.objects.order_by("id"))))
+
+    # then: 0..2 went; 3 went alone 3 times, each time dropped, and is a dead letter;
+    # 4..7 passed (one at a time: they were in flight at the first drop, then together)
+    assert queued() == []
+    letter = DeadLetter.objects.get()
+    assert json.loads(letter.payload) == {"n": 3}
+    assert letter.error == "the broker dropped the connection 3 times with this row in flight alone"
+    assert results[0] is False and results[1:3] == [False, False]
+
+
+def test_a_row_in_flight_at_a_drop_that_then_passes_alone_is_no_suspect_any_more(settings):
+    # given: one drop (a broker restart) with rows 2..5 in flight
+    settings.RELAY_WINDOW, settings.RELAY_MAX_DROPS = 10, 2
+    backlog(6)
+    drops = iter([True])
+    relay = scripted_relay(ScriptedBroker(lambda n, topic: "drop" if n == 2 and next(drops, False) else None))
+    assert relay.send(list(OutboxEvent.objects.order_by("id"))) is False
+
+    # when: the broker is back
+    relay.broker = ScriptedBroker()
+    while OutboxEvent.objects.exists():
+        assert relay.send(list(OutboxEvent.objects.order_by("id"))) is True
+
+    # then: all delivered, nothing set aside, nothing remembered
+    assert DeadLetter.objects.count() == 0
+    assert (relay.suspects, relay.drops) == (set(), {})
 
 
 def test_a_stalled_broker_keeps_the_unanswered_rows_and_the_rest_of_their_slice_answered_is_deleted(settings):
@@ -304,3 +351,56 @@ def test_a_row_s_commands_go_out_after_the_row_before_and_before_its_publishes(s
     assert broker.sent == [(TOPIC, 0), "commands", (TOPIC, 1), (TOPIC, 2)]
     assert broker.commands == Relay().translate(rows[1])[0]
     assert queued() == []
+
+
+class GrantBeforeItsUser(ScriptedBroker):
+    """Answers a member grant "Group not found" (its user's UserAdd, in another partition,
+    not applied yet) the first `times` times, then like Mosquitto once the group exists."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def wait(self, pendings, timeout: float) -> bool:
+        for pending, _, _ in list(self.outstanding):
+            if pending.commands is not None:
+                self.outstanding.remove((pending, None, "$CONTROL"))
+                missing = self.times > 0
+                self.times -= 1
+                pending._complete(result=[(c, "Group not found" if missing and c["command"] == "addGroupRole" else None)
+                                          for c in pending.commands])
+        return super().wait(pendings, timeout)
+
+
+def grant_relay(broker: ScriptedBroker) -> Relay:
+    """The relay of partition 1 of 2 on `broker` (rows without payload: no `n` to record)."""
+    relay = Relay()
+    relay.broker, relay.heartbeat = broker, lambda **kwargs: None
+    relay.partitions, relay.partition = 2, 1
+    return relay
+
+
+def test_with_partitions_a_grant_whose_user_group_is_missing_is_sent_again_until_it_exists(settings):
+    # given: two partitions; a member grant (chat 7's partition) whose user's signup row
+    # is another partition's, not sent yet
+    settings.RELAY_PARTITIONS = 2
+    OutboxEvent.objects.create(access=[{"op": "member_grant", "chat": 7, "user": 5}], partition_key=7)
+    relay = grant_relay(GrantBeforeItsUser(times=2))
+
+    # when: three rounds
+    results = [relay.send(list(OutboxEvent.objects.order_by("id"))) for _ in range(3) if OutboxEvent.objects.exists()]
+
+    # then: held twice, applied the third time; no dead letter
+    assert results == [False, False, True]
+    assert (OutboxEvent.objects.count(), DeadLetter.objects.count()) == (0, 0)
+
+
+def test_with_partitions_a_grant_whose_user_group_never_comes_is_set_aside_after_the_wait(settings, monkeypatch):
+    settings.RELAY_PARTITIONS = 2
+    monkeypatch.setattr("chatserver.relay.DEPENDENCY_WAIT", 0.0)
+    OutboxEvent.objects.create(access=[{"op": "member_grant", "chat": 7, "user": 5}], partition_key=7)
+    relay = grant_relay(GrantBeforeItsUser(times=99))
+
+    assert relay.send(list(OutboxEvent.objects.order_by("id"))) is True
+
+    assert DeadLetter.objects.get().error == "broker refused: addGroupRole: Group not found"

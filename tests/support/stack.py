@@ -137,6 +137,9 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
         MQTT_ADMIN_PASSWORD=broker.admin_password,
         # Which broker it is, and for RabbitMQ its management API and auth endpoints.
         **broker.env(),
+        # The suite's own (`MQTT_PROTOCOL=3.1.1 pytest ...` runs every worker over 3.1.1;
+        # on RabbitMQ the settings make it 3.1.1 anyway).
+        MQTT_PROTOCOL=django_settings.MQTT_PROTOCOL if broker.env().get("BROKER") != "rabbitmq" else "3.1.1",
         # Rate limits out of load-like tests' way (tests/settings.py sets the same
         # defaults; a stack's own `env` may set low ones).
         **{name: "1000000/minute" for name in (
