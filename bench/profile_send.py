@@ -30,6 +30,7 @@ import io
 import json
 import os
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -108,11 +109,16 @@ def inner() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SET log_statement = 'none'")
     statements, mine = [], False
+    # "statement: <sql>" for the simple protocol, "execute <name>: <sql>" for a prepared
+    # statement (chatserver.prepared), logged once per execution.
+    logged = re.compile(r"(?:statement|execute [^:]*): (.*)")
     for line in log.read_text(errors="replace")[start:].splitlines():
         if line[:4].isdigit():  # a new entry: "2026-12-01 ... [pid] ..."
-            mine = f"[{pid}]" in line and "statement: " in line
+            found = logged.search(line) if f"[{pid}]" in line else None
+            mine = found is not None
             if mine:
-                statements.append(line.split("statement: ", 1)[1])
+                prepared = "[prepared] " if found.group(0).startswith("execute ") else ""
+                statements.append(prepared + found.group(1))
         elif mine:  # a statement's next lines
             statements[-1] += " " + line.strip()
     statements = [s for s in statements if not s.startswith("SET log_statement")]
