@@ -197,8 +197,7 @@ class PushWorker(Worker):
             if later:
                 PushJob.objects.bulk_create(later)
             PushJob.objects.filter(id__in=finished).delete()
-        # Its own retries send no NOTIFY it would hear in time (it is busy here): it
-        # keeps their times.
+        # Their NOTIFY comes now, before they are due: the worker keeps their times.
         for job in later:
             if not job.failed and (self.next_due is None or job.not_before < self.next_due):
                 self.next_due = job.not_before
