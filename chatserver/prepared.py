@@ -15,9 +15,12 @@ psycopg prepares nothing on a connection whose `prepare_threshold` is None (Djan
 default, for connection poolers), whatever `execute(prepare=True)` asks; so the first
 call on each connection sets it to PREPARE_THRESHOLD. Only cursors of this module bind on
 the server, and they ask for preparation themselves, so no other statement is prepared.
-A pooler in transaction mode before PostgreSQL (PgBouncer below 1.21, or without
-`max_prepared_statements`) would break this: the deployment here talks to PostgreSQL
-directly (DATABASE_URL).
+Preparing costs a round trip of its own (Parse), once per statement and connection; and
+psycopg forgets the connection's prepared statements after any ROLLBACK on it (a
+refused request's transaction: a DEALLOCATE ALL, one round trip, right after it), so the
+send after a refusal prepares them again. A pooler in transaction mode before
+PostgreSQL (PgBouncer below 1.21, or without `max_prepared_statements`) would break
+this: the deployment here talks to PostgreSQL directly (DATABASE_URL).
 
 The cursor is Django's wrapper around psycopg's: `connection.queries`, execute wrappers
 and error translation (OperationalError -> Django's, hence a 503 during an outage) work
