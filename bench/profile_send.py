@@ -30,6 +30,7 @@ import io
 import json
 import os
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -108,11 +109,16 @@ def inner() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SET log_statement = 'none'")
     statements, mine = [], False
+    # "statement: <sql>" for the simple protocol, "execute <name>: <sql>" for a prepared
+    # statement (chatserver.prepared), logged once per execution.
+    logged = re.compile(r"(?:statement|execute [^:]*): (.*)")
     for line in log.read_text(errors="replace")[start:].splitlines():
         if line[:4].isdigit():  # a new entry: "2026-12-01 ... [pid] ..."
-            mine = f"[{pid}]" in line and "statement: " in line
+            found = logged.search(line) if f"[{pid}]" in line else None
+            mine = found is not None
             if mine:
-                statements.append(line.split("statement: ", 1)[1])
+                prepared = "[prepared] " if found.group(0).startswith("execute ") else ""
+                statements.append(prepared + found.group(1))
         elif mine:  # a statement's next lines
             statements[-1] += " " + line.strip()
     statements = [s for s in statements if not s.startswith("SET log_statement")]
@@ -190,11 +196,12 @@ def inner() -> int:
         ("authentication (token -> device, user)", ("authentication.py", "authenticate")),
         ("throttle (the send bucket statement)", ("throttling.py", "allow_request")),
         ("request parsing (JSON body)", ("rest_framework/request.py", "_parse")),
-        ("input validation (MessageCreateInput.is_valid)", ("rest_framework/serializers.py", "is_valid")),
+        ("input validation, plain message (message_create_plain)", ("chats/serializers.py", "message_create_plain")),
+        ("input validation, other bodies (MessageCreateInput.is_valid)", ("rest_framework/serializers.py", "is_valid")),
         ("message_send service (seq, insert, outbox, commit)", ("message_send.py", "message_send")),
         ("   of which: transaction commit", ("django/db/backends/base/base.py", "commit")),
         ("response shape (shapes.message_output)", ("chats/shapes.py", "message_output")),
-        ("JSON rendering (DRF JSONRenderer)", ("rest_framework/renderers.py", "render")),
+        ("JSON rendering (the view's OrjsonRenderer)", ("chatserver/renderers.py", "render")),
         ("DRF view dispatch in all (APIView.dispatch)", ("rest_framework/views.py", "dispatch")),
         ("Django handler in all (middleware + view)", ("django/core/handlers/base.py", "get_response")),
         ("connection health check (SELECT 1)", ("django/db/backends/postgresql/base.py", "is_usable")),
@@ -220,7 +227,8 @@ def parts_alone(job: dict, pid: int, post_cpu: float, post_backend: float, n: in
 
     from accounts.authentication import DeviceTokenAuthentication
     from chats import shapes
-    from chats.serializers import MessageCreateInput
+    from chats.serializers import MessageCreateInput, message_create_plain
+    from chatserver.renderers import OrjsonRenderer
     from chats.services.message_send import message_send
     from chatserver import ratelimit
     from chatserver.throttling import limit_for
@@ -241,10 +249,13 @@ def parts_alone(job: dict, pid: int, post_cpu: float, post_backend: float, n: in
     parts = [
         ("token check (DeviceTokenAuthentication: SELECT device+user)", lambda: auth.authenticate_credentials(job["token"])),
         ("send bucket (ratelimit.take: one upsert, autocommit)", lambda: ratelimit.take(f"send:{user.id}", limit)),
-        ("input serializer (MessageCreateInput.is_valid)", lambda: MessageCreateInput(data=body).is_valid()),
+        ("input check, plain message (message_create_plain: the POST's)", lambda: message_create_plain(body)),
+        ("input serializer (MessageCreateInput.is_valid: other bodies; not in the sum)",
+         lambda: MessageCreateInput(data=body).is_valid()),
         ("send service (message_send: BEGIN, seq+insert, outbox, COMMIT)", send),
         ("response shape (shapes.message_output)", lambda: shapes.message_output(message)),
-        ("JSON rendering (DRF JSONRenderer)", lambda: JSONRenderer().render(data)),
+        ("JSON rendering (OrjsonRenderer: the POST's)", lambda: OrjsonRenderer().render(data)),
+        ("JSON rendering (DRF JSONRenderer: other endpoints; not in the sum)", lambda: JSONRenderer().render(data)),
         ("health check (SELECT 1, once a request)", lambda: connection.is_usable()),
     ]
     print(f"\n4. each part alone, {n} calls, no profiler: CPU us of this process / of its PostgreSQL backend, wall us")
@@ -259,7 +270,8 @@ def parts_alone(job: dict, pid: int, post_cpu: float, post_backend: float, n: in
             work()
             walls.append(time.perf_counter() - t)
         cpu, backend = (time.process_time() - cpu) / n, (backend_cpu(pid) - backend) / n
-        total_cpu, total_backend = total_cpu + cpu, total_backend + backend
+        if "not in the sum" not in label:
+            total_cpu, total_backend = total_cpu + cpu, total_backend + backend
         print(f"   {cpu * 1e6:6.0f} / {backend * 1e6:5.0f} us CPU  wall median {statistics.median(walls) * 1e6:6.0f} us  {label}")
     print(f"   {total_cpu * 1e6:6.0f} / {total_backend * 1e6:5.0f} us CPU  the parts in all; a whole POST: "
           f"{post_cpu * 1e6:.0f} / {post_backend * 1e6:.0f}: the rest, {(post_cpu - total_cpu) * 1e6:.0f} us, is "

@@ -104,6 +104,8 @@ def load(stack: BenchStack, home: Path, *, users: int, chats: int, group_size: i
         raise RuntimeError(f"chat-sim load failed ({process.returncode}):\n{stderr[-3000:]}")
     report = json.loads(stdout)
     report["wall_s"] = round(time.monotonic() - started, 1)
+    # After the step, its grace included: what the processes hold once the load is over.
+    report["rss_mib"] = stack.rss_mib()
     window = report.get("window", {})
     if "sending_from" in window and "sending_until" in window and report["accepted"]:
         spent = samples.between(window["sending_from"], window["sending_until"])
@@ -284,6 +286,30 @@ def render_cpu(reports: list[dict]) -> str:
                       *(fmt.format(*line) for line in lines)])
 
 
+# Issue 12's goals for resident memory after a run.
+RSS_GOALS_MIB = {"web worker": 120, "relay": 80}
+
+
+def render_rss(reports: list[dict]) -> str:
+    """Resident memory (MiB) of each process after each step, against the goals."""
+    reports = [r for r in reports if r.get("rss_mib")]
+    names = list(dict.fromkeys(n for r in reports for n in r["rss_mib"]))
+    header = ["profile", "target/s", *names]
+    lines = [[r["profile"], _target(r), *(f"{r['rss_mib'][n]:.0f}" if n in r["rss_mib"] else "-" for n in names)]
+             for r in reports]
+    widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    peaks = []
+    for goal_name, goal in RSS_GOALS_MIB.items():
+        values = [v for r in reports for n, v in r["rss_mib"].items() if n.startswith(goal_name)]
+        if values:
+            peaks.append(f"{goal_name} {max(values):.0f} MiB at most (goal <= {goal}: "
+                         f"{'met' if max(values) <= goal else 'NOT met'})")
+    return "\n".join(["RSS MiB of each process after each step (VmRSS; gunicorn's workers share the master's pages):",
+                      fmt.format(*header), fmt.format(*("-" * w for w in widths)),
+                      *(fmt.format(*line) for line in lines), "; ".join(peaks)])
+
+
 def _target(report: dict) -> str:
     c = report["config"]
     return f"closed x{c['connections']}" if c.get("closed_loop") else f"{c['rate']:g}"
@@ -368,7 +394,8 @@ def main() -> int:
             print(f"  {profile + mark:<6} {r['target']:>9}/s -> accepted {r['accepted']:.0f}/s, POST p50 "
                   f"{r['post']['p50']} ms, receipt p50 {r['receipt']['p50']} ms p99 {r['receipt']['p99']} ms, "
                   f"lost {r['lost']}, load generator {report.get('cpu_cores', {}).get('load generator')} cores, "
-                  f"others {report.get('cpu_cores_others')} cores "
+                  f"others {report.get('cpu_cores_others')} cores, "
+                  f"RSS MiB {json.dumps(report.get('rss_mib'))} "
                   f"({report['wall_s']} s)", flush=True)
             return report
 
@@ -438,6 +465,7 @@ def main() -> int:
     if bursts:
         table += "\n\n" + "\n\n".join(bursts)
     table += "\n\n" + render_cpu(reports)
+    table += "\n\n" + render_rss(reports)
     pushes = [render_push(r) for r in reports if "push" in r]
     if pushes:
         table += "\n\n" + "\n\n".join(pushes)

@@ -156,6 +156,23 @@ class BenchStack:
             pass
         return roots
 
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory (VmRSS, MiB) of each long-running process of the stack now: each
+        gunicorn worker (`web worker 1`, `2`: the master's children), the relay, presence
+        and push workers, the broker and nginx's master. RSS counts pages shared with other
+        processes (gunicorn's workers share the master's imported code until they write
+        to it): it is what the goals name, and what `ps` shows an operator."""
+        roots = self.roots()
+        out: dict[str, float] = {}
+        web = roots.get("web")
+        if web is not None:
+            for index, pid in enumerate(sorted(child_pids(web)), start=1):
+                out[f"web worker {index}"] = rss_mib(pid)
+        for name in ("relay", "presence", "push", "broker", "front"):
+            if name in roots:
+                out[name] = rss_mib(roots[name])
+        return {name: value for name, value in out.items() if value is not None}
+
     def pause(self, name: str) -> None:
         """SIGSTOP one of the stack's processes (the presence worker, for a control run)."""
         self._process(name).proc.send_signal(signal.SIGSTOP)
@@ -271,6 +288,30 @@ def start_web(env: dict[str, str], workdir: Path):
 
     wait_until(answers, 20, f"gunicorn behind nginx on port {port}", interval=0.05)
     return processes, url
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of `pid`'s live children (Linux: /proc/<pid>/task/*/children)."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(v) for v in f.read().split()]
+    except OSError:
+        pass
+    return children
+
+
+def rss_mib(pid: int) -> float | None:
+    """VmRSS of `pid` in MiB (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
 
 
 def tree_cpu(root: int) -> float:

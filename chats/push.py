@@ -17,8 +17,11 @@ notification itself from the data.
 from __future__ import annotations
 
 from django.conf import settings
+from django.db.models import Count, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts.models import Device
 from accounts.selectors import devices_to_wake
 from chats import shapes
 from chats.models import Chat, Membership, Message
@@ -50,24 +53,22 @@ def _message(*, token: str, data: dict, priority: str, chat_id: int) -> FcmMessa
 
 
 def build_message(data: dict) -> list[Delivery]:
+    """Two queries whatever the chat's size: the message (with its chat and author), then
+    the members' devices to wake with what each push needs of the member (mute, read
+    pointer, the deleted messages after it) and of the user (previews on or off). The
+    push worker builds one job per message sent: four queries a job before (message,
+    memberships, devices, deleted messages)."""
     message = Message.objects.select_related("chat", "author").filter(id=data["message_id"]).first()
     if message is None:
         return []  # deleted with its chat since: nothing to say
     chat, now = message.chat, timezone.now()
     mentioned = set(message.mentions)
-    memberships = [
-        m for m in Membership.objects.filter(chat=chat).select_related("user").exclude(user_id=message.author_id)
-        if m.muted_until is None or m.muted_until <= now or m.user_id in mentioned
+    devices = [
+        device for device in _member_devices_to_wake(chat=chat, author_id=message.author_id, now=now)
+        if device.muted_until is None or device.muted_until <= now or device.user_id in mentioned
     ]
-    if not memberships:
-        return []
-    users = {m.user_id: m.user for m in memberships}
-    # Most recipients are connected (MQTT has it): find who needs waking before counting.
-    devices = devices_to_wake(user_ids=list(users))
     if not devices:
         return []
-    waking = {d.user_id for d in devices}
-    unread = chat_unread_counts(chat=chat, memberships=[m for m in memberships if m.user_id in waking])
     common = {
         "type": "message",
         "chat_id": str(chat.id),
@@ -81,15 +82,41 @@ def build_message(data: dict) -> list[Delivery]:
     preview = _preview(message)
     deliveries = []
     for device in devices:
-        payload = {**common, "unread_count": str(unread[device.user_id])}
+        # The rule of chats.selectors.chat_unread_counts: newest seq - read pointer -
+        # deleted messages after it.
+        unread = max(chat.last_seq - device.last_read_seq - device.deleted_after, 0)
+        payload = {**common, "unread_count": str(unread)}
         if device.user_id in mentioned:
             payload["mentioned"] = "true"
-        if users[device.user_id].push_previews and preview:
+        if device.push_previews and preview:
             payload["preview"] = preview
         deliveries.append(Delivery(device.id, _message(
             token=device.push_token, data=payload, priority="high", chat_id=chat.id
         )))
     return deliveries
+
+
+def _member_devices_to_wake(*, chat: Chat, author_id: int | None, now) -> list[Device]:
+    """`accounts.selectors.devices_to_wake` of the chat's members but the author, in one
+    query, each device annotated with its member's `muted_until`, `last_read_seq` and
+    `deleted_after` (deleted messages after that pointer: the small partial index of
+    deleted messages) and its user's `push_previews`."""
+    deleted_after = (
+        Message.objects.filter(chat_id=chat.id, deleted=True, seq__gt=OuterRef("user__memberships__last_read_seq"))
+        .values("chat_id").annotate(n=Count("id")).values("n")
+    )
+    return list(
+        Device.objects.filter(user__memberships__chat_id=chat.id, push_token__isnull=False)
+        .exclude(user_id=author_id)
+        .exclude(Device.connected_q(now=now))
+        .annotate(
+            muted_until=F("user__memberships__muted_until"),
+            last_read_seq=F("user__memberships__last_read_seq"),
+            deleted_after=Coalesce(Subquery(deleted_after), 0),
+            push_previews=F("user__push_previews"),
+        )
+        .order_by("id")
+    )
 
 
 def build_read(data: dict) -> list[Delivery]:

@@ -54,36 +54,54 @@ class Pending:
     dropped first (or it could not be sent). For a publish, `error` is None or the broker's
     refusal (an MQTT 5 reason); for commands, `result` lists `(command, error_or_None)` and
     `responses` the broker's raw answers (with their `data`), both in command order.
+
+    Small on purpose: the relay holds one per copy of every row of a batch it has sent
+    and not deleted (a 100-member group's batch of 500 rows: 50,500 of them). With a
+    `threading.Event` each, 50,500 took 74 MB (tracemalloc), and the relay's RSS went
+    from 76 to 101 MiB once a group's backlog built up (bench/results/20261201T174714Z);
+    so they have slots and share their connection's condition, which `BrokerConnection.wait`
+    waits on.
     """
 
-    def __init__(self, generation: int, *, commands: list[dict[str, Any]] | None = None):
+    __slots__ = ("generation", "commands", "result", "responses", "error", "failed", "_answers", "_finished",
+                 "_condition")
+
+    def __init__(self, generation: int, *, commands: list[dict[str, Any]] | None = None,
+                 condition: threading.Condition | None = None):
         self.generation = generation
         self.commands = commands
         self.result: Any = None
-        self.responses: list[dict[str, Any]] = []
+        # Commands only (a publish has no answers to keep; an empty tuple costs nothing).
+        self.responses: list[dict[str, Any]] | tuple = () if commands is None else []
         self.error: str | None = None
         self.failed = False
-        self._answers: dict[str, dict[str, Any] | None] = {}
-        self._event = threading.Event()
+        self._answers: dict[str, dict[str, Any] | None] | None = None if commands is None else {}
+        self._finished = False
+        # Notified when this completes (the connection's: one for all its pendings).
+        self._condition = condition or threading.Condition(threading.Lock())
 
     @property
     def done(self) -> bool:
-        return self._event.is_set() and not self.failed
+        return self._finished and not self.failed
 
     @property
     def finished(self) -> bool:
         """Done or failed: nothing more will happen to it."""
-        return self._event.is_set()
+        return self._finished
 
     def _complete(self, result: Any = None, error: str | None = None) -> None:
-        if not self._event.is_set():
-            self.result, self.error = result, error
-            self._event.set()
+        with self._condition:
+            if not self._finished:
+                self.result, self.error = result, error
+                self._finished = True
+                self._condition.notify_all()
 
     def _fail(self, reason: str) -> None:
-        if not self._event.is_set():
-            self.failed, self.error = True, reason
-            self._event.set()
+        with self._condition:
+            if not self._finished:
+                self.failed, self.error = True, reason
+                self._finished = True
+                self._condition.notify_all()
 
     def __repr__(self) -> str:
         state = "done" if self.done else "failed" if self.failed else "pending"
@@ -131,6 +149,9 @@ class BrokerConnection:
         # Below `max_packet_size` in broker/mosquitto.conf (256 KiB + room for the topic).
         self.max_payload = max_payload
         self._lock = threading.Lock()
+        # What every Pending of this connection notifies when it completes (never taken
+        # before self._lock: a pending completes under self._lock, or with no lock held).
+        self._answered = threading.Condition(threading.Lock())
         self._generation = 0  # +1 on every connect and disconnect
         self._connected = threading.Event()
         self._closed = False
@@ -217,7 +238,7 @@ class BrokerConnection:
         """
         with self._lock:
             generation = self._generation
-        pending = Pending(generation)
+        pending = Pending(generation, condition=self._answered)
         if len(payload) > self.max_payload:
             log.error("not publishing %d bytes to %s: above %d", len(payload), topic, self.max_payload)
             pending._complete(error=f"payload too large ({len(payload)} > {self.max_payload} bytes)")
@@ -254,7 +275,7 @@ class BrokerConnection:
         """
         with self._lock:
             generation = self._generation
-        pending = Pending(generation, commands=list(commands))
+        pending = Pending(generation, commands=list(commands), condition=self._answered)
         if not commands:
             pending._complete(result=[])
             return pending
@@ -308,10 +329,15 @@ class BrokerConnection:
         timeout ran out; answers that come after a timeout still complete their pendings.
         """
         deadline = time.monotonic() + timeout
-        for pending in pendings:
-            remaining = deadline - time.monotonic()
-            if not pending._event.wait(max(remaining, 0)) or pending.failed:
-                return False
+        with self._answered:
+            for pending in pendings:
+                while not pending._finished:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._answered.wait(remaining)
+                if pending.failed:
+                    return False
         return True
 
     # --- paho callbacks (network thread) -----------------------------------------------

@@ -22,6 +22,9 @@ logger = logging.getLogger("chatserver.push")
 # Any 64-bit number only this program uses: the key of the "one push worker" lock.
 LOCK_KEY = 0x636861745F707368  # "chat_psh"
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 600.0
+# While sends are open, how often their answers are recorded (no query until one came;
+# then one transaction for all that came meanwhile).
+ANSWERS_EVERY = 0.05
 
 
 def backoff(attempts: int) -> float:
@@ -32,7 +35,16 @@ def backoff(attempts: int) -> float:
 class PushWorker(Worker):
     """Sends pushes concurrently, without waiting for a batch to finish: a job whose
     sends hang (up to FCM_TIMEOUT) delays no other job. The main thread claims and builds
-    jobs and records results (it owns the database connection); sends run on a pool."""
+    jobs and records results (it owns the database connection); sends run on a pool.
+
+    It looks for jobs only when there may be some: on the job table's NOTIFY (every
+    queued job sends one at commit: migration chatserver 0004), when the retry it knows
+    to be the earliest comes due (retries are queued by this worker itself, so it knows
+    their times; the table is asked once on activation and after each such retry), and
+    again at once when a claim was full (PUSH_BATCH_SIZE: more may wait). While sends are
+    open it looks at their answers every ANSWERS_EVERY, which needs no query until one
+    came; before, each of those rounds also asked the table for due jobs (20 queries a
+    second while any push was in flight, 100/s of pushes or none)."""
 
     name = "push"
     lock_key = LOCK_KEY
@@ -45,8 +57,15 @@ class PushWorker(Worker):
         self.done: queue.SimpleQueue = queue.SimpleQueue()  # (job id, delivery, attempts, result)
         self.open: dict[int, int] = {}  # job id -> deliveries not answered yet
         self.outcomes: dict[int, list] = {}  # job id -> (delivery, attempts, result) answered
+        # Whether the table may hold due jobs not claimed yet (a NOTIFY came, a claim was
+        # full, or just activated), and when the earliest known retry comes due.
+        self.look = True
+        self.next_due = None  # a datetime, or None: no retry waiting
+        self.next_due_known = False
 
     def activated(self) -> None:
+        # Whatever was queued while not active: look at the table at once.
+        self.look, self.next_due_known = True, False
         if self.client is None and push.enabled():
             self.client = FcmClient(
                 project_id=settings.FCM_PROJECT_ID,
@@ -70,28 +89,46 @@ class PushWorker(Worker):
             session.wait(60.0)
             return True
         settled = self._settle_answered()
-        started = self._start_due()
-        if not settled and not started:
-            session.wait(self._idle_wait())
+        if not self.next_due_known:
+            self.next_due, self.next_due_known = self._earliest_waiting(), True
+        now = timezone.now()
+        due = self.next_due is not None and self.next_due <= now
+        started = 0
+        if self.look or due:
+            self.look = False
+            started = self._start_due()
+            if due and len(self.open) < settings.PUSH_BATCH_SIZE:
+                # That retry is claimed now: which one comes next, the table says. (With
+                # the claim full it waits for room, still due.)
+                self.next_due = self._earliest_waiting()
+        if not settled and not started and session.wait(self._idle_wait()):
+            self.look = True  # a job was queued
         return True
 
     def _idle_wait(self) -> float:
         if self.open:
-            return 0.05  # answers are coming: look again soon
-        upcoming = PushJob.objects.filter(failed=False).order_by("not_before").values_list("not_before", flat=True).first()
-        if upcoming is None:
-            return 1.0
-        return max(0.0, min(1.0, (upcoming - timezone.now()).total_seconds()))
+            return ANSWERS_EVERY
+        if self.next_due is None:
+            return 60.0  # nothing queued: a NOTIFY wakes it
+        return max(0.0, min(60.0, (self.next_due - timezone.now()).total_seconds()))
+
+    def _earliest_waiting(self):
+        """The `not_before` of the earliest job not failed and not claimed by this worker."""
+        return (PushJob.objects.filter(failed=False).exclude(id__in=list(self.open))
+                .order_by("not_before").values_list("not_before", flat=True).first())
 
     def _start_due(self) -> int:
         room = settings.PUSH_BATCH_SIZE - len(self.open)
         if room <= 0:
+            self.look = True  # once answers make room
             return 0
         jobs = list(
             PushJob.objects.filter(failed=False, not_before__lte=timezone.now())
             .exclude(id__in=list(self.open))
             .order_by("id")[:room]
         )
+        if len(jobs) == room:
+            self.look = True  # a full claim: more may be due
         for job in jobs:
             try:
                 if job.kind == RETRY:
@@ -160,6 +197,10 @@ class PushWorker(Worker):
             if later:
                 PushJob.objects.bulk_create(later)
             PushJob.objects.filter(id__in=finished).delete()
+        # Their NOTIFY comes now, before they are due: the worker keeps their times.
+        for job in later:
+            if not job.failed and (self.next_due is None or job.not_before < self.next_due):
+                self.next_due = job.not_before
         for device_id, token in dead:
             for handler in push.dead_token_handlers():
                 handler(device_id, token)

@@ -41,6 +41,7 @@ from django.conf import settings
 from django.db import connection
 
 from chatserver.models import RateBucket
+from chatserver.prepared import prepared_cursor
 
 logger = logging.getLogger("chatserver.ratelimit")
 
@@ -120,7 +121,8 @@ _TAKE = f"""
 class DatabaseBuckets:
     def take(self, key: str, limit: Limit, now: float) -> Decision:
         params = {"key": key, "now": now, "interval": limit.interval, "tolerance": limit.tolerance}
-        with connection.cursor() as cursor:
+        # Prepared (chatserver.prepared): one per message POST.
+        with prepared_cursor() as cursor:
             cursor.execute(_TAKE, params)
             if cursor.fetchone() is not None:
                 if random.random() < PURGE_CHANCE:

@@ -6,7 +6,7 @@ sent, so that a row that cannot be translated is known to be the culprit. It the
 the rows through a sliding window: their access commands and QoS 1 publishes pipelined on
 the one connection (the broker handles a connection's packets in order, so a grant is in
 force before the publish that follows it), never more than RELAY_WINDOW rows sent and
-not yet deleted. It waits for the older half of the window to be answered in full (every
+not yet deleted, nor (a big group's rows) more than COPIES_IN_FLIGHT publishes. It waits for the older half of the window to be answered in full (every
 command and publish of each of its rows), deletes that slice in one DELETE, and sends the
 next half while the newer one is in flight (a batch is drained before the next SELECT,
 so a window larger than the batch is the batch). If the connection drops or the broker
@@ -118,6 +118,14 @@ TRANSIENT_REFUSALS = frozenset({"Server busy", "Quota exceeded"})
 # side by side). Sent again for this long before it is taken for a bug and set aside.
 DEPENDENCY_WAIT = 30.0
 
+# The most publishes handed to paho and not answered (beyond the rows' window): paho
+# keeps every one with a threading.Condition of its own until its PUBACK, 1.6 KB each
+# (33 MB for 20,200, tracemalloc), and RELAY_WINDOW's 200 rows of a 100-member group are
+# 20,200: the relay's RSS went from 76 to 102 MiB once a group's backlog built up
+# (bench/results/20261201T175322Z). 2,000 is still 20 times what paho and the broker
+# keep in flight (100), so the pipeline does not run dry; 1:1 rows (3 publishes) never
+# reach it.
+COPIES_IN_FLIGHT = 2000
 Publish = tuple[str, bytes, bool]  # topic, payload, retain
 OUTBOX_TABLE = OutboxEvent._meta.db_table
 OUTBOX_ID = OutboxEvent._meta.pk.column
@@ -344,14 +352,23 @@ class Relay(Worker):
         deleted = 0  # rows[:deleted] are out of the outbox
         blocked = False  # a row's access work could not be done now: nothing after it is sent
         while deleted < total:
-            # Fill the window: never more than RELAY_WINDOW rows sent and not deleted.
+            # Fill the window: never more than RELAY_WINDOW rows sent and not deleted, nor
+            # (but for the first of them) more than COPIES_IN_FLIGHT publishes; nothing
+            # after a row whose access work could not be done (`blocked`).
+            copies = sum(len(published) for _, _, published in sent[deleted:])
+            capped = False
             for row, ops, commands, publishes in work[len(sent) : deleted + window] if not blocked else ():
+                if len(sent) > deleted and copies + len(publishes or ()) > COPIES_IN_FLIGHT:
+                    capped = True
+                    break
                 entry, applied = self.send_row(row, ops, commands, publishes, failed, sent)
                 sent.append(entry)
+                copies += len(publishes or ())
                 if not applied:
                     blocked = True
                     break
-            end = min(deleted + half, total)
+            # The older half of what is in flight (of the window, unless capped).
+            end = deleted + max(1, (len(sent) - deleted) // 2) if capped else min(deleted + half, total)
             pendings = [pending for _, row_pendings, _ in sent[deleted:end] for pending in row_pendings]
             stopped = None
             if not self.wait_acknowledged(pendings) and (answered := self.answered(sent[deleted:end])) < end - deleted:

@@ -16,6 +16,7 @@ from chats.selectors import MESSAGE_RELATED, messages_annotate
 from chats.services.common import Role, chat_event
 from chats.services.previews import preview_queue
 from chatserver import push
+from chatserver.prepared import prepared_cursor
 from chatserver.errors import InvalidInput
 from chatserver.events import EventType
 
@@ -137,7 +138,8 @@ def _insert_one_statement(message: Message, device: Device | None) -> Message | 
         type=message.type, content=message.content, reply_to=message.reply_to_id,
         client_id=message.client_id, mentions=json.dumps(message.mentions),
     )
-    with connection.cursor() as cursor:
+    # Prepared: PostgreSQL plans this statement once per connection (chatserver.prepared).
+    with prepared_cursor() as cursor:
         cursor.execute(send_sql.SEND, params)
         row = cursor.fetchone()
     if row is None:
@@ -158,7 +160,7 @@ def _insert_one_statement(message: Message, device: Device | None) -> Message | 
     if not current:
         # Another change to the chat committed while this statement waited for the lock
         # (a concurrent send, a kick...): check again. Raising rolls the write back.
-        with connection.cursor() as cursor:
+        with prepared_cursor() as cursor:
             cursor.execute(send_sql.RECHECK, params)
             may_post, message.member_ids = cursor.fetchone()
         if not may_post:

@@ -502,3 +502,65 @@ def test_content_with_something_visible_among_invisible_characters_is_kept():
 
     assert response.status_code == 201
     assert response.json()["content"] == "\u200b👍\u200d"
+
+
+# --- the plain message's fast path --------------------------------------------------------
+
+PLAIN_BODIES = [
+    {"content": "hello"},
+    {"content": "hello", "client_id": "c-1"},
+    {"content": "hello", "client_id": None},
+    {"content": " leading and trailing spaces kept "},
+    {"content": "x" * 10_000},
+    {"content": "x" * 10_001},
+    {"content": ""},
+    {"content": "   "},
+    {"content": "\u200b\u200d\ufeff"},
+    {"content": "a\x00b"},
+    {"content": "lone \ud800 surrogate"},
+    {"content": "emoji 🙂 and ünïcödé"},
+    {"content": 42},
+    {"content": None},
+    {"content": ["hello"]},
+    {"content": True},
+    {"content": "hello", "client_id": ""},
+    {"content": "hello", "client_id": "x" * 64},
+    {"content": "hello", "client_id": "x" * 65},
+    {"content": "hello", "client_id": "tab\there"},
+    {"content": "hello", "client_id": 7},
+    {"content": "hello", "reply_to": None},
+    {"content": "hello", "type": "text"},
+    {"content": "hello", "unknown": 1},
+    {"client_id": "c-2"},
+    {},
+]
+
+
+@pytest.mark.parametrize("body", PLAIN_BODIES, ids=range(len(PLAIN_BODIES)))
+def test_the_plain_message_s_fast_path_accepts_only_what_the_serializer_accepts_and_gives_the_same(body):
+    from chats.serializers import MessageCreateInput, message_create_plain
+
+    # given: the serializer's verdict on a body
+    serializer = MessageCreateInput(data=body)
+    valid = serializer.is_valid()
+    # when
+    plain = message_create_plain(body)
+    # then: the fast path takes only valid bodies (else the serializer words the refusal), as the serializer reads them
+    if plain is not None:
+        assert valid, serializer.errors
+        assert plain == dict(serializer.validated_data)
+    if body in ({"content": "hello"}, {"content": "hello", "client_id": "c-1"}, {"content": "x" * 10_000}):
+        assert plain is not None  # the commonest bodies do take it
+
+
+def test_a_blank_plain_message_is_refused_with_the_serializer_s_words():
+    # given
+    alice, bob = make_user(), make_user()
+    chat = post(alice.client, "/chats/", {"members": [bob.id]}).json()
+    # when
+    response = send(alice, chat["id"], content="\u200b ")
+    # then
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": "validation_error", "message": "Invalid input.",
+                                         "fields": {"content": ["This field may not be blank."]}}}
+    assert not Message.objects.filter(chat_id=chat["id"]).exists()

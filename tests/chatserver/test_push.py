@@ -358,3 +358,29 @@ def test_a_reaction_wakes_the_message_s_author_unless_it_muted_the_chat(push_wor
     reaction_add(actor=bob, chat_id=chat.id, message_id=message.id, emoji="🔥")
     time.sleep(0.5)
     assert len(sink.pushes) == 1
+
+
+def test_a_message_push_is_built_in_two_queries_whatever_the_group_size_deleted_messages_not_counted(
+    db, django_assert_num_queries
+):
+    from chats.push import build_message
+    from chats.services.message_edit import message_update
+
+    # given: a group of eight sleeping phones; three messages, the second deleted
+    alice = make_actor()
+    members = [make_actor() for _ in range(8)]
+    for user in members:
+        with_token(user, f"{user.username}-phone")
+    chat, _ = chat_create(actor=alice, member_ids=[m.id for m in members], name="big")
+    sent = [message_send(actor=alice, chat_id=chat.id, content=f"m{i}")[0] for i in range(3)]
+    message_update(actor=alice, chat_id=chat.id, message_id=sent[1].id, delete=True)
+    Membership.objects.filter(chat=chat, user_id=members[0].id).update(last_read_seq=2)
+
+    # when
+    with django_assert_num_queries(2):
+        deliveries = build_message({"message_id": sent[2].id})
+
+    # then: every member but the author, unread = newest seq - pointer - deleted after it
+    unread = {d.message.token: d.message.data["unread_count"] for d in deliveries}
+    assert unread == {f"{m.username}-phone": "1" if m is members[0] else "2" for m in members}
+    assert [d.device_id for d in deliveries] == sorted(d.device_id for d in deliveries)

@@ -404,3 +404,35 @@ def test_with_partitions_a_grant_whose_user_group_never_comes_is_set_aside_after
     assert relay.send(list(OutboxEvent.objects.order_by("id"))) is True
 
     assert DeadLetter.objects.get().error == "broker refused: addGroupRole: Group not found"
+
+
+def test_a_group_s_rows_hand_paho_no_more_than_copies_in_flight_publishes_at_a_time(settings, monkeypatch):
+    # given: 40 rows of a 30-member group (31 publishes each: 30 user topics and the chat's);
+    # 100 copies in flight at most, a window of 200 rows
+    import chatserver.relay
+
+    monkeypatch.setattr(chatserver.relay, "COPIES_IN_FLIGHT", 100)
+    settings.RELAY_WINDOW = 200
+    members = [USER + i for i in range(30)]
+    rows = OutboxEvent.objects.bulk_create(
+        [OutboxEvent(payload=json.dumps({"n": k}), user_ids=members, chat_id=900_000_003) for k in range(40)]
+    )
+    broker = ScriptedBroker()
+    in_flight = []
+    publish = broker.publish
+
+    def counting(topic, payload, **kwargs):
+        in_flight.append(len(broker.outstanding))
+        return publish(topic, payload, **kwargs)
+
+    broker.publish = counting
+    relay = scripted_relay(broker)
+
+    # when
+    assert relay.send(rows) is True
+
+    # then: every copy once, row after row; never more than 100 unanswered when one more
+    # is handed over (three rows: 93), and the outbox empty
+    assert broker.published == [k for k in range(40) for _ in range(31)]
+    assert max(in_flight) == 92
+    assert queued() == []
