@@ -37,7 +37,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,14 +52,28 @@ STOP_TIMEOUT = 30.0
 PORT_RANGE = (20000, 32767)
 
 # Processes still running when the interpreter exits (a run aborted outside fixture
-# teardown) are killed: they run in sessions of their own and would outlive it.
-_running: weakref.WeakSet = weakref.WeakSet()
+# teardown) are killed: they run in sessions of their own and would outlive it. Held
+# strongly: a node whose fixture failed halfway is otherwise collected, and never killed.
+_running: set = set()
 
 
 @atexit.register
 def _kill_leftovers() -> None:
     for thing in list(_running):
         thing.kill()
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (a CI timeout, `timeout`) would skip atexit and leave
+    # its nodes running (~130 MB each): SIGTERM is taken as Ctrl-C, so pytest stops the
+    # run, tears its fixtures down, and `_kill_leftovers` runs. Only where nobody
+    # installed a handler of their own.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupted)
 
 
 _random = random.SystemRandom()
@@ -235,7 +248,11 @@ class RabbitNode:
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the node and return once the admin can log in and use the management API."""
         self.spawn()
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Graceful stop (SIGTERM to the start script, which stops the VM), and of the node's
@@ -260,7 +277,8 @@ class RabbitNode:
 
     def kill(self) -> None:
         """Crash (SIGKILL to the node's whole process group: script, VM and its helpers)."""
-        if self.process is not None:
+        # Only while its start script is alive (unreaped): the group is then surely ours.
+        if self.process is not None and self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -466,8 +484,8 @@ def rabbitmq(request: pytest.FixtureRequest):
     at the end, kept when tests failed, for its log."""
     workdir = make_workdir()
     node = RabbitNode(workdir)
-    node.start()
     try:
+        node.start()
         yield node
     finally:
         node.stop()
@@ -483,8 +501,8 @@ def rabbitmq_cluster(request: pytest.FixtureRequest):
     """Three joined RabbitMQ nodes for the session (only the tests that ask for it)."""
     workdir = make_workdir("chat-rabbitmq-cluster-")
     cluster = RabbitCluster(workdir)
-    cluster.start()
     try:
+        cluster.start()
         yield cluster
     finally:
         try:
