@@ -2,16 +2,23 @@
 # make test  set everything up and run the suite (PYTEST_ARGS="-x -k foo" to narrow it)
 # make bench a fresh PostgreSQL stack under standard load profiles (BENCH_ARGS="--quick")
 #
+# make cluster  three RabbitMQ nodes on this machine, joined (scripts/rabbitmq-cluster.sh;
+#               `make cluster-stop`, `make cluster-status`)
+#
 # Both work on a fresh Debian machine as root: the virtualenv, the requirements and the
-# Debian packages (Mosquitto; PostgreSQL and Redis for the tests) are installed when missing.
+# Debian packages (Mosquitto, or RabbitMQ with BROKER=rabbitmq; PostgreSQL, Redis and
+# RabbitMQ for the tests) are installed when missing.
 
 PYTHON := .venv/bin/python
 # Touched after a successful install: pip runs again only when requirements.txt is newer.
 VENV_STAMP := .venv/.requirements-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# mosquitto (the default) or rabbitmq (chatserver/settings.py BROKER): which broker's
+# packages `make run` installs. The environment wins, else the .env file (ENV_FILE) says.
+BROKER ?= $(shell sed -n "s/^[[:space:]]*\(export[[:space:]]*\)\{0,1\}BROKER[[:space:]]*=[[:space:]]*[\"']\{0,1\}\([A-Za-z]*\).*/\2/p" $(or $(ENV_FILE),.env) 2>/dev/null | tail -1)
 
-.PHONY: venv system-deps system-deps-test run test bench clean
+.PHONY: venv system-deps system-deps-test run test bench cluster cluster-stop cluster-status clean
 
 venv: $(VENV_STAMP)
 
@@ -26,10 +33,10 @@ $(VENV_STAMP): requirements.txt | $(PYTHON)
 	touch $@
 
 system-deps:
-	bash scripts/system-deps.sh broker front
+	bash scripts/system-deps.sh $(if $(filter rabbitmq,$(BROKER)),rabbitmq,broker) front
 
 system-deps-test:
-	bash scripts/system-deps.sh broker front postgres redis
+	bash scripts/system-deps.sh broker front postgres redis rabbitmq
 
 run: venv system-deps
 	bash scripts/run.sh
@@ -40,6 +47,16 @@ test: venv system-deps-test
 # Results are saved under bench/results/ (see bench/run.py).
 bench: venv system-deps-test
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+cluster: venv
+	bash scripts/system-deps.sh rabbitmq
+	bash scripts/rabbitmq-cluster.sh start
+
+cluster-stop:
+	bash scripts/rabbitmq-cluster.sh stop
+
+cluster-status:
+	bash scripts/rabbitmq-cluster.sh status
 
 # Removes the default data directory (database, broker state, uploads, secrets).
 clean:

@@ -8,6 +8,8 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
+from chatserver.broker_access import device_client_id, device_username
+
 
 class UsernameValidator(ASCIIUsernameValidator):
     regex = r"^[A-Za-z0-9_.-]{3,32}\Z"
@@ -119,11 +121,12 @@ class Device(models.Model):
 
     @property
     def mqtt_username(self) -> str:
-        return f"device-{self.pk}"
+        return device_username(self.pk)
 
     @property
     def mqtt_client_id(self) -> str:
-        return f"chat-{self.user_id}-{self.pk}"
+        # The broker knows whose session a queue is from its name (RabbitAccess).
+        return device_client_id(self.user_id, self.pk)
 
     @property
     def mqtt_password(self) -> str:

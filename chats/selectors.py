@@ -28,6 +28,11 @@ def membership_get_for_member(*, chat_id: int, user_id: int) -> Membership:
     return membership
 
 
+def chat_is_member(*, chat_id: int, user_id: int) -> bool:
+    """Whether the user is a member of the chat now (the (chat, user) unique index)."""
+    return Membership.objects.filter(chat_id=chat_id, user_id=user_id).exists()
+
+
 def chat_members(*, chat_id: int) -> list[Membership]:
     return list(
         Membership.objects.filter(chat_id=chat_id).select_related("user", "chat").order_by("joined_at", "id")

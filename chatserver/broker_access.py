@@ -6,8 +6,8 @@ request that made it); the outbox stores them as JSON (`to_json`), and the relay
 them back (`access_op_from_json`, ValueError for anything it cannot understand) and turns
 them into broker commands with `commands(op)`, sent over its one admin connection
 (`chatserver.mqtt.BrokerConnection.control`). Everything Mosquitto-specific about access
-is in `DynsecAccess`; another broker (the planned RabbitMQ cluster) gets another class
-with the same methods.
+is in `DynsecAccess`; RabbitMQ's is in `chatserver.rabbit_access.RabbitAccess`; both
+implement `Access`, and the relay does not know which one it has (settings.BROKER picks).
 
 Access operations (all idempotent: replaying any sequence of them ends in the same state):
 
@@ -47,8 +47,10 @@ Mosquitto 2.0.11 facts this relies on (tests/chatserver/test_broker_access.py ch
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 Command = dict[str, Any]
 
@@ -71,6 +73,33 @@ def chat_topic(chat_id: int) -> str:
 
 def presence_topic(user_id: int, client_id: str) -> str:
     return f"chat/presence/{_id(user_id)}/{_client_id(client_id)}"
+
+
+def device_username(device_id: int) -> str:
+    """A device's broker account name (accounts.models.Device.mqtt_username)."""
+    return f"device-{_id(device_id)}"
+
+
+def device_client_id(user_id: int, device_id: int) -> str:
+    """A device's MQTT client id (accounts.models.Device.mqtt_client_id): it carries the
+    user and the device, so a broker's session queue names both."""
+    return f"chat-{_id(user_id)}-{_id(device_id)}"
+
+
+_DEVICE_USERNAME_RE = re.compile(r"device-([1-9][0-9]{0,17})")
+_DEVICE_CLIENT_ID_RE = re.compile(r"chat-([1-9][0-9]{0,17})-([1-9][0-9]{0,17})")
+
+
+def parse_device_username(username: str) -> int | None:
+    """The device id of a device's account name, or None if it is not one."""
+    match = _DEVICE_USERNAME_RE.fullmatch(username)
+    return int(match[1]) if match else None
+
+
+def parse_device_client_id(client_id: str) -> tuple[int, int] | None:
+    """(user_id, device_id) of a device's client id, or None if it is not one."""
+    match = _DEVICE_CLIENT_ID_RE.fullmatch(client_id)
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def parse_presence_topic(topic: str) -> tuple[int, str] | None:
@@ -100,6 +129,46 @@ def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty string, got {value!r}")
     return value
+
+
+# --- RabbitMQ's names (its MQTT plugin, 3.10) -------------------------------------------------
+
+# Where the MQTT plugin publishes and binds: MQTT topics are routing keys on this exchange.
+RABBITMQ_EXCHANGE = "amq.topic"
+# A persistent session's queue (subscriptions at QoS 1) and a clean session's (QoS 0).
+_SESSION_QUEUE = "mqtt-subscription-{client_id}qos{qos}"
+_SESSION_QUEUE_RE = re.compile(r"mqtt-subscription-(.+)qos[01]")
+
+
+def rabbitmq_session_queues(client_id: str) -> tuple[str, ...]:
+    """The names of a client's session queues (QoS 0 and QoS 1); none for a bad id."""
+    try:
+        client_id = _client_id(client_id)
+    except ValueError:
+        return ()
+    return tuple(_SESSION_QUEUE.format(client_id=client_id, qos=qos) for qos in (0, 1))
+
+
+def rabbitmq_queue_client_id(queue: str) -> str | None:
+    """The client id of a session queue's name, or None if it is not one."""
+    match = _SESSION_QUEUE_RE.fullmatch(queue)
+    return match[1] if match else None
+
+
+def topic_routing_key(topic: str) -> str:
+    """The routing key RabbitMQ's MQTT plugin uses for an MQTT topic: `/` and `.` swapped."""
+    return topic.translate(_SWAP)
+
+
+def routing_key_topic(routing_key: str) -> str | None:
+    """The MQTT topic of a routing key, or None for a pattern (`#`, `*`: a wildcard
+    subscription) or something no topic maps to."""
+    if not routing_key or "#" in routing_key or "*" in routing_key or "+" in routing_key or "\x00" in routing_key:
+        return None
+    return routing_key.translate(_SWAP)
+
+
+_SWAP = str.maketrans("./", "/.")
 
 
 # --- access operations --------------------------------------------------------------------
@@ -192,6 +261,47 @@ def access_op_from_json(value: Any) -> AccessOp:
         return cls(**fields)
     except TypeError as exc:
         raise ValueError(f"{cls.op}: {exc}") from None
+
+
+# --- the interface the relay uses ------------------------------------------------------------
+
+
+class AccessUnavailable(Exception):
+    """The broker's access API cannot be reached now: the row stays queued and is tried
+    again, like a publish on a dropped connection."""
+
+
+class AccessRefused(Exception):
+    """The broker refused an access change for good: the row is set aside (dead letter)."""
+
+
+class Access(Protocol):
+    """What the relay does with an outbox row's access operations, whatever the broker.
+
+    For each row, in outbox order: `apply(op)` for each of its ops, synchronously (work
+    done over another channel than the relay's MQTT connection, e.g. RabbitMQ's
+    management API: it is over before anything after it is sent), then `commands(op)`
+    pipelined on the MQTT connection (Mosquitto's dynsec: the broker handles them before
+    the publishes that follow), then `publishes(op)` and the row's events. `baseline()`
+    runs on every (re)connect; `is_benign` tells which command errors mean "already so".
+    """
+
+    def baseline(self) -> list[Command]: ...
+
+    def applies(self, op: AccessOp) -> bool:
+        """Whether `op` has synchronous work (`apply`): the relay then waits for what it
+        sent before, and sends nothing after it until that work is done."""
+
+    def apply(self, op: AccessOp, *, created_at: float, pause: Callable[[float], None]) -> None:
+        """Do `op`'s synchronous work (`created_at`: the row's time, epoch seconds;
+        `pause(seconds)`: how the relay waits, keeping its heartbeat). Raises
+        AccessUnavailable or AccessRefused."""
+
+    def commands(self, op: AccessOp) -> list[Command]: ...
+
+    def publishes(self, op: AccessOp) -> list[tuple[str, bytes]]: ...
+
+    def is_benign(self, command: Command, error: str) -> bool: ...
 
 
 class DynsecAccess:
@@ -293,6 +403,14 @@ class DynsecAccess:
             raise ValueError(f"no {cls.ADMIN_ROLE!r} role in the dynamic-security config")
 
     # --- operations --------------------------------------------------------------------
+
+    @staticmethod
+    def applies(op: AccessOp) -> bool:
+        # On Mosquitto everything goes over the MQTT connection, pipelined (`commands`).
+        return False
+
+    def apply(self, op: AccessOp, *, created_at: float, pause: Callable[[float], None]) -> None:
+        """Nothing (see `applies`)."""
 
     @classmethod
     def commands(cls, op: AccessOp) -> list[Command]:

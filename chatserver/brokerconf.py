@@ -238,15 +238,7 @@ def prepare(
         broker_dir=broker_dir, admin_username=admin_username, admin_password=admin_password
     )
     build_login_guard(broker_dir / LOGIN_GUARD_NAME)
-    if tls is not None:
-        for source, name in ((tls.cert, TLS_CERT_NAME), (tls.key, TLS_KEY_NAME)):
-            tmp = broker_dir / f".{name}.{os.getpid()}.tmp"
-            shutil.copyfile(source, tmp)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, broker_dir / name)
-    else:
-        for name in (TLS_CERT_NAME, TLS_KEY_NAME):
-            (broker_dir / name).unlink(missing_ok=True)
+    install_tls(broker_dir, tls)
     conf = render(
         template=template,
         out=broker_dir / CONF_NAME,
@@ -261,6 +253,22 @@ def prepare(
     # Mosquitto re-reads its config as the `mosquitto` user on SIGHUP.
     _hand_over(broker_dir, _broker_owner())
     return conf
+
+
+def install_tls(broker_dir: Path, tls: ServerTls | None) -> None:
+    """Copy `tls`'s certificate and key into `broker_dir` (0600, renamed into place), or
+    remove old copies when `tls` is None. Copies, because the broker may read them as
+    another user than the one who may read the originals (Mosquitto drops to its own);
+    RabbitMQ's node (chatserver/rabbitconf.py) uses the same names."""
+    if tls is not None:
+        for source, name in ((tls.cert, TLS_CERT_NAME), (tls.key, TLS_KEY_NAME)):
+            tmp = broker_dir / f".{name}.{os.getpid()}.tmp"
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, broker_dir / name)
+    else:
+        for name in (TLS_CERT_NAME, TLS_KEY_NAME):
+            (broker_dir / name).unlink(missing_ok=True)
 
 
 def build_login_guard(out: Path, *, source: Path = LOGIN_GUARD_SOURCE) -> Path:

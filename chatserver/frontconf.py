@@ -71,15 +71,23 @@ def render(
     tls: tuple[Path, Path] | None = None,
     worker_user: str | None = None,
     forwarded_proto: str = "$scheme",
+    broker_auth_port: int | None = None,
 ) -> Path:
     """Write `template` to `out` with its @PLACEHOLDERS@ replaced; return `out`.
 
     `tls` (certificate chain, key) makes the port speak HTTPS. `forwarded_proto` is what
     Django is told the scheme was: nginx's own, or a TLS proxy's in front of it
-    (`$http_x_forwarded_proto`). The file is written whole, then renamed into place.
+    (`$http_x_forwarded_proto`). `broker_auth_port`: also listen on 127.0.0.1 there for
+    the broker's auth checks (BROKER=rabbitmq; None: no such listener). The file is
+    written whole, then renamed into place.
     """
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"port must be a port number, got {port!r}")
+    if broker_auth_port is not None and (
+        not isinstance(broker_auth_port, int) or isinstance(broker_auth_port, bool)
+        or not 0 < broker_auth_port < 65536 or broker_auth_port == port
+    ):
+        raise ValueError(f"broker_auth_port must be a port number other than port, got {broker_auth_port!r}")
     if not BIND_RE.match(bind):
         raise ValueError(f"bind must be an address or empty, got {bind!r}")
     if not isinstance(max_body, int) or max_body <= 0:
@@ -108,8 +116,10 @@ def render(
         "@TLS_CERT@": str(tls[0]) if tls else "",
         "@TLS_KEY@": str(tls[1]) if tls else "",
         "@FORWARDED_PROTO@": forwarded_proto,
+        "@BROKER_AUTH_LISTEN@": f"127.0.0.1:{broker_auth_port}" if broker_auth_port else "",
     }
-    return write_rendered(template=template, out=out, values=values, keep={"plain": tls is None, "tls": tls is not None})
+    keep = {"plain": tls is None, "tls": tls is not None, "broker_auth": broker_auth_port is not None}
+    return write_rendered(template=template, out=out, values=values, keep=keep)
 
 
 def prepare(
@@ -120,6 +130,7 @@ def prepare(
     max_attachment: int,
     tls: tuple[Path, Path] | None = None,
     behind_tls_proxy: bool = False,
+    broker_auth_port: int | None = None,
     template: Path = TEMPLATE,
 ) -> Path:
     """Create `data_dir/front/` with its modes and render the config; return its path."""
@@ -148,6 +159,7 @@ def prepare(
         tls=tls,
         worker_user=worker_user,
         forwarded_proto="$http_x_forwarded_proto" if behind_tls_proxy else "$scheme",
+        broker_auth_port=broker_auth_port,
     )
 
 

@@ -86,9 +86,20 @@ def take(key: str, limit: Limit) -> Decision:
     return _store().take(key, limit, time.time())
 
 
+def peek(key: str, limit: Limit) -> Decision:
+    """Whether a request would pass bucket `key` now, counting nothing (one read)."""
+    return _store().peek(key, limit, time.time())
+
+
 def give_back(key: str, limit: Limit) -> None:
     """Undo one counted request (a login that turned out right does not count as failed)."""
     _store().give_back(key, limit)
+
+
+def _verdict(tat: float | None, limit: Limit, now: float) -> Decision:
+    if tat is None or max(tat, now) + limit.interval - now <= limit.tolerance:
+        return Decision(True, 0.0)
+    return Decision(False, limit.wait(tat, now))
 
 
 def _store() -> DatabaseBuckets | RedisBuckets:
@@ -122,6 +133,12 @@ class DatabaseBuckets:
             row = cursor.fetchone()
         tat = row[0] if row else now
         return Decision(False, limit.wait(tat, now))
+
+    def peek(self, key: str, limit: Limit, now: float) -> Decision:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT tat FROM {_T} WHERE key = %s", [key])
+            row = cursor.fetchone()
+        return _verdict(row[0] if row else None, limit, now)
 
     def give_back(self, key: str, limit: Limit) -> None:
         with connection.cursor() as cursor:
@@ -179,6 +196,16 @@ class RedisBuckets:
         if allowed:
             return Decision(True, 0.0)
         return Decision(False, limit.wait(float(tat), now))
+
+    def peek(self, key: str, limit: Limit, now: float) -> Decision:
+        if time.monotonic() < self.down_until:
+            return Decision(True, 0.0)
+        try:
+            tat = self.client.get(self.prefix + key)
+        except self.errors as exc:
+            self._failed(exc)
+            return Decision(True, 0.0)
+        return _verdict(None if tat is None else float(tat), limit, now)
 
     def give_back(self, key: str, limit: Limit) -> None:
         if time.monotonic() < self.down_until:

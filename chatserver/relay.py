@@ -36,6 +36,14 @@ a dynsec command failing for another reason than "already so"), is moved to the 
 letters (`chatserver.models.DeadLetter`) in the transaction that deletes its slice, and
 logged at ERROR. The good path is one SELECT per batch and one DELETE per slice.
 
+Access work that does not go over the MQTT connection (`access.applies(op)`: on
+RabbitMQ, revocations over its management API, chatserver/rabbit_access.py) is done by
+`access.apply`, synchronously, once everything sent before the row is answered and
+before anything of it or after it is sent: so it sits in outbox order like a dynsec
+command. While it cannot be done (the API does not answer), the row and everything after
+it stay queued; refused for good, the row is set aside. The relay does not know which
+broker it has (`workers.broker_access`, settings.BROKER).
+
 It runs under `chatserver.workers.run` (`manage.py worker relay`, or `manage.py relay`),
 which keeps exactly one relay active per partition on PostgreSQL (per-chat order depends
 on it: a relay started when every partition has one stands by on the advisory locks),
@@ -81,15 +89,17 @@ from django.utils import timezone
 from chatserver import ephemeral, outbox
 from chatserver.broker_access import (
     SERVER_PUBLISH_FILTER,
+    AccessOp,
+    AccessRefused,
+    AccessUnavailable,
     Command,
-    DynsecAccess,
     access_op_from_json,
     chat_topic,
     user_topic,
 )
 from chatserver.models import OutboxEvent, RelayStatus
 from chatserver.mqtt import Pending
-from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_connection
+from chatserver.workers import DATABASE_UNAVAILABLE, Session, Worker, broker_access, broker_connection
 
 logger = logging.getLogger("chatserver.relay")
 
@@ -146,7 +156,7 @@ class Relay(Worker):
         self.drops: dict[int, int] = {}
         # Row id -> monotonic time its grant first found no group (DEPENDENCY_WAIT).
         self.waiting: dict[int, float] = {}
-        self.access = DynsecAccess()
+        self.access = broker_access()
         self.broker = broker_connection(name="relay")
         self.broker_started = False
         self.active = False
@@ -292,12 +302,18 @@ class Relay(Worker):
 
     # --- one batch ------------------------------------------------------------------
 
-    def translate(self, row: OutboxEvent) -> tuple[list[Command], list[Publish]]:
-        """The broker work of one row: its commands, then its publishes, in order.
-        Raises (anything) if the row is not one the relay can handle."""
+    @staticmethod
+    def access_ops(row: OutboxEvent) -> list[AccessOp]:
+        """The row's access operations (raises if they are not ones)."""
         if not isinstance(row.access, list):
             raise ValueError(f"access must be a list, got {row.access!r}")
-        ops = [access_op_from_json(op) for op in row.access]
+        return [access_op_from_json(op) for op in row.access]
+
+    def translate(self, row: OutboxEvent) -> tuple[list[Command], list[Publish]]:
+        """The broker work of one row: its commands, then its publishes, in order (its
+        access operations' own work is `access.apply`, in `send_row`). Raises (anything)
+        if the row is not one the relay can handle."""
+        ops = self.access_ops(row)
         commands = [c for op in ops for c in self.access.commands(op)]
         publishes = [(topic, payload, True) for op in ops for topic, payload in self.access.publishes(op)]
         if row.payload:
@@ -328,23 +344,29 @@ class Relay(Worker):
         work = []
         for row in rows:
             try:
-                work.append((row, *self.translate(row)))
+                work.append((row, self.access_ops(row), *self.translate(row)))
             except Exception as exc:  # whatever it is, it is this row's
                 failed[row.id] = f"cannot translate: {type(exc).__name__}: {exc}"
-                work.append((row, None, None))
+                work.append((row, [], None, None))
         total = len(work)
         deleted = 0  # rows[:deleted] are out of the outbox
+        blocked = False  # a row's access work could not be done now: nothing after it is sent
         while deleted < total:
             # Fill the window: never more than RELAY_WINDOW rows sent and not deleted, nor
-            # (but for the first of them) more than COPIES_IN_FLIGHT publishes.
+            # (but for the first of them) more than COPIES_IN_FLIGHT publishes; nothing
+            # after a row whose access work could not be done (`blocked`).
             copies = sum(len(published) for _, _, published in sent[deleted:])
             capped = False
-            for row, commands, publishes in work[len(sent) : deleted + window]:
+            for row, ops, commands, publishes in work[len(sent) : deleted + window] if not blocked else ():
                 if len(sent) > deleted and copies + len(publishes or ()) > COPIES_IN_FLIGHT:
                     capped = True
                     break
-                sent.append(self.send_row(row, commands, publishes, failed))
+                entry, applied = self.send_row(row, ops, commands, publishes, failed, sent)
+                sent.append(entry)
                 copies += len(publishes or ())
+                if not applied:
+                    blocked = True
+                    break
             # The older half of what is in flight (of the window, unless capped).
             end = deleted + max(1, (len(sent) - deleted) // 2) if capped else min(deleted + half, total)
             pendings = [pending for _, row_pendings, _ in sent[deleted:end] for pending in row_pendings]
@@ -379,21 +401,61 @@ class Relay(Worker):
             deleted = end
         return True
 
-    def send_row(self, row: OutboxEvent, commands: list[Command] | None, publishes: list[Publish] | None,
-                 failed: dict[int, str]) -> tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]:
-        """Hand one row's work to the connection; a row already in `failed` sends nothing."""
+    def send_row(self, row: OutboxEvent, ops: list[AccessOp], commands: list[Command] | None,
+                 publishes: list[Publish] | None, failed: dict[int, str],
+                 sent: list[tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]],
+                 ) -> tuple[tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]], bool]:
+        """Hand one row's work to the connection; a row already in `failed` sends nothing.
+        Also says whether the rows after it may be sent (False: its access work is not done).
+
+        Its access operations' synchronous work (`access.apply`: RabbitMQ's management
+        API) is done first, once everything sent before it has been answered, so that it
+        comes between the rows before it and the publishes after it. If it cannot be done
+        now, the row gets a failed pending (it and the rows after it stay queued); if it
+        is refused, the row is set aside without sending anything."""
         if commands is None or publishes is None:
-            return row, [], []
+            return (row, [], []), True
+        ops = [op for op in ops if self.access.applies(op)]
+        if ops and not self.apply_access(row, ops, failed, sent):
+            if row.id in failed:
+                return (row, [], []), True
+            pending = Pending(-1)
+            pending._fail("access not applied; will retry")
+            return (row, [pending], []), False
         try:
             control = self.broker.control(commands) if commands else None
             published = [(topic, self.broker.publish(topic, data, retain=retain)) for topic, data, retain in publishes]
         except Exception as exc:  # paho refusing what it was given: this row's doing
             failed[row.id] = f"cannot send: {type(exc).__name__}: {exc}"
-            return row, [], []
+            return (row, [], []), True
         pendings = [pending for _, pending in published]
         if control is not None:
             pendings.insert(0, control)
-        return row, pendings, published
+        return (row, pendings, published), True
+
+    def apply_access(self, row: OutboxEvent, ops: list[AccessOp], failed: dict[int, str],
+                     sent: list[tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]]) -> bool:
+        """`access.apply` for each op of the row; False if not done (refused: `failed`)."""
+        earlier = [p for _, pendings, _ in sent for p in pendings if not p.finished]
+        if earlier and not self.wait_acknowledged(earlier):
+            return False
+        try:
+            for op in ops:
+                self.access.apply(op, created_at=row.created_at.timestamp(), pause=self.pause)
+        except AccessUnavailable as exc:
+            logger.warning("access of row #%s not applied, will retry: %s", row.id, exc)
+            return False
+        except AccessRefused as exc:
+            failed[row.id] = f"broker refused: {exc}"
+            return False
+        return True
+
+    def pause(self, seconds: float) -> None:
+        """Wait (an access operation's), keeping the heartbeat fresh."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0 and not self.stop.is_set():
+            self.stop.wait(min(left, HEARTBEAT_EVERY))
+            self.heartbeat(connected=self.broker.connected)
 
     def refusals(self, entry: tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]) -> list[str]:
         """What the broker refused for good of one answered row (none: it went through)."""

@@ -372,6 +372,56 @@ MQTT_LOGIN_FAILURES = env_int("MQTT_LOGIN_FAILURES", 10)
 MQTT_LOGIN_WINDOW = env_int("MQTT_LOGIN_WINDOW", 60)
 MQTT_LOGIN_COOLDOWN = env_int("MQTT_LOGIN_COOLDOWN", 60)
 
+# --- Broker ---------------------------------------------------------------------------
+
+# Which broker `make run` starts and the server talks to: "mosquitto" (one process,
+# broker/mosquitto.conf) or "rabbitmq" (a RabbitMQ node, broker/rabbitmq.conf, that can
+# be one of a cluster: README "Scaling out"). Only chatserver/broker_access.py and the
+# broker's own config know the difference.
+BROKER = env("BROKER", "mosquitto").lower()
+if BROKER not in {"mosquitto", "rabbitmq"}:
+    raise ImproperlyConfigured(f"BROKER must be mosquitto or rabbitmq, got {BROKER!r}")
+# On: the broker runs elsewhere (`make cluster`, broker hosts of their own) and `make run`
+# starts everything but it (scripts/run.sh), nor prepares its files.
+BROKER_EXTERNAL = env_bool("BROKER_EXTERNAL")
+# The RabbitMQ node's Erlang name (name@host: @localhost keeps epmd and the distribution
+# on loopback) and its ports besides the MQTT ones, all below 32768 (the kernel's
+# ephemeral ports, 32768-60999, can hold a port a node then fails to listen on): AMQP
+# (loopback only), the management HTTP API (loopback only), the Erlang distribution
+# (node to node and rabbitmqctl) and epmd, where nodes find each other's distribution port.
+RABBITMQ_NODENAME = env("RABBITMQ_NODENAME", "chat@localhost")
+# The node's own directory (config, definitions, its database and log): one per node when
+# several run on one machine (scripts/rabbitmq-cluster.sh).
+RABBITMQ_NODE_DIR = Path(env("RABBITMQ_NODE_DIR", str(DATA_DIR / "broker" / "rabbitmq"))).resolve()
+RABBITMQ_AMQP_PORT = env_int("RABBITMQ_AMQP_PORT", 5672)
+RABBITMQ_MANAGEMENT_PORT = env_int("RABBITMQ_MANAGEMENT_PORT", 15672)
+RABBITMQ_DIST_PORT = env_int("RABBITMQ_DIST_PORT", 25672)
+RABBITMQ_EPMD_PORT = env_int("RABBITMQ_EPMD_PORT", 4369)
+# The management API the server's workers call (revocation: disconnecting a user,
+# dropping a session's binding), logging in as MQTT_ADMIN_USERNAME. A cluster lists
+# several, comma-separated (any node acts cluster-wide; the next is tried when one is
+# down): RABBITMQ_MANAGEMENT_URLS is that list.
+RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}")
+RABBITMQ_MANAGEMENT_URLS = [u.strip().rstrip("/") for u in RABBITMQ_MANAGEMENT_URL.split(",") if u.strip()]
+# Every node of the cluster (name@host, comma-separated, this one included): a fresh
+# node joins them by itself (broker/rabbitmq.conf). Empty: a node of its own.
+RABBITMQ_CLUSTER_NODES = [n.strip() for n in env("RABBITMQ_CLUSTER_NODES").split(",") if n.strip()]
+# The Erlang distribution's shared secret: the same on every node of a cluster (and for
+# rabbitmqctl); generated once under DATA_DIR/secrets/ when not set.
+RABBITMQ_ERLANG_COOKIE = secret("rabbitmq-erlang-cookie", "RABBITMQ_ERLANG_COOKIE")
+# The node's Erlang VM flags (chatserver/rabbitconf.py DEFAULT_ERL_ARGS: one scheduler,
+# no busy-waiting: low idle CPU on a small machine; drop `+S 1:1` on a broker host of its own).
+RABBITMQ_ERL_ARGS = env("RABBITMQ_ERL_ARGS", "+S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none")
+# RabbitMQ asks Django about every device login and subscription at
+# http://127.0.0.1:BROKER_AUTH_PORT/broker-auth/BROKER_AUTH_SECRET/{user,vhost,resource,topic}
+# (nginx's loopback listener); the secret in the path keeps anybody else from asking.
+BROKER_AUTH_PORT = env_int("BROKER_AUTH_PORT", 15680)
+BROKER_AUTH_SECRET = secret("broker-auth-secret", "BROKER_AUTH_SECRET")
+# Seconds RabbitMQ reuses one of Django's answers to a vhost, queue or topic check
+# (rabbitmq_auth_backend_cache; logins are never cached): fewer requests per CONNECT and
+# SUBSCRIBE; the relay's revocation waits it out (chatserver/rabbit_access.py).
+RABBITMQ_AUTH_CACHE_TTL = env_float("RABBITMQ_AUTH_CACHE_TTL", 2.0)
+
 # How long signup, login, logout and membership changes wait for the relay to apply
 # their broker grants before answering (so the credentials and topics handed out work
 # at once). When the broker is down the answer comes after this, and the grants are

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from chatserver.broker_auth import broker_auth_view
 from chatserver.urls_converters import IdConverter
 from chatserver.views import HealthView
 
@@ -13,6 +14,8 @@ urlpatterns = [
     path("chats/", include("chats.urls")),
     path("", include("chats.urls_root")),
     path("health/", HealthView.as_view(), name="health"),
+    # RabbitMQ's HTTP auth backend; the front server serves it on a loopback listener only.
+    path("broker-auth/<str:secret>/<str:kind>", broker_auth_view, name="broker-auth"),
     # The operators' admin (`manage.py createsuperuser` for the first operator).
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

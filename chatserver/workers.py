@@ -262,6 +262,23 @@ def broker_connection(*, name: str):
     )
 
 
+def broker_access():
+    """How the relay applies access operations on the broker settings.BROKER names
+    (`chatserver.broker_access.Access`)."""
+    if settings.BROKER == "rabbitmq":
+        from chatserver.rabbit_access import RabbitAccess
+
+        return RabbitAccess(
+            urls=settings.RABBITMQ_MANAGEMENT_URLS,
+            username=settings.MQTT_ADMIN_USERNAME,
+            password=settings.MQTT_ADMIN_PASSWORD,
+            cache_ttl=settings.RABBITMQ_AUTH_CACHE_TTL,
+        )
+    from chatserver.broker_access import DynsecAccess
+
+    return DynsecAccess()
+
+
 def _close_django_connection() -> None:
     try:
         connection.close()

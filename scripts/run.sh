@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Start the whole stack in the foreground: broker, front server (nginx), gunicorn, and the
-# relay, presence and push workers (see Procfile).
+# Start the whole stack in the foreground: broker (Mosquitto, or RabbitMQ with
+# BROKER=rabbitmq), front server (nginx), gunicorn, and the relay, presence and push
+# workers (see Procfile).
 # Ctrl-C (or SIGTERM) stops all of it. `make run` sets up the virtualenv and the Debian
 # packages first; this script only prepares the data directory and the database.
 #
 # Several stacks can run side by side when each has its own ports and DATA_DIR:
 #   HTTP_PORT=8001 MQTT_PORT=1884 MQTT_WS_PORT=9002 DATA_DIR=var2 make run
+# (with BROKER=rabbitmq, RABBITMQ_AMQP_PORT, RABBITMQ_MANAGEMENT_PORT, RABBITMQ_DIST_PORT,
+# RABBITMQ_EPMD_PORT and BROKER_AUTH_PORT too: .env.example).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,6 +23,7 @@ fi
 export HTTP_PORT="${HTTP_PORT:-8000}"
 export MQTT_PORT="${MQTT_PORT:-1883}"
 export MQTT_WS_PORT="${MQTT_WS_PORT:-9001}"
+export BROKER="${BROKER:-mosquitto}" BROKER_EXTERNAL="${BROKER_EXTERNAL:-off}"
 # Absolute, so every process agrees on it whatever its working directory.
 DATA_DIR="$(realpath -m "${DATA_DIR:-var}")"
 export DATA_DIR
@@ -35,8 +39,16 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 mkdir -p "$DATA_DIR"
 
 .venv/bin/python manage.py migrate --noinput
-# Renders $DATA_DIR/broker/mosquitto.conf and provisions the broker's accounts.
-.venv/bin/python manage.py broker_prepare
+# Renders $DATA_DIR/broker/mosquitto.conf and provisions the broker's accounts, or with
+# BROKER=rabbitmq the node's directory $DATA_DIR/broker/rabbitmq/ (scripts/broker.sh).
+# BROKER_EXTERNAL=on: the broker is somebody else's (`make cluster`, hosts of its own):
+# neither prepared nor started here.
+processes=()
+if [[ ${BROKER_EXTERNAL,,} =~ ^(1|true|yes|on)$ ]]; then
+    processes=(front web relay presence push previews)
+else
+    .venv/bin/python manage.py broker_prepare
+fi
 # Renders $DATA_DIR/front/nginx.conf (gunicorn's socket goes beside it).
 .venv/bin/python manage.py front_prepare >/dev/null
 
@@ -44,4 +56,4 @@ mkdir -p "$DATA_DIR"
 # with the environment winning).
 # One relay per partition (RELAY_PARTITIONS, chatserver/relay.py); RELAY_PROCESSES above it
 # adds standbys, each taking over the partition of a relay that dies.
-exec .venv/bin/honcho start -f Procfile -e /dev/null -c "relay=${RELAY_PROCESSES:-${RELAY_PARTITIONS:-1}}"
+exec .venv/bin/honcho start -f Procfile -e /dev/null -c "relay=${RELAY_PROCESSES:-${RELAY_PARTITIONS:-1}}" "${processes[@]}"

@@ -2,7 +2,8 @@
 # Install the Debian packages the project needs, and only those that are missing.
 #
 #   scripts/system-deps.sh broker front      # Mosquitto and nginx (for `make run`)
-#   scripts/system-deps.sh broker front postgres redis   # + PostgreSQL and Redis (for `make test`)
+#   scripts/system-deps.sh broker front postgres redis rabbitmq  # + PostgreSQL, Redis, RabbitMQ (`make test`)
+#   scripts/system-deps.sh rabbitmq          # RabbitMQ and Erlang (`make run BROKER=rabbitmq`)
 #   scripts/system-deps.sh make              # make itself (a bare image may lack it)
 #   scripts/system-deps.sh venv              # what `python3 -m venv` needs (ensurepip)
 #
@@ -44,6 +45,12 @@ for group in "$@"; do
             # The tests of the Redis path (REDIS_URL) start a throw-away redis-server.
             installed redis-server || missing+=(redis-server)
             ;;
+        rabbitmq)
+            # RabbitMQ 3.10 (it brings Erlang/OTP 25 and epmd) for BROKER=rabbitmq and the
+            # suite's RabbitMQ tests; the project starts its nodes itself
+            # (/usr/lib/rabbitmq/bin/rabbitmq-server, chatserver/rabbitconf.py).
+            installed rabbitmq-server || missing+=(rabbitmq-server)
+            ;;
         make)
             command -v make >/dev/null || missing+=(make)
             ;;
@@ -52,7 +59,7 @@ for group in "$@"; do
             python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
             ;;
         *)
-            echo "system-deps: unknown group '$group' (expected: broker, front, postgres, redis, make, venv)" >&2
+            echo "system-deps: unknown group '$group' (expected: broker, front, postgres, redis, rabbitmq, make, venv)" >&2
             exit 2
             ;;
     esac
@@ -92,6 +99,8 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
             mosquitto) systemctl disable --now mosquitto.service || true ;;
             postgresql) systemctl disable --now postgresql.service || true ;;
             redis-server) systemctl disable --now redis-server.service || true ;;
+            # Erlang's epmd comes with a socket unit of its own that would hold port 4369.
+            rabbitmq-server) systemctl disable --now rabbitmq-server.service epmd.socket epmd.service || true ;;
         esac
     done
 fi

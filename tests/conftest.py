@@ -1,10 +1,11 @@
 """The suite's processes and fixtures.
 
 The process fixtures live in `tests/support/` as pytest plugins: a throw-away PostgreSQL
-cluster (postgres.py), Mosquitto started from `broker/mosquitto.conf` (mosquitto.py) and
-the relay and HTTP server processes pointed at both (stack.py), a Redis for the
-REDIS_URL path (redis.py), and stacks of their own
-for the fault tests, which kill and restart processes (faults.py).
+cluster (postgres.py), the broker, Mosquitto started from `broker/mosquitto.conf`
+(mosquitto.py) or with `--broker=rabbitmq` a RabbitMQ node from `broker/rabbitmq.conf`
+(rabbitmq.py; the switch: brokers.py), the relay and HTTP server processes pointed at
+both (stack.py), a Redis for the REDIS_URL path (redis.py), and stacks of their own for
+the fault tests, which kill and restart processes (faults.py).
 
 Two tiers: tests that go through HTTP and, where they say so, the real relay, broker and
 paho clients; and a fast service tier (`tests/*/services/`) that calls services directly
@@ -27,10 +28,13 @@ from tests.support import mqtt as mqtt_probe
 
 pytest_plugins = [
     "tests.support.postgres",
+    "tests.support.brokers",
     "tests.support.mosquitto",
+    "tests.support.rabbitmq",
     "tests.support.stack",
     "tests.support.faults",
     "tests.support.redis",
+    "tests.support.rabbit_auth",
 ]
 
 

@@ -471,18 +471,18 @@ def test_a_deleted_name_prefix_is_reserved():
     assert (response.status_code, response.json()["error"]["code"]) == (409, "username_taken")
 
 
-# --- at the broker (real relay and Mosquitto) ---------------------------------------------
+# --- at the broker (real relay and broker) ---------------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)
-def test_signed_out_devices_are_cut_off_at_the_broker(relay, mosquitto):
+def test_signed_out_devices_are_cut_off_at_the_broker(relay, broker):
     # given: alice on a phone, a tablet and a laptop, all connected
     alice = make_user()
     tablet, laptop = login(alice), login(alice)
     probes = {}
     try:
         for name, who in (("phone", alice), ("tablet", tablet), ("laptop", laptop)):
-            probes[name] = MqttProbe(mosquitto.host, mosquitto.port)
+            probes[name] = MqttProbe(broker.host, broker.port)
             assert probes[name].connect(**who.mqtt) == 0
 
         # when: the phone signs the tablet out, then changes the password
@@ -504,12 +504,12 @@ def test_signed_out_devices_are_cut_off_at_the_broker(relay, mosquitto):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_deleted_account_is_cut_off_at_the_broker_and_its_partner_told(relay, mosquitto):
+def test_a_deleted_account_is_cut_off_at_the_broker_and_its_partner_told(relay, broker):
     # given: alice's phone connected; bob's phone listening, in a direct chat with her
     alice, bob = make_user(), make_user()
     direct(alice, bob)
-    alice_probe = MqttProbe(mosquitto.host, mosquitto.port)
-    bob_probe = MqttProbe(mosquitto.host, mosquitto.port)
+    alice_probe = MqttProbe(broker.host, broker.port)
+    bob_probe = MqttProbe(broker.host, broker.port)
     try:
         assert alice_probe.connect(**alice.mqtt) == 0
         assert bob_probe.connect(**bob.mqtt) == 0

@@ -199,12 +199,12 @@ def test_what_a_forward_and_an_invitation_cost_and_that_a_plain_send_costs_nothi
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_member_s_phone_gets_the_forward(relay, mosquitto):
+def test_a_member_s_phone_gets_the_forward(relay, broker):
     alice, bob, carol = make_user(), make_user(), make_user()
     source, target = group_chat(alice, bob), group_chat(bob, carol)
     original = send(alice, source, content="hi").json()
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
-    phone = MqttProbe(mosquitto.host, mosquitto.port)
+    phone = MqttProbe(broker.host, broker.port)
     assert phone.connect(**carol.mqtt) == 0 and phone.subscribe(f"chat/users/{carol.id}") == 1
     try:
         body = forward(bob, target, original["id"]).json()

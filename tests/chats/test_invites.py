@@ -142,12 +142,12 @@ def test_an_invitation_may_say_more_than_its_title(chat):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_inviter_s_phone_sees_the_answer(relay, mosquitto):
+def test_the_inviter_s_phone_sees_the_answer(relay, broker):
     alice, bob = make_user(), make_user()
     cid = group_chat(alice, bob)
     sent = invite(alice, cid).json()
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
-    phone = MqttProbe(mosquitto.host, mosquitto.port)
+    phone = MqttProbe(broker.host, broker.port)
     assert phone.connect(**alice.mqtt) == 0 and phone.subscribe(f"chat/users/{alice.id}") == 1
     try:
         body = answer(bob, cid, sent["id"], "accept").json()

@@ -115,12 +115,12 @@ def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_ment
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_phone_gets_the_message_with_its_mentions(relay, mosquitto):
+def test_a_phone_gets_the_message_with_its_mentions(relay, broker):
     # given
     alice, bob = make_user(), make_user()
     cid = group_chat(alice, bob)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
-    probe = MqttProbe(mosquitto.host, mosquitto.port)
+    probe = MqttProbe(broker.host, broker.port)
     assert probe.connect(**bob.mqtt) == 0
     assert probe.subscribe(f"chat/users/{bob.id}") == 1
     try:

@@ -117,13 +117,13 @@ def test_nobody_pins_or_archives_for_somebody_else_and_outsiders_get_404():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_one_s_other_phone_gets_chat_list_updated_and_the_other_member_nothing(relay, mosquitto):
+def test_one_s_other_phone_gets_chat_list_updated_and_the_other_member_nothing(relay, broker):
     # given: alice's second phone, and bob's
     alice, bob = make_user(), make_user()
     cid = group_chat(alice, bob)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
-    other_phone, bob_phone = login(alice), MqttProbe(mosquitto.host, mosquitto.port)
-    alice_phone = MqttProbe(mosquitto.host, mosquitto.port)
+    other_phone, bob_phone = login(alice), MqttProbe(broker.host, broker.port)
+    alice_phone = MqttProbe(broker.host, broker.port)
     assert alice_phone.connect(**other_phone.mqtt) == 0 and bob_phone.connect(**bob.mqtt) == 0
     assert alice_phone.subscribe(f"chat/users/{alice.id}") == 1
     assert bob_phone.subscribe(f"chat/users/{bob.id}") == 1 and bob_phone.subscribe(f"chat/chats/{cid}") == 1
@@ -244,12 +244,12 @@ def test_past_the_cap_pinning_is_409(chat, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_member_s_phone_gets_the_pinned_message(relay, mosquitto):
+def test_a_member_s_phone_gets_the_pinned_message(relay, broker):
     alice, bob = make_user(), make_user()
     cid = group_chat(alice, bob)
     message = send_message(bob, cid)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
-    phone = MqttProbe(mosquitto.host, mosquitto.port)
+    phone = MqttProbe(broker.host, broker.port)
     assert phone.connect(**bob.mqtt) == 0 and phone.subscribe(f"chat/chats/{cid}") == 1
     try:
         body = pin(alice, cid, message["id"]).json()

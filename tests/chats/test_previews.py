@@ -154,12 +154,12 @@ def test_the_first_link_is_found_without_the_sentence_s_punctuation():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_phone_gets_message_updated_with_the_preview(relay, mosquitto, site, preview_worker):
+def test_a_phone_gets_message_updated_with_the_preview(relay, broker, site, preview_worker):
     # given
     alice, bob = make_user(), make_user()
     cid = direct(alice, bob)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
-    probe = MqttProbe(mosquitto.host, mosquitto.port)
+    probe = MqttProbe(broker.host, broker.port)
     assert probe.connect(**bob.mqtt) == 0
     assert probe.subscribe(f"chat/users/{bob.id}") == 1
     try:
@@ -317,10 +317,10 @@ def test_with_previews_off_nothing_is_queued(settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_fetch_and_started_again_still_previews_the_job(
-    site, test_database_url, mosquitto, tmp_path
+    site, test_database_url, broker, tmp_path
 ):
     # given: a real `manage.py worker previews`
-    env = {**server_env(database_url=test_database_url, broker=mosquitto, data_dir=tmp_path),
+    env = {**server_env(database_url=test_database_url, broker=broker, data_dir=tmp_path),
            "LINK_PREVIEW_ALLOW_PRIVATE": "on"}
     args = [sys.executable, "manage.py", "worker", "previews"]
     first = ServerProcess("previews", args, env, tmp_path).start()

@@ -57,15 +57,15 @@ def test_racing_direct_chat_creates_make_one_chat():
     assert Membership.objects.count() == 2
 
 
-def test_racing_senders_get_consecutive_seqs_published_in_seq_order(relay, mosquitto):
+def test_racing_senders_get_consecutive_seqs_published_in_seq_order(relay, broker):
     # given: an observer on the chat's topic (the server's own account, to keep it simple)
     users = [make_user() for _ in range(4)]
     owner = users[0]
     cid = owner.client.post(
         "/chats/", {"members": [u.id for u in users[1:]], "name": "race"}, format="json"
     ).json()["id"]
-    observer = MqttProbe(mosquitto.host, mosquitto.port)
-    assert observer.connect(mosquitto.admin_username, mosquitto.admin_password, "race-observer", clean_session=True) == 0
+    observer = MqttProbe(broker.host, broker.port)
+    assert observer.connect(broker.admin_username, broker.admin_password, "race-observer", clean_session=True) == 0
     assert observer.subscribe(f"chat/chats/{cid}") == 1
     per_sender = 15
 

@@ -165,13 +165,13 @@ def test_user_ids_are_capped_and_the_count_is_exact(chat, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_member_s_phone_and_the_author_s_phone_get_the_exact_events(relay, mosquitto):
+def test_a_member_s_phone_and_the_author_s_phone_get_the_exact_events(relay, broker):
     # given
     alice, bob = make_user(), make_user()
     cid = group_chat(alice, bob)
     message = send_message(alice, cid)
     wait_until(lambda: not OutboxEvent.objects.exists(), 20, "the relay to drain the outbox")
-    alice_phone = MqttProbe(mosquitto.host, mosquitto.port)
+    alice_phone = MqttProbe(broker.host, broker.port)
     assert alice_phone.connect(**alice.mqtt) == 0
     assert alice_phone.subscribe(f"chat/users/{alice.id}") == 1
     assert alice_phone.subscribe(f"chat/chats/{cid}") == 1

@@ -161,14 +161,14 @@ def test_soft_deleting_a_message_tells_the_members(operator):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_deactivated_users_devices_are_cut_off_at_the_broker(relay, mosquitto):
+def test_a_deactivated_users_devices_are_cut_off_at_the_broker(relay, broker):
     # given: alice connected on two devices
     User.objects.create_superuser(username="operator", password=PASSWORD)
     client = Client()
     client.force_login(User.objects.get(username="operator"))
     alice = make_user()
     tablet = login(alice)
-    probes = [MqttProbe(mosquitto.host, mosquitto.port), MqttProbe(mosquitto.host, mosquitto.port)]
+    probes = [MqttProbe(broker.host, broker.port), MqttProbe(broker.host, broker.port)]
     try:
         assert probes[0].connect(**alice.mqtt) == 0
         assert probes[1].connect(**tablet.mqtt) == 0

@@ -26,13 +26,23 @@ from chatserver.broker_access import (
     DynsecAccess,
     access_op_from_json,
     chat_topic,
+    device_client_id,
+    parse_device_client_id,
+    parse_device_username,
     parse_presence_topic,
     presence_topic,
+    rabbitmq_queue_client_id,
+    rabbitmq_session_queues,
+    routing_key_topic,
+    topic_routing_key,
     user_topic,
 )
 from chatserver.mqtt import BrokerConnection
 from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
+
+# Mosquitto's dynamic security and the admin connection's $CONTROL commands.
+pytestmark = pytest.mark.mosquitto_only
 
 REFUSED = 128  # SUBACK failure, MQTT 3.1.1
 NOT_AUTHORIZED = 135  # CONNACK refusal as paho reports it (0x87)
@@ -916,3 +926,16 @@ def test_removing_a_device_clears_its_retained_presence_and_nothing_else_publish
         {"op": "device_remove", "username": "device-9", "user": 5, "client_id": "chat-5-9"}
     ) == [("chat/presence/5/chat-5-9", b"")]
     assert publishes({"op": "member_grant", "chat": 1, "user": 5}) == []
+
+
+def test_rabbitmq_names_round_trip_and_patterns_are_no_topics():
+    assert topic_routing_key("chat/presence/5/chat-5-9") == "chat.presence.5.chat-5-9"
+    assert routing_key_topic("chat.presence.5.chat-5-9") == "chat/presence/5/chat-5-9"
+    assert [routing_key_topic(k) for k in ("#", "chat.*", "chat.+", "", "a\x00")] == [None] * 5
+    assert rabbitmq_session_queues("chat-5-9") == ("mqtt-subscription-chat-5-9qos0", "mqtt-subscription-chat-5-9qos1")
+    assert rabbitmq_session_queues("a/b") == ()
+    assert rabbitmq_queue_client_id("mqtt-subscription-chat-5-9qos1") == "chat-5-9"
+    assert rabbitmq_queue_client_id("some-queue") is None
+    assert parse_device_client_id(device_client_id(5, 9)) == (5, 9)
+    assert [parse_device_client_id(c) for c in ("chat-relay-host-1", "chat-05-9", "chat-5-9x")] == [None] * 3
+    assert [parse_device_username(u) for u in ("device-9", "device-09", "device-", "chat-server")] == [9, None, None, None]

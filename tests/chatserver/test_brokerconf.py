@@ -15,6 +15,9 @@ import pytest
 from chatserver import brokerconf
 from tests.support.mosquitto import make_workdir
 
+# Mosquitto's config and dynamic-security file (RabbitMQ's: tests/chatserver/test_rabbitmq_node.py).
+pytestmark = pytest.mark.mosquitto_only
+
 
 @pytest.fixture
 def workdir():

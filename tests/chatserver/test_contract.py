@@ -309,9 +309,9 @@ def test_chatserver_imports_no_app():
     assert not re.search(r"^\s*(from|import)\s+(accounts|chats)\b", source, re.M)
 
 
-def test_the_suite_checks_every_queued_event_here_and_in_its_server_processes(settings, mosquitto, tmp_path):
+def test_the_suite_checks_every_queued_event_here_and_in_its_server_processes(settings, broker, tmp_path):
     assert settings.OUTBOX_CHECK_SCHEMAS is True
-    env = server_env(database_url="postgres://x/y", broker=mosquitto, data_dir=tmp_path)
+    env = server_env(database_url="postgres://x/y", broker=broker, data_dir=tmp_path)
     assert env["DJANGO_SETTINGS_MODULE"] == "tests.settings"
 
 
@@ -399,12 +399,12 @@ def _upload(name, data):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_phone_receives_every_event_type_over_mqtt_and_each_matches_its_schema(relay, mosquitto, settings, tmp_path):
+def test_a_phone_receives_every_event_type_over_mqtt_and_each_matches_its_schema(relay, broker, settings, tmp_path):
     # given: alice's phone, like the app (persistent session, reconnects after the
     # broker's disconnects on role changes), with her presence topic
     settings.MEDIA_ROOT = str(tmp_path / "media")
     alice, bob, carol = make_user(), make_user(), make_user()
-    phone = MqttProbe(mosquitto.host, mosquitto.port, auto_reconnect=True, keepalive=5)
+    phone = MqttProbe(broker.host, broker.port, auto_reconnect=True, keepalive=5)
     presence_topic = f"chat/presence/{alice.id}/{alice.mqtt['client_id']}"
     assert phone.connect(**alice.mqtt, will={"topic": presence_topic, "payload": "offline"}) == 0
     assert phone.subscribe(f"chat/users/{alice.id}") == 1

@@ -87,9 +87,9 @@ def test_a_row_the_relay_cannot_handle_fails_translation_with_its_reason(fields,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_poison_rows_are_set_aside_with_their_error_and_the_rows_around_them_are_delivered(live_stack, mosquitto):
+def test_poison_rows_are_set_aside_with_their_error_and_the_rows_around_them_are_delivered(live_stack, broker):
     # given
-    probe = observer(mosquitto)
+    probe = observer(broker)
     big = "x" * TOO_LARGE
     try:
         # when: one transaction, so one batch: good rows between rows that cannot work

@@ -9,13 +9,15 @@ import secrets
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
 
 from chatserver.tls import local_server_tls
 
-from tests.support.stack import HttpServer, call, server_env, wait_until
+from tests.support.factories import make_user
+from tests.support.stack import HttpServer, call, free_port, server_env, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -145,9 +147,9 @@ def test_requests_that_never_reach_django_are_answered_in_the_envelope(live_stac
     assert (answer[0], answer[1]["content-type"], error_code(answer[2])) == (status, "application/json", code)
 
 
-def test_while_gunicorn_is_down_the_front_says_503_with_retry_after(test_database_url, mosquitto, tmp_path):
+def test_while_gunicorn_is_down_the_front_says_503_with_retry_after(test_database_url, broker, tmp_path):
     # given: a front and gunicorn of their own, then gunicorn killed
-    server = HttpServer(server_env(database_url=test_database_url, broker=mosquitto, data_dir=tmp_path),
+    server = HttpServer(server_env(database_url=test_database_url, broker=broker, data_dir=tmp_path),
                         tmp_path).start()
     try:
         server.kill()
@@ -167,10 +169,10 @@ def test_while_gunicorn_is_down_the_front_says_503_with_retry_after(test_databas
         server.stop()
 
 
-def test_with_a_certificate_the_port_speaks_https_and_plain_http_is_told_so(test_database_url, mosquitto, tmp_path):
+def test_with_a_certificate_the_port_speaks_https_and_plain_http_is_told_so(test_database_url, broker, tmp_path):
     # given: a front with the local CA's certificate (HTTPS_CERT / HTTPS_KEY)
     tls = local_server_tls(tmp_path / "tls")
-    server = HttpServer(server_env(database_url=test_database_url, broker=mosquitto, data_dir=tmp_path),
+    server = HttpServer(server_env(database_url=test_database_url, broker=broker, data_dir=tmp_path),
                         tmp_path, tls=tls).start()
     try:
         # when
@@ -185,3 +187,35 @@ def test_with_a_certificate_the_port_speaks_https_and_plain_http_is_told_so(test
     assert over_https == (200, 11, "up")
     assert (status, error_code(body)) == (400, "bad_request")
     assert json.loads(body)["error"]["message"] == "This port speaks HTTPS."
+
+
+def test_the_broker_auth_checks_answer_on_the_loopback_listener_only(test_database_url, mosquitto, tmp_path):
+    # given: a front with the broker-auth listener (BROKER=rabbitmq), and a device
+    secret = secrets.token_urlsafe(32)
+    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=tmp_path) | {"BROKER_AUTH_SECRET": secret}
+    server = HttpServer(env, tmp_path, broker_auth_port=free_port()).start()
+    alice = make_user()
+    form = urllib.parse.urlencode({"username": alice.device.mqtt_username, "password": alice.device.mqtt_password,
+                                   "vhost": "/", "client_id": alice.device.mqtt_client_id}).encode()
+
+    def post(port: int, path: str) -> tuple[int, bytes]:
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                f"Content-Length: {len(form)}\r\nConnection: close\r\n\r\n").encode()
+        status, _, body = raw(port, head + form)
+        return status, body
+
+    try:
+        # when
+        loopback = post(server.broker_auth_port, f"/broker-auth/{secret}/user")
+        wrong_secret = post(server.broker_auth_port, "/broker-auth/not-it/user")
+        other_path = post(server.broker_auth_port, "/health/")
+        public = [post(server.port, path) for path in (f"/broker-auth/{secret}/user", f"/%62roker-auth/{secret}/user",
+                                                       f"//broker-auth/{secret}/user", f"/x/../broker-auth/{secret}/user")]
+    finally:
+        server.stop()
+
+    # then: the broker gets its answer; a phone gets 404 on the public port, secret or not
+    assert loopback == (200, b"allow")
+    assert (wrong_secret[0], error_code(wrong_secret[1])) == (404, "not_found")
+    assert (other_path[0], error_code(other_path[1])) == (404, "not_found")
+    assert [(status, error_code(body)) for status, body in public] == [(404, "not_found")] * 4

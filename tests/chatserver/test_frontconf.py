@@ -36,7 +36,24 @@ def test_plain_or_https_listener_and_nginx_accepts_both(tmp_path):
     assert "@" not in "".join(line for line in plain.splitlines() if not line.lstrip().startswith("#"))
 
 
+def test_the_broker_auth_listener_is_on_loopback_only_and_only_when_asked_for(tmp_path):
+    (tmp_path / "tmp").mkdir()
+
+    without = render(tmp_path)
+    with_it = render(tmp_path, broker_auth_port=15680)
+    check = subprocess.run([*frontconf.command(tmp_path)[:-2], "-t", "-c", str(tmp_path / "nginx.conf")],
+                           capture_output=True, text=True)
+
+    assert check.returncode == 0, check.stderr
+    assert "listen 127.0.0.1:15680;" in with_it and "15680" not in without
+    # The public server refuses the paths in both.
+    assert "location /broker-auth/ {\n            return 404" in without
+    assert with_it.count("location /broker-auth/ {") == 2
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
+    ({"broker_auth_port": 0}, "broker_auth_port must be a port number"),
+    ({"broker_auth_port": 8000}, "broker_auth_port must be a port number other than port"),
     ({"port": 0}, "port must be a port number"),
     ({"bind": "0.0.0.0; evil"}, "bind must be an address"),
     ({"front_dir": Path("relative")}, "front_dir must be absolute"),

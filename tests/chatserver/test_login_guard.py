@@ -24,25 +24,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "android-client-sim
 from chat_sim.api import Api  # noqa: E402
 from chat_sim.mqtt import Listener  # noqa: E402
 
+# The login guard is a Mosquitto plugin (broker/login_guard.c).
+pytestmark = pytest.mark.mosquitto_only
+
 NOT_AUTHORISED = 135  # CONNACK refusal as paho reports it
 LIMIT = LoginLimit(failures=5, window=30, cooldown=2)
 
 
 @pytest.fixture(scope="module")
-def broker():
+def guarded():
+    """Mosquitto with a short login-guard cooldown (LIMIT), for this module."""
     workdir = make_workdir(prefix="chat-login-guard-")
-    broker = MosquittoBroker(workdir, login_limit=LIMIT)
-    broker.start()
-    yield broker
-    broker.stop()
+    guarded = MosquittoBroker(workdir, login_limit=LIMIT)
+    guarded.start()
+    yield guarded
+    guarded.stop()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def admin(broker):
+def admin(guarded):
     conn = BrokerConnection(
-        host=broker.host, port=broker.port,
-        username=broker.admin_username, password=broker.admin_password,
+        host=guarded.host, port=guarded.port,
+        username=guarded.admin_username, password=guarded.admin_password,
         client_id=f"test-admin-{secrets.token_hex(4)}", keepalive=10,
     )
     assert conn.connect(timeout=10)
@@ -71,11 +75,11 @@ def wrong(device: dict) -> dict:
     return device | {"password": secrets.token_hex(32)}
 
 
-def test_failed_logins_refuse_that_device_for_the_cooldown_and_no_other(broker, admin):
+def test_failed_logins_refuse_that_device_for_the_cooldown_and_no_other(guarded, admin):
     # given: a user's phone connected; its tablet and laptop not
     phone, tablet, laptop = devices_of_a_new_user(admin, 3)
-    live = MqttProbe(broker.host, broker.port)
-    probe = MqttProbe(broker.host, broker.port)
+    live = MqttProbe(guarded.host, guarded.port)
+    probe = MqttProbe(guarded.host, guarded.port)
     try:
         assert live.connect(**phone, clean_session=False) == 0
 
@@ -89,7 +93,7 @@ def test_failed_logins_refuse_that_device_for_the_cooldown_and_no_other(broker, 
         assert probe.connect(**laptop) == 0
         assert live.connected.is_set() and not live.disconnected.is_set()
         # the broker's log names the account
-        assert f"login_guard: {LIMIT.failures} failed logins of {tablet['username']}" in broker.log_path.read_text()
+        assert f"login_guard: {LIMIT.failures} failed logins of {tablet['username']}" in guarded.log_path.read_text()
         # and once the cooldown is over, its password works again (refusals meanwhile do
         # not prolong it)
         while (code := probe.connect(**tablet)) != 0:
@@ -102,10 +106,10 @@ def test_failed_logins_refuse_that_device_for_the_cooldown_and_no_other(broker, 
         probe.close()
 
 
-def test_fewer_failures_than_the_limit_refuse_nothing(broker, admin):
+def test_fewer_failures_than_the_limit_refuse_nothing(guarded, admin):
     # given
     [tablet] = devices_of_a_new_user(admin, 1)
-    probe = MqttProbe(broker.host, broker.port)
+    probe = MqttProbe(guarded.host, guarded.port)
     try:
         # when
         refused = [probe.connect(**wrong(tablet)) for _ in range(LIMIT.failures - 1)]
@@ -117,12 +121,12 @@ def test_fewer_failures_than_the_limit_refuse_nothing(broker, admin):
         probe.close()
 
 
-def test_the_servers_own_account_is_never_locked_out(broker):
+def test_the_servers_own_account_is_never_locked_out(guarded):
     # given: many wrong passwords for the admin account
-    probe = MqttProbe(broker.host, broker.port)
+    probe = MqttProbe(guarded.host, guarded.port)
     try:
         refused = [
-            probe.connect(broker.admin_username, secrets.token_hex(16), f"attacker-{i}")
+            probe.connect(guarded.admin_username, secrets.token_hex(16), f"attacker-{i}")
             for i in range(3 * LIMIT.failures)
         ]
     finally:
@@ -130,7 +134,7 @@ def test_the_servers_own_account_is_never_locked_out(broker):
 
     # then: the relay and the workers can still (re)connect
     assert set(refused) == {NOT_AUTHORISED}
-    assert broker.admin_can_login()
+    assert guarded.admin_can_login()
 
 
 def test_the_session_broker_runs_the_guard_with_the_projects_defaults(mosquitto):
@@ -142,10 +146,10 @@ def test_the_session_broker_runs_the_guard_with_the_projects_defaults(mosquitto)
     ) in mosquitto.log_path.read_text()
 
 
-def test_logins_with_the_password_but_another_client_id_count_as_failures(broker, admin):
+def test_logins_with_the_password_but_another_client_id_count_as_failures(guarded, admin):
     # given: someone who has a device's password but not its client id (the binding)
     [tablet] = devices_of_a_new_user(admin, 1)
-    probe = MqttProbe(broker.host, broker.port)
+    probe = MqttProbe(guarded.host, guarded.port)
     try:
         # when
         refused = [probe.connect(**tablet | {"client_id": f"attacker-{i}"}) for i in range(LIMIT.failures)]
@@ -157,11 +161,11 @@ def test_logins_with_the_password_but_another_client_id_count_as_failures(broker
         probe.close()
 
 
-def test_the_simulated_phone_waits_out_a_cooldown_and_stops_only_once_signed_out(broker, fault_cluster, tmp_path):
+def test_the_simulated_phone_waits_out_a_cooldown_and_stops_only_once_signed_out(guarded, fault_cluster, tmp_path):
     # given: a stack on this broker (and a database of its own: the session's relay would
     # apply its grants to the session's broker), a phone signed up over HTTP, its account
     # then locked by someone else's wrong passwords
-    stack = ProcessStack(database_url=fault_cluster.cluster.url(fault_cluster.new_database()), broker=broker,
+    stack = ProcessStack(database_url=fault_cluster.cluster.url(fault_cluster.new_database()), broker=guarded,
                          workdir=tmp_path).start()
     try:
         api = Api(stack.url)
@@ -169,7 +173,7 @@ def test_the_simulated_phone_waits_out_a_cooldown_and_stops_only_once_signed_out
         api.token = session["token"]
         mqtt = session["mqtt"]
         device = {"username": mqtt["username"], "password": mqtt["password"], "client_id": mqtt["client_id"]}
-        probe = MqttProbe(broker.host, broker.port)
+        probe = MqttProbe(guarded.host, guarded.port)
         try:
             assert [probe.connect(**wrong(device)) for _ in range(LIMIT.failures)] == [NOT_AUTHORISED] * LIMIT.failures
         finally:

@@ -1,7 +1,7 @@
 """Database outages: the workers reconnect by themselves, HTTP answers 503 meanwhile.
 
 Destructive, so on a stack of their own (`spare`, for this module): a second throw-away
-PostgreSQL cluster, its own Mosquitto, the relay and presence workers and gunicorn, all
+PostgreSQL cluster, its own broker (of the suite's kind), the relay and presence workers and gunicorn, all
 real processes. The relay there looks at the outbox only when NOTIFY wakes it (its idle
 recheck is 60 s), so delivery within 5 s proves that its LISTEN is back too. Rows are
 written straight into the outbox and read by a server-side MQTT observer.
@@ -22,7 +22,6 @@ import pytest
 
 from chatserver.relay import ADVISORY_LOCK_KEY
 
-from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
 from tests.support.postgres import PostgresCluster
 from tests.support.stack import ROOT, HttpServer, ServerProcess, server_env, wait_until
@@ -37,8 +36,9 @@ UNAVAILABLE = {"error": {"code": "database_unavailable", "message": "The databas
 
 
 class Spare:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, new_broker) -> None:
         self.workdir = workdir
+        self.new_broker = new_broker
         self.pg = self.broker = None
         self.processes: list[ServerProcess] = []
 
@@ -48,7 +48,7 @@ class Spare:
         with psycopg.connect(self.pg.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE chat")
         self.db_url = self.pg.url("chat")
-        self.broker = MosquittoBroker(make_workdir("chat-spare-mqtt-"))
+        self.broker, _ = self.new_broker("chat-spare-")
         self.broker.start()
         env = server_env(database_url=self.db_url, broker=self.broker, data_dir=workdir)
         env["RELAY_IDLE_RECHECK"] = "60"
@@ -58,7 +58,7 @@ class Spare:
         assert migrate.returncode == 0, migrate.stderr
         self.relay = ServerProcess("relay", [sys.executable, "manage.py", "worker", "relay"], env, workdir)
         self.presence = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env, workdir)
-        self.web = HttpServer(env, workdir)
+        self.web = HttpServer(env, workdir, broker_auth_port=getattr(self.broker, "auth_port", None))
         for process in (self.relay, self.presence, self.web):
             self.processes.append(process)
             process.start()
@@ -101,8 +101,8 @@ class Spare:
 
 
 @pytest.fixture(scope="module")
-def spare(tmp_path_factory):
-    stack = Spare(tmp_path_factory.mktemp("spare"))
+def spare(tmp_path_factory, new_broker):
+    stack = Spare(tmp_path_factory.mktemp("spare"), new_broker)
     try:
         stack.start()
         wait_until(stack.healthy, 30, "the spare stack healthy")

@@ -125,10 +125,10 @@ def scripted_relay(broker: ScriptedBroker) -> Relay:
 # --- the good path, counted -------------------------------------------------------------------
 
 
-def test_a_backlog_of_2000_rows_costs_one_select_per_batch_and_one_delete_per_slice(mosquitto, settings):
+def test_a_backlog_of_2000_rows_costs_one_select_per_batch_and_one_delete_per_slice(broker, settings):
     # given: the relay on the session's broker, 2,000 rows of a direct chat's messages
-    settings.MQTT_HOST, settings.MQTT_PORT = mosquitto.host, mosquitto.port
-    settings.MQTT_ADMIN_USERNAME, settings.MQTT_ADMIN_PASSWORD = mosquitto.admin_username, mosquitto.admin_password
+    settings.MQTT_HOST, settings.MQTT_PORT = broker.host, broker.port
+    settings.MQTT_ADMIN_USERNAME, settings.MQTT_ADMIN_PASSWORD = broker.admin_username, broker.admin_password
     settings.MQTT_PLAINTEXT = True
     settings.RELAY_BATCH_SIZE, settings.RELAY_WINDOW = 500, 200
     backlog(2000, chat_id=900_000_002)

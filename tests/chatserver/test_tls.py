@@ -16,7 +16,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from chatserver import brokerconf
 from chatserver.tls import local_server_tls
 from tests.support.faults import signup
-from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import ProcessStack, call, wait_until
 
@@ -56,6 +55,7 @@ def test_a_new_public_name_gets_a_new_certificate_from_the_same_ca(tmp_path):
     assert "chat.example.org" in san.get_values_for_type(x509.DNSName)
 
 
+@pytest.mark.mosquitto_only
 def test_the_config_keeps_or_drops_the_listener_blocks(tmp_path):
     plugin = tmp_path / "plugin.so"
 
@@ -79,10 +79,9 @@ def test_the_config_keeps_or_drops_the_listener_blocks(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory):
-    workdir = make_workdir("chat-tls-mqtt-")
+def tls_broker(tmp_path_factory, new_broker):
     tls = local_server_tls(tmp_path_factory.mktemp("tls"))
-    broker = MosquittoBroker(workdir, tls=tls, plaintext=False)
+    broker, workdir = new_broker("chat-tls-", tls=tls, plaintext=False)
     broker.start()
     yield broker
     broker.stop()

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chat_sim.fcm_sink import FcmSink
-from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.stack import ProcessStack, ServerProcess
 
 CHAT_SIM = Path(sys.executable).parent / "chat-sim"
@@ -23,7 +22,7 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def push_stack(fault_cluster, tmp_path):
+def push_stack(fault_cluster, new_broker, tmp_path):
     """A stack of its own (relay, presence, push workers, gunicorn) with push on."""
     with FcmSink() as sink:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
@@ -31,8 +30,7 @@ def push_stack(fault_cluster, tmp_path):
         ).decode()
         account = tmp_path / "fcm.json"
         account.write_text(json.dumps(sink.service_account(private_key_pem=key)))
-        broker_dir = make_workdir("chat-push-mqtt-")
-        broker = MosquittoBroker(broker_dir)
+        broker, broker_dir = new_broker("chat-push-")
         stack = workers = None
         try:
             broker.start()

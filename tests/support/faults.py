@@ -7,8 +7,9 @@ it never touches the session's: it gets
   template database; every stack gets a fresh copy of it (`CREATE DATABASE ... TEMPLATE`,
   a fraction of a second, instead of migrating again).
 - `fault_stack` (function): a `FaultStack`: that cluster, a database of its own, its own
-  Mosquitto (from `broker/mosquitto.conf`, its own ports and persistence directory), its
-  own relay and gunicorn processes (`tests.support.stack.ProcessStack`).
+  broker of the suite's kind (`new_broker`, tests/support/brokers.py: Mosquitto from
+  `broker/mosquitto.conf` or a RabbitMQ node; its own ports and persistence directory),
+  its own relay and gunicorn processes (`tests.support.stack.ProcessStack`).
 
 The world a fault hits (`ChatWorld`): four users signed up over HTTP, two direct chats
 and a group of three, and each user's phone, a paho client with a persistent session
@@ -39,7 +40,6 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.postgres import PostgresCluster
 from tests.support.stack import ROOT, ProcessStack, call, server_env, wait_until
 
@@ -88,11 +88,14 @@ class _NoBroker:
     host, port, ws_port = "127.0.0.1", 1, 2
     admin_username, admin_password = "nobody", "unused"
 
+    def env(self) -> dict[str, str]:
+        return {}
+
 
 class FaultStack:
     """One test's stack: its database in `fault_cluster`, its broker, relay and web server."""
 
-    def __init__(self, cluster: FaultCluster, dbname: str, broker: MosquittoBroker,
+    def __init__(self, cluster: FaultCluster, dbname: str, broker,
                  processes: ProcessStack) -> None:
         self.cluster = cluster
         self.pg = cluster.cluster
@@ -122,11 +125,10 @@ class FaultStack:
 
 
 @pytest.fixture
-def fault_stack(fault_cluster, tmp_path) -> Iterator[FaultStack]:
+def fault_stack(fault_cluster, new_broker, tmp_path) -> Iterator[FaultStack]:
     """A stack of the test's own: kill, freeze and restart anything in it."""
     dbname = fault_cluster.new_database()
-    broker_dir = make_workdir("chat-fault-mqtt-")
-    broker = MosquittoBroker(broker_dir)
+    broker, broker_dir = new_broker("chat-fault-")
     processes = None
     try:
         broker.start()

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from pathlib import Path
@@ -166,34 +165,13 @@ class MosquittoBroker:
 
     def admin_can_login(self, timeout: float = 1.0) -> bool:
         """Whether a real MQTT login as the admin account succeeds now."""
-        accepted = threading.Event()
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"probe-admin-{secrets.token_hex(4)}",
-            protocol=paho.MQTTv311,
-        )
-        client.username_pw_set(self.admin_username, self.admin_password)
-        client.on_connect = lambda c, u, f, reason, p: reason == 0 and accepted.set()
-        port = self.port
-        if not self.plaintext:
-            client.tls_set(ca_certs=str(self.tls.ca))
-            port = self.tls_port
-        try:
-            client.connect(self.host, port, keepalive=10)
-        except OSError:
-            return False
-        try:
-            deadline = time.monotonic() + timeout
-            while not accepted.is_set() and time.monotonic() < deadline:
-                if client.loop(timeout=0.05) != paho.MQTT_ERR_SUCCESS:
-                    break
-            return accepted.is_set()
-        finally:
-            client.disconnect()
-            client.loop(timeout=0.05)
-            sock = client.socket()
-            if sock is not None:
-                sock.close()
+        port, ca = (self.port, None) if self.plaintext else (self.tls_port, self.tls.ca)
+        return connack(self.host, port, self.admin_username, self.admin_password, ca=ca, timeout=timeout) == 0
+
+    def env(self) -> dict[str, str]:
+        """What a server process must be told about this broker besides the MQTT ports
+        and the admin (tests/support/stack.py `server_env`)."""
+        return {"BROKER": "mosquitto"}
 
     def logs(self) -> str:
         parts = []
@@ -203,6 +181,41 @@ class MosquittoBroker:
             except FileNotFoundError:
                 pass
         return "\n".join(parts)
+
+
+def connack(host: str, port: int, username: str | None, password: str | None, *,
+            ca: Path | None = None, timeout: float = 1.0, client_id: str | None = None) -> int | None:
+    """The answer an MQTT 3.1.1 login gets now, as paho 2 reports a 3.1.1 CONNACK (0:
+    accepted, 134: bad user name or password, 135: not authorized), or None when no
+    CONNACK came within `timeout` (nothing listening, the connection closed). `username`
+    None: an anonymous login."""
+    answer: list[int] = []
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"probe-admin-{secrets.token_hex(4)}",
+        protocol=paho.MQTTv311,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    client.on_connect = lambda c, u, f, reason, p: answer.append(reason.value)
+    if ca is not None:
+        client.tls_set(ca_certs=str(ca))
+    try:
+        client.connect(host, port, keepalive=10)
+    except OSError:
+        return None
+    try:
+        deadline = time.monotonic() + timeout
+        while not answer and time.monotonic() < deadline:
+            if client.loop(timeout=0.05) != paho.MQTT_ERR_SUCCESS:
+                break
+        return answer[0] if answer else None
+    finally:
+        client.disconnect()
+        client.loop(timeout=0.05)
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
 
 
 def make_workdir(prefix: str = "chat-mosquitto-") -> Path:

@@ -205,6 +205,19 @@ class MqttProbe:
                 raise TimeoutError(f"no SUBACK for {topic} within {timeout}s")
             return self._subacks.pop(mid)[0]
 
+    def refuses_subscribe(self, topic: str, qos: int = 1, timeout: float = 5) -> bool:
+        """Whether the broker refuses a SUBSCRIBE: a SUBACK of 0x80 (Mosquitto), or the
+        connection closed with no SUBACK (RabbitMQ 3.10; reconnect before the next one)."""
+        result, mid = self._client.subscribe(topic, qos=qos)
+        if result != paho.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"subscribe not sent: {paho.error_string(result)}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._subacks or self.disconnected.is_set(), timeout):
+                raise TimeoutError(f"neither a SUBACK for {topic} nor a disconnect within {timeout}s")
+            if mid in self._subacks:
+                return self._subacks.pop(mid)[0] == 0x80
+            return True
+
     def publish(
         self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
         timeout: float = 5,

@@ -1,8 +1,8 @@
 """The server's own processes for tests: the workers, and a whole stack over real HTTP.
 
 - `relay_process`, `presence_process` (session): `manage.py worker relay` and
-  `manage.py worker presence` against the test database and the test broker, each
-  logging to a file.
+  `manage.py worker presence` against the test database and the session's `broker`
+  (Mosquitto or RabbitMQ: tests/support/brokers.py), each logging to a file.
 - `relay` (function): a transactional database plus both workers, once the relay reports
   the broker connected (the heartbeat row is truncated with everything else between tests).
 - `http_server` (session): nginx on a free port and gunicorn behind it (`HttpServer`), same
@@ -116,7 +116,8 @@ class ServerProcess:
 def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
     """The environment of a server process pointed at the test database and broker."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "DATABASE_", "HTTP_"))
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("MQTT_", "DATABASE_", "HTTP_", "BROKER", "RABBITMQ_"))
     }
     env.update(
         # The suite's settings (fast hasher, events checked against docs/asyncapi.yaml).
@@ -128,14 +129,17 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
         MQTT_HOST=broker.host,
         MQTT_PORT=str(broker.port),
         MQTT_WS_PORT=str(broker.ws_port),
-        # The broker's TLS listeners, if it has any (tests/support/mosquitto.py).
+        # The broker's TLS listeners, if it has any (tests/support/mosquitto.py, rabbitmq.py).
         **({"MQTT_TLS": "on", "MQTT_TLS_PORT": str(broker.tls_port), "MQTT_WSS_PORT": str(broker.wss_port),
             "MQTT_TLS_CA": str(broker.tls.ca), "MQTT_PLAINTEXT": "on" if broker.plaintext else "off"}
            if getattr(broker, "tls", None) else {"MQTT_TLS": "off"}),
         MQTT_ADMIN_USERNAME=broker.admin_username,
         MQTT_ADMIN_PASSWORD=broker.admin_password,
-        # The suite's own (`MQTT_PROTOCOL=3.1.1 pytest ...` runs every worker over 3.1.1).
-        MQTT_PROTOCOL=django_settings.MQTT_PROTOCOL,
+        # Which broker it is, and for RabbitMQ its management API and auth endpoints.
+        **broker.env(),
+        # The suite's own (`MQTT_PROTOCOL=3.1.1 pytest ...` runs every worker over 3.1.1;
+        # on RabbitMQ the settings make it 3.1.1 anyway).
+        MQTT_PROTOCOL=django_settings.MQTT_PROTOCOL if broker.env().get("BROKER") != "rabbitmq" else "3.1.1",
         # Rate limits out of load-like tests' way (tests/settings.py sets the same
         # defaults; a stack's own `env` may set low ones).
         **{name: "1000000/minute" for name in (
@@ -151,32 +155,36 @@ def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def relay_process(test_database_url, mosquitto, tmp_path_factory) -> Iterator[ServerProcess]:
+def relay_process(test_database_url, broker, tmp_path_factory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("relay")
-    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
+    env = server_env(database_url=test_database_url, broker=broker, data_dir=workdir)
     process = ServerProcess("relay", [sys.executable, "manage.py", "worker", "relay"], env, workdir).start()
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="session")
-def presence_process(test_database_url, mosquitto, tmp_path_factory) -> Iterator[ServerProcess]:
+def presence_process(test_database_url, broker, tmp_path_factory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("presence")
-    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
+    env = server_env(database_url=test_database_url, broker=broker, data_dir=workdir)
     process = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env, workdir).start()
     yield process
     process.stop()
 
 
 @pytest.fixture
-def relay(transactional_db, relay_process, presence_process, mosquitto, settings) -> ServerProcess:
+def relay(request, transactional_db, relay_process, presence_process, broker, settings) -> ServerProcess:
     """A running relay (and presence worker), connected to the broker, for a test that
-    commits its writes."""
+    commits its writes. On RabbitMQ also the session's front server: the node asks it
+    about every device login and subscription (chatserver/broker_auth.py)."""
     from chatserver.outbox import relay_status
 
-    settings.MQTT_HOST = mosquitto.host
-    settings.MQTT_PORT = settings.MQTT_PUBLIC_PORT = mosquitto.port
-    settings.MQTT_WS_PORT = settings.MQTT_PUBLIC_WS_PORT = mosquitto.ws_port
+    if getattr(broker, "auth_port", None):
+        request.getfixturevalue("http_server")
+
+    settings.MQTT_HOST = broker.host
+    settings.MQTT_PORT = settings.MQTT_PUBLIC_PORT = broker.port
+    settings.MQTT_WS_PORT = settings.MQTT_PUBLIC_WS_PORT = broker.ws_port
     for process in (relay_process, presence_process):
         if not process.alive():
             raise AssertionError(f"the {process.name} worker died:\n{process.log_tail()}")
@@ -194,9 +202,11 @@ class HttpServer(ServerProcess):
     answers 503 `unavailable`); `front` is the nginx process."""
 
     def __init__(self, env: dict[str, str], workdir: Path, workers: int = 2,
-                 tls: ServerTls | None = None) -> None:
+                 tls: ServerTls | None = None, broker_auth_port: int | None = None) -> None:
         self.port = free_port()
         self.tls = tls
+        # The loopback listener for RabbitMQ's auth checks (BROKER=rabbitmq), if any.
+        self.broker_auth_port = broker_auth_port
         # nginx's workers run as www-data: pytest's own temp dirs (0700) would stop them.
         self.front_root = Path(tempfile.mkdtemp(prefix="chat-front-"))
         os.chmod(self.front_root, 0o711)
@@ -221,6 +231,7 @@ class HttpServer(ServerProcess):
                 data_dir=self.front_root, port=self.port, bind="127.0.0.1",
                 max_attachment=int(self.env.get("ATTACHMENT_MAX_SIZE", django_settings.ATTACHMENT_MAX_SIZE)),
                 tls=(self.tls.cert, self.tls.key) if self.tls else None,
+                broker_auth_port=self.broker_auth_port,
             )
             self.front.start()
         super().start()
@@ -280,7 +291,8 @@ class ProcessStack:
         self.workdir = Path(workdir)
         self.env = server_env(database_url=database_url, broker=broker, data_dir=self.workdir) | (env or {})
         self.relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], self.env, self.workdir)
-        self.http = HttpServer(self.env, self.workdir, workers=web_workers)
+        self.http = HttpServer(self.env, self.workdir, workers=web_workers,
+                               broker_auth_port=getattr(broker, "auth_port", None))
         self.url = self.http.url
 
     def start(self, timeout: float = 30.0) -> ProcessStack:
@@ -327,22 +339,24 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def http_server(test_database_url, mosquitto, tmp_path_factory) -> Iterator[HttpServer]:
+def http_server(test_database_url, broker, tmp_path_factory) -> Iterator[HttpServer]:
     """The HTTP API over real sockets (gunicorn), on the test database and broker."""
     workdir = tmp_path_factory.mktemp("web")
-    env = server_env(database_url=test_database_url, broker=mosquitto, data_dir=workdir)
-    server = HttpServer(env, workdir).start()
+    env = server_env(database_url=test_database_url, broker=broker, data_dir=workdir)
+    # On RabbitMQ, its auth checks come to this front's loopback listener.
+    server = HttpServer(env, workdir, broker_auth_port=getattr(broker, "auth_port", None)).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def live_stack(relay, http_server, mosquitto):
+def live_stack(relay, http_server, broker):
     """Everything running, over real sockets: `.url` (HTTP), `.broker`, `.relay`."""
+    session_broker = broker
 
     class Stack:
         url = http_server.url
-        broker = mosquitto
+        broker = session_broker
 
     Stack.relay = relay
     Stack.http = http_server

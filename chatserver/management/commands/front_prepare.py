@@ -31,6 +31,8 @@ class Command(BaseCommand):
                 max_attachment=settings.ATTACHMENT_MAX_SIZE,
                 tls=tls,
                 behind_tls_proxy=settings.BEHIND_TLS_PROXY,
+                # RabbitMQ asks Django about every login and subscription (chatserver/broker_auth.py).
+                broker_auth_port=settings.BROKER_AUTH_PORT if settings.BROKER == "rabbitmq" else None,
             )
         except (ValueError, PermissionError, RuntimeError) as exc:
             raise CommandError(str(exc)) from None
