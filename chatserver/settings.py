@@ -399,8 +399,8 @@ RABBITMQ_DIST_PORT = env_int("RABBITMQ_DIST_PORT", 25672)
 RABBITMQ_EPMD_PORT = env_int("RABBITMQ_EPMD_PORT", 4369)
 # The management API the server's workers call (revocation: disconnecting a user,
 # dropping a session's binding), logging in as MQTT_ADMIN_USERNAME. A cluster lists
-# several, comma-separated (any node acts cluster-wide; the next is tried when one is
-# down): RABBITMQ_MANAGEMENT_URLS is that list.
+# several, comma-separated (each node's API acts cluster-wide, so any one that answers
+# will do): RABBITMQ_MANAGEMENT_URLS is that list.
 RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}")
 RABBITMQ_MANAGEMENT_URLS = [u.strip().rstrip("/") for u in RABBITMQ_MANAGEMENT_URL.split(",") if u.strip()]
 # Every node of the cluster (name@host, comma-separated, this one included): a fresh

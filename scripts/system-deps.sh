@@ -99,8 +99,13 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
             mosquitto) systemctl disable --now mosquitto.service || true ;;
             postgresql) systemctl disable --now postgresql.service || true ;;
             redis-server) systemctl disable --now redis-server.service || true ;;
-            # Erlang's epmd comes with a socket unit of its own that would hold port 4369.
-            rabbitmq-server) systemctl disable --now rabbitmq-server.service epmd.socket epmd.service || true ;;
+            # Erlang's epmd comes with a socket unit of its own that would hold port 4369
+            # (one command per unit: systemctl gives up on all when one is missing).
+            rabbitmq-server)
+                for unit in rabbitmq-server.service epmd.socket epmd.service; do
+                    systemctl disable --now "$unit" || true
+                done
+                ;;
         esac
     done
 fi

@@ -10,7 +10,10 @@ QoS 1 session outlives the node it was made on (quorum session queues).
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ import pytest
 from chatserver import rabbitconf
 from tests.support.mosquitto import connack
 from tests.support.mqtt import MqttProbe
+from tests.support.stack import ROOT
 
 TEMPLATE_ARGS = dict(
     mqtt_port=1883, ws_port=9001, ports=rabbitconf.NodePorts(),
@@ -143,6 +147,45 @@ def test_the_password_hash_is_rabbitmqs_salted_sha256():
     # RabbitMQ's own example: salt 908D C60A, password "test12" (docs: passwords.html).
     assert rabbitconf.password_hash("test12", salt=bytes.fromhex("908DC60A")) == \
         "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR"
+
+
+def manage(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`manage.py <args>` with the shipped settings, `data_dir` and `env` only."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "BROKER", "RABBITMQ_", "DJANGO_"))}
+    clean |= {"DJANGO_SETTINGS_MODULE": "chatserver.settings", "ENV_FILE": "", "DATA_DIR": str(data_dir),
+              "MQTT_TLS": "off"} | env
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_broker_prepare_renders_the_rabbitmq_node_from_the_settings(tmp_path):
+    # when
+    result = manage(tmp_path, "broker_prepare", BROKER="rabbitmq", MQTT_PORT="11883", BROKER_AUTH_PORT="16680",
+                    BROKER_AUTH_SECRET="s3cret", RABBITMQ_AUTH_CACHE_TTL="0.5")
+
+    # then: the node's directory, nothing of Mosquitto's
+    assert result.returncode == 0, result.stderr
+    conf = tmp_path / "broker" / "rabbitmq" / "rabbitmq.conf"
+    assert result.stdout.strip() == str(conf)
+    assert {
+        "mqtt.listeners.tcp.default = 11883",
+        "auth_cache.cache_ttl = 500",
+        "auth_http.user_path = http://127.0.0.1:16680/broker-auth/s3cret/user",
+    } <= lines(conf)
+    assert not (tmp_path / "broker" / "mosquitto.conf").exists()
+    # The cookie is the generated secret, made once.
+    cookie = (tmp_path / "secrets" / "rabbitmq-erlang-cookie").read_text().strip()
+    assert (conf.parent / ".erlang.cookie").read_text() == cookie
+
+
+def test_an_unknown_broker_is_refused_by_name(tmp_path):
+    # when
+    result = manage(tmp_path, "broker_prepare", BROKER="nats")
+
+    # then
+    assert result.returncode != 0
+    assert "BROKER must be mosquitto or rabbitmq, got 'nats'" in result.stderr
+    assert not (tmp_path / "broker").exists()
 
 
 # --- a real node ---------------------------------------------------------------------------
