@@ -23,7 +23,6 @@ from chatserver.events import Event, EventType
 from chatserver.models import OutboxEvent, RelayStatus
 from chatserver.relay import Relay
 from tests.support.faults import ChatWorld, FaultStack, SteadyLoad
-from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.stack import ProcessStack, ServerProcess, wait_until
 
 MESSAGE = Event(type=EventType.MESSAGE_CREATED, data={"id": 1}, chat=7, version=3)
@@ -235,12 +234,11 @@ RESUME_WITHIN = 5.0
 
 
 @pytest.fixture
-def partitioned_stack(fault_cluster, tmp_path):
+def partitioned_stack(fault_cluster, new_broker, tmp_path):
     """A fault stack whose relays run RELAY_PARTITIONS=3: four relay processes (three
-    active, a spare standing by), each logging to its own file."""
+    active, a spare standing by), each logging to its own file; on the suite's broker."""
     dbname = fault_cluster.new_database()
-    broker_dir = make_workdir("chat-partitions-mqtt-")
-    broker = MosquittoBroker(broker_dir)
+    broker, broker_dir = new_broker("chat-partitions-")
     processes = None
     extra: list[ServerProcess] = []
     try:

@@ -139,9 +139,11 @@ def test_a_backlog_of_2000_rows_costs_one_select_per_batch_and_one_delete_per_sl
     relay.activated()
     try:
         # when: it drains the outbox
+        deadline = time.monotonic() + 60
         with CaptureQueriesContext(connection) as statements:
             while relay.idle_until is None:
                 assert relay.step(session=NoSession())
+                assert time.monotonic() < deadline, "the relay did not drain the backlog within 60 s"
     finally:
         relay.close()
 

@@ -36,13 +36,30 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"TEST_BROKER must be one of {', '.join(BROKERS)}, got {config.getoption('--broker')!r}")
 
 
+# The fixtures through which a test reaches the selected broker (`relay`, `live_stack` and
+# the stacks of tests/support/ all take one of them).
+BROKER_FIXTURES = frozenset({"broker", "new_broker"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --broker=rabbitmq, only the tests that talk to the selected broker run: the
+    others (the service tier, HTTP without a relay, RabbitMQ's own node and access tests,
+    which start nodes of their own) do the same on either broker and ran with the default.
+    `make test` runs the suite on Mosquitto, then this part of it on RabbitMQ."""
     if config.getoption("--broker") == "mosquitto":
         return
     skip = pytest.mark.skip(reason=MOSQUITTO_ONLY_REASON)
+    selected, deselected = [], []
     for item in items:
+        if not BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            deselected.append(item)
+            continue
         if item.get_closest_marker("mosquitto_only"):
             item.add_marker(skip)
+        selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +81,10 @@ def _settings_name_the_broker(broker_kind: str) -> None:
     from django.conf import settings
 
     settings.BROKER = broker_kind
+    if broker_kind == "rabbitmq":
+        # As chatserver/settings.py decides it for BROKER=rabbitmq (it speaks no other):
+        # for what the tests run in their own process (a Relay, a BrokerConnection).
+        settings.MQTT_PROTOCOL = "3.1.1"
 
 
 class BrokerFactory:
