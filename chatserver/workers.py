@@ -45,6 +45,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from chatserver.broker_addresses import parse_broker_addresses
+
 logger = logging.getLogger("chatserver.workers")
 
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
@@ -250,8 +252,9 @@ def broker_connection(*, name: str):
     # Plaintext on the server's own network when offered; TLS when it is off altogether.
     tls = not settings.MQTT_PLAINTEXT
     return BrokerConnection(
-        host=settings.MQTT_HOST,
-        port=settings.MQTT_TLS_PORT if tls else settings.MQTT_PORT,
+        # Every node of a cluster, tried in turn (chatserver/broker_addresses.py).
+        addresses=parse_broker_addresses(
+            settings.MQTT_HOST, default_port=settings.MQTT_TLS_PORT if tls else settings.MQTT_PORT),
         username=settings.MQTT_ADMIN_USERNAME,
         password=settings.MQTT_ADMIN_PASSWORD,
         client_id=f"chat-{name}-{socket.gethostname()}-{os.getpid()}",
