@@ -20,7 +20,12 @@ Clean start (3.1.1: clean session) on every connection: the relay keeps no broke
 session, it replays unacknowledged outbox rows. Several broker addresses (a cluster's
 nodes, chatserver/broker_addresses.py) are tried in turn: the same one while it keeps
 connecting, the next after a lost connection or a failed attempt; since the relay keeps
-no session, any node will do. Payloads above `max_payload` are refused here (the pending
+no session, any node will do. With several addresses every connection has a client id of
+its own (`<client_id>-<n>`): RabbitMQ 3.10 keeps even a clean session's subscription
+queue (`mqtt-subscription-<client id>qos1`) on the node it was made on, and after that
+node was killed (SIGKILL, measured: tests/chatserver/test_cluster_session.py) the other
+nodes closed every connection with the same client id, declaring that queue ("home node
+... is down"), for as long as the node stayed down. Payloads above `max_payload` are refused here (the pending
 completes with an error): above the broker's `max_packet_size` Mosquitto would disconnect
 us, and the relay would resend the same row forever.
 """
@@ -154,6 +159,8 @@ class BrokerConnection:
             raise ValueError("BrokerConnection needs host and port, or addresses")
         # The address the next connection attempt goes to (see _on_pre_connect).
         self._address = 0
+        self.client_id = client_id
+        self._attempts = itertools.count(1)
         self.protocol = protocol
         self.keepalive = keepalive
         # Below `max_packet_size` in broker/mosquitto.conf (256 KiB + room for the topic).
@@ -370,6 +377,8 @@ class BrokerConnection:
         # the socket is made (paho 2.2 `reconnect`), so the attempt goes to our address.
         # (tests/chatserver/test_broker_addresses.py fails if a paho upgrade breaks it.)
         client._host, client._port = self.addresses[self._address]
+        if len(self.addresses) > 1:
+            client._client_id = f"{self.client_id}-{next(self._attempts)}".encode()
 
     def _next_address(self) -> None:
         if len(self.addresses) > 1:

@@ -246,7 +246,8 @@ class Session:
 
 def broker_connection(*, name: str):
     """A worker's own connection to the broker, with the server's admin account (client id
-    `chat-<name>-<host>-<pid>`: unique per process, so copies never kick each other off)."""
+    `chat-<name>-<host>-<pid>`: unique per process, so copies never kick each other off;
+    `-<n>` added per connection when MQTT_HOST lists several nodes, chatserver/mqtt.py)."""
     from chatserver.mqtt import BrokerConnection  # paho: only in the worker processes
 
     # Plaintext on the server's own network when offered; TLS when it is off altogether.

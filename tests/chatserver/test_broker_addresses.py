@@ -84,12 +84,15 @@ def test_after_a_lost_connection_the_next_address_is_tried(broker):
         assert conn.connect(timeout=10)
         assert (conn.host, conn.port) == first
 
-        # when: the broker drops the connection (another login with its client id)
-        connack(broker.host, broker.port, broker.admin_username, broker.admin_password,
-                client_id=conn._client._client_id.decode())
+        first_id = conn._client._client_id.decode()
 
-        # then: it comes back on the second address
+        # when: the broker drops the connection (another login with its client id)
+        connack(broker.host, broker.port, broker.admin_username, broker.admin_password, client_id=first_id)
+
+        # then: it comes back on the second address, with a client id of its own (no
+        # session queue of the first connection's in the way)
         wait_until(lambda: conn.connected and conn.host == "localhost", 10, "a reconnection to the second address")
+        assert first_id.startswith(conn.client_id) and conn._client._client_id.decode() not in {first_id, conn.client_id}
         pending = conn.publish(f"chat/users/{900_000_000 + secrets.randbelow(1000)}", b"{}", qos=1)
         assert conn.wait([pending], timeout=5)
     finally:
