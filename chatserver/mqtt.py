@@ -25,9 +25,11 @@ its own (`<client_id>-<n>`): RabbitMQ 3.10 keeps even a clean session's subscrip
 queue (`mqtt-subscription-<client id>qos1`) on the node it was made on, and after that
 node was killed (SIGKILL, measured: tests/chatserver/test_cluster_session.py) the other
 nodes closed every connection with the same client id, declaring that queue ("home node
-... is down"), for as long as the node stayed down. Payloads above `max_payload` are refused here (the pending
-completes with an error): above the broker's `max_packet_size` Mosquitto would disconnect
-us, and the relay would resend the same row forever.
+... is down"), for as long as the node stayed down.
+
+Payloads above `max_payload` are refused here (the pending completes with an error):
+above the broker's `max_packet_size` Mosquitto would disconnect us, and the relay would
+resend the same row forever.
 """
 
 from __future__ import annotations
@@ -380,15 +382,15 @@ class BrokerConnection:
         if len(self.addresses) > 1:
             client._client_id = f"{self.client_id}-{next(self._attempts)}".encode()
 
-    def _next_address(self) -> None:
+    def _next_address(self, why: str) -> None:
         if len(self.addresses) > 1:
+            was = f"{self.host}:{self.port}"
             self._address = (self._address + 1) % len(self.addresses)
-            log.info("next broker address: %s:%s", self.host, self.port)
+            log.info("%s at %s; next broker address: %s:%s", why, was, self.host, self.port)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # No TCP connection (refused, unreachable, a name that does not resolve).
-        log.warning("no connection to the broker at %s:%s", self.host, self.port)
-        self._next_address()
+        self._next_address("no connection")
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle on: every QoS 1 round trip would wait ~40 ms for delayed ACKs.
@@ -427,7 +429,7 @@ class BrokerConnection:
         if not self._closed:
             # A node that went (stopped, crashed, refused us, stopped answering): the next
             # attempt goes to another one at once, rather than after a refusal from it.
-            self._next_address()
+            self._next_address("disconnected")
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
