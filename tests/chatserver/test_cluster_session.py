@@ -2,15 +2,15 @@
 
 The product on the session's three-node cluster (`rabbitmq_cluster`): a database of its
 own, gunicorn behind nginx (whose loopback listener answers the nodes' auth checks), a
-real relay process given every node's address (MQTT_HOST, chatserver/broker_addresses.py)
-and every node's management API. A phone, paho 3.1.1 with a persistent session, is on
-node A, which holds its session queue (a quorum queue: its leader is where it was made)
-and the relay's connection. Messages are sent over HTTP in a direct chat and a group,
+real relay and presence worker given every node's address (MQTT_HOST,
+chatserver/broker_addresses.py) and every node's management API. A phone, paho 3.1.1 with
+a persistent session, is on node A, which holds its session queue (a quorum queue: its
+leader is where it was made) and both workers' connections. Messages are sent over HTTP in a direct chat and a group,
 without a pause, while node A is stopped (cleanly, or its VM killed with SIGKILL); the
 phone then resumes its session on node B, as the app does with the next address. It must
 end up with every message, the first copy of each in per-chat order (duplicates are
-allowed: delivery is at-least-once); and the relay must have moved to another node by
-itself.
+allowed: delivery is at-least-once); and both workers must have moved to another node
+by themselves.
 
 What this costs: the cluster boots once per session (~35 s); each case then stops and
 restarts node A (~10 s).
@@ -42,26 +42,35 @@ _names = count(1)
 
 
 class ClusterStack:
-    def __init__(self, *, cluster, http: HttpServer, relay: ServerProcess) -> None:
-        self.cluster, self.http, self.relay, self.url = cluster, http, relay, http.url
+    def __init__(self, *, cluster, http: HttpServer, relay: ServerProcess, presence: ServerProcess) -> None:
+        self.cluster, self.http, self.url = cluster, http, http.url
+        self.relay, self.presence = relay, presence
 
     def healthy(self) -> bool:
         status, body = call(f"{self.url}/health/", timeout=5)
         return status == 200 and (body or {}).get("status") == "ok"
 
-    def restart_relay(self) -> None:
-        self.relay.stop()
-        self.relay.log_path.unlink()
-        self.relay.start()
-        wait_until(lambda: self.relay_ports() and self.healthy(), 30, "the new relay healthy", interval=0.1)
+    def on_first_node(self) -> None:
+        """Both workers connected to node A: a worker that moved is restarted (a new one
+        starts with the first address)."""
+        for worker in (self.relay, self.presence):
+            if self.ports(worker)[-1:] != [self.cluster.nodes[0].port]:
+                worker.stop()
+                worker.log_path.unlink()
+                worker.start()
+                wait_until(lambda w=worker: self.ports(w), 30, f"the new {worker.name} worker connected",
+                           interval=0.1)
+        wait_until(self.healthy, 30, "the stack healthy", interval=0.1)
 
-    def relay_ports(self) -> list[int]:
-        """The MQTT ports the relay connected to, in order (from its log)."""
-        log = self.relay.log_path.read_text(errors="replace")
+    @staticmethod
+    def ports(worker: ServerProcess) -> list[int]:
+        """The MQTT ports a worker connected to, in order (from its log)."""
+        log = worker.log_path.read_text(errors="replace")
         return [int(port) for port in re.findall(r"connected to the broker at [^:\s]+:(\d+)", log)]
 
     def logs(self) -> str:
-        return f"--- relay\n{self.relay.log_tail(60)}\n--- web\n{self.http.log_tail(30)}"
+        return (f"--- relay\n{self.relay.log_tail(60)}\n--- presence\n{self.presence.log_tail(20)}"
+                f"\n--- web\n{self.http.log_tail(30)}")
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +87,20 @@ def cluster_stack(postgres, rabbitmq_cluster, tmp_path_factory) -> Iterator[Clus
                              capture_output=True, text=True)
     if migrate.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
-    http = relay = None
+    http = relay = presence = None
     try:
         http = HttpServer(env, workdir, broker_auth_port=rabbitmq_cluster.auth_port).start()
         relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], env, workdir).start()
-        stack = ClusterStack(cluster=rabbitmq_cluster, http=http, relay=relay)
+        presence = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env,
+                                 workdir).start()
+        stack = ClusterStack(cluster=rabbitmq_cluster, http=http, relay=relay, presence=presence)
         try:
             wait_until(stack.healthy, 30, "the stack on the cluster to be healthy", interval=0.1)
         except AssertionError:
             raise AssertionError(stack.logs()) from None
         yield stack
     finally:
-        for part in (relay, http):
+        for part in (presence, relay, http):
             if part is not None:
                 part.stop()
 
@@ -158,10 +169,9 @@ def test_a_phone_resumes_on_another_node_with_every_message_in_order(cluster_sta
     assert phone.connect(alice.mqtt["username"], alice.mqtt["password"], alice.mqtt["client_id"],
                          clean_session=False) == 0
     assert [phone.subscribe(topic) for topic in topics] == [1, 1]
-    # ...and the relay on node A too (a new relay starts with the first address)
-    if cluster_stack.relay_ports()[-1:] != [a.port]:
-        cluster_stack.restart_relay()
-    assert cluster_stack.relay_ports()[-1] == a.port, cluster_stack.logs()
+    # ...and the server's relay and presence worker on node A too
+    cluster_stack.on_first_node()
+    assert [cluster_stack.ports(w)[-1] for w in (cluster_stack.relay, cluster_stack.presence)] == [a.port] * 2
     senders = [Sender(bob, direct), Sender(carol, group)]
     try:
         for sender in senders:
@@ -200,8 +210,10 @@ def test_a_phone_resumes_on_another_node_with_every_message_in_order(cluster_sta
             wait_until(lambda s=sender: set(first_copies(phone, s.chat)) >= set(s.sent), 30,
                        f"every message of chat {sender.chat} on the phone")
             assert first_copies(phone, sender.chat) == sender.sent
-        ports = cluster_stack.relay_ports()
-        assert ports[-1] != a.port and ports[-1] in {node.port for node in cluster.nodes}, ports
+        # and both workers are on another node, by themselves
+        for worker in (cluster_stack.relay, cluster_stack.presence):
+            wait_until(lambda w=worker: cluster_stack.ports(w)[-1] in {n.port for n in cluster.nodes} - {a.port},
+                       30, f"the {worker.name} worker on another node")
     finally:
         phone.close()
         # node A back in the cluster for what comes next
