@@ -105,7 +105,7 @@ class PresenceWorker(Worker):
 
     def activated(self) -> None:
         if not self.broker_started:
-            logger.info("presence: broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
+            logger.info("presence: broker %s", ", ".join(f"{host}:{port}" for host, port in self.broker.addresses))
             self.broker.connect(timeout=5.0)
             self.broker_started = True
         self.tracker.forget_applied()

@@ -17,9 +17,19 @@ broker refused (e.g. "Not authorized") shows as `Pending.error`. MQTT 3.1.1
 PUBACK: a refusal is a silent success on Mosquitto and a closed connection on RabbitMQ
 (every pending in flight fails; the relay finds the row that does it, chatserver/relay.py).
 Clean start (3.1.1: clean session) on every connection: the relay keeps no broker
-session, it replays unacknowledged outbox rows. Payloads above `max_payload` are refused here (the pending
-completes with an error): above the broker's `max_packet_size` Mosquitto would disconnect
-us, and the relay would resend the same row forever.
+session, it replays unacknowledged outbox rows. Several broker addresses (a cluster's
+nodes, chatserver/broker_addresses.py) are tried in turn: the same one while it keeps
+connecting, the next after a lost connection or a failed attempt; since the relay keeps
+no session, any node will do. With several addresses every connection has a client id of
+its own (`<client_id>-<n>`): RabbitMQ 3.10 keeps even a clean session's subscription
+queue (`mqtt-subscription-<client id>qos1`) on the node it was made on, and after that
+node was killed (SIGKILL, measured: tests/chatserver/test_cluster_session.py) the other
+nodes closed every connection with the same client id, declaring that queue ("home node
+... is down"), for as long as the node stayed down.
+
+Payloads above `max_payload` are refused here (the pending completes with an error):
+above the broker's `max_packet_size` Mosquitto would disconnect us, and the relay would
+resend the same row forever.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -129,8 +139,9 @@ class BrokerConnection:
     def __init__(
         self,
         *,
-        host: str,
-        port: int,
+        host: str | None = None,
+        port: int | None = None,
+        addresses: Sequence[tuple[str, int]] = (),
         username: str,
         password: str,
         client_id: str,
@@ -140,12 +151,20 @@ class BrokerConnection:
         tls_ca: str | None = None,
         protocol: str = "5",
     ) -> None:
-        """`tls`: connect over TLS, verifying the broker's certificate and name against
-        `tls_ca` (a PEM file; None: the system's CAs). `protocol`: "5" or "3.1.1"."""
+        """`host` and `port`, or `addresses`: [(host, port), ...], every node of a cluster,
+        tried in turn. `tls`: connect over TLS, verifying the broker's certificate and name
+        against `tls_ca` (a PEM file; None: the system's CAs). `protocol`: "5" or "3.1.1"."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"MQTT protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+        self.addresses = list(addresses) or ([(host, port)] if host and port else [])
+        if not self.addresses:
+            raise ValueError("BrokerConnection needs host and port, or addresses")
+        # The address the next connection attempt goes to (see _on_pre_connect).
+        self._address = 0
+        self.client_id = client_id
+        self._attempts = itertools.count(1)
         self.protocol = protocol
-        self.host, self.port, self.keepalive = host, port, keepalive
+        self.keepalive = keepalive
         # Below `max_packet_size` in broker/mosquitto.conf (256 KiB + room for the topic).
         self.max_payload = max_payload
         self._lock = threading.Lock()
@@ -181,6 +200,8 @@ class BrokerConnection:
             client.tls_set(ca_certs=tls_ca or None)
         client.max_inflight_messages_set(self.MAX_INFLIGHT)
         client.reconnect_delay_set(self.RECONNECT_MIN_DELAY, self.RECONNECT_MAX_DELAY)
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -202,6 +223,7 @@ class BrokerConnection:
             start = not self._started
             self._started = True
         if start:
+            # _on_pre_connect puts the current address in place of this one.
             self._client.connect_async(
                 self.host, self.port, keepalive=self.keepalive,
                 **({"clean_start": True} if self.protocol == "5" else {}),
@@ -212,6 +234,15 @@ class BrokerConnection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def host(self) -> str:
+        """The host of the address in use (or tried next)."""
+        return self.addresses[self._address][0]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[self._address][1]
 
     @property
     def last_answer(self) -> float | None:
@@ -342,6 +373,25 @@ class BrokerConnection:
 
     # --- paho callbacks (network thread) -----------------------------------------------
 
+    def _on_pre_connect(self, client: paho.Client, userdata: Any) -> None:
+        # paho (re)connects to its own host and port, which its public setters refuse to
+        # change between a lost connection and the next attempt: this runs just before
+        # the socket is made (paho 2.2 `reconnect`), so the attempt goes to our address.
+        # (tests/chatserver/test_broker_addresses.py fails if a paho upgrade breaks it.)
+        client._host, client._port = self.addresses[self._address]
+        if len(self.addresses) > 1:
+            client._client_id = f"{self.client_id}-{next(self._attempts)}".encode()
+
+    def _next_address(self, why: str) -> None:
+        if len(self.addresses) > 1:
+            was = f"{self.host}:{self.port}"
+            self._address = (self._address + 1) % len(self.addresses)
+            log.info("%s at %s; next broker address: %s:%s", why, was, self.host, self.port)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # No TCP connection (refused, unreachable, a name that does not resolve).
+        self._next_address("no connection")
+
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle on: every QoS 1 round trip would wait ~40 ms for delayed ACKs.
         try:
@@ -375,7 +425,11 @@ class BrokerConnection:
         with self._lock:
             self._reset(f"disconnected: {reason}")
         if was_connected and not self._closed:
-            log.warning("lost the broker connection (%s); reconnecting", reason)
+            log.warning("lost the broker connection to %s:%s (%s); reconnecting", self.host, self.port, reason)
+        if not self._closed:
+            # A node that went (stopped, crashed, refused us, stopped answering): the next
+            # attempt goes to another one at once, rather than after a refusal from it.
+            self._next_address("disconnected")
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:

@@ -184,7 +184,7 @@ class Relay(Worker):
             logger.info("partition %d of %d", self.partition, self.partitions)
             self.repartition()
         if not self.broker_started:
-            logger.info("broker %s:%s", settings.MQTT_HOST, settings.MQTT_PORT)
+            logger.info("broker %s", ", ".join(f"{host}:{port}" for host, port in self.broker.addresses))
             self.broker.connect(timeout=5.0)
             self.broker_started = True
         # Whatever happened while this relay was not active (rows queued unheard, its

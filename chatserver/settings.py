@@ -15,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from chatserver import dotenv
+from chatserver.broker_addresses import parse_broker_addresses
 from chatserver.client_address import parse_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -324,7 +325,9 @@ else:
 
 # --- MQTT -------------------------------------------------------------------------------
 
-# Where the server's own processes reach the broker.
+# Where the server's own processes reach the broker: a host, or a cluster's nodes as a
+# comma-separated list of host[:port], tried in turn (chatserver/broker_addresses.py;
+# a port left out is MQTT_PORT's, or MQTT_TLS_PORT's with MQTT_PLAINTEXT=off).
 MQTT_HOST = env("MQTT_HOST", "127.0.0.1")
 MQTT_PORT = env_int("MQTT_PORT", 1883)
 MQTT_WS_PORT = env_int("MQTT_WS_PORT", 9001)
@@ -349,6 +352,10 @@ MQTT_TLS_CA = env("MQTT_TLS_CA", "" if MQTT_TLS_CERT else str(DATA_DIR / "tls" /
 MQTT_PLAINTEXT = env_bool("MQTT_PLAINTEXT", True)
 if not (MQTT_PLAINTEXT or MQTT_TLS):
     raise ImproperlyConfigured("MQTT_PLAINTEXT=off needs the TLS listeners: leave MQTT_TLS on")
+try:
+    parse_broker_addresses(MQTT_HOST, default_port=MQTT_PORT)
+except ValueError as error:
+    raise ImproperlyConfigured(f"MQTT_HOST: {error}") from None
 MQTT_PUBLIC_TLS_PORT = env_int("MQTT_PUBLIC_TLS_PORT", MQTT_TLS_PORT)
 MQTT_PUBLIC_WSS_PORT = env_int("MQTT_PUBLIC_WSS_PORT", MQTT_WSS_PORT)
 # The broker account of the server itself (the relay). Its password never leaves it.

@@ -45,6 +45,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from chatserver.broker_addresses import parse_broker_addresses
+
 logger = logging.getLogger("chatserver.workers")
 
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
@@ -244,14 +246,16 @@ class Session:
 
 def broker_connection(*, name: str):
     """A worker's own connection to the broker, with the server's admin account (client id
-    `chat-<name>-<host>-<pid>`: unique per process, so copies never kick each other off)."""
+    `chat-<name>-<host>-<pid>`: unique per process, so copies never kick each other off;
+    `-<n>` added per connection when MQTT_HOST lists several nodes, chatserver/mqtt.py)."""
     from chatserver.mqtt import BrokerConnection  # paho: only in the worker processes
 
     # Plaintext on the server's own network when offered; TLS when it is off altogether.
     tls = not settings.MQTT_PLAINTEXT
     return BrokerConnection(
-        host=settings.MQTT_HOST,
-        port=settings.MQTT_TLS_PORT if tls else settings.MQTT_PORT,
+        # Every node of a cluster, tried in turn (chatserver/broker_addresses.py).
+        addresses=parse_broker_addresses(
+            settings.MQTT_HOST, default_port=settings.MQTT_TLS_PORT if tls else settings.MQTT_PORT),
         username=settings.MQTT_ADMIN_USERNAME,
         password=settings.MQTT_ADMIN_PASSWORD,
         client_id=f"chat-{name}-{socket.gethostname()}-{os.getpid()}",

@@ -16,7 +16,7 @@
 # rabbitmqctl: A boots first, then B and C side by side join it (nodes booting together
 # with none of the others up yet would each form a cluster of their own). Then run the
 # stack on it without a broker of its own, as `start` prints:
-#   BROKER=rabbitmq BROKER_EXTERNAL=on RABBITMQ_MANAGEMENT_URL=... make run
+#   BROKER=rabbitmq BROKER_EXTERNAL=on MQTT_HOST=... RABBITMQ_MANAGEMENT_URL=... make run
 # Production on three hosts: README, "Scaling out".
 set -euo pipefail
 
@@ -119,11 +119,16 @@ start() {
     await_node 1
     await_node 2
     status
-    local urls=()
-    for i in 0 1 2; do urls+=("http://127.0.0.1:$((${RABBITMQ_MANAGEMENT_PORT:-15672} + i))"); done
+    local urls=() hosts=()
+    for i in 0 1 2; do
+        urls+=("http://127.0.0.1:$((${RABBITMQ_MANAGEMENT_PORT:-15672} + i))")
+        hosts+=("127.0.0.1:$((${MQTT_PORT:-1883} + i))")
+    done
     echo
-    echo "The stack on this cluster (node A's MQTT ports; every node's management API):"
-    echo "  BROKER=rabbitmq BROKER_EXTERNAL=on MQTT_PORT=${MQTT_PORT:-1883} RABBITMQ_MANAGEMENT_URL=$(IFS=,; echo "${urls[*]}") make run"
+    echo "The stack on this cluster (phones get node A's MQTT ports; the server's processes every node's"
+    echo "MQTT listener and management API, each tried in turn):"
+    echo "  BROKER=rabbitmq BROKER_EXTERNAL=on MQTT_PORT=${MQTT_PORT:-1883} MQTT_HOST=$(IFS=,; echo "${hosts[*]}")" \
+        "RABBITMQ_MANAGEMENT_URL=$(IFS=,; echo "${urls[*]}") make run"
 }
 
 status() {

@@ -305,6 +305,8 @@ def test_the_management_api_answers_are_mapped_to_done_retry_or_refused(stack):
     # when / then: 404s are "already so"; no answer is "later"; 401 is the row's failure
     good.apply(op, created_at=time.time(), pause=time.sleep)
     failover.apply(op, created_at=time.time(), pause=time.sleep)
+    # ...and the node that answered is asked first from then on
+    assert failover.urls == [node.management_url, f"http://127.0.0.1:{dead_port}"]
     with pytest.raises(AccessUnavailable):
         unreachable.apply(op, created_at=time.time(), pause=time.sleep)
     with pytest.raises(AccessRefused):

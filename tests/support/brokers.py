@@ -8,7 +8,10 @@ a broker take `broker`; those that need one of their own (fault stacks, TLS, out
 take `new_broker`, which makes an unstarted one of the selected kind.
 
 Tests about Mosquitto itself (dynamic security, the login guard, its config) are marked
-`mosquitto_only` and skipped, with the reason, under `--broker=rabbitmq`.
+`mosquitto_only` and skipped, with the reason, under `--broker=rabbitmq`. Tests of the
+product on a RabbitMQ cluster (a node lost under a phone's session and the relay) are
+marked `rabbitmq_only`, and run only under `--broker=rabbitmq`: they boot the session's
+three-node cluster, about 35 s, which a Mosquitto run should not pay for.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 
 BROKERS = ("mosquitto", "rabbitmq")
 MOSQUITTO_ONLY_REASON = "about Mosquitto itself (dynamic security, login guard, its config): not run with --broker=rabbitmq"
+RABBITMQ_ONLY_REASON = "the product on a RabbitMQ cluster: run with --broker=rabbitmq"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"mosquitto_only: {MOSQUITTO_ONLY_REASON}")
+    config.addinivalue_line("markers", f"rabbitmq_only: {RABBITMQ_ONLY_REASON}")
     # argparse checks choices on the command line only, not a default from the environment.
     if config.getoption("--broker") not in BROKERS:
         raise pytest.UsageError(f"TEST_BROKER must be one of {', '.join(BROKERS)}, got {config.getoption('--broker')!r}")
@@ -42,19 +47,21 @@ BROKER_FIXTURES = frozenset({"broker", "new_broker"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under --broker=rabbitmq, only the tests that talk to the selected broker run: the
-    others (the service tier, HTTP without a relay, RabbitMQ's own node and access tests,
-    which start nodes of their own) do the same on either broker and ran with the default.
-    `make test` runs the suite on Mosquitto, then this part of it on RabbitMQ."""
-    if config.getoption("--broker") == "mosquitto":
-        return
-    skip = pytest.mark.skip(reason=MOSQUITTO_ONLY_REASON)
+    """Tests marked for the other broker are skipped, with the reason. Under
+    --broker=rabbitmq, only the tests that talk to the selected broker run, and those
+    marked `rabbitmq_only`: the others (the service tier, RabbitMQ's own node and access
+    tests, which start nodes of their own) do the same on either broker and ran with the
+    default. `make test` runs the suite on Mosquitto, then this part of it on RabbitMQ."""
+    kind = config.getoption("--broker")
+    skipped = "mosquitto_only" if kind == "rabbitmq" else "rabbitmq_only"
+    skip = pytest.mark.skip(reason=MOSQUITTO_ONLY_REASON if kind == "rabbitmq" else RABBITMQ_ONLY_REASON)
     selected, deselected = [], []
     for item in items:
-        if not BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if (kind == "rabbitmq" and not item.get_closest_marker("rabbitmq_only")
+                and not BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))):
             deselected.append(item)
             continue
-        if item.get_closest_marker("mosquitto_only"):
+        if item.get_closest_marker(skipped):
             item.add_marker(skip)
         selected.append(item)
     if deselected:
