@@ -1,5 +1,6 @@
 # make run   set everything up and start the stack in the foreground (Ctrl-C stops it)
-# make test  set everything up and run the suite (PYTEST_ARGS="-x -k foo" to narrow it)
+# make test  set everything up and run the suite on Mosquitto, then its broker-facing part on
+#            RabbitMQ (PYTEST_ARGS="-x -k foo" to narrow it, TEST_BROKERS=mosquitto for one)
 # make bench a fresh PostgreSQL stack under standard load profiles (BENCH_ARGS="--quick")
 #
 # make cluster  three RabbitMQ nodes on this machine, joined (scripts/rabbitmq-cluster.sh;
@@ -14,6 +15,7 @@ PYTHON := .venv/bin/python
 VENV_STAMP := .venv/.requirements-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+TEST_BROKERS ?= mosquitto rabbitmq
 # mosquitto (the default) or rabbitmq (chatserver/settings.py BROKER): which broker's
 # packages `make run` installs. The environment wins, else the .env file (ENV_FILE) says.
 BROKER ?= $(shell sed -n "s/^[[:space:]]*\(export[[:space:]]*\)\{0,1\}BROKER[[:space:]]*=[[:space:]]*[\"']\{0,1\}\([A-Za-z]*\).*/\2/p" $(or $(ENV_FILE),.env) 2>/dev/null | tail -1)
@@ -41,8 +43,14 @@ system-deps-test:
 run: venv system-deps
 	bash scripts/run.sh
 
+# The whole suite on Mosquitto, then on RabbitMQ the tests that talk to a broker (the
+# others do the same on either: tests/support/brokers.py). Both run even if the first
+# fails; the target fails if either did. TEST_BROKERS=mosquitto for one pass only.
 test: venv system-deps-test
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	@status=0; for broker in $(TEST_BROKERS); do \
+	    echo "== the suite on $$broker"; \
+	    $(PYTHON) -m pytest --broker=$$broker $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
 
 # Results are saved under bench/results/ (see bench/run.py).
 bench: venv system-deps-test

@@ -200,12 +200,25 @@ def device_presence_cap(*, until: datetime) -> int:
     return Device.objects.filter(presence_expires_at__gt=until).update(presence_expires_at=until)
 
 
+def users_not_offline() -> list[int]:
+    """The users the database has online or away (whom a restarted presence worker asks
+    to say so again)."""
+    return list(User.objects.exclude(presence=User.Presence.OFFLINE).values_list("id", flat=True))
+
+
 def presence_reset_absent(*, present: set[int]) -> list[int]:
     """Set offline every user the database has online or away but who has no device
-    present (after a restart of the server or the broker, nobody stays stuck online)."""
+    present (after a restart of the server or the broker, nobody stays stuck online), and
+    their devices: none of them reported since the (re)connection, so none is connected
+    (where retained states are not handed over, as on RabbitMQ 3.10 for a wildcard
+    subscription, this is the only word the worker has on them)."""
     stale = list(
         User.objects.exclude(presence=User.Presence.OFFLINE).exclude(id__in=present).values_list("id", flat=True)
     )
+    for start in range(0, len(stale), APPLY_BATCH):
+        Device.objects.filter(user_id__in=stale[start : start + APPLY_BATCH]).exclude(
+            presence=User.Presence.OFFLINE
+        ).update(presence=User.Presence.OFFLINE, presence_expires_at=None)
     for start in range(0, len(stale), APPLY_BATCH):
         presence_apply_many(changes=[(uid, User.Presence.OFFLINE) for uid in stale[start : start + APPLY_BATCH]])
     return stale

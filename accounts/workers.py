@@ -47,6 +47,7 @@ from accounts.presence import (
     is_device,
     presence_apply_many,
     presence_reset_absent,
+    users_not_offline,
 )
 from accounts.services import inactive_devices_sign_out
 from chatserver.broker_access import PRESENCE_FILTER, parse_presence_topic, presence_topic, user_topic
@@ -208,6 +209,13 @@ class PresenceWorker(Worker):
         self.connected_since = now
         self.probed = set()
         for user_id in self.tracker.cap(now + RESTART_GRACE):
+            self._probe(user_id)
+        # And everyone the database has present, whom this process may know nothing of
+        # (it just started): their phones answer within PRESENCE_SETTLE, before the users
+        # nobody reports present are set offline. Mosquitto also hands over the retained
+        # states (each probes its user); RabbitMQ 3.10 does not to a wildcard
+        # subscription, and without this a connected phone went offline for a minute.
+        for user_id in users_not_offline():
             self._probe(user_id)
 
     def _probe(self, user_id: int) -> None:

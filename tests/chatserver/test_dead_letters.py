@@ -87,7 +87,8 @@ def test_a_row_the_relay_cannot_handle_fails_translation_with_its_reason(fields,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_poison_rows_are_set_aside_with_their_error_and_the_rows_around_them_are_delivered(live_stack, broker):
+def test_poison_rows_are_set_aside_with_their_error_and_the_rows_around_them_are_delivered(live_stack, broker,
+                                                                                            broker_kind):
     # given
     probe = observer(broker)
     big = "x" * TOO_LARGE
@@ -120,11 +121,15 @@ def test_poison_rows_are_set_aside_with_their_error_and_the_rows_around_them_are
          "error": "cannot translate: ValueError: an id must be a positive integer, got 'eve'"},
         {"outbox_id": ids[5], "payload": big, "user_ids": [USER],
          "error": f"broker refused: publish to {TOPIC}: payload too large ({TOO_LARGE} > {256 * 1024} bytes)"},
+    ] + ([
+        # A grant before its user exists is Mosquitto's refusal (dynamic security has no
+        # group for it); on RabbitMQ a grant is nothing to apply (Django decides at
+        # SUBSCRIBE from the database), so that row is no poison there.
         {"outbox_id": ids[6], "payload": "", "user_ids": [],
          "error": "broker refused: addGroupRole: Group not found"},
-    ]
+    ] if broker_kind == "mosquitto" else [])
     status, body = call(f"{live_stack.url}/health/")
-    assert (status, body["dead_letters"], body["outbox_pending"], body["relay"]) == (200, 4, 0, "running")
+    assert (status, body["dead_letters"], body["outbox_pending"], body["relay"]) == (200, len(letters), 0, "running")
     assert live_stack.relay.alive()
 
 
