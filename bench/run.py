@@ -280,7 +280,7 @@ def render_burst(report: dict) -> str:
     ready = "not all ready" if b["ready_s"] is None else f"all ready {b['ready_s']:.1f} s later"
     copies = b.get("copies", {})
     lines = [
-        f"presence burst: {b['phones']} phones connecting at once {b['at_s']:g} s into "
+        f"{report['profile']}: {b['phones']} phones connecting at once {b['at_s']:g} s into "
         f"{report['config']['rate']:g} msg/s of 1:1 messages ({ready}); POST->MQTT ms p50/p95/p99 "
         f"of what was sent in {b['window_s']:g} s:",
         f"  before the burst  {ms(b['without_ms'])}  ({copies.get('without', 0)} copies)",
