@@ -1,7 +1,8 @@
 # make run   set everything up and start the stack in the foreground (Ctrl-C stops it)
 # make test  set everything up and run the suite on Mosquitto, then its broker-facing part on
 #            RabbitMQ (PYTEST_ARGS="-x -k foo" to narrow it, TEST_BROKERS=mosquitto for one)
-# make bench a fresh PostgreSQL stack under standard load profiles (BENCH_ARGS="--quick")
+# make bench a fresh PostgreSQL stack under standard load profiles (BENCH_ARGS="--quick";
+#            BROKER=rabbitmq: on a RabbitMQ node, BENCH_ARGS="--cluster": three, one then down)
 #
 # make cluster  three RabbitMQ nodes on this machine, joined (scripts/rabbitmq-cluster.sh;
 #               `make cluster-stop`, `make cluster-status`)
@@ -54,7 +55,7 @@ test: venv system-deps-test
 
 # Results are saved under bench/results/ (see bench/run.py).
 bench: venv system-deps-test
-	$(PYTHON) bench/run.py $(BENCH_ARGS)
+	$(PYTHON) bench/run.py $(if $(filter rabbitmq,$(BROKER)),--broker rabbitmq) $(BENCH_ARGS)
 
 cluster: venv
 	bash scripts/system-deps.sh rabbitmq

@@ -34,6 +34,18 @@ The stack is the shipped configuration (bench/stack.py: durable PostgreSQL, the 
 password hasher, the Procfile's gunicorn with its access log); --fast-db runs every
 profile a second time on PostgreSQL with fsync off, those rows marked [fast-db].
 
+The broker is Mosquitto, or with --broker rabbitmq (`make bench BROKER=rabbitmq`) one
+RabbitMQ node from the project's config (bench/stack.py), the same profiles unchanged: the
+phones (paho and mosquitto_sub) log in with their device's credentials and client id over
+MQTT 3.1.1, which Django decides through nginx's loopback broker-auth listener. With
+--cluster: three RabbitMQ nodes joined (chat-a, chat-b, chat-c), phone n on node n mod 3
+(chat-sim load --mqtt-ports), the relay, presence and push workers on chat-a; every
+profile runs, then chat-c is stopped and every profile but push runs again (rows marked
+[chat-c down]), chat-c's phones spread over chat-a and chat-b, their sessions (quorum
+queues) resumed there. The push profile's second stack (push on) is one node: its phones
+are offline, the broker does not carry its pushes. The broker's CPU is its process tree:
+mosquitto, or a node's start script with its Erlang VM (beam.smp) and helpers, per node.
+
 The table is printed and saved with every report under bench/results/<UTC timestamp>
 (.txt and .json). Users are signed up before any step (BenchStack.seed_users: the real
 signup, one real hash for all) and reused by later steps. The CPU table gives each
@@ -43,6 +55,7 @@ machine (cores busy), so that a load generator near the cores' limit shows.
     python bench/run.py [--duration SECONDS] [--only 1:1,saturated,group,idle,presence-burst,push] [--quick]
     python bench/run.py --profile presence-burst     # that profile alone
     python bench/run.py --only 1:1,saturated --rates 100,200 --fast-db
+    python bench/run.py --broker rabbitmq [--cluster] --quick
 
 chat-sim runs from this checkout's android-client-sim/ (`python -m chat_sim`), whatever
 version the virtualenv has installed.
@@ -81,6 +94,7 @@ GROUP_RATES = [10, 25, 50, 75, 100, 150, 200, 300]
 BURST_PHONES, BURST_RATE, BURST_GOAL = 1000, 100, 2.0
 PUSH_USERS, PUSH_RATE = 1000, 100
 SATURATED_SENDERS = 32
+DOWN_NODE = "chat-c"  # --cluster: the node stopped for the second pass (the workers are on chat-a)
 GROUP_RECEIVER = "mosquitto_sub" if shutil.which("mosquitto_sub") else "paho"
 
 
@@ -88,6 +102,7 @@ def load(stack: BenchStack, home: Path, *, users: int, chats: int, group_size: i
          duration: float, grace: float, extra: tuple[str, ...] = ()) -> dict:
     """One `chat-sim load` run against `stack`, with the CPU each process used while the
     load was sending (`cpu_ms_per_message`)."""
+    extra = (*extra, *phone_ports(stack))
     seed(stack, home, users=users, extra=extra)
     args = [*CHAT_SIM, "--server", stack.url, "--json", "load", "--users", str(users), "--chats", str(chats),
             "--group-size", str(group_size), "--rate", str(rate), "--duration", str(duration),
@@ -110,13 +125,30 @@ def load(stack: BenchStack, home: Path, *, users: int, chats: int, group_size: i
     if "sending_from" in window and "sending_until" in window and report["accepted"]:
         spent = samples.between(window["sending_from"], window["sending_until"])
         machine_s = spent.pop(MACHINE, 0.0)
+        brokers = [name for name in spent if name.startswith("broker ")]
+        if len(brokers) > 1:  # a cluster's nodes: also all of them together
+            spent["brokers, all nodes"] = sum(spent[name] for name in brokers)
         report["cpu_ms_per_message"] = {name: round(1000 * v / report["accepted"], 2) for name, v in spent.items()}
         seconds = window["sending_until"] - window["sending_from"]
         report["cpu_cores"] = {name: round(v / seconds, 3) for name, v in spent.items()}
+        ours = sum(v for name, v in spent.items() if name != "brokers, all nodes")
         # What else ran on the machine meanwhile (other users of a shared machine): the
         # figures of a step with much of it are not this stack's alone.
-        report["cpu_cores_others"] = round(max(0.0, machine_s - sum(spent.values())) / seconds, 3)
+        report["cpu_cores_others"] = round(max(0.0, machine_s - ours) / seconds, 3)
     return report
+
+
+def phone_ports(stack: BenchStack) -> tuple[str, ...]:
+    """`chat-sim load --mqtt-ports` for a cluster: phone n on node n mod 3; a stopped
+    node's phones spread over the running ones (slot s of 3 x running: node s mod 3 if it
+    runs, else the running nodes in turn), so that no other phone changes node."""
+    if not stack.cluster:
+        return ()
+    every = [node.port for node in stack.broker.nodes]
+    up = [node.port for node in stack.broker.nodes if node.running]
+    n = len(every)
+    slots = [every[s % n] if every[s % n] in up else up[(s // n) % len(up)] for s in range(n * len(up))]
+    return ("--mqtt-ports", ",".join(map(str, slots)))
 
 
 def seed(stack: BenchStack, home: Path, *, users: int, extra: tuple[str, ...]) -> None:
@@ -248,7 +280,7 @@ def render_burst(report: dict) -> str:
     ready = "not all ready" if b["ready_s"] is None else f"all ready {b['ready_s']:.1f} s later"
     copies = b.get("copies", {})
     lines = [
-        f"presence burst: {b['phones']} phones connecting at once {b['at_s']:g} s into "
+        f"{report['profile']}: {b['phones']} phones connecting at once {b['at_s']:g} s into "
         f"{report['config']['rate']:g} msg/s of 1:1 messages ({ready}); POST->MQTT ms p50/p95/p99 "
         f"of what was sent in {b['window_s']:g} s:",
         f"  before the burst  {ms(b['without_ms'])}  ({copies.get('without', 0)} copies)",
@@ -273,8 +305,10 @@ def render_cpu(reports: list[dict]) -> str:
     reports = [r for r in reports if "cpu_ms_per_message" in r]
     names = list(dict.fromkeys(n for r in reports for n in r["cpu_ms_per_message"]))
     header = ["profile", "target/s", *names, "load gen cores", "bench cores", "others' cores"]
-    lines = [[r["profile"], _target(r), *(f"{r['cpu_ms_per_message'].get(n, 0):.2f}" for n in names),
-              f"{r['cpu_cores'].get('load generator', 0):.2f}", f"{sum(r['cpu_cores'].values()):.2f}",
+    lines = [[r["profile"], _target(r), *(f"{r['cpu_ms_per_message'][n]:.2f}" if n in r["cpu_ms_per_message"]
+                                          else "-" for n in names),
+              f"{r['cpu_cores'].get('load generator', 0):.2f}",
+              f"{sum(v for n, v in r['cpu_cores'].items() if n != 'brokers, all nodes'):.2f}",
               f"{r.get('cpu_cores_others', 0):.2f}"]
              for r in reports]
     widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
@@ -365,7 +399,13 @@ def main() -> int:
     parser.add_argument("--group-receiver", choices=["paho", "mosquitto_sub"], default=GROUP_RECEIVER,
                         help=f"what hosts the group profile's phones (default here: {GROUP_RECEIVER})")
     parser.add_argument("--quick", action="store_true", help="short steps and few rates (a smoke run)")
+    parser.add_argument("--broker", choices=["mosquitto", "rabbitmq"], default="mosquitto",
+                        help="the broker of the stack (default mosquitto)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="with --broker rabbitmq: three nodes; every profile, then again with chat-c stopped")
     args = parser.parse_args()
+    if args.cluster and args.broker != "rabbitmq":
+        parser.error("--cluster is a RabbitMQ cluster: add --broker rabbitmq")
     profiles = set(args.only.split(","))
     if profiles - set(PROFILES):
         parser.error(f"unknown profile(s): {', '.join(sorted(profiles - set(PROFILES)))}")
@@ -384,7 +424,7 @@ def main() -> int:
     started = datetime.now(UTC)
     rows, reports, described = [], [], {}
 
-    def run_profiles(stack: BenchStack, home: Path, mark: str) -> None:
+    def run_profiles(stack: BenchStack, home: Path, mark: str, profiles: set[str] = profiles) -> None:
         def step(profile: str, on: BenchStack | None = None, **kwargs) -> dict:
             report = load(on or stack, home, **kwargs)
             report["profile"], report["kind"] = profile + mark, profile
@@ -442,7 +482,8 @@ def main() -> int:
             common = dict(users=PUSH_USERS, chats=PUSH_USERS // 2, group_size=2, rate=PUSH_RATE,
                           duration=push_duration)
             off = step("push, push off", grace=2, extra=("--offline", "--user-prefix", "push-off"), **common)
-            with FcmSink() as sink, BenchStack(push_sink=sink, fast_db=stack.fast_db) as push_stack:
+            with FcmSink() as sink, BenchStack(push_sink=sink, fast_db=stack.fast_db,
+                                               broker=stack.broker_kind) as push_stack:
                 print(f"push stack up at {push_stack.url}, FCM stand-in at {sink.url}", flush=True)
                 on = step("push", on=push_stack, grace=20,
                           extra=("--push-sink", sink.url, "--user-prefix", "push"), **common)
@@ -454,11 +495,19 @@ def main() -> int:
 
     for fast_db in [False, True] if args.fast_db else [False]:
         mark = " [fast-db]" if fast_db else ""
-        with BenchStack(fast_db=fast_db) as stack, tempfile.TemporaryDirectory(prefix="chat-bench-home-") as home:
-            print(f"stack up at {stack.url} ({stack.workdir}): {stack.describe()['database']}", flush=True)
+        with BenchStack(fast_db=fast_db, broker=args.broker, cluster=args.cluster) as stack, \
+                tempfile.TemporaryDirectory(prefix="chat-bench-home-") as home:
+            print(f"stack up at {stack.url} ({stack.workdir}): {stack.describe()['database']}; "
+                  f"{stack.describe()['broker']}", flush=True)
             run_profiles(stack, Path(home), mark)
             described["fast-db" if fast_db else "shipped"] = {
                 **stack.describe(), **({"group phones": args.group_receiver} if "group" in profiles else {})}
+            if args.cluster:
+                # Graceful: its clients are disconnected (a crash would leave them to
+                # their keepalive); the next step's phones connect to the other two.
+                stack.stop_node(DOWN_NODE)
+                print(f"{DOWN_NODE} stopped; its phones go to the others", flush=True)
+                run_profiles(stack, Path(home), f"{mark} [{DOWN_NODE} down]", profiles - {"push"})
 
     table = render(rows)
     bursts = [render_burst(r) for r in reports if "burst" in r and r["kind"] == "presence-burst"]
@@ -469,8 +518,9 @@ def main() -> int:
     pushes = [render_push(r) for r in reports if "push" in r]
     if pushes:
         table += "\n\n" + "\n\n".join(pushes)
+    broker = args.broker + (", 3-node cluster" if args.cluster else "")
     title = (f"chat backend bench, {started:%Y-%m-%d %H:%M} UTC, {machine()['cpus']} cores, "
-             f"{duration:g} s per step")
+             f"{duration:g} s per step, broker {broker}")
     header = "\n".join(f"{name}: {json.dumps(d)}" for name, d in described.items())
     if args.fast_db:
         header += "\nrows marked [fast-db] ran on the fast-db stack, NOT the shipped configuration"
@@ -480,7 +530,7 @@ def main() -> int:
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"{stamp}.txt").write_text(text)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(
-        {"started": started.isoformat(), "machine": machine(), "stack": described["shipped"],
+        {"started": started.isoformat(), "machine": machine(), "broker": broker, "stack": described["shipped"],
          **({"stack_fast_db": described["fast-db"]} if "fast-db" in described else {}), "duration_s": duration,
          "rows": rows, "reports": reports}, indent=1) + "\n")
     print(f"saved bench/results/{stamp}.txt and .json")

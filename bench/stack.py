@@ -1,11 +1,22 @@
-"""A fresh, throw-away stack for benchmarks: PostgreSQL, Mosquitto, migrations, gunicorn
+"""A fresh, throw-away stack for benchmarks: PostgreSQL, the broker, migrations, gunicorn
 and the workers (relay, presence, push), built from the test suite's own process helpers (tests/support).
 
-    with BenchStack() as stack:             # the shipped configuration
+    with BenchStack() as stack:             # the shipped configuration (Mosquitto)
         stack.url                           # http://127.0.0.1:<port>
         stack.seed_users(names, password)   # signed-up users and their tokens, quickly
         stack.describe()                    # what runs, for the results file
     with BenchStack(fast_db=True) as stack: # the same on PostgreSQL with fsync off
+    with BenchStack(broker="rabbitmq") as stack:                # one RabbitMQ node
+    with BenchStack(broker="rabbitmq", cluster=True) as stack:  # three, joined
+        stack.stop_node("chat-c")           # one node down (not the relay's)
+
+The broker is Mosquitto (tests/support/mosquitto.py) or RabbitMQ (tests/support/rabbitmq.py:
+RabbitNode, or RabbitCluster's three nodes chat-a, chat-b, chat-c on this machine), each
+from the project's own config, as `make run` starts it. With RabbitMQ the front (nginx)
+also serves the broker-auth listener on loopback, where the node asks Django about every
+device login and subscription, as with `make run`; the relay, presence and push workers
+connect to the first node (chat-a); `mqtt_ports` lists each node's MQTT port, for the
+load generator to spread its phones over them.
 
 Everything lives in one temporary directory, removed on exit (kept, with its logs, when
 starting failed). By default it is what `make run` ships: PostgreSQL with Debian's stock
@@ -41,16 +52,25 @@ if str(ROOT) not in sys.path:
 WEB_WORKERS = 2
 WEB_THREADS = 4
 PROCFILE = ROOT / "Procfile"
+BROKERS = ("mosquitto", "rabbitmq")
 # The password of every seeded user is hashed once with the shipped hasher (seed_users).
 SEED_SCRIPT = Path(__file__).resolve().parent / "seed_users.py"
 
 
 class BenchStack:
-    def __init__(self, *, push_sink=None, fast_db: bool = False) -> None:
+    def __init__(self, *, push_sink=None, fast_db: bool = False, broker: str = "mosquitto",
+                 cluster: bool = False) -> None:
         """`push_sink`: a chat_sim FcmSink to push to (push is off without one);
-        `fast_db`: PostgreSQL with fsync and synchronous_commit off (not as shipped)."""
+        `fast_db`: PostgreSQL with fsync and synchronous_commit off (not as shipped);
+        `broker`: "mosquitto" or "rabbitmq"; `cluster`: three RabbitMQ nodes instead of one."""
+        if broker not in BROKERS:
+            raise ValueError(f"broker must be one of {', '.join(BROKERS)}, not {broker!r}")
+        if cluster and broker != "rabbitmq":
+            raise ValueError("a cluster is of RabbitMQ nodes")
         self.push_sink = push_sink
         self.fast_db = fast_db
+        self.broker_kind = broker
+        self.cluster = cluster
         self.env: dict[str, str] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
         self.pg = None
@@ -78,13 +98,12 @@ class BenchStack:
         os.environ["MQTT_ADMIN_PASSWORD"] = secrets.token_urlsafe(24)
         import psycopg
 
-        from tests.support.mosquitto import MosquittoBroker, make_workdir
         from tests.support.stack import ServerProcess, server_env
 
         self.pg = bench_cluster(fast_db=self.fast_db).start()
         with psycopg.connect(self.pg.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE chat")
-        self.broker = MosquittoBroker(make_workdir("chat-bench-mqtt-"))
+        self.broker = self._new_broker()
         self.broker.start()
         env = server_env(database_url=self.pg.url("chat"), broker=self.broker, data_dir=self.workdir)
         # The shipped settings, not the suite's (which check every event against its
@@ -108,9 +127,40 @@ class BenchStack:
         for worker in ("relay", "presence", "push"):
             process = ServerProcess(worker, [sys.executable, "manage.py", "worker", worker], env, self.workdir)
             self.processes.append(process.start())
-        web, self.url = start_web(env, self.workdir)
+        web, self.url = start_web(env, self.workdir, broker_auth_port=getattr(self.broker, "auth_port", None))
         self.processes.extend(web)
         self._wait_healthy(timeout=30)
+
+    def _new_broker(self):
+        if self.broker_kind == "mosquitto":
+            from tests.support.mosquitto import MosquittoBroker, make_workdir
+
+            return MosquittoBroker(make_workdir("chat-bench-mqtt-"))
+        from tests.support.rabbitmq import RabbitCluster, RabbitNode, make_workdir
+
+        if self.cluster:
+            return RabbitCluster(make_workdir("chat-bench-rabbitmq-cluster-"))
+        return RabbitNode(make_workdir("chat-bench-rabbitmq-"))
+
+    def nodes(self) -> dict[str, object]:
+        """The broker's processes by name: "broker" (Mosquitto, one RabbitMQ node), or
+        "broker chat-a" ... for a cluster's nodes; only those running."""
+        if self.cluster:
+            return {f"broker {node.nodename.split('@')[0]}": node for node in self.broker.nodes if node.running}
+        return {"broker": self.broker}
+
+    @property
+    def mqtt_ports(self) -> dict[str, int]:
+        """Each running node's MQTT port, by its name in `nodes`."""
+        return {name: node.port for name, node in self.nodes().items()}
+
+    def stop_node(self, name: str) -> None:
+        """Stop one of the cluster's nodes (gracefully: its clients are disconnected);
+        never the first, which the relay and the other workers are connected to."""
+        node = next(node for node in self.broker.nodes if node.nodename.split("@")[0] == name)
+        if node is self.broker.nodes[0]:
+            raise ValueError(f"{name} is the workers' node")
+        node.stop()
 
     def seed_users(self, names: list[str], password: str) -> dict[str, str]:
         """Sign up `names` (all with `password`) before a timed window; return name -> token.
@@ -149,7 +199,9 @@ class BenchStack:
     def roots(self) -> dict[str, int]:
         """The pid of each part of the stack (the parent of its processes)."""
         roots = {p.name: p.proc.pid for p in self.processes if p.proc is not None}
-        roots["broker"] = self.broker.process.pid
+        # A RabbitMQ node's process is its start script; the Erlang VM (beam.smp) and its
+        # helpers are its descendants, counted with it (its epmd, ~0, is not).
+        roots |= {name: node.process.pid for name, node in self.nodes().items()}
         try:
             roots["postgres"] = int((self.pg.datadir / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
@@ -168,9 +220,12 @@ class BenchStack:
         if web is not None:
             for index, pid in enumerate(sorted(child_pids(web)), start=1):
                 out[f"web worker {index}"] = rss_mib(pid)
-        for name in ("relay", "presence", "push", "broker", "front"):
+        for name in ("relay", "presence", "push", "front"):
             if name in roots:
                 out[name] = rss_mib(roots[name])
+        for name, node in self.nodes().items():
+            # RabbitMQ: the Erlang VM, not the start script (a shell) above it.
+            out[name] = rss_mib(getattr(node, "beam_pid", None) or node.process.pid)
         return {name: value for name, value in out.items() if value is not None}
 
     def pause(self, name: str) -> None:
@@ -204,7 +259,7 @@ class BenchStack:
                            if self.fast_db else "durable: Debian's stock settings (fsync, synchronous_commit on)"),
             "web": f"nginx (front/nginx.conf, access log on) before gunicorn gthread {WEB_WORKERS} workers x "
                    f"{WEB_THREADS} threads, the Procfile's command lines",
-            "broker": "mosquitto (project config)",
+            "broker": self._broker_description(),
             "relay": "1 process",
             "presence": "1 process",
             "push": f"1 process, {'to a local FCM stand-in' if self.push_sink is not None else 'off'}",
@@ -213,12 +268,25 @@ class BenchStack:
             "settings": "chatserver.settings defaults (no schema checks, presence keepalive 30 s)",
         }
 
+    def _broker_description(self) -> str:
+        if self.broker_kind == "mosquitto":
+            return "mosquitto (project config)"
+        version = _rabbitmq_version()
+        if self.cluster:
+            return (f"RabbitMQ {version}, 3 nodes on this machine (project config, quorum session queues), "
+                    "phones spread over them, relay/presence/push on chat-a")
+        return f"RabbitMQ {version}, 1 node (project config), Django deciding logins over nginx's loopback listener"
+
     def stop(self, *, keep: bool = False) -> None:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
         if self.broker is not None:
-            self.broker.stop()
+            try:
+                self.broker.stop()
+            finally:
+                if self.broker_kind == "rabbitmq":
+                    self.broker.kill()  # whatever a failed stop left (a no-op after a clean one)
             if not keep:
                 shutil.rmtree(self.broker.workdir, ignore_errors=True)
         if self.pg is not None:
@@ -227,6 +295,16 @@ class BenchStack:
             print(f"bench stack directory kept: {self.workdir}", file=sys.stderr)
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _rabbitmq_version() -> str:
+    """Debian's package version of rabbitmq-server, else "(version unknown)"."""
+    try:
+        result = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"],
+                                capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "(version unknown)"
+    return result.stdout.strip() or "(version unknown)"
 
 
 def bench_cluster(*, fast_db: bool = False):
@@ -253,11 +331,13 @@ def _stock_options(options: str) -> str:
     return " -c ".join([head, *kept, "max_connections=100"])
 
 
-def start_web(env: dict[str, str], workdir: Path):
+def start_web(env: dict[str, str], workdir: Path, *, broker_auth_port: int | None = None):
     """The HTTP tier as the Procfile starts it: its `front:` line (nginx, on
     front/nginx.conf rendered into `workdir`/front/) and its `web:` line (gunicorn on the
     front's socket), each run by a shell as honcho does, nginx on a free port of
-    127.0.0.1; returns ([front, web], url) once Django answers through nginx."""
+    127.0.0.1; returns ([front, web], url) once Django answers through nginx.
+    `broker_auth_port`: nginx also serves the broker-auth endpoints there, on loopback
+    (a RabbitMQ broker's), as `make run` does."""
     from chatserver import frontconf
     from tests.support.postgres import free_port
     from tests.support.stack import ServerProcess, django_answers, wait_until
@@ -266,7 +346,8 @@ def start_web(env: dict[str, str], workdir: Path):
     # nginx's workers (www-data, when root) pass through it to the socket.
     os.chmod(workdir, 0o711)
     frontconf.prepare(data_dir=workdir, port=port, bind="127.0.0.1",
-                      max_attachment=int(env.get("ATTACHMENT_MAX_SIZE", 25 * 1024 * 1024)))
+                      max_attachment=int(env.get("ATTACHMENT_MAX_SIZE", 25 * 1024 * 1024)),
+                      broker_auth_port=broker_auth_port)
     web_env = {**env, "DATA_DIR": str(workdir), "HTTP_BIND": "127.0.0.1", "HTTP_PORT": str(port),
                "WEB_WORKERS": str(WEB_WORKERS), "WEB_THREADS": str(WEB_THREADS),
                "WEB_TMP_DIR": "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/tmp",

@@ -638,6 +638,13 @@ def cmd_scenario(ctx: Context, args: argparse.Namespace) -> int:
                      verbose=args.verbose)
 
 
+def _ports(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {value!r}") from None
+
+
 def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
     from chat_sim.load import LoadConfig, run_load
 
@@ -647,6 +654,7 @@ def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
         closed_loop=args.closed_loop, receiver=args.receiver, receivers=args.receivers, cache_dir=ctx.store.home / "load", user_prefix=args.user_prefix,
         settle=args.settle, burst_phones=args.burst_phones, burst_at=args.burst_at,
         burst_window=args.burst_window, offline=args.offline, push_sink=args.push_sink,
+        mqtt_ports=tuple(args.mqtt_ports),
     )
     return run_load(config, json_mode=ctx.json)
 
@@ -871,6 +879,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst-at", type=float, default=0.0, help="seconds into sending the burst starts")
     p.add_argument("--burst-window", type=float, default=5.0,
                    help="seconds compared: sent during the burst vs. just before it")
+    p.add_argument("--mqtt-ports", type=_ports, default=(), metavar="P1,P2,...",
+                   help="phone n connects to port P[n mod count] of the server's MQTT host (phones "
+                        "spread over a broker cluster's nodes) instead of the port the server hands out")
     p.add_argument("--offline", action="store_true",
                    help="no phone connects: every member is away (nothing received over MQTT)")
     p.add_argument("--push-sink", metavar="URL",

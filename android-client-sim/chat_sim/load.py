@@ -27,6 +27,9 @@ What it reports:
   connection, credentials, persistent session, QoS 1, Last Will) instead of a paho client,
   so that a copy costs the load generator C instead of Python (chat_sim.subswarm); the
   phones then publish no presence of their own.
+- with --mqtt-ports P1,P2,...: phone n connects to port P[n mod len] of the server's MQTT
+  host instead of the one the server hands out (phones spread over a broker cluster's
+  nodes: a port listed twice takes twice the phones).
 - with --offline: no phone connects (every member is away: nothing to receive over MQTT).
 - with --push-sink URL (implies --offline): every user registers a push token first, and
   the pushes are counted at that stand-in FCM server (`chat-sim fcm-sink`, `GET /log`):
@@ -94,6 +97,7 @@ class LoadConfig:
     burst_window: float = 5.0  # seconds of sending compared: before the burst / from it on
     offline: bool = False  # no phones: every member is away
     push_sink: str | None = None  # the fcm-sink the server pushes to (implies offline)
+    mqtt_ports: tuple[int, ...] = ()  # phone n connects to mqtt_ports[n % len] (a broker cluster)
 
     def check(self) -> None:
         if self.push_sink:
@@ -104,6 +108,8 @@ class LoadConfig:
             raise LoadError("--chats, --rate, --duration and --connections must be positive")
         if self.settle is not None and self.settle < 0:
             raise LoadError("--settle must not be negative")
+        if any(not 0 < port < 65536 for port in self.mqtt_ports):
+            raise LoadError("--mqtt-ports must be TCP ports")
         if self.burst_phones < 0:
             raise LoadError("--burst-phones must not be negative")
         if self.burst_phones and not (
@@ -222,6 +228,12 @@ class Load:
             raise LoadError(f"the server does not answer: {exc}") from None
         for user in users:
             known[user.name] = {"token": user.token}
+        if self.config.mqtt_ports:
+            # By the user's number, not its place in this run: load-<n> lands on the same
+            # node in every run (its persistent session is there), and so does a burst phone.
+            for user in users:
+                number = int(user.name.rsplit("-", 1)[1])
+                user.mqtt = {**user.mqtt, "port": self.config.mqtt_ports[number % len(self.config.mqtt_ports)]}
         write_private_json(cache_path, cache)
         self.timings["users_s"] = time.monotonic() - started
         return users

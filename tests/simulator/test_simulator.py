@@ -254,3 +254,27 @@ def test_a_short_load_run_loses_duplicates_and_reorders_nothing(sim):
     assert report["copies_received"] == report["copies_expected"]
     assert (report["lost"], report["duplicated"], report["out_of_order"]) == (0, 0, 0)
     assert report["receipt_ms"]["p50"] is not None
+
+
+def test_a_load_run_puts_phone_n_on_the_nth_of_its_mqtt_ports(sim, broker):
+    # given: the broker's port, and one where nothing listens (a cluster node that is down)
+    from tests.support.postgres import free_port
+
+    dead = free_port()
+
+    # when: load-0 is told the broker, load-1 the dead port (the bench spreads phones over
+    # a cluster's nodes this way)
+    result = sim("load", "--users", "2", "--chats", "1", "--rate", "5", "--duration", "1", "--settle", "0",
+                 "--mqtt-ports", f"{broker.port},{dead}", timeout=90)
+
+    # then: exactly one phone got on, and the run stopped before sending
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "only 1 of 2 phones connected and subscribed" in result.stderr
+    assert "settling" not in result.stderr
+
+
+def test_a_load_run_refuses_mqtt_ports_that_are_not_ports(sim):
+    result = sim("load", "--users", "2", "--chats", "1", "--mqtt-ports", "1883,x")
+
+    assert result.returncode == 2
+    assert "not a comma-separated list of ports: '1883,x'" in result.stderr
