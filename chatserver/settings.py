@@ -366,7 +366,7 @@ MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)
 # PUBACK reason codes show a refused publish) or "3.1.1" (RabbitMQ 3.10 speaks no other;
 # what 3.1.1 cannot say is handled as docs/mqtt.md tells). Default: 5 on Mosquitto, 3.1.1
 # on RabbitMQ, which refuses anything else.
-_BROKER_KIND = globals().get("BROKER", env("BROKER", "mosquitto"))
+_BROKER_KIND = str(globals().get("BROKER", env("BROKER", "mosquitto"))).lower()
 MQTT_PROTOCOL = env("MQTT_PROTOCOL", "3.1.1" if _BROKER_KIND == "rabbitmq" else "5")
 if MQTT_PROTOCOL not in {"5", "3.1.1"}:
     raise ImproperlyConfigured(f"MQTT_PROTOCOL must be 5 or 3.1.1, not {MQTT_PROTOCOL!r}")
