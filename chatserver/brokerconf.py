@@ -113,23 +113,9 @@ def render(
     relative paths against its own working directory). The file is written whole, then
     renamed into place.
     """
-    ports = {"mqtt_port": mqtt_port, "ws_port": ws_port}
-    if tls_ports is not None:
-        ports |= {"tls_port": tls_ports[0], "wss_port": tls_ports[1]}
-    elif not plaintext:
-        raise ValueError("without plaintext listeners the broker needs TLS ones (tls_ports)")
-    for name, port in ports.items():
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise ValueError(f"{name} must be a port number, got {port!r}")
-    if len(set(ports.values())) != len(ports):
-        raise ValueError(f"the broker's ports must differ, got {ports}")
-    broker_dir = Path(broker_dir)
-    if not broker_dir.is_absolute():
-        raise ValueError(f"broker_dir must be absolute, got {broker_dir}")
-    if any(c.isspace() for c in str(broker_dir)):
-        raise ValueError(f"broker_dir must not contain whitespace: {broker_dir!r}")
-    if not BIND_RE.match(bind):
-        raise ValueError(f"bind must be an address or empty, got {bind!r}")
+    check_listeners({"mqtt_port": mqtt_port, "ws_port": ws_port}, tls_ports=tls_ports, plaintext=plaintext,
+                    bind=bind)
+    broker_dir = checked_dir(broker_dir, "broker_dir")
 
     values = {
         "@MQTT_PORT@": str(mqtt_port),
@@ -146,6 +132,38 @@ def render(
     return write_rendered(
         template=template, out=out, values=values, keep={"plaintext": plaintext, "tls": tls_ports is not None}
     )
+
+
+def check_listeners(ports: dict[str, int], *, tls_ports: tuple[int, int] | None, plaintext: bool,
+                    bind: str) -> dict[str, int]:
+    """A broker's listener settings, checked (ValueError naming the bad one): `ports` by
+    name, with `tls_ports` (MQTT over TLS, WebSockets over TLS) added as tls_port and
+    wss_port; all distinct port numbers; TLS listeners when there are no plaintext ones;
+    `bind` an address or empty. Returns every port by name."""
+    ports = dict(ports)
+    if tls_ports is not None:
+        ports |= {"tls_port": tls_ports[0], "wss_port": tls_ports[1]}
+    elif not plaintext:
+        raise ValueError("without plaintext listeners the broker needs TLS ones (tls_ports)")
+    for name, port in ports.items():
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ValueError(f"{name} must be a port number, got {port!r}")
+    if len(set(ports.values())) != len(ports):
+        raise ValueError(f"the broker's ports must differ, got {ports}")
+    if not BIND_RE.match(bind):
+        raise ValueError(f"bind must be an address or empty, got {bind!r}")
+    return ports
+
+
+def checked_dir(path: Path | str, name: str) -> Path:
+    """`path` as a Path, if absolute and without whitespace (brokers resolve relative paths
+    against their own working directory, and their config files split on spaces)."""
+    path = Path(path)
+    if not path.is_absolute():
+        raise ValueError(f"{name} must be absolute, got {path}")
+    if any(c.isspace() for c in str(path)):
+        raise ValueError(f"{name} must not contain whitespace: {path!r}")
+    return path
 
 
 def write_rendered(*, template: Path, out: Path, values: dict[str, str], keep: dict[str, bool]) -> Path:

@@ -41,7 +41,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from chatserver.brokerconf import BIND_RE, install_tls, write_rendered
+from chatserver.brokerconf import check_listeners, checked_dir, install_tls, write_rendered
 from chatserver.tls import ServerTls
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -81,6 +81,13 @@ class NodePorts:
     management: int = 15672
     dist: int = 25672
     epmd: int = 4369
+
+
+def auth_url(*, port: int, secret: str) -> str:
+    """Where the node asks Django about logins and checks: the front server's loopback
+    listener (`BROKER_AUTH_PORT`, front/nginx.conf), under the secret path that
+    chatserver/urls.py serves (`broker-auth/<secret>/<kind>`)."""
+    return f"http://127.0.0.1:{port}/broker-auth/{secret}"
 
 
 def password_hash(password: str, *, salt: bytes | None = None) -> str:
@@ -166,24 +173,12 @@ def render(
     (every node of the cluster, this one included) keeps the `cluster` block, so that a
     fresh node joins the others by itself at its first boot.
     """
-    all_ports = {"mqtt_port": mqtt_port, "ws_port": ws_port, "amqp_port": ports.amqp,
-                 "management_port": ports.management, "dist_port": ports.dist, "epmd_port": ports.epmd}
-    if tls_ports is not None:
-        all_ports |= {"tls_port": tls_ports[0], "wss_port": tls_ports[1]}
-    elif not plaintext:
-        raise ValueError("without plaintext listeners the broker needs TLS ones (tls_ports)")
-    for name, port in all_ports.items():
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise ValueError(f"{name} must be a port number, got {port!r}")
-    if len(set(all_ports.values())) != len(all_ports):
-        raise ValueError(f"the node's ports must differ, got {all_ports}")
-    node_dir = Path(node_dir)
-    if not node_dir.is_absolute():
-        raise ValueError(f"node_dir must be absolute, got {node_dir}")
-    if any(c.isspace() for c in str(node_dir)):
-        raise ValueError(f"node_dir must not contain whitespace: {node_dir!r}")
-    if not BIND_RE.match(bind):
-        raise ValueError(f"bind must be an address or empty, got {bind!r}")
+    check_listeners(
+        {"mqtt_port": mqtt_port, "ws_port": ws_port, "amqp_port": ports.amqp, "management_port": ports.management,
+         "dist_port": ports.dist, "epmd_port": ports.epmd},
+        tls_ports=tls_ports, plaintext=plaintext, bind=bind,
+    )
+    node_dir = checked_dir(node_dir, "node_dir")
     if not AUTH_URL_RE.match(auth_url):
         raise ValueError(f"auth_url must be a plain http(s) URL, got {auth_url!r}")
     if not 0 <= auth_cache_ttl <= 3600:

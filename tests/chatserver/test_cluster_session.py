@@ -22,18 +22,16 @@ import json
 import os
 import re
 import secrets
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from itertools import count
 
 import paho.mqtt.client as paho
-import psycopg
 import pytest
 
 from tests.support.mqtt import MqttProbe
-from tests.support.stack import ROOT, HttpServer, ServerProcess, call, server_env, wait_until
+from tests.support.stack import HttpServer, ServerProcess, call, migrated_database, server_env, wait_until
 
 pytestmark = [pytest.mark.rabbitmq_only, pytest.mark.slow]
 
@@ -75,18 +73,13 @@ class ClusterStack:
 
 @pytest.fixture(scope="module")
 def cluster_stack(postgres, rabbitmq_cluster, tmp_path_factory) -> Iterator[ClusterStack]:
-    dbname = f"cluster_session_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {dbname}")
     workdir = tmp_path_factory.mktemp("cluster-session")
-    env = server_env(database_url=postgres.url(dbname), broker=rabbitmq_cluster, data_dir=workdir) | {
+    database_url = migrated_database(postgres, f"cluster_session_{os.getpid()}_{secrets.token_hex(3)}",
+                                     data_dir=workdir)
+    env = server_env(database_url=database_url, broker=rabbitmq_cluster, data_dir=workdir) | {
         # Node A first: the relay's connection is on the node the test stops.
         "MQTT_HOST": ",".join(f"{node.host}:{node.port}" for node in rabbitmq_cluster.nodes),
     }
-    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
-                             capture_output=True, text=True)
-    if migrate.returncode != 0:
-        raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
     http = relay = presence = None
     try:
         http = HttpServer(env, workdir, broker_auth_port=rabbitmq_cluster.auth_port).start()

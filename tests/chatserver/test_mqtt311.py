@@ -16,7 +16,6 @@ The whole relay and presence suite runs over 3.1.1 with `MQTT_PROTOCOL=3.1.1 pyt
 
 import json
 import secrets
-import shutil
 import time
 
 import pytest
@@ -24,10 +23,10 @@ import pytest
 from chatserver.models import DeadLetter, OutboxEvent
 from chatserver.mqtt import BrokerConnection
 from chatserver.relay import Relay
-from tests.support.faults import ChatWorld, FaultStack, SteadyLoad
+from tests.support.faults import ChatWorld, SteadyLoad, own_stack
 from tests.support.mosquitto import MosquittoBroker, make_workdir
 from tests.support.mqtt import MqttProbe
-from tests.support.stack import ProcessStack, wait_until
+from tests.support.stack import wait_until
 
 USER = 900_000_311
 TOPIC = f"chat/users/{USER}"
@@ -146,21 +145,10 @@ def test_a_row_that_makes_the_broker_drop_the_connection_ends_a_dead_letter_and_
 
 @pytest.fixture
 def stack_311(fault_cluster, tmp_path):
-    dbname = fault_cluster.new_database()
     broker_dir = make_workdir("chat-311-mqtt-")
-    broker = MosquittoBroker(broker_dir)
-    processes = None
-    try:
-        broker.start()
-        processes = ProcessStack(database_url=fault_cluster.cluster.url(dbname), broker=broker, workdir=tmp_path,
-                                 env={"MQTT_PROTOCOL": "3.1.1"})
-        processes.start()
-        yield FaultStack(fault_cluster, dbname, broker, processes)
-    finally:
-        if processes is not None:
-            processes.stop()
-        broker.stop()
-        shutil.rmtree(broker_dir, ignore_errors=True)
+    with own_stack(fault_cluster, MosquittoBroker(broker_dir), broker_dir, tmp_path,
+                   env={"MQTT_PROTOCOL": "3.1.1"}) as stack:
+        yield stack
 
 
 @pytest.mark.slow

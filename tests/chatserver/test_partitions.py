@@ -22,7 +22,7 @@ from chatserver.broker_access import ChatRemove, DeviceAdd, DeviceRemove, Member
 from chatserver.events import Event, EventType
 from chatserver.models import OutboxEvent, RelayStatus
 from chatserver.relay import Relay
-from tests.support.faults import ChatWorld, FaultStack, SteadyLoad
+from tests.support.faults import ChatWorld, SteadyLoad, own_stack
 from tests.support.stack import ProcessStack, ServerProcess, wait_until
 
 MESSAGE = Event(type=EventType.MESSAGE_CREATED, data={"id": 1}, chat=7, version=3)
@@ -237,30 +237,22 @@ RESUME_WITHIN = 5.0
 def partitioned_stack(fault_cluster, new_broker, tmp_path):
     """A fault stack whose relays run RELAY_PARTITIONS=3: four relay processes (three
     active, a spare standing by), each logging to its own file; on the suite's broker."""
-    dbname = fault_cluster.new_database()
     broker, broker_dir = new_broker("chat-partitions-")
-    processes = None
     extra: list[ServerProcess] = []
-    try:
-        broker.start()
-        processes = ProcessStack(database_url=fault_cluster.cluster.url(dbname), broker=broker, workdir=tmp_path,
-                                 env={"RELAY_PARTITIONS": str(PARTITIONS)})
+
+    def more_relays(processes: ProcessStack) -> None:
         for n in range(2, PARTITIONS + 2):
             extra.append(ServerProcess(f"relay-{n}", [sys.executable, "manage.py", "worker", "relay"],
                                        processes.env, tmp_path).start())
-        processes.start()
-        stack = FaultStack(fault_cluster, dbname, broker, processes)
-        stack.relays = [processes.relay, *extra]
-        yield stack
+
+    try:
+        with own_stack(fault_cluster, broker, broker_dir, tmp_path, env={"RELAY_PARTITIONS": str(PARTITIONS)},
+                       before_start=more_relays) as stack:
+            stack.relays = [stack.relay, *extra]
+            yield stack
     finally:
         for process in extra:
             process.stop()
-        if processes is not None:
-            processes.stop()
-        broker.stop()
-        import shutil
-
-        shutil.rmtree(broker_dir, ignore_errors=True)
 
 
 def partition_of(process: ServerProcess) -> int | None:

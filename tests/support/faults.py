@@ -23,12 +23,11 @@ what arrived live was in per-chat order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,8 +39,8 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.postgres import PostgresCluster
-from tests.support.stack import ROOT, ProcessStack, call, server_env, wait_until
+from tests.support.postgres import PostgresCluster, sql
+from tests.support.stack import ProcessStack, call, migrated_database, wait_until
 
 PASSWORD = "fault tolerant 123"
 TEMPLATE_DB = "fault_template"
@@ -70,26 +69,8 @@ class FaultCluster:
 @pytest.fixture(scope="module")
 def fault_cluster(tmp_path_factory) -> Iterator[FaultCluster]:
     with PostgresCluster() as cluster:
-        fault = FaultCluster(cluster)
-        fault.execute(f"CREATE DATABASE {TEMPLATE_DB}")
-        broker = _NoBroker()
-        env = server_env(database_url=cluster.url(TEMPLATE_DB), broker=broker,
-                         data_dir=tmp_path_factory.mktemp("fault-migrate"))
-        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
-                                 capture_output=True, text=True)
-        if migrate.returncode != 0:
-            raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
-        yield fault
-
-
-class _NoBroker:
-    """What `server_env` reads of a broker, for `migrate`, which talks to none."""
-
-    host, port, ws_port = "127.0.0.1", 1, 2
-    admin_username, admin_password = "nobody", "unused"
-
-    def env(self) -> dict[str, str]:
-        return {}
+        migrated_database(cluster, TEMPLATE_DB, data_dir=tmp_path_factory.mktemp("fault-migrate"))
+        yield FaultCluster(cluster)
 
 
 class FaultStack:
@@ -115,32 +96,43 @@ class FaultStack:
 
     def sql(self, query: str, params: tuple | list = ()) -> list[tuple]:
         """Run one statement in this stack's database (autocommit); its rows, if any."""
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            cursor = conn.execute(query, params)
-            return cursor.fetchall() if cursor.description else []
+        return sql(self.database_url, query, params)
 
     def logs(self) -> str:
         return (f"--- relay\n{self.relay.log_tail(60)}\n--- web\n{self.http.log_tail(30)}"
                 f"\n--- postgres\n{self.pg.log_tail(15)}")
 
 
-@pytest.fixture
-def fault_stack(fault_cluster, new_broker, tmp_path) -> Iterator[FaultStack]:
-    """A stack of the test's own: kill, freeze and restart anything in it."""
-    dbname = fault_cluster.new_database()
-    broker, broker_dir = new_broker("chat-fault-")
+@contextlib.contextmanager
+def own_stack(cluster: FaultCluster, broker, broker_dir, workdir, *, env: dict[str, str] | None = None,
+              before_start=None) -> Iterator[FaultStack]:
+    """A FaultStack on a fresh database of `cluster` and on `broker` (not started: it is
+    started here, and stopped and its `broker_dir` removed afterwards), its processes with
+    `env` added; `before_start(processes)`, if given, runs once the broker is up and
+    before the stack's own processes start (extra processes of the same environment)."""
+    dbname = cluster.new_database()
     processes = None
     try:
         broker.start()
-        processes = ProcessStack(database_url=fault_cluster.cluster.url(dbname), broker=broker,
-                                 workdir=tmp_path)
+        processes = ProcessStack(database_url=cluster.cluster.url(dbname), broker=broker, workdir=workdir,
+                                 env=env)
+        if before_start is not None:
+            before_start(processes)
         processes.start()
-        yield FaultStack(fault_cluster, dbname, broker, processes)
+        yield FaultStack(cluster, dbname, broker, processes)
     finally:
         if processes is not None:
             processes.stop()
         broker.stop()
         shutil.rmtree(broker_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def fault_stack(fault_cluster, new_broker, tmp_path) -> Iterator[FaultStack]:
+    """A stack of the test's own: kill, freeze and restart anything in it."""
+    broker, broker_dir = new_broker("chat-fault-")
+    with own_stack(fault_cluster, broker, broker_dir, tmp_path) as stack:
+        yield stack
 
 
 # --- HTTP ---------------------------------------------------------------------------------

@@ -63,6 +63,13 @@ def _traversable_by_others(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
 
+def sql(database_url: str, query: str, params: tuple | list = ()) -> list[tuple]:
+    """Run one statement in that database (autocommit); its rows, if any."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        cursor = conn.execute(query, params)
+        return cursor.fetchall() if cursor.description else []
+
+
 class PostgresCluster:
     """A cluster in a temporary directory, on a free port of 127.0.0.1, trusting all.
 

@@ -19,15 +19,14 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from tests.support.rabbitmq import RabbitNode, make_workdir
-from tests.support.stack import ROOT, HttpServer, ServerProcess, server_env, wait_until
+from tests.support.postgres import sql
+from tests.support.stack import HttpServer, ServerProcess, migrated_database, server_env, wait_until
 
 CACHE_TTL = 2  # seconds, RABBITMQ_AUTH_CACHE_TTL's default
 
@@ -45,9 +44,7 @@ class RabbitAuthStack:
         return sorted(b["routing_key"] for b in json.loads(body) if b["source"] == "amq.topic")
 
     def sql(self, query: str, params: tuple | list = ()) -> list[tuple]:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            cursor = conn.execute(query, params)
-            return cursor.fetchall() if cursor.description else []
+        return sql(self.database_url, query, params)
 
     def logs(self) -> str:
         return (f"--- relay\n{self.relay.log_tail(60)}\n--- web\n{self.http.log_tail(30)}\n"
@@ -56,20 +53,13 @@ class RabbitAuthStack:
 
 @pytest.fixture(scope="module")
 def rabbit_auth_stack(postgres, tmp_path_factory) -> Iterator[RabbitAuthStack]:
-    dbname = f"rabbit_auth_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {dbname}")
-    database_url = postgres.url(dbname)
     workdir = tmp_path_factory.mktemp("rabbit-auth")
+    database_url = migrated_database(postgres, f"rabbit_auth_{os.getpid()}_{secrets.token_hex(3)}", data_dir=workdir)
     node_dir = make_workdir("chat-rabbit-auth-")
     node = RabbitNode(node_dir, name="auth")
     env = server_env(database_url=database_url, broker=node, data_dir=workdir) | node.env() | {
         "RABBITMQ_AUTH_CACHE_TTL": str(CACHE_TTL),
     }
-    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
-                             capture_output=True, text=True)
-    if migrate.returncode != 0:
-        raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
     http = relay = None
     try:
         http = HttpServer(env, workdir, broker_auth_port=node.auth_port).start()

@@ -198,7 +198,7 @@ class RabbitNode:
             ports=self.ports,
             admin_username=self.admin_username,
             admin_password=self.admin_password,
-            auth_url=f"http://127.0.0.1:{self.auth_port}/broker-auth/{self.auth_secret}",
+            auth_url=rabbitconf.auth_url(port=self.auth_port, secret=self.auth_secret),
             cookie=cookie or secrets.token_hex(16),
             bind=self.host,
             tls=tls,

@@ -43,55 +43,49 @@ class Command(BaseCommand):
                 print(f"MQTT over TLS on port {settings.MQTT_TLS_PORT} (wss: {settings.MQTT_WSS_PORT}), "
                       f"certificate of a local CA: phones and chat-sim --ca must trust {tls.ca}",
                       file=sys.stderr)
-        # Empty: every interface (phones connect from outside); 127.0.0.1 for local only.
-        bind = os.environ.get("MQTT_BIND", "").strip()
-        tls_ports = (settings.MQTT_TLS_PORT, settings.MQTT_WSS_PORT) if tls else None
+        listeners = dict(
+            mqtt_port=settings.MQTT_PORT,
+            ws_port=settings.MQTT_WS_PORT,
+            # Empty: every interface (phones connect from outside); 127.0.0.1 for local only.
+            bind=os.environ.get("MQTT_BIND", "").strip(),
+            tls=tls,
+            tls_ports=(settings.MQTT_TLS_PORT, settings.MQTT_WSS_PORT) if tls else None,
+            plaintext=settings.MQTT_PLAINTEXT,
+            admin_username=settings.MQTT_ADMIN_USERNAME,
+            admin_password=settings.MQTT_ADMIN_PASSWORD,
+        )
         if settings.BROKER == "rabbitmq":
-            self.prepare_rabbitmq(tls=tls, tls_ports=tls_ports, bind=bind)
+            self.prepare_rabbitmq(listeners)
             return
         conf = brokerconf.prepare(
             data_dir=settings.DATA_DIR,
-            mqtt_port=settings.MQTT_PORT,
-            ws_port=settings.MQTT_WS_PORT,
-            admin_username=settings.MQTT_ADMIN_USERNAME,
-            admin_password=settings.MQTT_ADMIN_PASSWORD,
-            bind=bind,
-            tls=tls,
-            tls_ports=tls_ports,
-            plaintext=settings.MQTT_PLAINTEXT,
             login_limit=brokerconf.LoginLimit(
                 failures=settings.MQTT_LOGIN_FAILURES,
                 window=settings.MQTT_LOGIN_WINDOW,
                 cooldown=settings.MQTT_LOGIN_COOLDOWN,
             ),
+            **listeners,
         )
         self.stdout.write(str(conf))
 
-    def prepare_rabbitmq(self, *, tls, tls_ports, bind: str) -> None:
+    def prepare_rabbitmq(self, listeners: dict) -> None:
         node_dir = settings.RABBITMQ_NODE_DIR
         try:
             rabbitconf.prepare(
                 node_dir=node_dir,
                 nodename=settings.RABBITMQ_NODENAME,
-                mqtt_port=settings.MQTT_PORT,
-                ws_port=settings.MQTT_WS_PORT,
                 ports=rabbitconf.NodePorts(
                     amqp=settings.RABBITMQ_AMQP_PORT,
                     management=settings.RABBITMQ_MANAGEMENT_PORT,
                     dist=settings.RABBITMQ_DIST_PORT,
                     epmd=settings.RABBITMQ_EPMD_PORT,
                 ),
-                admin_username=settings.MQTT_ADMIN_USERNAME,
-                admin_password=settings.MQTT_ADMIN_PASSWORD,
-                auth_url=f"http://127.0.0.1:{settings.BROKER_AUTH_PORT}/broker-auth/{settings.BROKER_AUTH_SECRET}",
+                auth_url=rabbitconf.auth_url(port=settings.BROKER_AUTH_PORT, secret=settings.BROKER_AUTH_SECRET),
                 auth_cache_ttl=settings.RABBITMQ_AUTH_CACHE_TTL,
                 cookie=settings.RABBITMQ_ERLANG_COOKIE,
-                bind=bind,
-                tls=tls,
-                tls_ports=tls_ports,
-                plaintext=settings.MQTT_PLAINTEXT,
                 cluster_nodes=tuple(settings.RABBITMQ_CLUSTER_NODES),
                 erl_args=settings.RABBITMQ_ERL_ARGS,
+                **listeners,
             )
         except ValueError as error:
             raise CommandError(str(error)) from None
