@@ -10,7 +10,7 @@ device again (`chats.send_sql.MAY_POST`: the device still exists with this token
 its user is active) and refuses with 401 `invalid_token`, writing nothing, when it does
 not: a logout, a sign-out or a deactivation holds for the very next POST in every process,
 whatever the cache holds. The view reads the device for itself before anything that is
-not that statement could answer (a reply, a forward, an error: `device_confirm`).
+not that statement could answer (a retry, an error: `device_confirm`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from accounts.errors import TokenRevoked
 from accounts.models import Device, User, hash_token
 
 # `Device.last_seen_at` is written at most this often per device: the device list needs
@@ -110,17 +111,23 @@ def device_lookup(token_hash: str) -> Device:
     return device
 
 
-def device_confirm(device: Device) -> None:
-    """For a device that came from the cache: read it now (one query) and raise
-    AuthenticationFailed as the normal lookup would if it was revoked since; the cache
-    forgets it then. Nothing for a device read in this request."""
-    if not getattr(device, "from_token_cache", False):
+def device_confirm(device: Device | None, *, read_anyway: bool = False) -> None:
+    """TokenRevoked (401 `invalid_token`) unless `device` is still signed in: its row with
+    this token hash, its user active (what `chats.send_sql.DEVICE_VALID` asks); the cache
+    forgets it then. One query, for a device that came from the cache, or, with
+    `read_anyway`, for any (a write that checked it was refused: was it the device?);
+    nothing for None or for a device already read in this request. Once confirmed it
+    counts as read in this request (no second query for the same answer)."""
+    if device is None or not (read_anyway or getattr(device, "from_token_cache", False)):
         return
-    try:
-        device_lookup(device.token_hash)
-    except exceptions.AuthenticationFailed:
+    active = (
+        Device.objects.filter(id=device.id, token_hash=device.token_hash, user_id=device.user_id)
+        .values_list("user__is_active", flat=True)
+        .first()
+    )
+    if not active:
         TOKEN_CACHE.discard(device.token_hash)
-        raise
+        raise TokenRevoked() if active is None else TokenRevoked(USER_INACTIVE)
     device.from_token_cache = False
 
 

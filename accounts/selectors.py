@@ -57,14 +57,22 @@ def block_list(*, user: User):
     ).order_by("username", "id")
 
 
-def devices_to_wake(*, user_ids: list[int], exclude_device_ids=()) -> list[Device]:
-    """The users' devices that have a push token and no live MQTT connection (see
-    `Device.connected_q`): the ones a push must wake."""
-    return list(
-        Device.objects.filter(user_id__in=user_ids, push_token__isnull=False)
-        .exclude(Device.connected_q(now=timezone.now()))
-        .exclude(id__in=[d for d in exclude_device_ids if d is not None])
+def wakeable_devices(*, now=None):
+    """The devices a push must wake: a push token and no live MQTT connection (see
+    `Device.connected_q`), by id; a queryset, for callers to narrow and annotate."""
+    return (
+        Device.objects.filter(push_token__isnull=False)
+        .exclude(Device.connected_q(now=now or timezone.now()))
         .order_by("id")
+    )
+
+
+def devices_to_wake(*, user_ids: list[int], exclude_device_ids=()) -> list[Device]:
+    """The users' devices a push must wake (`wakeable_devices`)."""
+    return list(
+        wakeable_devices()
+        .filter(user_id__in=user_ids)
+        .exclude(id__in=[d for d in exclude_device_ids if d is not None])
     )
 
 

@@ -15,8 +15,8 @@ RabbitNode, or RabbitCluster's three nodes chat-a, chat-b, chat-c on this machin
 from the project's own config, as `make run` starts it. With RabbitMQ the front (nginx)
 also serves the broker-auth listener on loopback, where the node asks Django about every
 device login and subscription, as with `make run`; the relay, presence and push workers
-connect to the first node (chat-a); `mqtt_ports` lists each node's MQTT port, for the
-load generator to spread its phones over them.
+connect to the first node (chat-a); the load generator spreads its phones over the
+nodes' MQTT ports (bench/run.py).
 
 Everything lives in one temporary directory, removed on exit (kept, with its logs, when
 starting failed). By default it is what `make run` ships: PostgreSQL with Debian's stock
@@ -148,11 +148,6 @@ class BenchStack:
         if self.cluster:
             return {f"broker {node.nodename.split('@')[0]}": node for node in self.broker.nodes if node.running}
         return {"broker": self.broker}
-
-    @property
-    def mqtt_ports(self) -> dict[str, int]:
-        """Each running node's MQTT port, by its name in `nodes`."""
-        return {name: node.port for name, node in self.nodes().items()}
 
     def stop_node(self, name: str) -> None:
         """Stop one of the cluster's nodes (gracefully: its clients are disconnected);

@@ -22,7 +22,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Device
-from accounts.selectors import devices_to_wake
+from accounts.selectors import devices_to_wake, wakeable_devices
 from chats import shapes
 from chats.models import Chat, Membership, Message
 from chats.selectors import chat_unread_counts
@@ -97,7 +97,7 @@ def build_message(data: dict) -> list[Delivery]:
 
 
 def _member_devices_to_wake(*, chat: Chat, author_id: int | None, now) -> list[Device]:
-    """`accounts.selectors.devices_to_wake` of the chat's members but the author, in one
+    """`accounts.selectors.wakeable_devices` of the chat's members but the author, in one
     query, each device annotated with its member's `muted_until`, `last_read_seq` and
     `deleted_after` (deleted messages after that pointer: the small partial index of
     deleted messages) and its user's `push_previews`."""
@@ -106,16 +106,15 @@ def _member_devices_to_wake(*, chat: Chat, author_id: int | None, now) -> list[D
         .values("chat_id").annotate(n=Count("id")).values("n")
     )
     return list(
-        Device.objects.filter(user__memberships__chat_id=chat.id, push_token__isnull=False)
+        wakeable_devices(now=now)
+        .filter(user__memberships__chat_id=chat.id)
         .exclude(user_id=author_id)
-        .exclude(Device.connected_q(now=now))
         .annotate(
             muted_until=F("user__memberships__muted_until"),
             last_read_seq=F("user__memberships__last_read_seq"),
             deleted_after=Coalesce(Subquery(deleted_after), 0),
             push_previews=F("user__push_previews"),
         )
-        .order_by("id")
     )
 
 

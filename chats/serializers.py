@@ -60,6 +60,10 @@ class InviteInput(StrictInput):
         return value
 
 
+# A message's idempotency key: the model's column.
+CLIENT_ID_MAX_LENGTH = Message._meta.get_field("client_id").max_length
+
+
 @extend_schema_serializer(examples=[
     OpenApiExample("A reply", value={"content": "Saturday at 10?", "reply_to": 345, "client_id": "3f2a9c1e-6b1d-4e0a-9d55-0c8f1a2b7e41"}),
     OpenApiExample("A forward", value={"forward_of": 347, "client_id": "7d1c0b9e-2f4a-4c3b-8e6d-5a9f0e1b2c3d"}),
@@ -74,8 +78,9 @@ class MessageCreateInput(serializers.Serializer):
         max_length=settings.MESSAGE_MAX_LENGTH, trim_whitespace=False, required=False, default=""
     )
     reply_to = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, allow_null=True, default=None)
+    # Also checked by `message_create_plain`, the fast path of the commonest body.
     client_id = StrictCharField(
-        max_length=64, required=False, allow_null=True, default=None, trim_whitespace=False
+        max_length=CLIENT_ID_MAX_LENGTH, required=False, allow_null=True, default=None, trim_whitespace=False
     )
 
     # pins, forwards, invitations
@@ -114,7 +119,7 @@ class MessageCreateInput(serializers.Serializer):
 
     def validate_client_id(self, value: str | None) -> str | None:
         if value is not None and (not value or not value.isprintable()):
-            raise serializers.ValidationError("Use 1 to 64 printable characters.")
+            raise serializers.ValidationError(f"Use 1 to {CLIENT_ID_MAX_LENGTH} printable characters.")
         return value
 
 
@@ -132,14 +137,14 @@ def message_create_plain(data) -> dict | None:
     process; these checks cost a few microseconds. They are the serializer's own:
     `content` a string (StrictCharField), at most MESSAGE_MAX_LENGTH characters, no NUL
     and no lone surrogate (DRF's CharField validators; a surrogate cannot be encoded as
-    UTF-8), not blank (`is_blank`); `client_id` absent, null, or 1 to 64 printable
+    UTF-8), not blank (`is_blank`); `client_id` absent, null, or 1 to CLIENT_ID_MAX_LENGTH printable
     characters (`validate_client_id`; not printable: NUL and surrogates included)."""
     if type(data) is not dict or "content" not in data or not data.keys() <= _PLAIN_KEYS:
         return None
     content, client_id = data["content"], data.get("client_id")
     if type(content) is not str or not content or len(content) > settings.MESSAGE_MAX_LENGTH or "\x00" in content:
         return None
-    if client_id is not None and (type(client_id) is not str or not 0 < len(client_id) <= 64
+    if client_id is not None and (type(client_id) is not str or not 0 < len(client_id) <= CLIENT_ID_MAX_LENGTH
                                   or not client_id.isprintable()):
         return None
     try:

@@ -47,7 +47,7 @@ from chats.serializers import (
     ChatListQuery,
     InviteAnswerInput,
 )
-from accounts.authentication import TOKEN_CACHE, device_confirm
+from accounts.authentication import device_confirm
 from accounts.errors import BlockedError, TokenRevoked, UserNotFound
 from chats.errors import (
     AttachmentNotFound,
@@ -156,7 +156,7 @@ class SizeLimitUploadHandler(FileUploadHandler):
 class ChatMessagesView(APIView):
     # A JSON POST may take its device from the process's token cache (no token query):
     # message_send's write statement checks the device itself, and any other answer is
-    # given only after reading it (handle_exception, post). GET reads it every time.
+    # given only after reading it (message_send, handle_exception). GET reads it every time.
     token_cache = True  # accounts.authentication.DeviceTokenAuthentication
     parser_classes = [JSONParser, MultiPartParser]
     # POST only: refused while delivery is behind (no query: a verdict per process and
@@ -165,20 +165,23 @@ class ChatMessagesView(APIView):
     # orjson (chatserver.renderers): the same bytes as DRF's renderer for these answers.
     renderer_classes = [OrjsonRenderer]
 
+    # Answers that say nothing and write nothing, given without reading the device: a
+    # signed-out one gets its 401 on the retry (no query per refusal while shedding load).
+    UNCONFIRMED = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed, exceptions.Throttled,
+                   Overloaded, *DATABASE_UNAVAILABLE)
+
     def handle_exception(self, exc):
         device = getattr(self.request, "_auth", None)
-        if isinstance(exc, TokenRevoked):
-            # The write found the device signed out: this process's cache forgets it.
-            TOKEN_CACHE.discard(device.token_hash)
-            exc = exceptions.AuthenticationFailed(exc.message)
-        elif device is not None and not isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed,
-                                                         *DATABASE_UNAVAILABLE)):
-            # A refusal (validation, throttle, not found...) to a device from the cache:
-            # a signed-out one gets 401, as without the cache.
+        if device is not None and not isinstance(exc, (TokenRevoked, *self.UNCONFIRMED)):
+            # A refusal (validation, not found...) to a device from the cache: a signed-out
+            # one gets 401, as without the cache (no query if the send read it already).
             try:
                 device_confirm(device)
-            except exceptions.AuthenticationFailed as revoked:
+            except TokenRevoked as revoked:
                 exc = revoked
+        if isinstance(exc, TokenRevoked):
+            # DRF's own 401, with its WWW-Authenticate header.
+            exc = exceptions.AuthenticationFailed(exc.message)
         return super().handle_exception(exc)
 
     def initial(self, request, *args, **kwargs):
@@ -228,9 +231,6 @@ class ChatMessagesView(APIView):
                 raise PayloadTooLarge()
             data.is_valid(raise_exception=True)
             validated = data.validated_data
-        if validated["reply_to"] is not None or validated["forward_of"] is not None:
-            # Their reads come before the write statement: the device is read first.
-            device_confirm(request.auth)
         # No membership query here: message_send's seq statement checks it (404 for
         # outsiders), one round trip less on the hottest path.
         message, created = message_send(

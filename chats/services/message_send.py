@@ -6,7 +6,8 @@ from typing import NoReturn
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from accounts.errors import BlockedError, TokenRevoked
+from accounts.authentication import device_confirm
+from accounts.errors import BlockedError
 from accounts.models import Device, User
 from chats import forwards, media, send_sql, shapes
 from chats.mentions import mentioned_ids, mentions_store
@@ -61,11 +62,12 @@ def message_send(
     plain message costs nothing for them.
 
     `device`: the device the request came from, whose token may have come from a cache
-    (`accounts.authentication.SendTokenAuthentication`). The write statement itself checks
-    that it is still signed in (its row there with that token hash, its user active), and
-    a refused write, or a retry answered with the first message, checks it before
-    anything else: TokenRevoked (401), nothing written. The caller checks it before
-    asking for a reply, a forward or a file (their reads come before the write).
+    (`accounts.authentication.TOKEN_CACHE`). The write statement itself checks that it is
+    still signed in (its row there with that token hash, its user active), and a refused
+    write, or a retry answered with the first message, checks it before anything else
+    (`accounts.authentication.device_confirm`): TokenRevoked (401), nothing written. What
+    a reply or a forward reads before the write is refused too if the device is gone
+    (the write is, or the view confirms the device before any other answer).
     """
     if upload is not None or forward_of_id is not None:
         # A retry must not even store its file (nor fail because the original it forwards
@@ -73,6 +75,7 @@ def message_send(
         # lock.)
         sent = _message_sent_before(chat_id=chat_id, author_id=actor.id, client_id=client_id)
         if sent is not None:
+            device_confirm(device)  # answered without the write, which would have checked it
             return sent, False
     if (reply_to_id is not None or upload is not None) and not Membership.objects.filter(
         chat_id=chat_id, user_id=actor.id
@@ -146,7 +149,7 @@ def _insert_one_statement(message: Message, device: Device | None) -> Message | 
         # Nothing written: a signed-out device (refused before anything else), a known
         # client_id (answered first, even if the author may no longer post, as on the ORM
         # path), or the author may not post.
-        _device_check(device)
+        device_confirm(device, read_anyway=True)
         sent = _message_sent_before(chat_id=message.chat_id, author_id=message.author_id, client_id=message.client_id)
         if sent is not None:
             return sent
@@ -164,7 +167,7 @@ def _insert_one_statement(message: Message, device: Device | None) -> Message | 
             cursor.execute(send_sql.RECHECK, params)
             may_post, message.member_ids = cursor.fetchone()
         if not may_post:
-            _device_check(device)
+            device_confirm(device, read_anyway=True)
             _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
     return None
 
@@ -173,7 +176,7 @@ def _insert_orm(message: Message, device: Device | None) -> Message | None:
     """The same as `_insert_one_statement`, for databases without data-modifying CTEs."""
     sent = _message_sent_before(chat_id=message.chat_id, author_id=message.author_id, client_id=message.client_id)
     if sent is not None:
-        _device_check(device)
+        device_confirm(device, read_anyway=True)
         return sent
     params = send_sql.params(chat_id=message.chat_id, author_id=message.author_id, now=message.created_at,
                              device=device)
@@ -181,7 +184,7 @@ def _insert_orm(message: Message, device: Device | None) -> Message | None:
         cursor.execute(send_sql.SEQ_BUMP, params)
         row = cursor.fetchone()
     if row is None:
-        _device_check(device)
+        device_confirm(device, read_anyway=True)
         _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
     message.seq, message.version = row
     message.member_ids = list(Membership.objects.filter(chat_id=message.chat_id).values_list("user_id", flat=True))
@@ -191,22 +194,6 @@ def _insert_orm(message: Message, device: Device | None) -> Message | None:
         last_delivered_seq=message.seq, last_delivered_message_id=message.id,
     )
     return None
-
-
-def _device_check(device: Device | None) -> None:
-    """TokenRevoked unless `device` is still signed in (as `send_sql.DEVICE_VALID` asks):
-    one query, only where a write was refused or not needed."""
-    if device is None:
-        return
-    active = (
-        Device.objects.filter(id=device.id, token_hash=device.token_hash, user_id=device.user_id)
-        .values_list("user__is_active", flat=True)
-        .first()
-    )
-    if active is None:
-        raise TokenRevoked()
-    if not active:
-        raise TokenRevoked("User inactive or deleted.")
 
 
 def _refuse_post(*, chat_id: int, author_id: int) -> NoReturn:

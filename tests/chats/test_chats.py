@@ -394,6 +394,40 @@ def test_a_revoked_cached_token_gets_401_not_another_answer(body):
     assert Message.objects.count() == 1
 
 
+def test_a_forward_retried_after_a_sign_out_gets_401_not_the_first_message():
+    # given: alice forwarded with a client_id (her token cached), then her device is gone
+    alice, bob = make_user(), make_user()
+    cid = post(alice.client, "/chats/", {"members": [bob.id]}).json()["id"]
+    original = send(alice, cid, "look").json()["id"]
+    assert post(alice.client, f"/chats/{cid}/messages/", {"forward_of": original, "client_id": "f1"}).status_code == 201
+    Device.objects.filter(id=alice.device.id).delete()
+
+    # when: the same forward again (answered before any write: no statement checks it)
+    retry = post(alice.client, f"/chats/{cid}/messages/", {"forward_of": original, "client_id": "f1"})
+
+    # then
+    assert retry.status_code == 401
+    assert retry.json()["error"]["code"] == "invalid_token"
+    assert TOKEN_CACHE.get(hash_token(alice.token)) is None
+
+
+def test_a_refused_post_from_the_cache_reads_the_device_once():
+    # given: alice's token cached; bob's chat, of which she is not a member
+    alice, bob, carol = make_user(), make_user(), make_user()
+    cid = post(alice.client, "/chats/", {"members": [bob.id]}).json()["id"]
+    assert send(alice, cid, "hi").status_code == 201
+    other = post(bob.client, "/chats/", {"members": [carol.id]}).json()["id"]
+
+    # when: she posts where she may not
+    with CaptureQueriesContext(connection) as queries:
+        refused = send(alice, other, "let me in")
+
+    # then: 404 as for any outsider, the device read once (by the refused write's check)
+    assert refused.status_code == 404
+    device_reads = [q["sql"] for q in queries.captured_queries if 'FROM "accounts_device"' in q["sql"]]
+    assert len(device_reads) == 1, device_reads
+
+
 def test_only_the_json_message_post_uses_the_token_cache():
     # given: alice's token cached by a POST, her device then gone
     alice, bob = make_user(), make_user()
