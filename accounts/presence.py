@@ -216,9 +216,9 @@ def presence_reset_absent(*, present: set[int]) -> list[int]:
         User.objects.exclude(presence=User.Presence.OFFLINE).exclude(id__in=present).values_list("id", flat=True)
     )
     for start in range(0, len(stale), APPLY_BATCH):
-        Device.objects.filter(user_id__in=stale[start : start + APPLY_BATCH]).exclude(
-            presence=User.Presence.OFFLINE
-        ).update(presence=User.Presence.OFFLINE, presence_expires_at=None)
-    for start in range(0, len(stale), APPLY_BATCH):
-        presence_apply_many(changes=[(uid, User.Presence.OFFLINE) for uid in stale[start : start + APPLY_BATCH]])
+        batch = stale[start : start + APPLY_BATCH]
+        Device.objects.filter(user_id__in=batch).exclude(presence=User.Presence.OFFLINE).update(
+            presence=User.Presence.OFFLINE, presence_expires_at=None
+        )
+        presence_apply_many(changes=[(uid, User.Presence.OFFLINE) for uid in batch])
     return stale

@@ -303,6 +303,10 @@ class Access(Protocol):
 
     def is_benign(self, command: Command, error: str) -> bool: ...
 
+    def is_not_yet(self, command: Command, error: str) -> bool:
+        """Whether `error` means a command came before one of another partition's rows it
+        depends on (send it again for a while); False where no command depends on another."""
+
 
 class DynsecAccess:
     """Access operations as Mosquitto dynamic-security commands."""

@@ -141,7 +141,7 @@ def relay_status() -> dict:
 
 def relay_heartbeats() -> list[RelayStatus]:
     """The heartbeat rows of partitions 0..RELAY_PARTITIONS-1 (missing ones left out), in one query."""
-    return list(RelayStatus.objects.filter(id__in=range(1, settings.RELAY_PARTITIONS + 1)).order_by("id"))
+    return list(RelayStatus.objects.filter(id__lte=settings.RELAY_PARTITIONS).order_by("id"))
 
 
 def relay_status_of(statuses: Iterable[RelayStatus]) -> dict:
@@ -197,7 +197,7 @@ def wait_applied(events: Iterable[OutboxEvent], *, timeout: float | None = None)
     if timeout is None:
         timeout = settings.BROKER_SYNC_TIMEOUT
     # The partitions that send these rows (another one being down does not stop them).
-    partitions = {event.partition_key % settings.RELAY_PARTITIONS for event in events}
+    partitions = {event.partition for event in events}
     if any(p["broker"] != "up" for p in relay_status()["partitions"] if p["partition"] in partitions):
         return False
     deadline = time.monotonic() + timeout

@@ -113,6 +113,9 @@ class RabbitAccess:
     def is_benign(self, command: Command, error: str) -> bool:
         return False
 
+    def is_not_yet(self, command: Command, error: str) -> bool:
+        return False  # no commands: grants are Django's answers
+
     @staticmethod
     def applies(op: AccessOp) -> bool:
         return isinstance(op, (MemberRevoke, ChatRemove, DeviceRemove))

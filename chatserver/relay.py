@@ -309,11 +309,12 @@ class Relay(Worker):
             raise ValueError(f"access must be a list, got {row.access!r}")
         return [access_op_from_json(op) for op in row.access]
 
-    def translate(self, row: OutboxEvent) -> tuple[list[Command], list[Publish]]:
+    def translate(self, row: OutboxEvent, ops: list[AccessOp] | None = None) -> tuple[list[Command], list[Publish]]:
         """The broker work of one row: its commands, then its publishes, in order (its
-        access operations' own work is `access.apply`, in `send_row`). Raises (anything)
-        if the row is not one the relay can handle."""
-        ops = self.access_ops(row)
+        access operations' own work is `access.apply`, in `send_row`); `ops`: its
+        `access_ops`, if read already. Raises (anything) if the row is not one the relay
+        can handle."""
+        ops = self.access_ops(row) if ops is None else ops
         commands = [c for op in ops for c in self.access.commands(op)]
         publishes = [(topic, payload, True) for op in ops for topic, payload in self.access.publishes(op)]
         if row.payload:
@@ -344,20 +345,21 @@ class Relay(Worker):
         work = []
         for row in rows:
             try:
-                work.append((row, self.access_ops(row), *self.translate(row)))
+                ops = self.access_ops(row)
+                work.append((row, ops, *self.translate(row, ops)))
             except Exception as exc:  # whatever it is, it is this row's
                 failed[row.id] = f"cannot translate: {type(exc).__name__}: {exc}"
                 work.append((row, [], None, None))
         total = len(work)
         deleted = 0  # rows[:deleted] are out of the outbox
-        blocked = False  # a row's access work could not be done now: nothing after it is sent
+        blocked = None  # the row whose access work could not be done now: nothing after it is sent
         while deleted < total:
             # Fill the window: never more than RELAY_WINDOW rows sent and not deleted, nor
             # (but for the first of them) more than COPIES_IN_FLIGHT publishes; nothing
             # after a row whose access work could not be done (`blocked`).
             copies = sum(len(published) for _, _, published in sent[deleted:])
             capped = False
-            for row, ops, commands, publishes in work[len(sent) : deleted + window] if not blocked else ():
+            for row, ops, commands, publishes in work[len(sent) : deleted + window] if blocked is None else ():
                 if len(sent) > deleted and copies + len(publishes or ()) > COPIES_IN_FLIGHT:
                     capped = True
                     break
@@ -365,7 +367,7 @@ class Relay(Worker):
                 sent.append(entry)
                 copies += len(publishes or ())
                 if not applied:
-                    blocked = True
+                    blocked = row.id
                     break
             # The older half of what is in flight (of the window, unless capped).
             end = deleted + max(1, (len(sent) - deleted) // 2) if capped else min(deleted + half, total)
@@ -373,7 +375,8 @@ class Relay(Worker):
             stopped = None
             if not self.wait_acknowledged(pendings) and (answered := self.answered(sent[deleted:end])) < end - deleted:
                 end = deleted + answered
-                stopped = f"broker did not answer row #{sent[end][0].id} in time; will resend from it"
+                stopped = (f"access of row #{blocked} not applied; will resend from it" if sent[end][0].id == blocked
+                           else f"broker did not answer row #{sent[end][0].id} in time; will resend from it")
                 if self.dropped(sent[end:], alone=alone, failed=failed):
                     stopped = None  # set aside: that row is done with
                     end += 1
@@ -505,12 +508,8 @@ class Relay(Worker):
         UserAdd is another partition's row, maybe not sent yet (`outbox.partition_key`).
         Past the wait, it is a refusal."""
         row, pendings, _ = entry
-        # A broker access without the notion (none of its commands waits for another's).
-        not_yet = getattr(self.access, "is_not_yet", None)
-        if not_yet is None:
-            return False
         missing = any(
-            error and not_yet(command, error)
+            error and self.access.is_not_yet(command, error)
             for pending in pendings if pending.commands is not None
             for command, error in pending.result
         )

@@ -325,6 +325,14 @@ else:
 
 # --- MQTT -------------------------------------------------------------------------------
 
+# Which broker `make run` starts and the server talks to: "mosquitto" (one process,
+# broker/mosquitto.conf) or "rabbitmq" (a RabbitMQ node, broker/rabbitmq.conf, that can
+# be one of a cluster: README "Scaling out"). Only chatserver/broker_access.py and the
+# broker's own config know the difference.
+BROKER = env("BROKER", "mosquitto").lower()
+if BROKER not in {"mosquitto", "rabbitmq"}:
+    raise ImproperlyConfigured(f"BROKER must be mosquitto or rabbitmq, got {BROKER!r}")
+
 # Where the server's own processes reach the broker: a host, or a cluster's nodes as a
 # comma-separated list of host[:port], tried in turn (chatserver/broker_addresses.py;
 # a port left out is MQTT_PORT's, or MQTT_TLS_PORT's with MQTT_PLAINTEXT=off).
@@ -366,11 +374,10 @@ MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30)
 # PUBACK reason codes show a refused publish) or "3.1.1" (RabbitMQ 3.10 speaks no other;
 # what 3.1.1 cannot say is handled as docs/mqtt.md tells). Default: 5 on Mosquitto, 3.1.1
 # on RabbitMQ, which refuses anything else.
-_BROKER_KIND = str(globals().get("BROKER", env("BROKER", "mosquitto"))).lower()
-MQTT_PROTOCOL = env("MQTT_PROTOCOL", "3.1.1" if _BROKER_KIND == "rabbitmq" else "5")
+MQTT_PROTOCOL = env("MQTT_PROTOCOL", "3.1.1" if BROKER == "rabbitmq" else "5")
 if MQTT_PROTOCOL not in {"5", "3.1.1"}:
     raise ImproperlyConfigured(f"MQTT_PROTOCOL must be 5 or 3.1.1, not {MQTT_PROTOCOL!r}")
-if _BROKER_KIND == "rabbitmq" and MQTT_PROTOCOL != "3.1.1":
+if BROKER == "rabbitmq" and MQTT_PROTOCOL != "3.1.1":
     raise ImproperlyConfigured("BROKER=rabbitmq speaks MQTT 3.1.1 only: MQTT_PROTOCOL=3.1.1")
 # The broker's failed-login limit (broker/login_guard.c, rendered by `manage.py
 # broker_prepare`): after MQTT_LOGIN_FAILURES refused logins of one device account within
@@ -381,13 +388,6 @@ MQTT_LOGIN_COOLDOWN = env_int("MQTT_LOGIN_COOLDOWN", 60)
 
 # --- Broker ---------------------------------------------------------------------------
 
-# Which broker `make run` starts and the server talks to: "mosquitto" (one process,
-# broker/mosquitto.conf) or "rabbitmq" (a RabbitMQ node, broker/rabbitmq.conf, that can
-# be one of a cluster: README "Scaling out"). Only chatserver/broker_access.py and the
-# broker's own config know the difference.
-BROKER = env("BROKER", "mosquitto").lower()
-if BROKER not in {"mosquitto", "rabbitmq"}:
-    raise ImproperlyConfigured(f"BROKER must be mosquitto or rabbitmq, got {BROKER!r}")
 # On: the broker runs elsewhere (`make cluster`, broker hosts of their own) and `make run`
 # starts everything but it (scripts/run.sh), nor prepares its files.
 BROKER_EXTERNAL = env_bool("BROKER_EXTERNAL")
