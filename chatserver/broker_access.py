@@ -80,10 +80,14 @@ def device_username(device_id: int) -> str:
     return f"device-{_id(device_id)}"
 
 
+# Letters, digits and "-" only: the same text as a regular expression (see below).
+_DEVICE_CLIENT_ID = "chat-{user}-{device}"
+
+
 def device_client_id(user_id: int, device_id: int) -> str:
     """A device's MQTT client id (accounts.models.Device.mqtt_client_id): it carries the
     user and the device, so a broker's session queue names both."""
-    return f"chat-{_id(user_id)}-{_id(device_id)}"
+    return _DEVICE_CLIENT_ID.format(user=_id(user_id), device=_id(device_id))
 
 
 _DEVICE_USERNAME_RE = re.compile(r"device-([1-9][0-9]{0,17})")
@@ -100,6 +104,16 @@ def parse_device_client_id(client_id: str) -> tuple[int, int] | None:
     """(user_id, device_id) of a device's client id, or None if it is not one."""
     match = _DEVICE_CLIENT_ID_RE.fullmatch(client_id)
     return (int(match[1]), int(match[2])) if match else None
+
+
+_EVENT_TOPIC_RE = re.compile(r"chat/(users|chats)/([1-9][0-9]{0,17})")
+
+
+def parse_event_topic(topic: str) -> tuple[str, int] | None:
+    """("users", user_id) of a user topic, ("chats", chat_id) of a chat topic, or None if
+    `topic` is neither (exactly as `user_topic` and `chat_topic` write them)."""
+    match = _EVENT_TOPIC_RE.fullmatch(topic)
+    return (match[1], int(match[2])) if match else None
 
 
 def parse_presence_topic(topic: str) -> tuple[int, str] | None:
@@ -147,6 +161,13 @@ def rabbitmq_session_queues(client_id: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     return tuple(_SESSION_QUEUE.format(client_id=client_id, qos=qos) for qos in (0, 1))
+
+
+def rabbitmq_user_queues_regex(user_id: int) -> str:
+    """A regular expression (the management API's `use_regex`) matching the session queues
+    of every device of the user (their client ids: `device_client_id`)."""
+    client_id = _DEVICE_CLIENT_ID.format(user=_id(user_id), device="[0-9]+")
+    return "^" + _SESSION_QUEUE.format(client_id=client_id, qos="[01]") + "$"
 
 
 def rabbitmq_queue_client_id(queue: str) -> str | None:

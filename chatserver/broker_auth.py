@@ -66,7 +66,7 @@ from django.views.decorators.csrf import csrf_exempt
 from chatserver import ratelimit
 from chatserver.broker_access import (
     RABBITMQ_EXCHANGE,
-    chat_topic,
+    parse_event_topic,
     presence_topic,
     rabbitmq_session_queues,
     routing_key_topic,
@@ -309,17 +309,8 @@ def decide_topic(check: TopicCheck) -> bool:
         return False
     if topic == user_topic(device.user_id):
         return True
-    chat_id = _chat_of(topic)
-    return chat_id is not None and _hook("chat_member")(device.user_id, chat_id)
-
-
-def _chat_of(topic: str) -> int | None:
-    prefix = chat_topic(1)[:-1]  # "chat/chats/"
-    rest = topic.removeprefix(prefix)
-    if rest == topic or not rest.isdigit() or rest.startswith("0"):
-        return None
-    chat_id = int(rest)
-    return chat_id if chat_topic(chat_id) == topic else None
+    parsed = parse_event_topic(topic)
+    return parsed is not None and parsed[0] == "chats" and _hook("chat_member")(device.user_id, parsed[1])
 
 
 CHECKS: dict[str, tuple[type, Callable[..., bool]]] = {

@@ -63,6 +63,7 @@ from chatserver.broker_access import (
     presence_topic,
     rabbitmq_queue_client_id,
     rabbitmq_session_queues,
+    rabbitmq_user_queues_regex,
     topic_routing_key,
 )
 
@@ -149,9 +150,8 @@ class RabbitAccess:
         """Unbind the user's session queues from the chat's topic; close the connections
         of the devices that were bound."""
         routing_key = topic_routing_key(chat_topic(chat))
-        pattern = f"^mqtt-subscription-chat-{user}-[0-9]+qos[01]$"
-        queues = [item["name"] for item in self._pages(f"/api/queues/{_q(VHOST)}", name=pattern, use_regex="true",
-                                                        columns="name")]
+        queues = [item["name"] for item in self._pages(f"/api/queues/{_q(VHOST)}", name=rabbitmq_user_queues_regex(user),
+                                                        use_regex="true", columns="name")]
         self._unbind(queues, routing_key)
 
     def _unbind_chat(self, *, chat: int) -> None:

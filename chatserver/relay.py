@@ -95,6 +95,7 @@ from chatserver.broker_access import (
     Command,
     access_op_from_json,
     chat_topic,
+    parse_event_topic,
     user_topic,
 )
 from chatserver.models import OutboxEvent, RelayStatus
@@ -271,10 +272,10 @@ class Relay(Worker):
         this relay's: its id in this relay's partition, as the rows of that chat or user."""
         if self.partitions == 1:
             return True
-        try:
-            return int(topic.rsplit("/", 1)[1]) % self.partitions == self.partition
-        except (IndexError, ValueError):
+        parsed = parse_event_topic(topic)
+        if parsed is None:
             return self.partition == 0  # not an event topic: partition 0 logs its refusal
+        return parsed[1] % self.partitions == self.partition
 
     # --- ephemeral events (typing): NOTIFY in, QoS 0 out, never stored -----------------
 

@@ -17,6 +17,7 @@ import random
 import secrets
 import shutil
 import time
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -29,10 +30,12 @@ from chatserver.broker_access import (
     device_client_id,
     parse_device_client_id,
     parse_device_username,
+    parse_event_topic,
     parse_presence_topic,
     presence_topic,
     rabbitmq_queue_client_id,
     rabbitmq_session_queues,
+    rabbitmq_user_queues_regex,
     routing_key_topic,
     topic_routing_key,
     user_topic,
@@ -939,3 +942,15 @@ def test_rabbitmq_names_round_trip_and_patterns_are_no_topics():
     assert parse_device_client_id(device_client_id(5, 9)) == (5, 9)
     assert [parse_device_client_id(c) for c in ("chat-relay-host-1", "chat-05-9", "chat-5-9x")] == [None] * 3
     assert [parse_device_username(u) for u in ("device-9", "device-09", "device-", "chat-server")] == [9, None, None, None]
+    # The session queues of user 5's devices, as the management API is asked for them.
+    queues = re.compile(rabbitmq_user_queues_regex(5))
+    assert [bool(queues.match(q)) for q in (*rabbitmq_session_queues(device_client_id(5, 123)),
+                                            "mqtt-subscription-chat-55-1qos1", "mqtt-subscription-chat-5-1qos1x",
+                                            "mqtt-subscription-chat-relay-host-1qos1")] == [True, True, False, False, False]
+
+
+def test_event_topics_parse_back_to_their_ids_and_nothing_else_does():
+    assert parse_event_topic(user_topic(12)) == ("users", 12)
+    assert parse_event_topic(chat_topic(5)) == ("chats", 5)
+    assert [parse_event_topic(t) for t in ("chat/chats/05", "chat/chats/5/x", "chat/chats/", "chat/presence/5/c",
+                                           "chat/chats/+", "x/chat/chats/5")] == [None] * 6
