@@ -31,7 +31,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from tests.support.mqtt import MqttProbe
-from tests.support.stack import HttpServer, ServerProcess, call, migrated_database, server_env, wait_until
+from tests.support.stack import ProcessStack, ServerProcess, call, migrated_database, wait_until
 
 pytestmark = [pytest.mark.rabbitmq_only, pytest.mark.slow]
 
@@ -40,12 +40,12 @@ _names = count(1)
 
 
 class ClusterStack:
-    def __init__(self, *, cluster, http: HttpServer, relay: ServerProcess, presence: ServerProcess) -> None:
-        self.cluster, self.http, self.url = cluster, http, http.url
-        self.relay, self.presence = relay, presence
+    def __init__(self, *, cluster, processes: ProcessStack, presence: ServerProcess) -> None:
+        self.cluster, self.processes, self.presence = cluster, processes, presence
+        self.http, self.url, self.relay = processes.http, processes.url, processes.relay
 
     def healthy(self) -> bool:
-        status, body = call(f"{self.url}/health/", timeout=5)
+        status, body = self.processes.health()
         return status == 200 and (body or {}).get("status") == "ok"
 
     def on_first_node(self) -> None:
@@ -76,26 +76,18 @@ def cluster_stack(postgres, rabbitmq_cluster, tmp_path_factory) -> Iterator[Clus
     workdir = tmp_path_factory.mktemp("cluster-session")
     database_url = migrated_database(postgres, f"cluster_session_{os.getpid()}_{secrets.token_hex(3)}",
                                      data_dir=workdir)
-    env = server_env(database_url=database_url, broker=rabbitmq_cluster, data_dir=workdir) | {
+    processes = ProcessStack(database_url=database_url, broker=rabbitmq_cluster, workdir=workdir, env={
         # Node A first: the relay's connection is on the node the test stops.
         "MQTT_HOST": ",".join(f"{node.host}:{node.port}" for node in rabbitmq_cluster.nodes),
-    }
-    http = relay = presence = None
+    })
+    presence = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], processes.env, workdir)
     try:
-        http = HttpServer(env, workdir, broker_auth_port=rabbitmq_cluster.auth_port).start()
-        relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], env, workdir).start()
-        presence = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env,
-                                 workdir).start()
-        stack = ClusterStack(cluster=rabbitmq_cluster, http=http, relay=relay, presence=presence)
-        try:
-            wait_until(stack.healthy, 30, "the stack on the cluster to be healthy", interval=0.1)
-        except AssertionError:
-            raise AssertionError(stack.logs()) from None
-        yield stack
+        presence.start()
+        processes.start()
+        yield ClusterStack(cluster=rabbitmq_cluster, processes=processes, presence=presence)
     finally:
-        for part in (presence, relay, http):
-            if part is not None:
-                part.stop()
+        presence.stop()
+        processes.stop()
 
 
 class Account:

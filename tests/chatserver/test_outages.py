@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ import pytest
 from chatserver.relay import ADVISORY_LOCK_KEY
 
 from tests.support.mqtt import MqttProbe
-from tests.support.postgres import PostgresCluster
-from tests.support.stack import ROOT, HttpServer, ServerProcess, server_env, wait_until
+from tests.support.postgres import PostgresCluster, sql
+from tests.support.stack import HttpServer, ServerProcess, migrated_database, server_env, wait_until
 from tests.support.stack import call, call_with_headers
 
 pytestmark = pytest.mark.slow
@@ -45,17 +44,12 @@ class Spare:
     def start(self) -> None:
         workdir = self.workdir
         self.pg = PostgresCluster().start()
-        with psycopg.connect(self.pg.url("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE chat")
-        self.db_url = self.pg.url("chat")
+        self.db_url = migrated_database(self.pg, "chat", data_dir=workdir)
         self.broker, _ = self.new_broker("chat-spare-")
         self.broker.start()
         env = server_env(database_url=self.db_url, broker=self.broker, data_dir=workdir)
         env["RELAY_IDLE_RECHECK"] = "60"
         self.env = env
-        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
-                                 capture_output=True, text=True)
-        assert migrate.returncode == 0, migrate.stderr
         self.relay = ServerProcess("relay", [sys.executable, "manage.py", "worker", "relay"], env, workdir)
         self.presence = ServerProcess("presence", [sys.executable, "manage.py", "worker", "presence"], env, workdir)
         self.web = HttpServer(env, workdir, broker_auth_port=getattr(self.broker, "auth_port", None))
@@ -74,9 +68,7 @@ class Spare:
             self.pg.stop()
 
     def sql(self, query: str, params=()) -> list[tuple]:
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
-            cursor = conn.execute(query, params)
-            return cursor.fetchall() if cursor.description else []
+        return sql(self.db_url, query, params)
 
     def enqueue(self, numbers) -> None:
         """One transaction: a row per number, for the chat topic, in that order."""

@@ -3,27 +3,27 @@ simulator's own `fcm-sink`, the real push worker process sending to it."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chat_sim.fcm_sink import FcmSink
+from tests.support.faults import own_stack
+from tests.support.sim import CHAT_SIM
 from tests.support.stack import ProcessStack, ServerProcess
 
-CHAT_SIM = Path(sys.executable).parent / "chat-sim"
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
 def push_stack(fault_cluster, new_broker, tmp_path):
-    """A stack of its own (relay, presence, push workers, gunicorn) with push on."""
+    """A stack of its own (faults.own_stack: relay, gunicorn; and the presence and push
+    workers) with push on."""
     with FcmSink() as sink:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -31,25 +31,20 @@ def push_stack(fault_cluster, new_broker, tmp_path):
         account = tmp_path / "fcm.json"
         account.write_text(json.dumps(sink.service_account(private_key_pem=key)))
         broker, broker_dir = new_broker("chat-push-")
-        stack = workers = None
+        env = {"FCM_PROJECT_ID": "qa", "FCM_SERVICE_ACCOUNT_FILE": str(account), "FCM_ENDPOINT": sink.url}
+        workers: list[ServerProcess] = []
+
+        def start_workers(processes: ProcessStack) -> None:
+            for name in ("presence", "push"):
+                workers.append(ServerProcess(name, [sys.executable, "manage.py", "worker", name], processes.env,
+                                             tmp_path).start())
+
         try:
-            broker.start()
-            env = {"FCM_PROJECT_ID": "qa", "FCM_SERVICE_ACCOUNT_FILE": str(account), "FCM_ENDPOINT": sink.url}
-            stack = ProcessStack(database_url=fault_cluster.cluster.url(fault_cluster.new_database()),
-                                 broker=broker, workdir=tmp_path, env=env)
-            workers = [ServerProcess(name, [sys.executable, "manage.py", "worker", name], stack.env, tmp_path)
-                       for name in ("presence", "push")]
-            for worker in workers:
-                worker.start()
-            stack.start()
-            yield stack, sink
+            with own_stack(fault_cluster, broker, broker_dir, tmp_path, env=env, before_start=start_workers) as stack:
+                yield stack, sink
         finally:
-            for worker in workers or ():
+            for worker in workers:
                 worker.stop()
-            if stack is not None:
-                stack.stop()
-            broker.stop()
-            shutil.rmtree(broker_dir, ignore_errors=True)
 
 
 @pytest.mark.slow

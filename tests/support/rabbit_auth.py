@@ -3,9 +3,9 @@ of tests/chatserver/test_rabbitmq_access.py.
 
 `rabbit_auth_stack` (module): a database of its own in the session's PostgreSQL cluster
 (migrated once; the session's relay, if any, drains the session's database and never
-this one), gunicorn behind nginx with the broker-auth listener on a free port, one
-RabbitMQ 3.10 node whose HTTP auth backend asks that listener, and a relay process with
-BROKER=rabbitmq. Tests drive it over HTTP and MQTT only, as phones and attackers would.
+this one), one RabbitMQ 3.10 node, and a `tests.support.stack.ProcessStack` on both: a
+relay process with BROKER=rabbitmq, gunicorn behind nginx with the broker-auth listener
+on the node's auth port, which its HTTP auth backend asks. Tests drive it over HTTP and MQTT only, as phones and attackers would.
 
 The node is `tests.support.rabbitmq.RabbitNode`, from the project's own
 `broker/rabbitmq.conf` (its auth lines: logins asked every time, the rest cached for
@@ -19,21 +19,22 @@ import json
 import os
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.rabbitmq import RabbitNode, make_workdir
 from tests.support.postgres import sql
-from tests.support.stack import HttpServer, ServerProcess, migrated_database, server_env, wait_until
+from tests.support.stack import ProcessStack, migrated_database
 
 CACHE_TTL = 2  # seconds, RABBITMQ_AUTH_CACHE_TTL's default
 
 
 class RabbitAuthStack:
-    def __init__(self, *, url: str, node: RabbitNode, http: HttpServer, relay: ServerProcess, database_url: str):
-        self.url, self.node, self.http, self.relay, self.database_url = url, node, http, relay, database_url
+    def __init__(self, *, node: RabbitNode, processes: ProcessStack):
+        self.node, self.processes = node, processes
+        self.url, self.http, self.relay = processes.url, processes.http, processes.relay
+        self.database_url = processes.database_url
 
     def bindings_of(self, queue: str) -> list[str]:
         """The routing keys a queue is bound with on amq.topic ([] if it does not exist)."""
@@ -57,25 +58,17 @@ def rabbit_auth_stack(postgres, tmp_path_factory) -> Iterator[RabbitAuthStack]:
     database_url = migrated_database(postgres, f"rabbit_auth_{os.getpid()}_{secrets.token_hex(3)}", data_dir=workdir)
     node_dir = make_workdir("chat-rabbit-auth-")
     node = RabbitNode(node_dir, name="auth")
-    env = server_env(database_url=database_url, broker=node, data_dir=workdir) | node.env() | {
-        "RABBITMQ_AUTH_CACHE_TTL": str(CACHE_TTL),
-    }
-    http = relay = None
+    processes = None
     try:
-        http = HttpServer(env, workdir, broker_auth_port=node.auth_port).start()
         node.start()
-        relay = ServerProcess("relay", [sys.executable, "manage.py", "relay"], env, workdir).start()
-        stack = RabbitAuthStack(url=http.url, node=node, http=http, relay=relay, database_url=database_url)
-        try:
-            wait_until(lambda: stack.sql("SELECT broker_connected FROM chat_relay_status") == [(True,)], 30,
-                       "the relay on RabbitMQ")
-        except AssertionError:
-            raise AssertionError(stack.logs()) from None
-        yield stack
+        # The front server with its loopback listener for the node's checks, and a relay.
+        processes = ProcessStack(database_url=database_url, broker=node, workdir=workdir,
+                                 env={"RABBITMQ_AUTH_CACHE_TTL": str(CACHE_TTL)})
+        processes.start()
+        yield RabbitAuthStack(node=node, processes=processes)
     finally:
-        for part in (relay, http):
-            if part is not None:
-                part.stop()
+        if processes is not None:
+            processes.stop()
         node.stop()
         node.epmd.kill()
         shutil.rmtree(node_dir, ignore_errors=True)
