@@ -18,8 +18,14 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 TEST_BROKERS ?= mosquitto rabbitmq
 # mosquitto (the default) or rabbitmq (chatserver/settings.py BROKER): which broker's
-# packages `make run` installs. The environment wins, else the .env file (ENV_FILE) says.
-BROKER ?= $(shell sed -n "s/^[[:space:]]*\(export[[:space:]]*\)\{0,1\}BROKER[[:space:]]*=[[:space:]]*[\"']\{0,1\}\([A-Za-z]*\).*/\2/p" $(or $(ENV_FILE),.env) 2>/dev/null | tail -1)
+# packages `make run` installs. The environment's, else what .env says (ENV_FILE names
+# another file; set but empty, none), read by the settings' own parser
+# (chatserver/dotenv.py: the standard library only, so the system python3 runs it
+# before .venv exists).
+ENV_FILE_PATH := $(if $(filter undefined,$(origin ENV_FILE)),.env,$(ENV_FILE))
+ifeq ($(origin BROKER),undefined)
+BROKER := $(if $(ENV_FILE_PATH),$(shell python3 -c 'import sys; from pathlib import Path; from chatserver.dotenv import parse; f = Path(sys.argv[1]); print(parse(f.read_text()).get("BROKER", "").lower() if f.is_file() else "")' '$(ENV_FILE_PATH)' 2>/dev/null))
+endif
 
 .PHONY: venv system-deps system-deps-test run test bench cluster cluster-stop cluster-status clean
 

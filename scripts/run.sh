@@ -43,9 +43,12 @@ mkdir -p "$DATA_DIR"
 # BROKER=rabbitmq the node's directory $DATA_DIR/broker/rabbitmq/ (scripts/broker.sh).
 # BROKER_EXTERNAL=on: the broker is somebody else's (`make cluster`, hosts of its own):
 # neither prepared nor started here.
-processes=()
+# One relay per partition (RELAY_PARTITIONS, chatserver/relay.py); RELAY_PROCESSES above it
+# adds standbys, each taking over the partition of a relay that dies. An external broker:
+# none of the Procfile's `broker` (honcho starts `broker=0` copies of it).
+concurrency="relay=${RELAY_PROCESSES:-${RELAY_PARTITIONS:-1}}"
 if [[ ${BROKER_EXTERNAL,,} =~ ^(1|true|yes|on)$ ]]; then
-    processes=(front web relay presence push previews)
+    concurrency+=",broker=0"
 else
     .venv/bin/python manage.py broker_prepare
 fi
@@ -54,6 +57,4 @@ fi
 
 # `-e /dev/null`: honcho would otherwise apply .env over the environment (handled above,
 # with the environment winning).
-# One relay per partition (RELAY_PARTITIONS, chatserver/relay.py); RELAY_PROCESSES above it
-# adds standbys, each taking over the partition of a relay that dies.
-exec .venv/bin/honcho start -f Procfile -e /dev/null -c "relay=${RELAY_PROCESSES:-${RELAY_PARTITIONS:-1}}" "${processes[@]}"
+exec .venv/bin/honcho start -f Procfile -e /dev/null -c "$concurrency"

@@ -57,7 +57,7 @@ from chatserver.events import Event, EventType
 from chatserver.models import OutboxEvent
 from tests.support.factories import PASSWORD, make_user
 from tests.support.mqtt import MqttProbe
-from tests.support.stack import server_env, wait_until
+from tests.support.stack import NoBroker, server_env, wait_until
 
 ALL_TYPES = {t.value for t in EventType}
 # What the services queue: all but the ephemeral ones (presence.probe, which the presence
@@ -309,9 +309,9 @@ def test_chatserver_imports_no_app():
     assert not re.search(r"^\s*(from|import)\s+(accounts|chats)\b", source, re.M)
 
 
-def test_the_suite_checks_every_queued_event_here_and_in_its_server_processes(settings, broker, tmp_path):
+def test_the_suite_checks_every_queued_event_here_and_in_its_server_processes(settings, tmp_path):
     assert settings.OUTBOX_CHECK_SCHEMAS is True
-    env = server_env(database_url="postgres://x/y", broker=broker, data_dir=tmp_path)
+    env = server_env(database_url="postgres://x/y", broker=NoBroker(), data_dir=tmp_path)
     assert env["DJANGO_SETTINGS_MODULE"] == "tests.settings"
 
 

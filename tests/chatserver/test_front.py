@@ -17,7 +17,7 @@ import pytest
 from chatserver.tls import local_server_tls
 
 from tests.support.factories import make_user
-from tests.support.stack import HttpServer, call, free_port, server_env, wait_until
+from tests.support.stack import HttpServer, NoBroker, call, free_port, server_env, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -147,9 +147,9 @@ def test_requests_that_never_reach_django_are_answered_in_the_envelope(live_stac
     assert (answer[0], answer[1]["content-type"], error_code(answer[2])) == (status, "application/json", code)
 
 
-def test_while_gunicorn_is_down_the_front_says_503_with_retry_after(test_database_url, broker, tmp_path):
+def test_while_gunicorn_is_down_the_front_says_503_with_retry_after(test_database_url, tmp_path):
     # given: a front and gunicorn of their own, then gunicorn killed
-    server = HttpServer(server_env(database_url=test_database_url, broker=broker, data_dir=tmp_path),
+    server = HttpServer(server_env(database_url=test_database_url, broker=NoBroker(), data_dir=tmp_path),
                         tmp_path).start()
     try:
         server.kill()
@@ -169,10 +169,10 @@ def test_while_gunicorn_is_down_the_front_says_503_with_retry_after(test_databas
         server.stop()
 
 
-def test_with_a_certificate_the_port_speaks_https_and_plain_http_is_told_so(test_database_url, broker, tmp_path):
+def test_with_a_certificate_the_port_speaks_https_and_plain_http_is_told_so(test_database_url, tmp_path):
     # given: a front with the local CA's certificate (HTTPS_CERT / HTTPS_KEY)
     tls = local_server_tls(tmp_path / "tls")
-    server = HttpServer(server_env(database_url=test_database_url, broker=broker, data_dir=tmp_path),
+    server = HttpServer(server_env(database_url=test_database_url, broker=NoBroker(), data_dir=tmp_path),
                         tmp_path, tls=tls).start()
     try:
         # when

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.stack import HttpServer, server_env
+from tests.support.stack import HttpServer, NoBroker, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,9 +36,9 @@ _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
 
 
 @pytest.fixture(scope="module", params=["database", "redis"])
-def limited(request, test_database_url, broker, tmp_path_factory):
+def limited(request, test_database_url, tmp_path_factory):
     """gunicorn, 2 workers, with low limits; its buckets in the database or in Redis."""
-    env = server_env(database_url=test_database_url, broker=broker,
+    env = server_env(database_url=test_database_url, broker=NoBroker(),
                      data_dir=tmp_path_factory.mktemp(f"limits-{request.param}")) | LIMITS
     if request.param == "redis":
         env["REDIS_URL"] = request.getfixturevalue("redis_server").url
@@ -131,9 +131,9 @@ def test_signups_from_one_address_stop_at_the_limit_others_go_on(stack):
 
 
 @pytest.fixture(scope="module")
-def untrusting(test_database_url, broker, tmp_path_factory):
+def untrusting(test_database_url, tmp_path_factory):
     """The same limits with TRUSTED_PROXIES at its default (empty): only nginx is believed."""
-    env = server_env(database_url=test_database_url, broker=broker,
+    env = server_env(database_url=test_database_url, broker=NoBroker(),
                      data_dir=tmp_path_factory.mktemp("limits-untrusting")) | LIMITS
     del env["TRUSTED_PROXIES"]
     server = HttpServer(env, tmp_path_factory.mktemp("limits-untrusting-web"), workers=2).start()

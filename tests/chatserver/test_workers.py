@@ -125,10 +125,10 @@ def test_a_dropped_session_is_noticed_by_check_without_a_query(test_database_url
 
 @pytest.mark.django_db
 def test_a_worker_without_durable_commits_commits_without_the_flush_on_its_own_connection(
-        test_database_url, broker, tmp_path):
+        test_database_url, tmp_path):
     # given: a process set up as `run()` sets up the relay's (Relay.durable_commits False)
     from chatserver.relay import Relay
-    from tests.support.stack import ROOT, server_env
+    from tests.support.stack import ROOT, NoBroker, server_env
 
     assert Relay.durable_commits is False
     script = (
@@ -146,7 +146,7 @@ def test_a_worker_without_durable_commits_commits_without_the_flush_on_its_own_c
 
     # when
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                            env=server_env(database_url=test_database_url, broker=broker, data_dir=tmp_path))
+                            env=server_env(database_url=test_database_url, broker=NoBroker(), data_dir=tmp_path))
 
     # then: its own connection says so as a client setting (the test cluster's default is
     # off already, from its command line; a stock cluster's is on)
