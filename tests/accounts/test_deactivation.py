@@ -13,7 +13,7 @@ from accounts.models import Device, User
 from accounts.services import inactive_devices_sign_out, user_login
 from chatserver.broker_access import DeviceRemove
 from chatserver.models import OutboxEvent
-from tests.support.factories import PASSWORD, TestUser, login, make_user
+from tests.support.factories import PASSWORD, group_chat, login, make_user
 from tests.support.mqtt import MqttProbe
 from tests.support.stack import wait_until
 
@@ -27,15 +27,6 @@ REFUSED_LOGIN = {135, 134}
 
 def removed(device: Device) -> dict:
     return DeviceRemove(user=device.user_id, username=device.mqtt_username, client_id=device.mqtt_client_id).to_json()
-
-
-def group(owner: TestUser, *others: TestUser) -> int:
-    response = owner.client.post("/chats/", {"members": [o.id for o in others], "name": "g"}, format="json")
-    assert response.status_code == 201
-    return response.json()["id"]
-
-
-# --- what is queued ----------------------------------------------------------------------
 
 
 def test_saving_a_user_inactive_signs_every_device_out_in_one_outbox_row():
@@ -123,7 +114,7 @@ def test_a_deactivated_users_connection_is_dropped_and_gets_nothing_afterwards(r
     # given: alice, bob and carol in a group; alice's phone connected with a persistent
     # session on her user and chat topics; carol listening on the chat
     alice, bob, carol = make_user(), make_user(), make_user()
-    chat_id = group(bob, alice, carol)
+    chat_id = group_chat(bob, alice, carol)
     alice_probe = MqttProbe(broker.host, broker.port)
     carol_probe = MqttProbe(broker.host, broker.port)
     try:

@@ -11,28 +11,15 @@ import pytest
 from rest_framework.test import APIClient
 
 from chatserver.models import OutboxEvent
-from tests.support.factories import PASSWORD, TestUser, login, make_user
+from tests.support.factories import PASSWORD, group_chat, login, make_user, send_message
 from tests.support.mqtt import MqttProbe, phone
 from tests.support.stack import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-
 def payloads(received) -> list[dict]:
     return [json.loads(r.payload) for r in received]
-
-
-def group(owner: TestUser, *members: TestUser, name="team") -> int:
-    response = owner.client.post("/chats/", {"members": [m.id for m in members], "name": name}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
-
-
-def send(user: TestUser, cid: int, content: str) -> dict:
-    response = user.client.post(f"/chats/{cid}/messages/", {"content": content}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def messages_in(received, cid: int | None = None) -> list[dict]:
@@ -75,11 +62,11 @@ def test_signup_credentials_work_by_the_time_the_response_arrives(relay, broker)
 def test_a_message_reaches_every_member_on_its_user_topic_and_the_chat_topic(relay, broker):
     # given
     alice, bob, carol = make_user(), make_user(), make_user()
-    cid = group(alice, bob, carol)
+    cid = group_chat(alice, bob, carol)
     with phone(broker, bob, f"chat/users/{bob.id}", f"chat/chats/{cid}") as bob_phone, \
          phone(broker, carol, f"chat/users/{carol.id}") as carol_phone:
         # when
-        sent = [send(alice, cid, f"m{i}") for i in range(5)]
+        sent = [send_message(alice, cid, f"m{i}") for i in range(5)]
 
         # then
         bob_phone.wait_for(5, topic=f"chat/users/{bob.id}")
@@ -98,10 +85,10 @@ def test_a_message_reaches_every_member_on_its_user_topic_and_the_chat_topic(rel
 
 def test_the_author_s_other_devices_receive_its_messages(relay, broker):
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     tablet = login(alice)
     with phone(broker, tablet, f"chat/users/{alice.id}") as tablet_phone:
-        sent = send(alice, cid, "from my phone")
+        sent = send_message(alice, cid, "from my phone")
         tablet_phone.wait_for(1)
         assert messages_in(tablet_phone.messages) == [sent]
 
@@ -109,8 +96,8 @@ def test_the_author_s_other_devices_receive_its_messages(relay, broker):
 def test_a_member_added_can_subscribe_when_the_add_returns_and_gets_later_messages(relay, broker, broker_kind):
     # given
     alice, bob, dave = make_user(), make_user(), make_user()
-    cid = group(alice, bob)
-    send(alice, cid, "before dave")
+    cid = group_chat(alice, bob)
+    send_message(alice, cid, "before dave")
     with phone(broker, dave, f"chat/users/{dave.id}") as dave_phone:
         # when
         assert alice.client.post(f"/chats/{cid}/users/{dave.id}/").status_code == 201
@@ -120,7 +107,7 @@ def test_a_member_added_can_subscribe_when_the_add_returns_and_gets_later_messag
         if broker_kind == "mosquitto":
             assert dave_phone.wait_reconnected(after=1, timeout=10)
         assert dave_phone.subscribe(f"chat/chats/{cid}") == 1
-        after = send(alice, cid, "after dave")
+        after = send_message(alice, cid, "after dave")
         dave_phone.wait_for(1, topic=f"chat/chats/{cid}")
         dave_phone.wait_for(2, topic=f"chat/users/{dave.id}")  # member.added, then the message
         types = [e["type"] for e in payloads(dave_phone.messages) if e["chat"] == cid]
@@ -170,16 +157,16 @@ def test_logout_disconnects_the_device_at_once_and_its_mqtt_credentials_stop_wor
 def test_a_member_removed_while_offline_receives_nothing_sent_after_removal(relay, broker):
     # given: bob has a persistent session subscribed to the chat, and goes offline
     alice, bob, carol = make_user(), make_user(), make_user()
-    cid = group(alice, bob, carol)
+    cid = group_chat(alice, bob, carol)
     with phone(broker, bob, f"chat/users/{bob.id}", f"chat/chats/{cid}") as bob_phone:
         bob_phone.disconnect()
         assert bob_phone.wait_disconnected()
-    before = send(alice, cid, "while bob is offline")
+    before = send_message(alice, cid, "while bob is offline")
 
     # when: he is kicked while offline, and the chat goes on
     assert alice.client.delete(f"/chats/{cid}/users/{bob.id}/").status_code == 204
-    after = send(alice, cid, "after bob left")
-    send(carol, cid, "also after")
+    after = send_message(alice, cid, "after bob left")
+    send_message(carol, cid, "also after")
     outbox_drained()
 
     # then: back online with his session, he gets the removal and nothing after it
@@ -197,10 +184,10 @@ def test_a_member_removed_while_offline_receives_nothing_sent_after_removal(rela
 
 def test_a_kicked_member_online_stops_receiving_at_once(relay, broker):
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     with phone(broker, bob, f"chat/users/{bob.id}", f"chat/chats/{cid}") as bob_phone:
         alice.client.delete(f"/chats/{cid}/users/{bob.id}/")
-        send(alice, cid, "not for bob")
+        send_message(alice, cid, "not for bob")
         outbox_drained()
         # the removal itself reaches him (after the reconnect the revocation forces)...
         wait_until(
@@ -219,13 +206,13 @@ def test_a_kicked_member_online_stops_receiving_at_once(relay, broker):
 def test_broker_frozen_posts_still_answer_and_everything_arrives_in_order_after(relay, broker):
     # given
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     with phone(broker, bob, f"chat/users/{bob.id}") as bob_phone:
         broker.freeze()
         try:
             # when
             started = time.monotonic()
-            sent = [send(alice, cid, f"frozen {i}") for i in range(20)]
+            sent = [send_message(alice, cid, f"frozen {i}") for i in range(20)]
             elapsed = time.monotonic() - started
         finally:
             broker.thaw()
@@ -240,17 +227,17 @@ def test_broker_frozen_posts_still_answer_and_everything_arrives_in_order_after(
 def test_broker_restarted_queued_messages_reach_offline_sessions_in_order(relay, broker):
     # given: bob is offline with a persistent session
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
     with phone(broker, bob, f"chat/users/{bob.id}") as bob_phone:
         bob_phone.disconnect()
         assert bob_phone.wait_disconnected()
-    early = [send(alice, cid, f"early {i}") for i in range(5)]
+    early = [send_message(alice, cid, f"early {i}") for i in range(5)]
     outbox_drained()
 
     # when: the broker restarts (SIGTERM: it saves its state), and more is sent meanwhile
     broker.stop()
     try:
-        late = [send(alice, cid, f"late {i}") for i in range(5)]
+        late = [send_message(alice, cid, f"late {i}") for i in range(5)]
     finally:
         broker.start()
     outbox_drained(30)
@@ -265,12 +252,12 @@ def test_broker_restarted_queued_messages_reach_offline_sessions_in_order(relay,
 def test_broker_killed_nothing_acknowledged_is_lost(relay, broker):
     # given
     alice, bob = make_user(), make_user()
-    cid = group(alice, bob)
+    cid = group_chat(alice, bob)
 
     # when: the broker dies without saving anything, and messages keep coming
     broker.kill()
     try:
-        sent = [send(alice, cid, f"during outage {i}") for i in range(10)]
+        sent = [send_message(alice, cid, f"during outage {i}") for i in range(10)]
     finally:
         broker.start()
 
@@ -280,7 +267,7 @@ def test_broker_killed_nothing_acknowledged_is_lost(relay, broker):
     # duplicates) has every one of them, in order
     with phone(broker, bob, f"chat/users/{bob.id}") as bob_phone:
         fetched = bob.client.get(f"/chats/{cid}/messages/?after=0").json()["results"]
-        more = send(alice, cid, "after the outage")
+        more = send_message(alice, cid, "after the outage")
         bob_phone.wait_for(1, topic=f"chat/users/{bob.id}")
         seen = {m["id"]: m for m in fetched + messages_in(bob_phone.messages, cid)}
         assert [seen[k]["content"] for k in sorted(seen)] == [m["content"] for m in sent + [more]]

@@ -261,23 +261,6 @@ def partition_of(process: ServerProcess) -> int | None:
     return int(found[-1]) if found else None
 
 
-def group_live_again_after(world, chat, load, since: float, within: float) -> dict[str, float | None]:
-    """Per member of `chat`, seconds from `since` to the arrival of the first message of
-    that chat POSTed after it (None: none within `within`)."""
-    def arrivals():
-        after = {s.message["id"] for s in load.accepted() if s.started >= since and s.chat == chat.id}
-        out = {}
-        for member in chat.members:
-            times = [at for at, m in world.phones[member.id].messages() if m["id"] in after]
-            out[member.username] = round(min(times) - since, 3) if times else None
-        return out
-
-    deadline = since + within
-    while time.monotonic() < deadline and None in arrivals().values():
-        time.sleep(0.02)
-    return arrivals()
-
-
 @pytest.mark.slow
 def test_three_relays_one_killed_mid_load_its_partition_resumes_and_nothing_is_lost(partitioned_stack):
     stack = partitioned_stack
@@ -295,7 +278,7 @@ def test_three_relays_one_killed_mid_load_its_partition_resumes_and_nothing_is_l
         # when: the group's relay dies outright; the spare is to take its partition
         victim.kill()
         killed_at = time.monotonic()
-        resumed = group_live_again_after(world, group, load, killed_at, within=10)
+        resumed = world.live_again_after(killed_at, load, within=10, chat=group)
         load.wait_accepted(40)
         load.stop()
         world.settle(load)

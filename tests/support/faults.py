@@ -359,13 +359,18 @@ class ChatWorld:
         for phone in self.phones.values():
             phone.close()
 
-    def live_again_after(self, fault_end: float, load: SteadyLoad, within: float) -> dict[str, float | None]:
+    def live_again_after(self, fault_end: float, load: SteadyLoad, within: float,
+                         chat: Chat | None = None) -> dict[str, float | None]:
         """Per phone, seconds from `fault_end` to the arrival of the first message POSTed
-        after it (None: none within `within` seconds). Polls until every phone has one."""
+        after it (None: none within `within` seconds). Polls until every phone has one.
+        `chat`: that chat's messages and its members' phones only."""
+        phones = list(self.phones.values()) if chat is None else [self.phones[m.id] for m in chat.members]
+
         def first_arrivals() -> dict[str, float | None]:
-            after = {s.message["id"] for s in load.accepted() if s.started >= fault_end}
+            after = {s.message["id"] for s in load.accepted()
+                     if s.started >= fault_end and (chat is None or s.chat == chat.id)}
             out = {}
-            for phone in self.phones.values():
+            for phone in phones:
                 times = [at for at, m in phone.messages() if m["id"] in after]
                 out[phone.account.username] = round(min(times) - fault_end, 3) if times else None
             return out
