@@ -21,7 +21,7 @@ Access operations (all idempotent: replaying any sequence of them ends in the sa
         deletes the account; the broker drops its live connection at once; also clears
         the device's retained presence (see `publishes`)
     ChatAdd(chat=7)
-        the chat's role: subscribe + receive on chat/chats/7
+        the chat's role: subscribe + receive on chat/chats/7 and chat/chats/7/typing
     MemberGrant(chat=7, user=5) / MemberRevoke(chat=7, user=5)
         the chat's role added to / removed from the user's group
     ChatRemove(chat=7)
@@ -71,6 +71,18 @@ def chat_topic(chat_id: int) -> str:
     return f"chat/chats/{_id(chat_id)}"
 
 
+def typing_topic(chat_id: int) -> str:
+    """A chat's ephemeral stream (`typing.updated`, QoS 0): a topic of its own, so that
+    phones subscribe to it at QoS 0 and no broker queues it for an offline session
+    (RabbitMQ 3.10 queues a QoS 0 publish on a topic subscribed at QoS 1)."""
+    return f"chat/chats/{_id(chat_id)}/typing"
+
+
+def chat_topics(chat_id: int) -> tuple[str, str]:
+    """Every topic a member of the chat may subscribe to: its stream and its typing."""
+    return chat_topic(chat_id), typing_topic(chat_id)
+
+
 def presence_topic(user_id: int, client_id: str) -> str:
     return f"chat/presence/{_id(user_id)}/{_client_id(client_id)}"
 
@@ -106,14 +118,17 @@ def parse_device_client_id(client_id: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
-_EVENT_TOPIC_RE = re.compile(r"chat/(users|chats)/([1-9][0-9]{0,17})")
+_EVENT_TOPIC_RE = re.compile(r"chat/(users|chats)/([1-9][0-9]{0,17})(/typing)?")
 
 
 def parse_event_topic(topic: str) -> tuple[str, int] | None:
-    """("users", user_id) of a user topic, ("chats", chat_id) of a chat topic, or None if
-    `topic` is neither (exactly as `user_topic` and `chat_topic` write them)."""
+    """("users", user_id) of a user topic, ("chats", chat_id) of a chat topic, ("typing",
+    chat_id) of a chat's typing topic, or None if `topic` is none of them (exactly as
+    `user_topic`, `chat_topic` and `typing_topic` write them)."""
     match = _EVENT_TOPIC_RE.fullmatch(topic)
-    return (match[1], int(match[2])) if match else None
+    if match is None or (match[3] and match[1] != "chats"):
+        return None
+    return ("typing" if match[3] else match[1]), int(match[2])
 
 
 def parse_presence_topic(topic: str) -> tuple[int, str] | None:
@@ -506,16 +521,19 @@ class DynsecAccess:
                     {"command": "deleteRole", "rolename": cls.device_role(username)},
                 ]
             case ChatAdd(chat=chat):
-                topic = chat_topic(chat)
+                acls = [
+                    {"acltype": acltype, "topic": topic, "allow": True}
+                    for topic in chat_topics(chat)
+                    for acltype in ("subscribeLiteral", "publishClientReceive")
+                ]
                 return [
-                    {
-                        "command": "createRole",
-                        "rolename": cls.chat_role(chat),
-                        "acls": [
-                            {"acltype": "subscribeLiteral", "topic": topic, "allow": True},
-                            {"acltype": "publishClientReceive", "topic": topic, "allow": True},
-                        ],
-                    }
+                    {"command": "createRole", "rolename": cls.chat_role(chat), "acls": acls},
+                    # A role made before the typing topic existed gets its grants (a
+                    # replay: chats/migrations/0007); "already exists" for a new one.
+                    *(
+                        {"command": "addRoleACL", "rolename": cls.chat_role(chat), **acl}
+                        for acl in acls[2:]
+                    ),
                 ]
             case MemberGrant(chat=chat, user=user) | MemberRevoke(chat=chat, user=user):
                 return [

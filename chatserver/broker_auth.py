@@ -32,8 +32,9 @@ chatserver imports no app):
   refused here whatever it sends.
 - vhost `/` only; queues: the device's own session queues only, and exchange amq.topic
   for read (subscribe) and write (publish); nothing else.
-- topics: read only the user's topic (`broker_access.user_topic`) and the topic of a chat
-  the user is a member of now (`register_chat_member`); write only its own presence topic
+- topics: read only the user's topic (`broker_access.user_topic`) and the topics of a chat
+  the user is a member of now (`register_chat_member`; `broker_access.chat_topics`: its
+  stream and its typing); write only its own presence topic
   (`broker_access.presence_topic`, its Last Will included); `#` and `*` never.
 - every check but the login also requires the device to exist, for an active user, with
   the client id the connection presents: a cached answer aside (RABBITMQ_AUTH_CACHE_TTL),
@@ -310,7 +311,7 @@ def decide_topic(check: TopicCheck) -> bool:
     if topic == user_topic(device.user_id):
         return True
     parsed = parse_event_topic(topic)
-    return parsed is not None and parsed[0] == "chats" and _hook("chat_member")(device.user_id, parsed[1])
+    return parsed is not None and parsed[0] in ("chats", "typing") and _hook("chat_member")(device.user_id, parsed[1])
 
 
 CHECKS: dict[str, tuple[type, Callable[..., bool]]] = {

@@ -11,6 +11,8 @@ loads the document once and validates events against it:
   on for every process).
 - `check_payload(payload)`: the same for a received payload (bytes, str or parsed JSON).
 - `check_data(type, data)`: the `data` of an event alone.
+- `check_topic(topic, type)`: that `topic` is an event channel's address and `type` one of
+  its messages (typing on the typing topic, not on the chat's).
 - `event_schema(type)`, `documented_event_types()`, `schema_validator(ref)`: for tests
   and tools.
 
@@ -37,7 +39,7 @@ DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml
 # The document is registered under this URI, so that schemas refer into it by pointer.
 DOCUMENT_URI = "urn:chat-backend:asyncapi"
 # The channels whose messages are events (the presence channel carries plain strings).
-EVENT_CHANNELS = ("userTopic", "chatTopic")
+EVENT_CHANNELS = ("userTopic", "chatTopic", "typingTopic")
 
 _format_checker = FormatChecker()
 
@@ -193,6 +195,32 @@ def check_payload(payload: bytes | str | dict) -> dict:
             + f"\nevent: {json.dumps(payload, ensure_ascii=False)[:2000]}"
         )
     return payload
+
+
+@cache
+def _channel_addresses() -> list[tuple[re.Pattern[str], str]]:
+    """(the address as a pattern, channel name) of each event channel."""
+    out = []
+    for name in EVENT_CHANNELS:
+        address = document()["channels"][name]["address"]
+        out.append((re.compile(re.sub(r"\\\{\w+\\\}", "[^/+#]+", re.escape(address))), name))
+    return out
+
+
+def channel_event_types(channel: str) -> set[str]:
+    """The event types a channel carries (its messages' names)."""
+    return {_deref(ref)["name"] for ref in document()["channels"][channel].get("messages", {}).values()}
+
+
+def check_topic(topic: str, event_type: str) -> None:
+    """ValueError unless `topic` is the address of an event channel that carries
+    `event_type`."""
+    for pattern, name in _channel_addresses():
+        if pattern.fullmatch(topic):
+            if event_type not in channel_event_types(name):
+                raise ValueError(f"{event_type} is not a message of {name} ({topic}) in docs/asyncapi.yaml")
+            return
+    raise ValueError(f"{topic} is no event channel's address in docs/asyncapi.yaml")
 
 
 def check_event(event: Event) -> None:

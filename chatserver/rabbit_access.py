@@ -16,8 +16,10 @@ So, per operation:
 
     UserAdd, ChatAdd, MemberGrant, DeviceAdd   nothing (the next check asks Django)
     MemberRevoke(chat, user)   delete the bindings of the user's devices' session queues
-                               to `chat.chats.<chat>` and close those devices' connections
-    ChatRemove(chat)           the same for every binding to that routing key
+                               to the chat's topics (`chat.chats.<chat>` and its typing,
+                               `chat.chats.<chat>.typing`) and close those devices'
+                               connections
+    ChatRemove(chat)           the same for every binding to those routing keys
     DeviceRemove(user, username, client_id)
                                close its connections (logins are never cached: it
                                cannot come back), delete its session queues, and (the
@@ -57,7 +59,7 @@ from chatserver.broker_access import (
     Command,
     DeviceRemove,
     MemberRevoke,
-    chat_topic,
+    chat_topics,
     device_username,
     parse_device_client_id,
     presence_topic,
@@ -79,6 +81,10 @@ PAGE_SIZE = 500
 
 def _q(name: str) -> str:
     return quote(name, safe="")
+
+
+def _routing_keys(chat: int) -> tuple[str, ...]:
+    return tuple(topic_routing_key(topic) for topic in chat_topics(chat))
 
 
 class RabbitAccess:
@@ -147,26 +153,25 @@ class RabbitAccess:
             revoke()
 
     def _unbind_user(self, *, chat: int, user: int) -> None:
-        """Unbind the user's session queues from the chat's topic; close the connections
+        """Unbind the user's session queues from the chat's topics; close the connections
         of the devices that were bound."""
-        routing_key = topic_routing_key(chat_topic(chat))
         queues = [item["name"] for item in self._pages(f"/api/queues/{_q(VHOST)}", name=rabbitmq_user_queues_regex(user),
                                                         use_regex="true", columns="name")]
-        self._unbind(queues, routing_key)
+        self._unbind([(queue, key) for queue in queues for key in _routing_keys(chat)])
 
     def _unbind_chat(self, *, chat: int) -> None:
-        """Unbind every queue bound to the chat's topic; close those devices' connections.
+        """Unbind every queue bound to the chat's topics; close those devices' connections.
         (The management API filters bindings by neither routing key nor page: this lists
         the exchange's bindings; chat removals are rare.)"""
-        routing_key = topic_routing_key(chat_topic(chat))
+        keys = _routing_keys(chat)
         bindings = self._get(f"/api/exchanges/{_q(VHOST)}/{_q(RABBITMQ_EXCHANGE)}/bindings/source")
-        queues = sorted({b["destination"] for b in bindings
-                         if b.get("routing_key") == routing_key and b.get("destination_type") == "queue"})
-        self._unbind(queues, routing_key)
+        self._unbind(sorted({(b["destination"], b["routing_key"]) for b in bindings
+                             if b.get("routing_key") in keys and b.get("destination_type") == "queue"}))
 
-    def _unbind(self, queues: list[str], routing_key: str) -> None:
+    def _unbind(self, bindings: list[tuple[str, str]]) -> None:
+        """Delete each (queue, routing key) binding of a device's session queue."""
         kicked = set()
-        for queue in queues:
+        for queue, routing_key in bindings:
             client_id = rabbitmq_queue_client_id(queue)
             device = parse_device_client_id(client_id) if client_id else None
             if device is None:

@@ -268,8 +268,8 @@ class Relay(Worker):
         return changed
 
     def owns_topic(self, topic: str) -> bool:
-        """Whether an ephemeral event to `topic` (chat/chats/<chat>, chat/users/<user>) is
-        this relay's: its id in this relay's partition, as the rows of that chat or user."""
+        """Whether an ephemeral event to `topic` (a chat's typing topic, a chat or user
+        topic: `parse_event_topic`) is this relay's: its id in this relay's partition, as the rows of that chat or user."""
         if self.partitions == 1:
             return True
         parsed = parse_event_topic(topic)

@@ -23,10 +23,10 @@ HTTP catch-up that makes "nothing is lost, only delayed" true for the user.
 - Like the app, it tells the server what it received: whenever it has nothing else to
   do, one `delivered` pointer update per chat that got new messages (so senders see
   their delivered marks); a server that refuses it is told once, then left alone.
-- With `typing`, it also subscribes to the topic of each chat it is in (after the
-  catch-up, and as it joins chats) and hands out the other members' `typing.updated`
-  (QoS 0, published there only); the other chat events on those topics are copies of
-  the user topic's and are dropped.
+- With `typing`, it also subscribes at QoS 0 to the typing topic of each chat it is in
+  (`chat/chats/<id>/typing`; after every catch-up, since a broker may drop a QoS 0
+  subscription with the connection, and as it joins chats) and hands out the other
+  members' `typing.updated`, published there only.
 - `on_item` runs on one worker thread, never on paho's network thread, so it may block
   or call the HTTP API.
 """
@@ -295,8 +295,9 @@ class Listener:
             client.publish(self.presence_topic, "online", qos=1, retain=True)
             return
         if message.topic.startswith("chat/chats/"):
-            # Chat topics are followed for typing only (the rest comes on the user topic).
-            if b'"typing.updated"' in message.payload:
+            # Typing topics (the rest comes on the user topic; a chat topic subscribed by
+            # an older version of this session brings copies of it: dropped).
+            if message.topic.endswith("/typing"):
                 self._inbox.put(("typing", message.payload))
             return
         self._inbox.put(("mqtt", message.payload))
@@ -387,10 +388,10 @@ class Listener:
         self.caught_up.set()
 
     def _follow_typing(self, chat_id: int | None) -> None:
-        """Subscribe to a chat's topic for its typing events (QoS 0 is what comes)."""
+        """Subscribe to a chat's typing topic, at QoS 0: never queued by the broker."""
         client = self._client
         if self.typing and client is not None and isinstance(chat_id, int):
-            client.subscribe(f"chat/chats/{chat_id}", qos=0)
+            client.subscribe(f"chat/chats/{chat_id}/typing", qos=0)
 
     def _on_typing(self, payload: bytes) -> None:
         try:

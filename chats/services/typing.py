@@ -3,7 +3,7 @@
 from accounts.models import User
 from chats.services.common import membership_may_post
 from chatserver import ephemeral
-from chatserver.broker_access import chat_topic
+from chatserver.broker_access import typing_topic
 from chatserver.events import Event, EventType
 
 # Clients say "typing" again every RESEND seconds while the user types; the others show
@@ -14,7 +14,7 @@ EXPIRES = 8
 
 
 def typing_update(*, actor: User, chat_id: int, typing: bool) -> bool:
-    """Tell the chat's members (on its topic, QoS 0) that the caller is typing or stopped;
+    """Tell the chat's members (on its typing topic, QoS 0) that the caller is typing or stopped;
     True if it was handed on (False where there is no NOTIFY: SQLite).
 
     Who may: those who may post (`membership_may_post`: 404 for outsiders, 403 for
@@ -29,5 +29,5 @@ def typing_update(*, actor: User, chat_id: int, typing: bool) -> bool:
         data={"user": actor.id, "typing": typing, "expires_in": EXPIRES if typing else 0},
     )
     return ephemeral.publish(
-        event=event, topic=chat_topic(chat_id), key=f"typing:{chat_id}:{actor.id}", state="1" if typing else "0"
+        event=event, topic=typing_topic(chat_id), key=f"typing:{chat_id}:{actor.id}", state="1" if typing else "0"
     )

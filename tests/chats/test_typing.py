@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from chats.models import Membership
 from chats.services.typing import EXPIRES
+from chatserver.broker_access import chat_topic, typing_topic
 from chatserver.ephemeral import Gate
 from chatserver.models import OutboxEvent
 from tests.support.factories import group_chat, make_user
@@ -38,9 +39,10 @@ def test_other_members_see_typing_within_a_second_and_outsiders_cannot_listen(re
     alice, bob, eve = make_user(), make_user(), make_user()
     cid = group_chat(alice, bob)
     drained()
-    topic = f"chat/chats/{cid}"
-    with phone(broker, bob, topic, f"chat/users/{bob.id}") as bob_phone, phone(broker, eve) as eve_phone:
-        assert eve_phone.refuses_subscribe(topic)  # the broker refuses outsiders
+    topic = typing_topic(cid)
+    with phone(broker, bob, topic, chat_topic(cid), f"chat/users/{bob.id}") as bob_phone, \
+         phone(broker, eve) as eve_phone:
+        assert eve_phone.refuses_subscribe(topic, qos=0)  # the broker refuses outsiders
 
         # when
         started = time.monotonic()
@@ -56,21 +58,21 @@ def test_other_members_see_typing_within_a_second_and_outsiders_cannot_listen(re
             "typing.updated", cid, {"user": alice.id, "typing": True, "expires_in": EXPIRES}
         )
         assert "version" not in event
-        # on the chat's topic only, not on user topics
+        # on the chat's typing topic only, not on the chat's topic nor user topics
         bob_phone.expect_nothing(0.3, topic=f"chat/users/{bob.id}")
+        assert bob_phone.messages_on(chat_topic(cid)) == []
         assert eve_phone.messages == []
     assert not OutboxEvent.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.mosquitto_only  # RabbitMQ 3.10 queues QoS 0 in a persistent session: docs/mqtt.md
-def test_typing_is_never_queued_for_an_offline_session(relay, broker):
-    # given: bob's phone subscribed once with a persistent session, then went away
+def test_typing_is_never_queued_for_an_offline_session_and_comes_again_after_a_resubscribe(relay, broker):
+    # given: bob's phone, with a persistent session following the chat (QoS 1) and its
+    # typing (QoS 0, as the contract says), went away
     alice, bob = make_user(), make_user()
     cid = group_chat(alice, bob)
     drained()
-    topic = f"chat/chats/{cid}"
-    with phone(broker, bob, topic):
+    with phone(broker, bob, chat_topic(cid), typing_topic(cid)):
         pass
     # when: alice types, then sends a message, while bob is away
     assert typing(alice, cid).status_code == 204
@@ -79,10 +81,16 @@ def test_typing_is_never_queued_for_an_offline_session(relay, broker):
     # then: back online, bob's session gives him the message (QoS 1) but not the typing
     probe = MqttProbe(broker.host, broker.port)
     try:
-        assert probe.connect(clean_session=False, **bob.mqtt) == 0
-        probe.wait_for(1, topic=topic)
+        assert probe.connect(clean_session=False, **bob.mqtt) == 0 and probe.session_present
+        probe.wait_for(1, topic=chat_topic(cid))
         probe.expect_nothing(0.5)
-        assert [json.loads(p)["type"] for p in probe.messages_on(topic)] == ["message.created"]
+        assert [(m.topic, json.loads(m.payload)["type"]) for m in probe.messages] == [
+            (chat_topic(cid), "message.created")]
+        # and subscribed again after the reconnect, as phones do, he sees alice type
+        assert probe.subscribe(typing_topic(cid), qos=0) == 0
+        assert typing(alice, cid, False).status_code == 204
+        [stopped] = probe.wait_for(1, topic=typing_topic(cid))
+        assert json.loads(stopped.payload)["data"]["typing"] is False
     finally:
         probe.close()
 
@@ -93,7 +101,7 @@ def test_at_most_one_per_member_and_second_and_the_last_state_arrives(relay, bro
     alice, bob = make_user(), make_user()
     cid = group_chat(alice, bob)
     drained()
-    topic = f"chat/chats/{cid}"
+    topic = typing_topic(cid)
     with phone(broker, bob, topic) as bob_phone:
         # when: alice's phone says typing five times and then stopped, all within the second
         started = time.monotonic()
@@ -159,23 +167,23 @@ def test_the_gate_passes_one_per_second_and_holds_a_change_until_its_second_is_u
     gate = Gate(every=1.0, max_age=2.0)
 
     def note(state, key="typing:1:2"):
-        return json.dumps({"topic": "chat/chats/1", "key": key, "state": state, "sent": time.time(),
+        return json.dumps({"topic": "chat/chats/1/typing", "key": key, "state": state, "sent": time.time(),
                            "event": f'{{"s":"{state}"}}'})
 
-    assert gate.receive(note("1"), now=10.0) == [("chat/chats/1", b'{"s":"1"}')]
+    assert gate.receive(note("1"), now=10.0) == [("chat/chats/1/typing", b'{"s":"1"}')]
     assert gate.receive(note("1"), now=10.2) == []  # a repeat within the second
     assert gate.receive(note("1", key="typing:1:3"), now=10.2) != []  # another member
     assert gate.receive(note("0"), now=10.5) == []  # a change: held
     assert gate.next_due_in(now=10.5) == pytest.approx(0.5)
     assert gate.due(now=10.9) == []
-    assert gate.due(now=11.0) == [("chat/chats/1", b'{"s":"0"}')]
+    assert gate.due(now=11.0) == [("chat/chats/1/typing", b'{"s":"0"}')]
     assert gate.due(now=11.5) == []
     # typing again, then back to the state last published within the second: nothing held
     assert gate.receive(note("1"), now=11.2) == []
     assert gate.receive(note("0"), now=11.3) == []
     assert gate.due(now=12.5) == []
     # a stale notification (a relay that stood by) is dropped
-    stale = json.dumps({"topic": "chat/chats/1", "key": "k", "state": "1", "sent": time.time() - 5, "event": "{}"})
+    stale = json.dumps({"topic": "chat/chats/1/typing", "key": "k", "state": "1", "sent": time.time() - 5, "event": "{}"})
     assert gate.receive(stale, now=20.0) == []
     with pytest.raises(ValueError):
         gate.receive("not json")

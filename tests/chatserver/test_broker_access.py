@@ -38,6 +38,7 @@ from chatserver.broker_access import (
     rabbitmq_user_queues_regex,
     routing_key_topic,
     topic_routing_key,
+    typing_topic,
     user_topic,
 )
 from chatserver.mqtt import BrokerConnection
@@ -379,6 +380,66 @@ def test_chat_remove_ends_every_member_s_access(admin, probes):
     assert probe.subscribe(chat_topic(chat)) == REFUSED
 
 
+def test_a_chat_s_typing_topic_is_its_members_only_and_ends_with_the_membership(admin, probes):
+    # given: a member and an outsider, both connected
+    member, outsider = new_user(admin), new_user(admin)
+    device = new_device(admin, member)
+    chat = new_chat(admin, member)
+    probe = phone(probes, device, user_topic(member))
+    # then: the member may follow the chat's typing (at QoS 0, as phones do); the outsider may not
+    assert phone(probes, new_device(admin, outsider)).subscribe(typing_topic(chat), qos=0) == REFUSED
+    assert probe.subscribe(typing_topic(chat), qos=0) == 0
+    publish(admin, typing_topic(chat), b"typing", qos=0)
+    assert [(m.topic, m.qos) for m in probe.wait_for(1)] == [(typing_topic(chat), 0)]
+
+    # when: the member is removed
+    apply(admin, {"op": "member_revoke", "chat": chat, "user": member})
+
+    # then: disconnected; back with its session, the typing subscription it still holds
+    # delivers nothing, and a new one is refused
+    assert probe.wait_disconnected(timeout=2)
+    probe.clear()
+    assert probe.connect(**device.mqtt) == 0 and probe.session_present is True
+    publish(admin, typing_topic(chat), b"after the revoke", qos=0)
+    publish(admin, user_topic(member), b"marker")
+    probe.wait_for(1, topic=user_topic(member))
+    assert [m.payload for m in probe.messages] == [b"marker"]
+    assert probe.subscribe(typing_topic(chat), qos=0) == REFUSED
+
+
+def test_a_chat_made_before_the_typing_topic_gets_it_from_a_replayed_chat_add(admin, probes):
+    # given: a chat role as the version before the typing topic made it, and a member
+    # connected to the chat's topic
+    user = new_user(admin)
+    device = new_device(admin, user)
+    chat = next(_ids)
+    old_role = {"command": "createRole", "rolename": DynsecAccess.chat_role(chat), "acls": [
+        {"acltype": "subscribeLiteral", "topic": chat_topic(chat), "allow": True},
+        {"acltype": "publishClientReceive", "topic": chat_topic(chat), "allow": True},
+    ]}
+    assert query(admin, old_role, {"command": "addGroupRole", "groupname": DynsecAccess.user_group(user),
+                                   "rolename": DynsecAccess.chat_role(chat)}) == [
+        {"command": "createRole"}, {"command": "addGroupRole"}]
+    probe = phone(probes, device, user_topic(user), chat_topic(chat))
+    assert probe.subscribe(typing_topic(chat), qos=0) == REFUSED
+
+    # when: the upgrade replays the chat's ChatAdd (chats/migrations/0007)
+    result = apply(admin, {"op": "chat_add", "chat": chat})
+
+    # then: the role has the typing grants (the two added ACLs: no error); the member's
+    # connection is dropped as on any change of its roles (Mosquitto 2.0.11), and back
+    # with its session it follows the chat's typing, its chat topic still there
+    assert [error for _, error in result] == ["Role already exists", None, None]
+    assert probe.wait_disconnected(timeout=2)
+    assert probe.connect(**device.mqtt) == 0 and probe.session_present is True
+    assert probe.subscribe(typing_topic(chat), qos=0) == 0
+    publish(admin, typing_topic(chat), b"typing", qos=0)
+    publish(admin, chat_topic(chat), b"message")
+    probe.wait_for(2)
+    assert sorted((m.topic, m.payload) for m in probe.messages) == [
+        (chat_topic(chat), b"message"), (typing_topic(chat), b"typing")]
+
+
 # --- publish rights --------------------------------------------------------------------------
 
 
@@ -386,18 +447,19 @@ def test_users_cannot_publish_to_chat_or_user_topics(admin, probes):
     # given: a member listening on the chat and on its user topic
     attacker, victim = new_user(admin), new_user(admin)
     chat = new_chat(admin, attacker, victim)
-    victim_probe = phone(probes, new_device(admin, victim), user_topic(victim), chat_topic(chat))
+    victim_probe = phone(probes, new_device(admin, victim), user_topic(victim), chat_topic(chat), typing_topic(chat))
     attacker_probe = phone(probes, new_device(admin, attacker))
     # when: Mosquitto acknowledges forbidden publishes on 3.1.1, and drops them
     assert attacker_probe.publish(chat_topic(chat), b"forged chat event") is True
+    assert attacker_probe.publish(typing_topic(chat), b"forged typing") is True
     assert attacker_probe.publish(user_topic(victim), b"forged user event") is True
     assert attacker_probe.publish(user_topic(attacker), b"to itself") is True
-    publish(admin, chat_topic(chat), b"marker")
-    publish(admin, user_topic(victim), b"marker")
+    for topic in (chat_topic(chat), typing_topic(chat), user_topic(victim)):
+        publish(admin, topic, b"marker")
     # then
-    victim_probe.wait_for(2)
+    victim_probe.wait_for(3)
     assert [(m.topic, m.payload) for m in victim_probe.messages] == [
-        (chat_topic(chat), b"marker"), (user_topic(victim), b"marker")]
+        (chat_topic(chat), b"marker"), (typing_topic(chat), b"marker"), (user_topic(victim), b"marker")]
 
 
 def test_users_cannot_send_broker_commands(admin, probes):
@@ -621,6 +683,7 @@ def test_replaying_any_suffix_of_the_operations_ends_in_the_same_state(admin, pr
 def test_topics():
     assert user_topic(5) == "chat/users/5"
     assert chat_topic(7) == "chat/chats/7"
+    assert typing_topic(7) == "chat/chats/7/typing"
     assert presence_topic(5, "abc") == "chat/presence/5/abc"
     assert parse_presence_topic("chat/presence/5/abc") == (5, "abc")
     assert parse_presence_topic("chat/presence/x/abc") is None
@@ -664,11 +727,18 @@ def test_commands_device_add_and_remove():
 
 
 def test_commands_chats_and_members():
+    typing = [
+        {"acltype": "subscribeLiteral", "topic": "chat/chats/7/typing", "allow": True},
+        {"acltype": "publishClientReceive", "topic": "chat/chats/7/typing", "allow": True},
+    ]
     assert commands({"op": "chat_add", "chat": 7}) == [
         {"command": "createRole", "rolename": "chat-7", "acls": [
             {"acltype": "subscribeLiteral", "topic": "chat/chats/7", "allow": True},
             {"acltype": "publishClientReceive", "topic": "chat/chats/7", "allow": True},
+            *typing,
         ]},
+        # a role made before the typing topic gets it; "already exists" for a new one
+        *({"command": "addRoleACL", "rolename": "chat-7", **acl} for acl in typing),
     ]
     assert commands({"op": "member_grant", "chat": 7, "user": 5}) == [
         {"command": "addGroupRole", "groupname": "user-5", "rolename": "chat-7"},
@@ -794,7 +864,8 @@ def test_connection_qos0_publishes_and_commands_leave_nothing_behind(own_broker,
 def test_connection_control_answers_each_command_in_order(admin):
     # given
     chat = next(_ids)
-    batch = commands({"op": "chat_add", "chat": chat}) * 2 + [{"command": "bogus"}]
+    create = commands({"op": "chat_add", "chat": chat})[0]
+    batch = [create, dict(create), {"command": "bogus"}]
     # when
     pending = admin.control(batch)
     # then
@@ -952,5 +1023,7 @@ def test_rabbitmq_names_round_trip_and_patterns_are_no_topics():
 def test_event_topics_parse_back_to_their_ids_and_nothing_else_does():
     assert parse_event_topic(user_topic(12)) == ("users", 12)
     assert parse_event_topic(chat_topic(5)) == ("chats", 5)
+    assert parse_event_topic(typing_topic(5)) == ("typing", 5)
     assert [parse_event_topic(t) for t in ("chat/chats/05", "chat/chats/5/x", "chat/chats/", "chat/presence/5/c",
-                                           "chat/chats/+", "x/chat/chats/5")] == [None] * 6
+                                           "chat/chats/+", "x/chat/chats/5", "chat/users/5/typing",
+                                           "chat/chats/5/typing/x", "chat/chats/+/typing")] == [None] * 9

@@ -181,14 +181,19 @@ def test_a_device_reads_its_user_topic_and_its_chats_and_nothing_else():
 
     assert ask("topic", **topic_fields(alice, f"chat.users.{alice.id}")) == ALLOW
     assert ask("topic", **topic_fields(alice, f"chat.chats.{ours}")) == ALLOW
+    assert ask("topic", **topic_fields(alice, f"chat.chats.{ours}.typing")) == ALLOW
     assert ask("topic", **topic_fields(alice, f"chat.users.{bob.id}")) == DENY
     assert ask("topic", **topic_fields(alice, f"chat.chats.{theirs}")) == DENY
+    assert ask("topic", **topic_fields(alice, f"chat.chats.{theirs}.typing")) == DENY
+    assert ask("topic", **topic_fields(alice, f"chat.chats.{ours}.other")) == DENY
+    assert ask("topic", **topic_fields(alice, f"chat.users.{alice.id}.typing")) == DENY
     assert ask("topic", **topic_fields(alice, f"chat.chats.0{ours}")) == DENY
     assert ask("topic", **topic_fields(alice, "chat.chats.999999")) == DENY
     assert ask("topic", **topic_fields(alice, f"chat.presence.{bob.id}.{bob.device.mqtt_client_id}")) == DENY
 
 
 @pytest.mark.parametrize("routing_key", ["#", "chat.#", "chat.users.#", "chat.users.*", "chat.chats.*", "*.*.*",
+                                         "chat.chats.*.typing",
                                          "chat.presence.*.*", "chat.presence.#"])
 def test_wildcards_are_refused(routing_key):
     alice = make_user()
@@ -204,6 +209,7 @@ def test_a_removed_member_may_no_longer_subscribe_to_the_chat():
     assert alice.client.delete(f"/chats/{chat}/users/{bob.id}/").status_code == 204
 
     assert ask("topic", **topic_fields(bob, f"chat.chats.{chat}")) == DENY
+    assert ask("topic", **topic_fields(bob, f"chat.chats.{chat}.typing")) == DENY
     assert ask("topic", **topic_fields(alice, f"chat.chats.{chat}")) == ALLOW
 
 
@@ -218,6 +224,8 @@ def test_a_device_publishes_on_its_own_presence_topic_only():
     assert ask("topic", **topic_fields(alice, f"chat.presence.{bob.id}.{bob.device.mqtt_client_id}",
                                        "write")) == DENY
     assert ask("topic", **topic_fields(alice, f"chat.users.{alice.id}", "write")) == DENY
+    chat = group_chat(alice, bob)
+    assert ask("topic", **topic_fields(alice, f"chat.chats.{chat}.typing", "write")) == DENY
     assert ask("topic", **topic_fields(alice, own, "configure")) == DENY
     # Reading presence is the server's: devices learn it from events.
     assert ask("topic", **topic_fields(alice, own, "read")) == DENY

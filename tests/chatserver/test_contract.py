@@ -64,8 +64,8 @@ ALL_TYPES = {t.value for t in EventType}
 # worker publishes itself; tests/accounts/test_presence.py receives it and checks it; and
 # typing.updated, which the relay publishes from a NOTIFY: tests/chats/test_typing.py).
 QUEUED_TYPES = {t.value for t in EventType if not t.is_ephemeral}
-# On the chat's topic only.
-CHAT_TOPIC_ONLY = {EventType.TYPING_UPDATED.value}
+# On the chat's typing topic only.
+TYPING_TOPIC_ONLY = {EventType.TYPING_UPDATED.value}
 
 
 def png(width=40, height=30) -> bytes:
@@ -139,7 +139,8 @@ def test_channels_operations_and_messages_are_consistent():
     channels, operations = doc["channels"], doc["operations"]
 
     assert {c["address"] for c in channels.values()} == {
-        "chat/users/{userId}", "chat/chats/{chatId}", "chat/presence/{userId}/{clientId}",
+        "chat/users/{userId}", "chat/chats/{chatId}", "chat/chats/{chatId}/typing",
+        "chat/presence/{userId}/{clientId}",
     }
     for name, channel in channels.items():
         # every placeholder of the address is a parameter, and nothing else is
@@ -173,7 +174,7 @@ def test_the_server_sends_events_at_qos_1_unretained_and_receives_retained_prese
         "sendUserEvents": ("send", "#/channels/userTopic", 1, False),
         "probePresence": ("send", "#/channels/userTopic", 0, False),
         "sendChatEvents": ("send", "#/channels/chatTopic", 1, False),
-        "sendTyping": ("send", "#/channels/chatTopic", 0, False),
+        "sendTyping": ("send", "#/channels/typingTopic", 0, False),
         "receivePresence": ("receive", "#/channels/presenceTopic", 1, True),
         "clearPresence": ("send", "#/channels/presenceTopic", 1, True),
     }
@@ -191,9 +192,9 @@ def test_the_server_sends_events_at_qos_1_unretained_and_receives_retained_prese
 
     documented = {key: message["name"] for key, message in contract.document()["components"]["messages"].items()}
     assert {documented[n] for n in names(operations["sendUserEvents"])} == QUEUED_TYPES
-    assert {documented[n] for n in names(operations["probePresence"])} == ALL_TYPES - QUEUED_TYPES - CHAT_TOPIC_ONLY
-    assert {documented[n] for n in names(operations["sendTyping"])} == CHAT_TOPIC_ONLY
-    assert len(operations["sendChatEvents"]["messages"]) + 1 == len(channels["chatTopic"]["messages"])
+    assert {documented[n] for n in names(operations["probePresence"])} == ALL_TYPES - QUEUED_TYPES - TYPING_TOPIC_ONLY
+    assert {documented[n] for n in names(operations["sendTyping"])} == TYPING_TOPIC_ONLY
+    assert len(operations["sendChatEvents"]["messages"]) == len(channels["chatTopic"]["messages"])
 
 
 def test_every_event_type_is_documented_and_every_documented_type_is_an_event_type():
@@ -206,8 +207,9 @@ def test_chat_events_and_only_they_are_on_the_chat_topic_and_all_on_the_user_top
     def names(channel):
         return {contract.resolve(ref["$ref"])["name"] for ref in channels[channel]["messages"].values()}
 
-    assert names("userTopic") == ALL_TYPES - CHAT_TOPIC_ONLY
-    assert names("chatTopic") == {t.value for t in EventType if t.is_chat_event}
+    assert names("userTopic") == ALL_TYPES - TYPING_TOPIC_ONLY
+    assert names("chatTopic") == {t.value for t in EventType if t.is_chat_event} - TYPING_TOPIC_ONLY
+    assert names("typingTopic") == TYPING_TOPIC_ONLY
     assert names("presenceTopic") == {"presence", "presence.cleared"}
 
 
@@ -653,3 +655,15 @@ def test_every_error_code_documented_for_an_operation_is_a_code_of_the_api(opena
     # own input (an undocumented method or Accept header, a bug, Django's own refusals)
     assert codes - documented == {"method_not_allowed", "not_acceptable", "server_error", "permission_denied",
                                   "conflict"}
+
+
+def test_each_event_topic_carries_its_channel_s_event_types_only():
+    # typing on the typing topic only; chat events on the chat's topic and user topics
+    contract.check_topic("chat/chats/7/typing", "typing.updated")
+    contract.check_topic("chat/chats/7", "message.created")
+    contract.check_topic("chat/users/5", "presence.probe")
+    for topic, event_type in [("chat/chats/7", "typing.updated"), ("chat/users/5", "typing.updated"),
+                              ("chat/chats/7/typing", "message.created"), ("chat/chats/7", "presence.probe"),
+                              ("chat/chats/7/other", "message.created"), ("chat/chats/+", "message.created")]:
+        with pytest.raises(ValueError):
+            contract.check_topic(topic, event_type)

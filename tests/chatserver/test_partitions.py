@@ -67,13 +67,15 @@ def test_an_ephemeral_event_is_published_by_the_relay_of_its_chats_partition_onl
         return json.dumps({"topic": topic, "key": f"{topic}:5", "state": "typing", "sent": time.time(),
                            "event": '{"type":"typing.updated"}'})
 
-    # when / then: chat 7 (7 % 3 = 1) is its own, chat 8 is not; user topics alike
+    # when / then: chat 7 (7 % 3 = 1) is its own, chat 8 is not; typing and user topics alike
     assert relay.owns_topic("chat/chats/7") and not relay.owns_topic("chat/chats/8")
+    assert relay.owns_topic("chat/chats/7/typing") and not relay.owns_topic("chat/chats/8/typing")
     assert relay.owns_topic("chat/users/4") and not relay.owns_topic("chat/users/6")
-    assert relay.ephemeral.receive(notification("chat/chats/7")) == [("chat/chats/7", b'{"type":"typing.updated"}')]
-    assert relay.ephemeral.receive(notification("chat/chats/8")) == []
+    assert relay.ephemeral.receive(notification("chat/chats/7/typing")) == [
+        ("chat/chats/7/typing", b'{"type":"typing.updated"}')]
+    assert relay.ephemeral.receive(notification("chat/chats/8/typing")) == []
     # and the gate keeps no state of another partition's event (nothing held to publish later)
-    assert list(relay.ephemeral.keys) == ["chat/chats/7:5"]
+    assert list(relay.ephemeral.keys) == ["chat/chats/7/typing:5"]
 
 
 def test_a_gate_without_owner_takes_every_topic():

@@ -242,6 +242,40 @@ def test_a_kicked_member_gets_nothing_after_the_kick_live_or_from_its_session(st
     assert alice.phone()[0].subscribe(topic) == 1
 
 
+def test_a_kicked_member_s_typing_subscription_ends_with_the_kick(stack):
+    # given: bob online in alice's group, following its typing at QoS 0 (as phones do)
+    alice, bob = Account(stack), Account(stack)
+    chat = group(alice, bob)
+    typing = f"chat/chats/{chat}/typing"
+    phone, code = bob.phone()
+    assert code == 0 and phone.subscribe(typing, qos=0) == 0
+    assert alice.post(f"/chats/{chat}/typing/", {"typing": True})[0] == 204
+    phone.wait_for(1, topic=typing, timeout=5)
+
+    # when: alice removes him, and he comes back at once and follows the typing again
+    # (within the auth cache's TTL: it may still be allowed)
+    answer = {}
+    removal = threading.Thread(target=lambda: answer.update(r=alice.post(f"/chats/{chat}/users/{bob.id}/",
+                                                                        method="DELETE")))
+    removal.start()
+    assert phone.wait_disconnected(5), "the relay's first pass did not kick him"
+    again, code = bob.phone()
+    if code == 0:
+        again.refuses_subscribe(typing, qos=0)  # either way: allowed from the cache, or refused
+    removal.join(30)
+    assert answer["r"][0] == 204
+    time.sleep(1.1)  # past the relay's one-per-second gate for alice in this chat
+    assert alice.post(f"/chats/{chat}/typing/", {"typing": False})[0] == 204
+
+    # then: no typing reaches him, and none of his session queues is bound to it
+    again.expect_nothing(1.5, topic=typing)
+    assert again.messages_on(typing) == []
+    assert f"chat.chats.{chat}.typing" not in stack.bindings_of(bob.queue) + stack.bindings_of(
+        bob.queue.replace("qos1", "qos0"))
+    later, code = bob.phone()
+    assert code == 0 and later.refuses_subscribe(typing, qos=0)
+
+
 def test_an_offline_ex_member_finds_nothing_of_the_chat_in_its_session(stack):
     # given: bob subscribed with a persistent session, then offline
     alice, bob = Account(stack), Account(stack)

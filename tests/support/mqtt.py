@@ -36,7 +36,7 @@ EVENT_TOPIC_PREFIXES = ("chat/users/", "chat/chats/")
 def check_received(topic: str, payload: bytes) -> tuple[str | None, str | None]:
     """(event type, why it breaks the contract) of a payload received on `topic`:
     (None, None) for payloads that are not server events, (type, None) for a valid one."""
-    from chatserver.contract import check_payload
+    from chatserver.contract import check_payload, check_topic
 
     if not topic.startswith(EVENT_TOPIC_PREFIXES):
         return None, None
@@ -48,6 +48,7 @@ def check_received(topic: str, payload: bytes) -> tuple[str | None, str | None]:
         return None, None
     try:
         check_payload(event)
+        check_topic(topic, str(event["type"]))
     except ValueError as exc:
         return str(event["type"]), f"on {topic}: {exc}"
     return event["type"], None
@@ -320,11 +321,12 @@ def _nodelay(client, userdata, sock) -> None:
 
 @contextmanager
 def phone(broker, user: TestUser, *topics: str, clean_session: bool = False):
-    """A device of `user` connected like the app (persistent session, auto-reconnect)."""
+    """A device of `user` connected like the app (persistent session, auto-reconnect;
+    QoS 1 subscriptions, typing topics at QoS 0 as docs/mqtt.md says)."""
     probe = MqttProbe(broker.host, broker.port, auto_reconnect=True, keepalive=5)
     assert probe.connect(clean_session=clean_session, **user.mqtt) == 0
     for topic in topics:
-        assert probe.subscribe(topic) in (0, 1), topic
+        assert probe.subscribe(topic, qos=0 if topic.endswith("/typing") else 1) in (0, 1), topic
     try:
         yield probe
     finally:
