@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Device, Friendship, User
@@ -91,6 +92,14 @@ class PresenceTracker:
             self.devices_seen[int(match.group(2))] = (state, now + ttl)
         return True
 
+    def disconnected(self, user_id: int, client_id: str) -> None:
+        """A device's connection ended (its `offline`), for the database only: it counts
+        as not connected (pushes wake it) while its user's state is not decided yet (the
+        presence worker holds a live `offline` back a moment, OFFLINE_SETTLE)."""
+        match = _CLIENT_ID.match(client_id)
+        if match is not None and int(match.group(1)) == user_id:
+            self.devices_seen[int(match.group(2))] = ("offline", None)
+
     def expire(self, now: float) -> list[tuple[int, str]]:
         """Forget the devices whose report ran out; return them, (user id, client id)."""
         gone = []
@@ -101,14 +110,16 @@ class PresenceTracker:
                 gone.append((user_id, client_id))
         return gone
 
-    def cap(self, until: float) -> set[int]:
-        """Make every device's report run out at `until` at the latest, unless refreshed
-        (after a reconnection to the broker nothing known before it can be trusted for
-        long); return the users that have devices."""
+    def hold_until(self, until: float) -> set[int]:
+        """Make every device's report run out at `until`, unless refreshed; return the
+        users that have devices. After a reconnection to the broker: nothing known before
+        it is trusted for longer, and nothing for shorter either, since what devices sent
+        while the broker could not be heard was lost (a report that ran out meanwhile has
+        not been expired: the worker expires nothing while it is disconnected)."""
         users = set()
         for user_id, user in self.users.items():
-            for client_id, expires in user.expires.items():
-                user.expires[client_id] = min(expires, until)
+            for client_id in user.expires:
+                user.expires[client_id] = until
                 users.add(user_id)
         return users
 
@@ -194,10 +205,16 @@ def device_presence_store(*, states: dict[int, tuple[str, datetime | None]]) -> 
         Device.objects.filter(id__in=ids).update(presence=state, presence_expires_at=until)
 
 
-def device_presence_cap(*, until: datetime) -> int:
-    """Make every device's presence run out at `until` at the latest (the presence worker
-    reconnected: what the database holds from before cannot be trusted for long)."""
-    return Device.objects.filter(presence_expires_at__gt=until).update(presence_expires_at=until)
+def device_presence_hold(*, until: datetime, ran_out_since: datetime | None = None) -> int:
+    """The presence worker (re)connected: make every device's presence run out at `until`
+    at the latest (what the database holds from before cannot be trusted for long), and,
+    with `ran_out_since` (when the worker stopped hearing the broker), the presence of
+    devices that ran out since then at `until` too (their refreshes were lost: they are
+    asked again before they count as gone). One statement; how many devices."""
+    held = Q(presence_expires_at__gt=until)
+    if ran_out_since is not None:
+        held |= Q(presence_expires_at__gte=ran_out_since) & ~Q(presence=User.Presence.OFFLINE)
+    return Device.objects.filter(held).update(presence_expires_at=until)
 
 
 def users_not_offline() -> list[int]:

@@ -11,8 +11,11 @@ on the broker for the next start. On every (re)connection to the broker nothing 
 from before is trusted for more than `RESTART_GRACE` seconds: the retained states the
 broker hands over on subscribing hold that long only, and the users they belong to get a
 `presence.probe` (QoS 0, on their user topic), which every connected device answers by
-publishing its state again. So after a restart of this worker or of the broker, devices
-that are not connected are offline within seconds, and connected ones never flicker.
+publishing its state again. Nor for less: nothing expires while the worker cannot hear
+the broker, and a device whose report ran out meanwhile (a RabbitMQ node takes 5-15 s to
+come back, more than a report lasts with a short keepalive) has those seconds to
+reconnect and say so. So after a restart of this worker or of the broker, devices that
+are not connected are offline within seconds, and connected ones never flicker.
 Once the first connection has had `PRESENCE_SETTLE` seconds to deliver every retained
 presence, users the database has online but no device reports present are set offline
 (`presence_reset_absent`).
@@ -42,7 +45,7 @@ from django.utils import timezone
 from accounts.presence import (
     APPLY_BATCH,
     PresenceTracker,
-    device_presence_cap,
+    device_presence_hold,
     device_presence_store,
     is_device,
     presence_apply_many,
@@ -72,6 +75,13 @@ PRESENCE_SETTLE = 2.0
 # holds unless the device repeats it (it is probed): with the expiry sweep and the 2 s
 # damping, a device that is not connected is offline within 10 s of a restart.
 RESTART_GRACE = 5.0
+# A live `offline` decides its user's state once the connection it came on has stayed up
+# this long after it: a stopping Mosquitto (2.0, SIGTERM) publishes every connected
+# device's Last Will, then closes this worker's connection a moment later. Those Wills
+# are the broker's doing, not the devices': held back, they are dropped with the
+# connection, and the devices get RESTART_GRACE once it is back, like every device known
+# before. The device itself counts as not connected at once (pushes wake it).
+OFFLINE_SETTLE = 0.5
 # How long one round waits for reports: throttled decisions (PresenceTracker's
 # min_interval) fall due while nothing arrives, so the loop looks again this often.
 IDLE_WAIT = 0.1
@@ -83,6 +93,12 @@ INACTIVE_SWEEP_EVERY = 5.0
 # A full batch of changes is applied at most this often (APPLY_BATCH / APPLY_EVERY: 1,000
 # users a second).
 APPLY_EVERY = 0.1
+
+
+def _is_offline(payload: bytes) -> bool:
+    """A device's `offline` (its Last Will, or said before a clean disconnect), as
+    PresenceTracker reads states; not an empty payload (a cleared presence: logout)."""
+    return payload.strip().lower() == b"offline"
 
 
 class PresenceWorker(Worker):
@@ -98,8 +114,13 @@ class PresenceWorker(Worker):
         self.broker.subscribe(PRESENCE_FILTER, self._on_presence)
         self.broker_started = False
         self.connected_since: float | None = None
+        # When the connection in use went away (None: connected, or never connected).
+        self.silent_since: float | None = None
         # Users probed on the current connection (see _probe).
         self.probed: set[int] = set()
+        # Live `offline` reports waiting out OFFLINE_SETTLE: (user, client id) -> (when
+        # received, report), oldest first.
+        self.held_offline: dict[tuple[int, str], tuple[float, tuple]] = {}
         self.reconciled = False
         self.next_expiry = 0.0
         self.next_sweep = 0.0
@@ -116,6 +137,9 @@ class PresenceWorker(Worker):
         self._sweep_inactive()
         if not self.broker.connected:
             # It reconnects by itself; reports wait in the broker's retained messages.
+            # Nothing expires meanwhile: devices' refreshes cannot be heard.
+            if self.connected_since is not None:
+                self.silent_since = time.monotonic()
             self.connected_since = None
             self.stop.wait(0.05)
             return True
@@ -128,13 +152,14 @@ class PresenceWorker(Worker):
             pass
         else:
             now = time.monotonic()
-            self._observe(first, now=now, ttl=ttl)
+            self._receive(first, now=now, ttl=ttl)
             while True:
                 try:
-                    self._observe(self.inbox.get_nowait(), now=now, ttl=ttl)
+                    self._receive(self.inbox.get_nowait(), now=now, ttl=ttl)
                 except queue.Empty:
                     break
         now = time.monotonic()
+        self._settle_offline(now=now, ttl=ttl)
         if now >= self.next_expiry:
             gone = self.tracker.expire(now)
             if gone:
@@ -202,13 +227,20 @@ class PresenceWorker(Worker):
 
     def _connection_started(self) -> None:
         """A new connection to the broker (the first, or after the broker or the network
-        went away): nothing known from before holds longer than RESTART_GRACE now.
+        went away): what was known from before holds RESTART_GRACE from now, no longer
+        and, after a silence, no shorter (a device whose refresh was lost in it has that
+        long to reconnect or answer the probe: it does not flicker offline because the
+        broker took longer to come back than its report lasts).
         (The database first: if it is down, all of this is done again once it is back.)"""
         now = time.monotonic()
-        device_presence_cap(until=self._clock()(now + RESTART_GRACE))
-        self.connected_since = now
+        wall = self._clock()
+        device_presence_hold(until=wall(now + RESTART_GRACE), ran_out_since=wall(self.silent_since))
+        self.connected_since, self.silent_since = now, None
+        # Offlines that came just before the connection went: maybe the stopping broker's
+        # (see OFFLINE_SETTLE); the devices are held and probed below, as all others.
+        self.held_offline.clear()
         self.probed = set()
-        for user_id in self.tracker.cap(now + RESTART_GRACE):
+        for user_id in self.tracker.hold_until(now + RESTART_GRACE):
             self._probe(user_id)
         # And everyone the database has present, whom this process may know nothing of
         # (it just started): their phones answer within PRESENCE_SETTLE, before the users
@@ -239,9 +271,37 @@ class PresenceWorker(Worker):
 
         return wall
 
+    def _receive(self, report: tuple, *, now: float, ttl: float) -> None:
+        """A report off the inbox: observed now, except a live `offline`, whose user's state
+        waits OFFLINE_SETTLE (a later report of the device replaces it; the device counts
+        as not connected at once)."""
+        _, user_id, client_id, payload, retained = report
+        self.held_offline.pop((user_id, client_id), None)
+        if _is_offline(payload) and not retained:
+            self.tracker.disconnected(user_id, client_id)
+            self.held_offline[(user_id, client_id)] = (now, report)
+        else:
+            self._observe(report, now=now, ttl=ttl)
+
+    def _settle_offline(self, *, now: float, ttl: float) -> None:
+        """Observe the held `offline`s whose connection stayed up OFFLINE_SETTLE after them."""
+        while self.held_offline:
+            device, (received, report) = next(iter(self.held_offline.items()))
+            if now - received < OFFLINE_SETTLE:
+                break
+            del self.held_offline[device]
+            self._observe(report, now=now, ttl=ttl)
+
     def _observe(self, report: tuple, *, now: float, ttl: float) -> None:
         topic, user_id, client_id, payload, retained = report
         if retained:
+            if _is_offline(payload) and self.tracker.is_present(user_id, client_id):
+                # A Will the broker published as it stopped (Mosquitto 2.0 does on SIGTERM,
+                # for every connected device), or that fired while this worker could not
+                # hear it: either way the device is held until RESTART_GRACE is up, as
+                # every device known from before, and asked (it reconnects, or answers).
+                self._probe(user_id)
+                return
             # Kept by the broker from before this connection: maybe nobody is behind it.
             ttl = min(ttl, RESTART_GRACE)
         valid = self.tracker.observe(user_id, client_id, payload, now=now, ttl=ttl)
