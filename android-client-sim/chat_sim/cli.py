@@ -654,7 +654,7 @@ def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
         closed_loop=args.closed_loop, receiver=args.receiver, receivers=args.receivers, cache_dir=ctx.store.home / "load", user_prefix=args.user_prefix,
         settle=args.settle, burst_phones=args.burst_phones, burst_at=args.burst_at,
         burst_window=args.burst_window, offline=args.offline, push_sink=args.push_sink,
-        mqtt_ports=tuple(args.mqtt_ports),
+        mqtt_ports=tuple(args.mqtt_ports), phones_timeout=args.phones_timeout,
     )
     return run_load(config, json_mode=ctx.json)
 
@@ -882,6 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-ports", type=_ports, default=(), metavar="P1,P2,...",
                    help="phone n connects to port P[n mod count] of the server's MQTT host (phones "
                         "spread over a broker cluster's nodes) instead of the port the server hands out")
+    p.add_argument("--phones-timeout", type=float, metavar="S",
+                   help="give up (exit 2) unless every phone is connected and subscribed within S "
+                        "seconds (default: 30 + 0.02 per phone)")
     p.add_argument("--offline", action="store_true",
                    help="no phone connects: every member is away (nothing received over MQTT)")
     p.add_argument("--push-sink", metavar="URL",

@@ -98,6 +98,7 @@ class LoadConfig:
     offline: bool = False  # no phones: every member is away
     push_sink: str | None = None  # the fcm-sink the server pushes to (implies offline)
     mqtt_ports: tuple[int, ...] = ()  # phone n connects to mqtt_ports[n % len] (a broker cluster)
+    phones_timeout: float | None = None  # None: 30 s + 20 ms per phone to connect and subscribe
 
     def check(self) -> None:
         if self.push_sink:
@@ -110,6 +111,8 @@ class LoadConfig:
             raise LoadError("--settle must not be negative")
         if any(not 0 < port < 65536 for port in self.mqtt_ports):
             raise LoadError("--mqtt-ports must be TCP ports")
+        if self.phones_timeout is not None and self.phones_timeout <= 0:
+            raise LoadError("--phones-timeout must be positive")
         if self.burst_phones < 0:
             raise LoadError("--burst-phones must not be negative")
         if self.burst_phones and not (
@@ -310,7 +313,8 @@ class Load:
                                       name=f"chat-sim-receiver-{r}", daemon=True)
             process.start()
             self.receivers.append((process, parent, counters))
-        deadline = time.monotonic() + 30 + len(users) / 50
+        timeout = self.config.phones_timeout
+        deadline = time.monotonic() + (30 + len(users) / 50 if timeout is None else timeout)
         while self.total(C_READY) < len(users):
             if time.monotonic() > deadline:
                 raise LoadError(f"only {self.total(C_READY)} of {len(users)} phones connected and subscribed")

@@ -265,7 +265,7 @@ def test_a_load_run_puts_phone_n_on_the_nth_of_its_mqtt_ports(sim, broker):
     # when: load-0 is told the broker, load-1 the dead port (the bench spreads phones over
     # a cluster's nodes this way)
     result = sim("load", "--users", "2", "--chats", "1", "--rate", "5", "--duration", "1", "--settle", "0",
-                 "--mqtt-ports", f"{broker.port},{dead}", timeout=90)
+                 "--mqtt-ports", f"{broker.port},{dead}", "--phones-timeout", "3", timeout=90)
 
     # then: exactly one phone got on, and the run stopped before sending
     assert result.returncode == 2, result.stdout + result.stderr
