@@ -1,6 +1,6 @@
 # make run   set everything up and start the stack in the foreground (Ctrl-C stops it)
-# make test  set everything up and run the suite on Mosquitto, then its broker-facing part on
-#            RabbitMQ (PYTEST_ARGS="-x -k foo" to narrow it, TEST_BROKERS=mosquitto for one)
+# make test  set everything up and run the suite on Mosquitto and, beside it, its broker-facing
+#            part on RabbitMQ (PYTEST_ARGS="-x -k foo" to narrow it, TEST_BROKERS=mosquitto for one)
 # make bench a fresh PostgreSQL stack under standard load profiles (BENCH_ARGS="--quick";
 #            BROKER=rabbitmq: on a RabbitMQ node, BENCH_ARGS="--cluster": three, one then down)
 #
@@ -50,14 +50,13 @@ system-deps-test:
 run: venv system-deps
 	bash scripts/run.sh
 
-# The whole suite on Mosquitto, then on RabbitMQ the tests that talk to a broker (the
-# others do the same on either: tests/support/brokers.py). Both run even if the first
-# fails; the target fails if either did. TEST_BROKERS=mosquitto for one pass only.
+# The whole suite on Mosquitto and, at the same time, on RabbitMQ the tests that talk to a
+# broker (the others do the same on either: tests/support/brokers.py); each pass's output
+# is printed when it ends (and kept in var/test/). The target fails if either did.
+# TEST_BROKERS=mosquitto for one pass only, in the foreground (scripts/test.sh).
+export PYTEST_ARGS
 test: venv system-deps-test
-	@status=0; for broker in $(TEST_BROKERS); do \
-	    echo "== the suite on $$broker"; \
-	    $(PYTHON) -m pytest --broker=$$broker $(PYTEST_ARGS) || status=1; \
-	done; exit $$status
+	@bash scripts/test.sh $(TEST_BROKERS)
 
 # Results are saved under bench/results/ (see bench/run.py).
 bench: venv system-deps-test

@@ -532,7 +532,7 @@ class DynsecAccess:
                     # replay: chats/migrations/0007); "already exists" for a new one.
                     *(
                         {"command": "addRoleACL", "rolename": cls.chat_role(chat), **acl}
-                        for acl in acls[2:]
+                        for acl in acls if acl["topic"] == typing_topic(chat)
                     ),
                 ]
             case MemberGrant(chat=chat, user=user) | MemberRevoke(chat=chat, user=user):
