@@ -32,10 +32,28 @@ MAX_PAYLOAD = 16
 APPLY_BATCH = 100
 
 
+def _device_id(user_id: int, client_id: str) -> int | None:
+    """The device id in `client_id` if it is one of the user's devices' (whether it
+    exists or not), else None."""
+    match = _CLIENT_ID.match(client_id)
+    return int(match.group(2)) if match is not None and int(match.group(1)) == user_id else None
+
+
 def is_device(user_id: int, client_id: str) -> bool:
     """Whether `client_id` is one of the user's devices' (whether it exists or not)."""
-    match = _CLIENT_ID.match(client_id)
-    return match is not None and int(match.group(1)) == user_id
+    return _device_id(user_id, client_id) is not None
+
+
+def device_state(payload: bytes) -> str | None:
+    """The state a device's presence payload says (STATES), or None if it says none. An
+    empty payload (a cleared retained message, e.g. after logout) is `offline`."""
+    if len(payload) > MAX_PAYLOAD:
+        return None
+    try:
+        state = payload.decode().strip().lower() if payload else "offline"
+    except UnicodeDecodeError:
+        return None
+    return state if state in STATES else None
 
 
 def fold(states) -> str:
@@ -72,33 +90,27 @@ class PresenceTracker:
         stops refreshing it (it vanished, or left without its Will) is gone then
         (`expire`).
         """
-        match = _CLIENT_ID.match(client_id)
-        if match is None or int(match.group(1)) != user_id or len(payload) > MAX_PAYLOAD:
-            return False
-        try:
-            state = payload.decode().strip().lower() if payload else "offline"
-        except UnicodeDecodeError:
-            return False
-        if state not in STATES:
+        device_id, state = _device_id(user_id, client_id), device_state(payload)
+        if device_id is None or state is None:
             return False
         user = self.users.setdefault(user_id, _User())
         if state == "offline":
             user.devices.pop(client_id, None)
             user.expires.pop(client_id, None)
-            self.devices_seen[int(match.group(2))] = (state, None)
+            self.devices_seen[device_id] = (state, None)
         elif client_id in user.devices or len(user.devices) < MAX_DEVICES:
             user.devices[client_id] = state
             user.expires[client_id] = now + ttl
-            self.devices_seen[int(match.group(2))] = (state, now + ttl)
+            self.devices_seen[device_id] = (state, now + ttl)
         return True
 
     def disconnected(self, user_id: int, client_id: str) -> None:
         """A device's connection ended (its `offline`), for the database only: it counts
         as not connected (pushes wake it) while its user's state is not decided yet (the
         presence worker holds a live `offline` back a moment, OFFLINE_SETTLE)."""
-        match = _CLIENT_ID.match(client_id)
-        if match is not None and int(match.group(1)) == user_id:
-            self.devices_seen[int(match.group(2))] = ("offline", None)
+        device_id = _device_id(user_id, client_id)
+        if device_id is not None:
+            self.devices_seen[device_id] = ("offline", None)
 
     def expire(self, now: float) -> list[tuple[int, str]]:
         """Forget the devices whose report ran out; return them, (user id, client id)."""
@@ -106,7 +118,7 @@ class PresenceTracker:
         for user_id, user in self.users.items():
             for client_id in [c for c, until in user.expires.items() if until <= now]:
                 del user.devices[client_id], user.expires[client_id]
-                self.devices_seen[int(_CLIENT_ID.match(client_id).group(2))] = ("offline", None)
+                self.devices_seen[_device_id(user_id, client_id)] = ("offline", None)
                 gone.append((user_id, client_id))
         return gone
 

@@ -47,6 +47,7 @@ from accounts.presence import (
     PresenceTracker,
     device_presence_hold,
     device_presence_store,
+    device_state,
     is_device,
     presence_apply_many,
     presence_reset_absent,
@@ -96,9 +97,9 @@ APPLY_EVERY = 0.1
 
 
 def _is_offline(payload: bytes) -> bool:
-    """A device's `offline` (its Last Will, or said before a clean disconnect), as
-    PresenceTracker reads states; not an empty payload (a cleared presence: logout)."""
-    return payload.strip().lower() == b"offline"
+    """A device's `offline` (its Last Will, or said before a clean disconnect); not an
+    empty payload (a cleared presence: logout)."""
+    return bool(payload) and device_state(payload) == "offline"
 
 
 class PresenceWorker(Worker):

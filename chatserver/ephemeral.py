@@ -32,8 +32,6 @@ from django.db import connection
 from chatserver.events import Event, check_against_contract
 
 CHANNEL = "chat_ephemeral"
-# What the relay publishes ephemeral events to: event topics, nothing else.
-TOPIC_PREFIXES = ("chat/chats/", "chat/users/")
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900
 

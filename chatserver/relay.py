@@ -269,7 +269,8 @@ class Relay(Worker):
 
     def owns_topic(self, topic: str) -> bool:
         """Whether an ephemeral event to `topic` (a chat's typing topic, a chat or user
-        topic: `parse_event_topic`) is this relay's: its id in this relay's partition, as the rows of that chat or user."""
+        topic: `parse_event_topic`) is this relay's: its id in this relay's partition, as
+        the rows of that chat or user."""
         if self.partitions == 1:
             return True
         parsed = parse_event_topic(topic)
@@ -295,7 +296,7 @@ class Relay(Worker):
 
     def publish_ephemeral(self, publishes: list[tuple[str, bytes]]) -> None:
         for topic, data in publishes:
-            if not topic.startswith(ephemeral.TOPIC_PREFIXES):
+            if parse_event_topic(topic) is None:
                 logger.error("ephemeral publish to %s refused: not an event topic", topic)
                 continue
             # QoS 0: nobody waits for it, and the broker queues it for no offline session.

@@ -187,3 +187,15 @@ def test_the_gate_passes_one_per_second_and_holds_a_change_until_its_second_is_u
     assert gate.receive(stale, now=20.0) == []
     with pytest.raises(ValueError):
         gate.receive("not json")
+
+
+def test_the_relay_publishes_ephemeral_events_to_event_topics_only(caplog):
+    from chatserver.relay import Relay
+
+    relay = Relay()  # not connected: a refused publish never reaches the broker
+    relay.publish_ephemeral([("chat/presence/5/chat-5-1", b"{}"), ("chat/chats/5/typing/x", b"{}")])
+
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "ephemeral publish to chat/presence/5/chat-5-1 refused: not an event topic",
+        "ephemeral publish to chat/chats/5/typing/x refused: not an event topic",
+    ]
