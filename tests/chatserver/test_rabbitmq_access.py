@@ -18,7 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 import requests
 
-from chatserver.broker_access import AccessRefused, AccessUnavailable, DeviceRemove
+from chatserver.broker_access import AccessRefused, AccessUnavailable, DeviceRemove, rabbitmq_session_queues
 from chatserver.rabbit_access import RabbitAccess
 from tests.support.mqtt import MqttProbe
 from tests.support.rabbit_auth import CACHE_TTL
@@ -47,7 +47,13 @@ class Account:
 
     @property
     def queue(self) -> str:
-        return f"mqtt-subscription-{self.mqtt['client_id']}qos1"
+        """Its persistent session's queue (subscriptions at QoS 1)."""
+        return rabbitmq_session_queues(self.mqtt["client_id"])[1]
+
+    def bound(self) -> list[str]:
+        """The routing keys its session queues (QoS 0 and QoS 1) are bound with."""
+        return [key for queue in rabbitmq_session_queues(self.mqtt["client_id"])
+                for key in self.stack.bindings_of(queue)]
 
     def phone(self, *, client_id: str | None = None, password: str | None = None) -> tuple[MqttProbe, int]:
         """A paho 3.1.1 client with a persistent session: (probe, CONNACK code)."""
@@ -80,6 +86,24 @@ def refused(probe: MqttProbe, action) -> bool:
     except TimeoutError:
         answered = None
     return probe.wait_disconnected(5) and answered in (None, False)
+
+
+def kicked_and_back(alice: Account, bob: Account, phone: MqttProbe, chat: int, topic: str, *,
+                    qos: int = 1) -> MqttProbe:
+    """Alice removes bob from the chat while his `phone` is connected; he comes back at once,
+    within the auth cache's TTL, and subscribes to `topic` again as a phone would (the
+    cache may still allow it). His new connection, once the removal has answered 204."""
+    answer = {}
+    removal = threading.Thread(target=lambda: answer.update(r=alice.post(f"/chats/{chat}/users/{bob.id}/",
+                                                                        method="DELETE")))
+    removal.start()
+    assert phone.wait_disconnected(5), "the relay's first pass did not kick him"
+    again, code = bob.phone()
+    if code == 0:
+        again.refuses_subscribe(topic, qos=qos)  # either way: allowed from the cache, or refused
+    removal.join(30)
+    assert answer["r"][0] == 204
+    return again
 
 
 def said(probe: MqttProbe, topic: str, content: str) -> bool:
@@ -215,16 +239,7 @@ def test_a_kicked_member_gets_nothing_after_the_kick_live_or_from_its_session(st
 
     # when: alice removes him; he comes back at once, within the cache's TTL, and
     # subscribes again as a phone would (the cache may still allow it)
-    answer = {}
-    removal = threading.Thread(target=lambda: answer.update(r=alice.post(f"/chats/{chat}/users/{bob.id}/",
-                                                                        method="DELETE")))
-    removal.start()
-    assert phone.wait_disconnected(5), "the relay's first pass did not kick him"
-    again, code = bob.phone()
-    if code == 0:
-        again.refuses_subscribe(topic)  # either way: allowed from the cache, or refused
-    removal.join(30)
-    assert answer["r"][0] == 204
+    again = kicked_and_back(alice, bob, phone, chat, topic)
     send(alice, chat, "after")
 
     # then: nothing after the kick, live ...
@@ -254,24 +269,14 @@ def test_a_kicked_member_s_typing_subscription_ends_with_the_kick(stack):
 
     # when: alice removes him, and he comes back at once and follows the typing again
     # (within the auth cache's TTL: it may still be allowed)
-    answer = {}
-    removal = threading.Thread(target=lambda: answer.update(r=alice.post(f"/chats/{chat}/users/{bob.id}/",
-                                                                        method="DELETE")))
-    removal.start()
-    assert phone.wait_disconnected(5), "the relay's first pass did not kick him"
-    again, code = bob.phone()
-    if code == 0:
-        again.refuses_subscribe(typing, qos=0)  # either way: allowed from the cache, or refused
-    removal.join(30)
-    assert answer["r"][0] == 204
+    again = kicked_and_back(alice, bob, phone, chat, typing, qos=0)
     time.sleep(1.1)  # past the relay's one-per-second gate for alice in this chat
     assert alice.post(f"/chats/{chat}/typing/", {"typing": False})[0] == 204
 
     # then: no typing reaches him, and none of his session queues is bound to it
     again.expect_nothing(1.5, topic=typing)
     assert again.messages_on(typing) == []
-    assert f"chat.chats.{chat}.typing" not in stack.bindings_of(bob.queue) + stack.bindings_of(
-        bob.queue.replace("qos1", "qos0"))
+    assert f"chat.chats.{chat}.typing" not in bob.bound()
     later, code = bob.phone()
     assert code == 0 and later.refuses_subscribe(typing, qos=0)
 
