@@ -18,12 +18,16 @@ statements take these parameters:
     restricted, group: `Membership.Role.RESTRICTED` and `Chat.Kind.GROUP` (see `params`)
     type, content, reply_to, client_id, mentions: the message's columns (SEND only;
     mentions as JSON text)
+    payload, outbox_chat, partition_key, partition: the `message.created` row's
+    (`chatserver.outbox.RowTemplate`, SEND only; payload None: no row, the caller queues it)
+    push_kind: the push job's kind, None for none (SEND only)
 """
 
 from django.db.models import Model
 
 from accounts.models import Block, Device, User
 from chats.models import Chat, Membership, Message
+from chatserver.models import OutboxEvent, PushJob
 
 
 def _table(model: type[Model]) -> str:
@@ -35,7 +39,7 @@ def _col(model: type[Model], field: str) -> str:
 
 
 def params(*, chat_id: int, author_id: int, now, device: Device | None = None, **message) -> dict:
-    """The parameters of these statements (`message`: type, content, reply_to, client_id).
+    """The parameters of these statements (`message`: SEND's others, see above).
     `device`: the device the request came from, checked by the statement itself (the
     message POST's token may come from a cache: `accounts.authentication`); None for
     callers that checked their actor otherwise."""
@@ -103,16 +107,29 @@ _PTR = {f: _col(Membership, f) for f in (
     "last_read_seq", "last_read_message", "last_delivered_seq", "last_delivered_message"
 )}
 
+# The numbers SEND fills in the `message.created` row's payload (`chatserver.outbox.slot`):
+# the message's id, seq and version (the event's too), and its unread count.
+SLOT_ID, SLOT_SEQ, SLOT_VERSION, SLOT_UNREAD = 1, 2, 3, 4
+SLOTS = 4
+
+_OUTBOX = {f: _col(OutboxEvent, f) for f in (
+    "created_at", "access", "payload", "user_ids", "chat_id", "partition_key", "partition"
+)}
+_PUSH = {f: _col(PushJob, f) for f in ("created_at", "kind", "data", "attempts", "not_before", "failed", "last_error")}
+
 # PostgreSQL: the whole write in one statement. `bump` takes the next seq and version (and
 # the chat's row lock) only if the author may post and has not sent this client_id yet;
 # `message` inserts the message with them; `pointer` moves the author's read and delivered
-# pointers to it. Returns (id, seq, version, snapshot_was_current, member_ids), or no row.
+# pointers to it; `queued` inserts its `message.created` outbox row (to the members read
+# here, the numbers filled in), `pushed` its push job. Returns (id, seq, version,
+# snapshot_was_current, member_ids, outbox_row_id), or no row.
 #
 # All sub-statements read one snapshot, taken before the statement waits for the lock.
 # Every change to a chat's members or roles bumps the chat's version under that lock, so
 # when the version grew by our own bump only, the memberships read are those the lock
 # protects. Otherwise a send or a member change committed while this one waited: the
-# caller reads the checks and member ids again (`RECHECK`), under the lock.
+# caller reads the checks and member ids again (`RECHECK`), under the lock, and queues the
+# event again if the members changed.
 SEND = f"""
     WITH seen AS (
         SELECT {C_VERSION} AS version FROM {CHAT} WHERE id = %(chat)s
@@ -137,10 +154,27 @@ SEND = f"""
             {_PTR["last_delivered_seq"]} = message.seq, {_PTR["last_delivered_message"]} = message.id
         FROM message
         WHERE {MEMBERSHIP}.{M_CHAT} = %(chat)s AND {MEMBERSHIP}.{M_USER} = %(author)s
+    ), members AS (
+        SELECT {_MEMBER_IDS} AS ids
+    ), queued AS (
+        INSERT INTO {_table(OutboxEvent)} ({", ".join(_OUTBOX.values())})
+        SELECT %(now)s, '[]',
+               format(CAST(%(payload)s AS text), message.id, message.seq, message.version,
+                      cardinality(members.ids) - 1),
+               to_jsonb(members.ids), %(outbox_chat)s, %(partition_key)s, %(partition)s
+        FROM message, members
+        WHERE CAST(%(payload)s AS text) IS NOT NULL
+        RETURNING id
+    ), pushed AS (
+        INSERT INTO {_table(PushJob)} ({", ".join(_PUSH.values())})
+        SELECT %(now)s, CAST(%(push_kind)s AS text), jsonb_build_object('message_id', message.id), 0, %(now)s,
+               false, ''
+        FROM message
+        WHERE CAST(%(push_kind)s AS text) IS NOT NULL
     )
     SELECT message.id, message.seq, message.version, message.version = seen.version + 1,
-           {_MEMBER_IDS}
-    FROM message, seen
+           members.ids, (SELECT id FROM queued)
+    FROM message, seen, members
 """
 
 # Under the chat's lock, in a new statement (hence a new snapshot): may the author still

@@ -8,8 +8,10 @@ Nothing here talks to the broker.
 """
 
 import logging
+import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -88,30 +90,8 @@ def enqueue(
     key when `partition_key`'s rule would not find the user the row is about.
     """
     assert connection.in_atomic_block, "enqueue() belongs inside the change's transaction"
-    access = list(access)
-    user_ids = list(user_ids)
-    for op in access:
-        if not isinstance(op, AccessOp):
-            raise InvalidOutboxRow(f"not an access operation: {op!r}")
-    for user_id in user_ids:
-        if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
-            raise InvalidOutboxRow(f"not a user id: {user_id!r}")
-    if event is None:
-        if user_ids or chat_topic is not None or not access:
-            raise InvalidOutboxRow("a row without an event carries access operations only")
-    else:
-        if not isinstance(event, Event):
-            raise InvalidOutboxRow(f"not an Event: {event!r}")
-        if event.type.is_ephemeral:
-            raise InvalidOutboxRow(f"{event.type} is ephemeral: published directly at QoS 0, never queued")
-        if not user_ids and chat_topic is None:
-            raise InvalidOutboxRow(f"{event.type} has no recipient")
-        if chat_topic is not None and chat_topic != event.chat:
-            raise InvalidOutboxRow(f"{event.type} of chat {event.chat} sent to chat {chat_topic}'s topic")
-        check_against_contract(event)
-    if key is not None and (isinstance(key, bool) or not isinstance(key, int) or key < 0):
-        raise InvalidOutboxRow(f"not a partition key: {key!r}")
-    row_key = partition_key(event=event, user_ids=user_ids, access=access, key=key)
+    access, user_ids = list(access), list(user_ids)
+    row_key = _checked(event=event, user_ids=user_ids, chat_topic=chat_topic, access=access, key=key)
     # On PostgreSQL the insert also wakes the relay at commit (a trigger sends NOTIFY:
     # migration chatserver 0002); SQLite is polled by the relay.
     return OutboxEvent.objects.create(
@@ -122,6 +102,114 @@ def enqueue(
         partition_key=row_key,
         partition=row_key % settings.RELAY_PARTITIONS,
     )
+
+
+def _checked(
+    *, event: Event | None, user_ids: list[int] | None, chat_topic: int | None, access: list[AccessOp],
+    key: int | None,
+) -> int:
+    """Refuse (InvalidOutboxRow) a row the relay could not handle; return its partition
+    key. `user_ids` None: the write statement puts them in (`RowTemplate`)."""
+    for op in access:
+        if not isinstance(op, AccessOp):
+            raise InvalidOutboxRow(f"not an access operation: {op!r}")
+    for user_id in user_ids or ():
+        if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
+            raise InvalidOutboxRow(f"not a user id: {user_id!r}")
+    if event is None:
+        if user_ids or chat_topic is not None or not access:
+            raise InvalidOutboxRow("a row without an event carries access operations only")
+    else:
+        if not isinstance(event, Event):
+            raise InvalidOutboxRow(f"not an Event: {event!r}")
+        if event.type.is_ephemeral:
+            raise InvalidOutboxRow(f"{event.type} is ephemeral: published directly at QoS 0, never queued")
+        if user_ids is not None and not user_ids and chat_topic is None:
+            raise InvalidOutboxRow(f"{event.type} has no recipient")
+        if chat_topic is not None and chat_topic != event.chat:
+            raise InvalidOutboxRow(f"{event.type} of chat {event.chat} sent to chat {chat_topic}'s topic")
+        check_against_contract(event)
+    if key is not None and (isinstance(key, bool) or not isinstance(key, int) or key < 0):
+        raise InvalidOutboxRow(f"not a partition key: {key!r}")
+    return partition_key(event=event, user_ids=user_ids or [], access=access, key=key)
+
+
+# --- rows a write statement queues itself ------------------------------------------------
+
+# Where a statement fills in the n-th number of a `RowTemplate` (n = 1, 2, ...), the event
+# carries slot(n) until then: numbers no id, seq or count reaches (just under bigint's
+# maximum).
+_SLOT_BASE = 2**63 - 1008  # 9223372036854774800: slot(n) ends in n
+_SLOTS = 9
+# A slot as the value of an object's key: the key's opening quote cannot be inside a
+# string (a string's quotes are escaped), so this never matches in a message's words.
+_SLOT_VALUE = re.compile(r'("[A-Za-z_][A-Za-z0-9_]*":)(' + str(_SLOT_BASE)[:-1] + r'[1-9])(?![0-9])')
+
+
+def slot(n: int) -> int:
+    """What an event carries where the write statement fills in its n-th number."""
+    if not 1 <= n <= _SLOTS:
+        raise ValueError(f"slot {n}: 1 to {_SLOTS}")
+    return _SLOT_BASE + n
+
+
+@dataclass(frozen=True)
+class RowTemplate:
+    """An outbox row that a write statement inserts itself, in the round trip of the change
+    (the message send: `chats.send_sql.SEND`), for numbers only the write knows (a new
+    row's id, its seq, a count of members) and recipients it reads under its lock.
+
+    `payload` is the event's JSON as PostgreSQL's `format()` takes it: `%n$s` where the
+    event carried `slot(n)` as a key's value, `%%` for a `%`. The statement inserts
+    `format(payload, <number 1>, <number 2>, ...)`, its recipients as `user_ids`, and the
+    other columns as they are here; its trigger wakes the relay as for any insert.
+    Everything else about the row was checked as `enqueue` checks it.
+    """
+
+    payload: str
+    chat_id: int | None
+    partition_key: int
+    partition: int
+
+    def render(self, *numbers: int) -> str:
+        """The payload with these numbers filled in, as the statement's `format()` does."""
+        return re.sub(r"%(?:(\d)\$s|%)", lambda m: str(numbers[int(m[1]) - 1]) if m[1] else "%", self.payload)
+
+
+def row_template(*, event: Event, chat_topic: int | None, slots: int) -> RowTemplate | None:
+    """The row of `event` (to its recipients' user topics, and the chat's topic if
+    `chat_topic`) for a write statement to insert, its numbers slot(1)..slot(`slots`)
+    filled in by the statement.
+
+    None when the statement could not fill them all in: a slot's digits elsewhere than as
+    a key's value (in a string: a message's words may hold them, an attachment's URL holds
+    the message's id). The caller then queues the event itself once it knows the numbers
+    (`enqueue`). InvalidOutboxRow if `enqueue` would refuse the row, or for a slot the
+    event does not carry (a bug)."""
+    row_key = _checked(event=event, user_ids=None, chat_topic=chat_topic, access=[], key=None)
+    encoded = event.encode()
+    found: dict[int, int] = {}
+
+    def to_placeholder(match: re.Match) -> str:
+        n = int(match[2]) - _SLOT_BASE
+        found[n] = found.get(n, 0) + 1
+        return f"{match[1]}%{n}$s"
+
+    payload = _SLOT_VALUE.sub(to_placeholder, encoded.replace("%", "%%"))
+    wanted = set(range(1, slots + 1))
+    if not wanted <= set(found):
+        raise InvalidOutboxRow(f"{event.type}: slots {sorted(wanted - set(found))} are not in the event")
+    if set(found) - wanted or any(encoded.count(str(slot(n))) != found[n] for n in found):
+        return None
+    return RowTemplate(payload=payload, chat_id=chat_topic, partition_key=row_key,
+                       partition=row_key % settings.RELAY_PARTITIONS)
+
+
+def unqueue(row_id: int) -> None:
+    """Take back a row a write statement queued in the current transaction (its caller
+    learnt afterwards that the row must say something else, and queues that instead)."""
+    assert connection.in_atomic_block, "unqueue() belongs inside the change's transaction"
+    OutboxEvent.objects.filter(id=row_id).delete()
 
 
 def relay_status() -> dict:

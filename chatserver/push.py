@@ -96,11 +96,18 @@ def enabled() -> bool:
 def enqueue(*, kind: str, data: dict) -> PushJob | None:
     """Queue a push job in the current transaction (nothing when push is off)."""
     assert connection.in_atomic_block, "push.enqueue() belongs inside the change's transaction"
-    if kind not in _builders:
-        raise ValueError(f"no push builder for {kind!r}: register one with push.register_builder")
-    if not enabled():
+    if queued_kind(kind) is None:
         return None
     return PushJob.objects.create(kind=kind, data=data)
+
+
+def queued_kind(kind: str) -> str | None:
+    """For a write statement that inserts its push job itself (the message send,
+    `chats.send_sql.SEND`): `kind` if a job is to be queued, None when push is off.
+    ValueError for a kind no builder was registered for, as `enqueue`."""
+    if kind not in _builders:
+        raise ValueError(f"no push builder for {kind!r}: register one with push.register_builder")
+    return kind if enabled() else None
 
 
 def status() -> dict:

@@ -126,6 +126,18 @@ def chat_event(
     )
 
 
+def chat_event_row(*, chat: int, type: EventType, data: dict, version: int, slots: int) -> outbox.RowTemplate | None:
+    """`chat_event`'s row, to the members and the chat's topic, for a write statement that
+    inserts it itself (the message send: `chats.send_sql.SEND`) and fills in the numbers
+    `outbox.slot(1)`..`outbox.slot(slots)` that `data` and `version` carry (its version
+    is the one it takes). None when it cannot: the caller queues it with `chat_event`
+    after the write (`outbox.row_template`)."""
+    if not bumps_version(type, data):
+        raise outbox.InvalidOutboxRow(f"{type} does not change the chat's version")
+    return outbox.row_template(event=Event(type=type, data=data, chat=chat, version=version), chat_topic=chat,
+                               slots=slots)
+
+
 def message_updated(*, chat: Chat, message: Message, fields: list[str]) -> None:
     """Store the message's changed `fields` with the chat's next version, and queue
     `message.updated` (the message as members read it) to the members. The caller holds

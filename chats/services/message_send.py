@@ -1,5 +1,7 @@
 """The message send: the hottest path (its statements are in `chats.send_sql`)."""
 
+import copy
+import functools
 import json
 from typing import NoReturn
 
@@ -14,12 +16,15 @@ from chats.mentions import mentioned_ids, mentions_store
 from chats.errors import CannotPost, ChatNotFound
 from chats.models import Attachment, Membership, Message
 from chats.selectors import MESSAGE_RELATED, messages_annotate
-from chats.services.common import Role, chat_event
+from chats.services.common import Role, chat_event, chat_event_row
 from chats.services.previews import preview_queue
-from chatserver import push
+from chatserver import outbox, push
 from chatserver.prepared import prepared_cursor
 from chatserver.errors import InvalidInput
 from chatserver.events import EventType
+
+# The push job of a new message (`chats.push.build_message`), data {"message_id": id}.
+PUSH_KIND = "message"
 
 
 def message_send(
@@ -47,9 +52,11 @@ def message_send(
     carrying the very object the API returns for it. `@username` and `@all` set its
     `mentions` (`chats.mentions`: no query without an '@' in the content, one with it).
 
-    On PostgreSQL the message, the seq and the pointers are written by one statement
-    (`send_sql.SEND`), the outbox row by a second; on SQLite through `send_sql.SEQ_BUMP`
-    and the ORM. Both keep the guarantees above (the suite runs the send on both).
+    On PostgreSQL the message, the seq, the pointers, the outbox row and the push job are
+    written by one statement (`send_sql.SEND`; a message with a file has its outbox row
+    queued by a second, its URL holds the message's id); on SQLite through
+    `send_sql.SEQ_BUMP` and the ORM. Both keep the guarantees above (the suite runs the
+    send on both).
 
     A file is classified and stored before the transaction (outside the chat's lock);
     if anything fails afterwards it is deleted again: no orphan file.
@@ -109,7 +116,13 @@ def message_send(
         message.type, message.invite = Message.Type.INVITE, invite
     if source is not None:
         forwards.forward_mark(message, source)
-    insert = _insert_one_statement if connection.vendor == "postgresql" else _insert_orm
+    if connection.vendor == "postgresql":
+        # Built before the transaction, so the chat's lock is held for the write alone. A
+        # file's URL holds the message's id, which the write statement cannot fill in.
+        row = _created_row(message, original) if attachment is None else None
+        insert = functools.partial(_insert_one_statement, row=row)
+    else:
+        insert = _insert_orm
     try:
         with transaction.atomic():
             if source is not None:
@@ -133,13 +146,18 @@ def message_send(
     return message, True
 
 
-def _insert_one_statement(message: Message, device: Device | None) -> Message | None:
-    """Write `message` (setting its id, seq and version, and `member_ids`) in one
-    statement; or return the author's earlier message with this client_id."""
+def _insert_one_statement(message: Message, device: Device | None, *, row: outbox.RowTemplate | None) -> Message | None:
+    """Write `message` (setting its id, seq and version, and `member_ids`), its
+    `message.created` outbox row `row` (if any: `_created_row`) and its push job in one
+    statement; or return the author's earlier message with this client_id. Sets
+    `event_queued` and `push_queued` on `message`: what `_message_created` need not queue."""
     params = send_sql.params(
         chat_id=message.chat_id, author_id=message.author_id, now=message.created_at, device=device,
         type=message.type, content=message.content, reply_to=message.reply_to_id,
         client_id=message.client_id, mentions=json.dumps(message.mentions),
+        payload=None if row is None else row.payload, outbox_chat=None if row is None else row.chat_id,
+        partition_key=None if row is None else row.partition_key, partition=None if row is None else row.partition,
+        push_kind=push.queued_kind(PUSH_KIND),
     )
     # Prepared: PostgreSQL plans this statement once per connection (chatserver.prepared).
     with prepared_cursor() as cursor:
@@ -154,7 +172,8 @@ def _insert_one_statement(message: Message, device: Device | None) -> Message | 
         if sent is not None:
             return sent
         _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
-    message.id, message.seq, message.version, current, message.member_ids = row
+    message.id, message.seq, message.version, current, message.member_ids, queued = row
+    message.event_queued, message.push_queued = queued is not None, True
     if message.invite is not None or message.forwarded:
         # Columns of typed messages, which the send's statement leaves to their defaults.
         Message.objects.filter(id=message.id).update(
@@ -165,11 +184,32 @@ def _insert_one_statement(message: Message, device: Device | None) -> Message | 
         # (a concurrent send, a kick...): check again. Raising rolls the write back.
         with prepared_cursor() as cursor:
             cursor.execute(send_sql.RECHECK, params)
-            may_post, message.member_ids = cursor.fetchone()
+            may_post, member_ids = cursor.fetchone()
         if not may_post:
             device_confirm(device, read_anyway=True)
             _refuse_post(chat_id=message.chat_id, author_id=message.author_id)
+        if sorted(member_ids) != sorted(message.member_ids):
+            # Its event went to the members of the statement's snapshot: queued again.
+            message.member_ids = member_ids
+            if message.event_queued:
+                outbox.unqueue(queued)
+                message.event_queued = False
     return None
+
+
+def _created_row(message: Message, original: Message | None) -> outbox.RowTemplate | None:
+    """The `message.created` row for the write statement to queue, or None if it cannot
+    (`chat_event_row`): the event `_message_created` would queue, with the numbers only
+    the write knows (the message's id, seq, version and unread count) in slots."""
+    draft = copy.copy(message)  # its own related-objects cache (Model.__getstate__)
+    draft.id, draft.seq = outbox.slot(send_sql.SLOT_ID), outbox.slot(send_sql.SLOT_SEQ)
+    draft.version, draft.unread_count = outbox.slot(send_sql.SLOT_VERSION), outbox.slot(send_sql.SLOT_UNREAD)
+    draft.reply_original = original
+    Message.attachment.related.set_cached_value(draft, None)  # none: no query for it
+    return chat_event_row(
+        chat=message.chat_id, type=EventType.MESSAGE_CREATED, data=shapes.message_output(draft),
+        version=draft.version, slots=send_sql.SLOTS,
+    )
 
 
 def _insert_orm(message: Message, device: Device | None) -> Message | None:
@@ -193,6 +233,7 @@ def _insert_orm(message: Message, device: Device | None) -> Message | None:
         last_read_seq=message.seq, last_read_message_id=message.id,
         last_delivered_seq=message.seq, last_delivered_message_id=message.id,
     )
+    message.event_queued = message.push_queued = False
     return None
 
 
@@ -209,7 +250,7 @@ def _refuse_post(*, chat_id: int, author_id: int) -> NoReturn:
 
 def _message_created(*, message: Message, attachment: Attachment | None, original: Message | None) -> None:
     """Store the written message's attachment and mentions and queue `message.created` to
-    the members."""
+    the members, and its push job, unless the write did (`event_queued`, `push_queued`)."""
     mentions_store(message)
     if attachment is not None:
         attachment.message = message
@@ -219,16 +260,19 @@ def _message_created(*, message: Message, attachment: Attachment | None, origina
     # Nobody else can have read a message that did not exist.
     message.unread_count = len(message.member_ids) - 1
     message.reply_original = original
-    # The write statement took the version under the chat's lock.
-    chat_event(
-        chat=message.chat_id,
-        type=EventType.MESSAGE_CREATED,
-        data=shapes.message_output(message),
-        user_ids=message.member_ids,
-        version=message.version,
-    )
-    # The members' devices without a live connection are woken (chats/push.py).
-    push.enqueue(kind="message", data={"message_id": message.id})
+    if not message.event_queued:
+        # The write statement took the version under the chat's lock.
+        chat_event(
+            chat=message.chat_id,
+            type=EventType.MESSAGE_CREATED,
+            data=shapes.message_output(message),
+            user_ids=message.member_ids,
+            version=message.version,
+        )
+    if not message.push_queued:
+        # The members' devices without a live connection are woken (chats/push.py; the
+        # write statement queues the same job: `send_sql.SEND`).
+        push.enqueue(kind=PUSH_KIND, data={"message_id": message.id})
     # Its first link, if any, is previewed by the `previews` worker (no query without one).
     preview_queue(message)
 

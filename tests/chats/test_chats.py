@@ -10,6 +10,7 @@ from accounts import authentication
 from accounts.authentication import TOKEN_CACHE
 from accounts.models import Device, User, hash_token
 from chats.models import Chat, Membership, Message
+from chatserver import outbox
 from chatserver.models import OutboxEvent
 from tests.support.factories import make_user
 
@@ -305,6 +306,35 @@ def test_history_rejects_bad_cursors(query):
     assert response.json()["error"]["code"] == "validation_error"
 
 
+@pytest.mark.parametrize("content", [
+    "hello",
+    "100% sure: %s, %1$s, %%",
+    # a slot's digits in the words: the row is queued after the write instead
+    f"call me at {outbox.slot(1)}",
+])
+def test_the_sends_outbox_row_is_the_event_of_the_object_the_api_returns(content):
+    # given
+    alice, bob, carol = make_user(), make_user(), make_user()
+    cid = group(alice, bob, carol)["id"]
+    OutboxEvent.objects.all().delete()
+
+    # when
+    response = send(alice, cid, content)
+
+    # then: one row, to every member and the chat's topic, carrying the answer's object
+    assert response.status_code == 201
+    [(row, payload)] = events()
+    assert payload["type"] == "message.created"
+    assert payload["data"] == response.json()
+    assert payload["data"]["content"] == content
+    assert (payload["chat"], payload["version"]) == (cid, response.json()["version"])
+    assert response.json()["unread_count"] == 2
+    assert sorted(row.user_ids) == sorted([alice.id, bob.id, carol.id])
+    assert (row.chat_id, row.partition_key, row.access) == (cid, cid, [])
+    # the datetimes as the API writes them (DRF's format)
+    assert '"created_at":"%s"' % response.json()["created_at"] in row.payload
+
+
 def test_send_costs_a_fixed_number_of_queries_whatever_the_group_size(settings):
     # The back-pressure verdict's probe (two queries once a second per process:
     # chatserver/backpressure.py) would land in a count at random: off here.
@@ -323,11 +353,12 @@ def test_send_costs_a_fixed_number_of_queries_whatever_the_group_size(settings):
 
     assert counts[0] == counts[1]
     # the rate limit (one conditional upsert of the sender's bucket), the write (device
-    # still signed in, checks, seq, message, pointers, member ids: one statement), the
-    # outbox row (its trigger notifies), plus the savepoint and its release that the
-    # test's own transaction turns BEGIN and COMMIT into; no token query: the warm-up
-    # put the device in the token cache, and the write checks it
-    assert counts[0] == 5, [q["sql"] for q in queries.captured_queries]
+    # still signed in, checks, seq, message, pointers, member ids, the outbox row whose
+    # trigger notifies, the push job: one statement), plus the savepoint and its release
+    # that the test's own transaction turns BEGIN and COMMIT into; no token query: the
+    # warm-up put the device in the token cache, and the write checks it
+    assert counts[0] == 4, [q["sql"] for q in queries.captured_queries]
+    assert not [q for q in queries.captured_queries if "INSERT INTO \"chat_outbox\"" in q["sql"]]
     assert len([q for q in queries.captured_queries if "chat_rate_bucket" in q["sql"]]) == 1
     assert not [q for q in queries.captured_queries if q["sql"].startswith("SELECT") and "accounts_device" in q["sql"]]
 

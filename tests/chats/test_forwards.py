@@ -188,17 +188,17 @@ def test_what_a_forward_and_an_invitation_cost_and_that_a_plain_send_costs_nothi
     with CaptureQueriesContext(connection) as forwarded:
         assert forward(bob, target, original["id"], client_id="f1").status_code == 201
 
-    # plain: rate limit, the write, the outbox row, savepoint and release (as in
-    # test_chats; the token from the cache, checked by the write); a forward adds: the
+    # plain: rate limit, the write (its outbox row and push job in it), savepoint and
+    # release (as in test_chats; the token from the cache, checked by the write); a forward adds: the
     # client_id look-up, the original (read, then locked) and the forward's columns (no
     # device read: a refusal of what it reads confirms the device, and so does the write)
     with CaptureQueriesContext(connection) as invited:
         assert send(bob, target, type="invite", invite={"title": "chess"}, client_id="i1").status_code == 201
 
-    assert len(plain) == 5, [q["sql"] for q in plain.captured_queries]
-    assert len(forwarded) == 9, [q["sql"] for q in forwarded.captured_queries]
+    assert len(plain) == 4, [q["sql"] for q in plain.captured_queries]
+    assert len(forwarded) == 8, [q["sql"] for q in forwarded.captured_queries]
     # an invitation: its columns (the write checks the device, as for a plain one)
-    assert len(invited) == 6, [q["sql"] for q in invited.captured_queries]
+    assert len(invited) == 5, [q["sql"] for q in invited.captured_queries]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -111,10 +111,10 @@ def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_ment
             send_message(alice, cid, content, client_id=f"c-{name}")
         counts[name] = len(queries)
 
-    # plain: the same 5 as without mentions (tests/chats/test_chats.py); '@' without a
+    # plain: the same 4 as without mentions (tests/chats/test_chats.py); '@' without a
     # name parses and asks nothing; a name: one lookup among the members, and one insert
     # when it is a member's (@all: the lookup reads every member instead)
-    assert counts == {"plain": 5, "at, no name": 5, "no member": 6, "mention": 7, "all": 7}
+    assert counts == {"plain": 4, "at, no name": 4, "no member": 5, "mention": 6, "all": 6}
 
 
 @pytest.mark.django_db(transaction=True)
