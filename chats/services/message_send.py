@@ -119,8 +119,8 @@ def message_send(
     if connection.vendor == "postgresql":
         # Built before the transaction, so the chat's lock is held for the write alone. A
         # file's URL holds the message's id, which the write statement cannot fill in.
-        row = _created_row(message, original) if attachment is None else None
-        insert = functools.partial(_insert_one_statement, row=row)
+        created = _created_row(message, original) if attachment is None else None
+        insert = functools.partial(_insert_one_statement, created=created)
     else:
         insert = _insert_orm
     try:
@@ -146,17 +146,21 @@ def message_send(
     return message, True
 
 
-def _insert_one_statement(message: Message, device: Device | None, *, row: outbox.RowTemplate | None) -> Message | None:
+def _insert_one_statement(
+    message: Message, device: Device | None, *, created: outbox.RowTemplate | None
+) -> Message | None:
     """Write `message` (setting its id, seq and version, and `member_ids`), its
-    `message.created` outbox row `row` (if any: `_created_row`) and its push job in one
+    `message.created` outbox row `created` (if any: `_created_row`) and its push job in one
     statement; or return the author's earlier message with this client_id. Sets
     `event_queued` and `push_queued` on `message`: what `_message_created` need not queue."""
     params = send_sql.params(
         chat_id=message.chat_id, author_id=message.author_id, now=message.created_at, device=device,
         type=message.type, content=message.content, reply_to=message.reply_to_id,
         client_id=message.client_id, mentions=json.dumps(message.mentions),
-        payload=None if row is None else row.payload, outbox_chat=None if row is None else row.chat_id,
-        partition_key=None if row is None else row.partition_key, partition=None if row is None else row.partition,
+        payload=None if created is None else created.payload,
+        outbox_chat=None if created is None else created.chat_id,
+        partition_key=None if created is None else created.partition_key,
+        partition=None if created is None else created.partition,
         push_kind=push.queued_kind(PUSH_KIND),
     )
     # Prepared: PostgreSQL plans this statement once per connection (chatserver.prepared).
