@@ -10,8 +10,8 @@ class IdConverter:
 
     def to_python(self, value: str) -> int:
         number = int(value)
-        if number > MAX_ID:
-            raise ValueError("id out of range")  # makes the URL not match: 404
+        if not 1 <= number <= MAX_ID:
+            raise ValueError("id out of range")  # makes the URL not match: 404 (ids start at 1)
         return number
 
     def to_url(self, value: int) -> str:

@@ -74,3 +74,15 @@ def test_an_empty_or_non_numeric_page_parameter_is_refused_naming_it(path, name)
     assert response.status_code == 400
     assert response.json() == {"error": {"code": "validation_error", "message": "Invalid input.",
                                          "fields": {name: ["A valid integer is required."]}}}
+
+
+@pytest.mark.parametrize("chat_id", ["0", "00", str(2**63)])
+def test_an_id_that_no_row_can_have_is_a_404_on_the_message_post(chat_id):
+    # Ids start at 1 and end at BIGINT's largest: other numbers match no path (the send
+    # builds its event before the write, and an event of chat 0 is no event).
+    user = make_user()
+
+    response = user.client.post(f"/chats/{chat_id}/messages/", {"content": "hi"}, format="json")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
