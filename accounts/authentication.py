@@ -131,6 +131,16 @@ def device_confirm(device: Device | None, *, read_anyway: bool = False) -> None:
     device.from_token_cache = False
 
 
+def device_cached(token_hash: str) -> Device | None:
+    """The device of a request that may take it from the cache (see the module), from
+    TOKEN_CACHE, its `last_seen_at` written when stale; None when the cache does not hold
+    it (then `device_lookup` reads it, and it is put in the cache)."""
+    device = TOKEN_CACHE.get(token_hash)
+    if device is not None and _touch(device):
+        TOKEN_CACHE.put(device)
+    return device
+
+
 def _touch(device: Device) -> bool:
     """Write `last_seen_at` if the one known is older than LAST_SEEN_RESOLUTION; whether
     it wrote."""
@@ -164,12 +174,10 @@ class DeviceTokenAuthentication(authentication.TokenAuthentication):
             device = device_lookup(token_hash)
             _touch(device)
             return device.user, device
-        device = TOKEN_CACHE.get(token_hash)
+        device = device_cached(token_hash)
         if device is None:
             device = device_lookup(token_hash)
             _touch(device)
-            TOKEN_CACHE.put(device)
-        elif _touch(device):
             TOKEN_CACHE.put(device)
         return device.user, device
 

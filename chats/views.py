@@ -19,6 +19,7 @@ from chats.services.message_send import message_send
 from chats.services.pointers import pointer_move
 from chats.services.reactions import EMOJI, reaction_add, reaction_remove
 from chats.services.typing import typing_update
+from chats.send_view import with_fast_send
 from chats.invites import invite_new
 from chats.models import Message
 from chats.services import pins as pin_services
@@ -169,6 +170,12 @@ class ChatMessagesView(APIView):
     # signed-out one gets its 401 on the retry (no query per refusal while shedding load).
     UNCONFIRMED = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed, exceptions.Throttled,
                    Overloaded, *DATABASE_UNAVAILABLE)
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        # The commonest POST, a plain text message accepted, is answered without DRF's
+        # dispatch (chats/send_view.py); everything else by this view.
+        return with_fast_send(super().as_view(**initkwargs), cls)
 
     def handle_exception(self, exc):
         device = getattr(self.request, "_auth", None)

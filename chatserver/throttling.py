@@ -67,9 +67,13 @@ class BucketThrottle(SimpleRateThrottle):
         ident = self.ident(request, view)
         if ident is None:
             return True
-        decision = ratelimit.take(f"{self.scope}:{ident}", self.limit)
+        decision = ratelimit.take(self.bucket(ident), self.limit)
         self.retry_after = decision.retry_after
         return decision.allowed
+
+    def bucket(self, ident: str) -> str:
+        """The key of `ident`'s bucket in this scope."""
+        return f"{self.scope}:{ident}"
 
     def wait(self) -> float | None:
         return self.retry_after
