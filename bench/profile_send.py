@@ -1,6 +1,7 @@
 """Where a message POST's time goes, on a fresh bench stack (the shipped configuration).
 
     python bench/profile_send.py [--posts 2000] [--fast-db]
+    python bench/profile_send.py --instructions   # valgrind's count: 120 POSTs less 20
 
 Starts a BenchStack, signs up two users with a direct chat, then in a child process with
 the stack's settings (Django's test client, the whole middleware stack and DRF view, one
@@ -17,6 +18,10 @@ thread, against the stack's PostgreSQL, with the relay and broker running):
    rendering, the health check): CPU microseconds of this process and of its PostgreSQL
    backend, and wall time; the rest of a POST's CPU is middleware, DRF's and Django's
    request/response machinery and the test client.
+
+`--instructions` counts instead the web side's instructions per POST (valgrind's
+callgrind, the same child with 20 and with 120 POSTs, the difference over 100): not
+moved by other processes on the machine, so two commits compare on one run each.
 
 What gunicorn adds per request (its HTTP parsing, the WSGI environ, the access log line)
 is not in this process: compare with the bench's CPU per message for the web process.
@@ -66,6 +71,18 @@ def outer(args) -> int:
         b = api(stack.url, "GET", "/accounts/me/", token=tokens["prof-b"])
         chat = api(stack.url, "POST", "/chats/", {"members": [b["id"]]}, token=tokens["prof-a"])
         job = {"token": tokens["prof-a"], "chat": chat["id"], "posts": args.posts, "log": str(stack.pg.logfile)}
+        if args.instructions:
+            counts = {}
+            for posts in (20, 120):
+                out = Path(stack.env["DATA_DIR"]) / f"callgrind.{posts}"
+                subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                                __file__, "--inner"], cwd=ROOT, env=stack.env, text=True, check=True,
+                               input=json.dumps({**job, "posts": posts, "count_only": True}),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                counts[posts] = int(re.search(r"^summary: (\d+)", out.read_text(), re.M).group(1))
+            print(f"web side, instructions a POST: {(counts[120] - counts[20]) / 100 / 1e6:.2f} M "
+                  f"(callgrind: {counts[20]:,} for 20 POSTs, {counts[120]:,} for 120)")
+            return 0
         result = subprocess.run([sys.executable, __file__, "--inner"], cwd=ROOT, env=stack.env, text=True,
                                 input=json.dumps(job))
         print(f"\nstack: {json.dumps(stack.describe())}")
@@ -94,6 +111,10 @@ def inner() -> int:
         assert response.status_code == 201, (response.status_code, response.content[:300])
         return response
 
+    if job.get("count_only"):  # --instructions: these POSTs and nothing else
+        for _ in range(job["posts"]):
+            post()
+        return 0
     for _ in range(200):  # warm: imports, caches, the connection
         post()
 
@@ -290,4 +311,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--fast-db", action="store_true")
+    parser.add_argument("--instructions", action="store_true", help="count instructions per POST (valgrind)")
     sys.exit(outer(parser.parse_args()))
