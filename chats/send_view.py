@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import functools
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from rest_framework.authentication import get_authorization_header
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.settings import api_settings
 from rest_framework.utils import json
 
@@ -35,17 +37,35 @@ from accounts.models import hash_token
 from chats import shapes
 from chats.serializers import message_create_plain
 from chats.services.message_send import message_send
-from chats.throttles import SendThrottle
+from chats.throttles import SendThrottle, UploadThrottle
 from chatserver import backpressure, ratelimit
 from chatserver.errors import Overloaded
 from chatserver.renderers import OrjsonRenderer
+from chatserver.throttling import DeliveryBackpressure
 
 _KEYWORDS = {DeviceTokenAuthentication.keyword.lower().encode(), BearerTokenAuthentication.keyword.lower().encode()}
 _ACCEPTED = {None, "", "*/*", "application/json", "application/*"}
 
+# The DRF view's policies this path carries out in its stead (UploadThrottle counts
+# multipart POSTs only, which never come here). A view whose policies differ would have
+# them skipped: `with_fast_send` refuses it, so that the two change together.
+IMPLEMENTS = {
+    "authentication_classes": [DeviceTokenAuthentication, BearerTokenAuthentication],
+    "permission_classes": [IsAuthenticated],
+    "throttle_classes": [DeliveryBackpressure, SendThrottle, UploadThrottle],
+    "renderer_classes": [OrjsonRenderer],
+}
+
 
 def with_fast_send(drf_view, view_class):
-    """`drf_view` (`ChatMessagesView.as_view()`) with the fast path in front of it."""
+    """`drf_view` (`ChatMessagesView.as_view()`) with the fast path in front of it;
+    ImproperlyConfigured if the view's policies are not those the path carries out."""
+    for attribute, implemented in IMPLEMENTS.items():
+        if list(getattr(view_class, attribute)) != implemented:
+            raise ImproperlyConfigured(
+                f"chats.send_view answers for {view_class.__name__} with its {attribute} = {implemented}, "
+                f"not {list(getattr(view_class, attribute))}: change them together"
+            )
 
     @functools.wraps(drf_view)  # its cls, initkwargs and csrf_exempt: the schema and CSRF see the DRF view
     def view(request: HttpRequest, *args, **kwargs):

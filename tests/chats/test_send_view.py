@@ -5,12 +5,15 @@ every refusal gets the DRF view's very answer, counted once against the sender's
 from types import SimpleNamespace
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework.test import APIClient
+from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from accounts.models import Block
 from chats import send_view
 from chats.models import Message
+from chats.views import ChatMessagesView
 from tests.support.factories import make_user
 
 pytestmark = pytest.mark.django_db
@@ -157,3 +160,13 @@ def test_a_logged_out_devices_cached_token_gets_the_drf_views_401(chat):
     assert refused.json()["error"]["code"] == "invalid_token"
     assert refused.headers["WWW-Authenticate"] == 'Token'
     assert Message.objects.filter(chat_id=cid).count() == 1
+
+
+def test_a_view_whose_policies_the_fast_path_does_not_carry_out_is_refused():
+    # A throttle added to the DRF view and not to the fast path would be skipped by it.
+    class Stricter(ChatMessagesView):
+        throttle_classes = [*ChatMessagesView.throttle_classes, UserRateThrottle]
+
+    with pytest.raises(ImproperlyConfigured, match="throttle_classes"):
+        Stricter.as_view()
+    assert ChatMessagesView.as_view().cls is ChatMessagesView  # the schema's view
