@@ -55,19 +55,24 @@ def secret(name: str, env_name: str, nbytes: int = 32) -> str:
     if value:
         return value
     path = SECRETS_DIR / name
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    SECRETS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    value = secrets.token_urlsafe(nbytes)
-    # O_EXCL: when several processes start at once, exactly one writes the file.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    if not path.exists():
+        # Written whole under a name of its own, then linked into place: when several
+        # processes start at once, the first link wins and every process reads that file,
+        # never one created and not yet written (O_EXCL alone let others read it empty).
+        SECRETS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+        draft = SECRETS_DIR / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(nbytes) + "\n")
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    value = path.read_text().strip()
+    if not value:
+        raise ImproperlyConfigured(f"{path} is empty: delete it to have a new {name} made, or set {env_name}")
     return value
 
 
