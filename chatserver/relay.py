@@ -342,17 +342,26 @@ class Relay(Worker):
         if first_suspect is not None:
             rows = rows[: max(1, first_suspect)]
         failed: dict[int, str] = {}
-        # Per row, in id order: (row, its pendings, its publishes' topics and pendings).
+        # Per row, in id order: (row, its pendings, its publishes' topics and pendings);
+        # a deleted row's entry keeps neither (a 100-member group's batch of 500 rows is
+        # 50,500 of each: only what is in flight is held).
         sent: list[tuple[OutboxEvent, list[Pending], list[tuple[str, Pending]]]] = []
-        work = []
-        for row in rows:
+        # Rows are translated as the window reaches them (for the same reason); the one
+        # the cap on copies stopped at waits here for the next round.
+        ahead: dict[int, tuple] = {}
+
+        def work(index: int) -> tuple:
+            if index in ahead:
+                return ahead.pop(index)
+            row = rows[index]
             try:
                 ops = self.access_ops(row)
-                work.append((row, ops, *self.translate(row, ops)))
+                return (row, ops, *self.translate(row, ops))
             except Exception as exc:  # whatever it is, it is this row's
                 failed[row.id] = f"cannot translate: {type(exc).__name__}: {exc}"
-                work.append((row, [], None, None))
-        total = len(work)
+                return (row, [], None, None)
+
+        total = len(rows)
         deleted = 0  # rows[:deleted] are out of the outbox
         blocked = None  # the row whose access work could not be done now: nothing after it is sent
         while deleted < total:
@@ -361,8 +370,10 @@ class Relay(Worker):
             # after a row whose access work could not be done (`blocked`).
             copies = sum(len(published) for _, _, published in sent[deleted:])
             capped = False
-            for row, ops, commands, publishes in work[len(sent) : deleted + window] if blocked is None else ():
+            for index in range(len(sent), min(deleted + window, total)) if blocked is None else ():
+                row, ops, commands, publishes = work(index)
                 if len(sent) > deleted and copies + len(publishes or ()) > COPIES_IN_FLIGHT:
+                    ahead[index] = (row, ops, commands, publishes)
                     capped = True
                     break
                 entry, applied = self.send_row(row, ops, commands, publishes, failed, sent)
@@ -400,6 +411,7 @@ class Relay(Worker):
                     self.suspects.discard(row.id)
                     self.drops.pop(row.id, None)
             self.delete(rows[deleted:end], failed)
+            sent[deleted:end] = [(row, [], []) for row, _, _ in sent[deleted:end]]
             if stopped:
                 logger.warning("%s (%d rows of the batch left)", stopped, total - end)
                 return False
