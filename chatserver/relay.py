@@ -1,9 +1,10 @@
 """The relay: drains the outbox into the broker over one long-lived MQTT connection.
 
-It reads the outbox in id order, RELAY_BATCH_SIZE rows per SELECT, and translates every
-row of a batch into its broker work (access commands and publishes) before anything is
-sent, so that a row that cannot be translated is known to be the culprit. It then sends
-the rows through a sliding window: their access commands and QoS 1 publishes pipelined on
+It reads the outbox in id order, RELAY_BATCH_SIZE rows per SELECT, and translates each
+row into its broker work (access commands and publishes) as the window reaches it (a row
+that cannot be translated is set aside by itself, the rows around it go on; only what is
+in flight is held: a 100-member group's batch is 50,500 publishes). It sends the rows
+through a sliding window: their access commands and QoS 1 publishes pipelined on
 the one connection (the broker handles a connection's packets in order, so a grant is in
 force before the publish that follows it), never more than RELAY_WINDOW rows sent and
 not yet deleted, nor (a big group's rows) more than COPIES_IN_FLIGHT publishes. It waits for the older half of the window to be answered in full (every
