@@ -19,7 +19,7 @@ statements take these parameters:
     type, content, reply_to, client_id, mentions: the message's columns (SEND only;
     mentions as JSON text)
     payload, outbox_chat, partition_key, partition: the `message.created` row's
-    (`chatserver.outbox.RowTemplate`, SEND only; payload None: no row, the caller queues it)
+    (`row_params`, SEND only; payload None: no row, the caller queues it)
     push_kind: the push job's kind, None for none (SEND only)
 """
 
@@ -28,6 +28,7 @@ from django.db.models import Model
 from accounts.models import Block, Device, User
 from chats.models import Chat, Membership, Message
 from chatserver.models import OutboxEvent, PushJob
+from chatserver.outbox import RowTemplate
 
 
 def _table(model: type[Model]) -> str:
@@ -53,6 +54,14 @@ def params(*, chat_id: int, author_id: int, now, device: Device | None = None, *
         "group": Chat.Kind.GROUP.value,
         **message,
     }
+
+
+def row_params(row: RowTemplate | None) -> dict:
+    """SEND's parameters for its outbox row (`chatserver.outbox.row_template`); None: no row."""
+    if row is None:
+        return {"payload": None, "outbox_chat": None, "partition_key": None, "partition": None}
+    return {"payload": row.payload, "outbox_chat": row.chat_id, "partition_key": row.partition_key,
+            "partition": row.partition}
 
 
 CHAT, MEMBERSHIP, MESSAGE, BLOCK = _table(Chat), _table(Membership), _table(Message), _table(Block)

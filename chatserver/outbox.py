@@ -171,10 +171,6 @@ class RowTemplate:
     partition_key: int
     partition: int
 
-    def render(self, *numbers: int) -> str:
-        """The payload with these numbers filled in, as the statement's `format()` does."""
-        return re.sub(r"%(?:(\d)\$s|%)", lambda m: str(numbers[int(m[1]) - 1]) if m[1] else "%", self.payload)
-
 
 def row_template(*, event: Event, chat_topic: int | None, slots: int) -> RowTemplate | None:
     """The row of `event` (to its recipients' user topics, and the chat's topic if

@@ -98,6 +98,14 @@ class OutboxCapture:
 
 
 @pytest.fixture
+def no_backpressure_probe(settings):
+    """For tests that count a request's queries: the back-pressure verdict's probe (two
+    queries once a second per process, chatserver/backpressure.py) would land in a count
+    at random; it is off."""
+    settings.INGEST_MAX_OUTBOX_AGE = 0
+
+
+@pytest.fixture
 def outbox(db) -> OutboxCapture:
     return OutboxCapture()
 

@@ -157,11 +157,7 @@ def _insert_one_statement(
         chat_id=message.chat_id, author_id=message.author_id, now=message.created_at, device=device,
         type=message.type, content=message.content, reply_to=message.reply_to_id,
         client_id=message.client_id, mentions=json.dumps(message.mentions),
-        payload=None if created is None else created.payload,
-        outbox_chat=None if created is None else created.chat_id,
-        partition_key=None if created is None else created.partition_key,
-        partition=None if created is None else created.partition,
-        push_kind=push.queued_kind(PUSH_KIND),
+        **send_sql.row_params(created), push_kind=push.queued_kind(PUSH_KIND),
     )
     # Prepared: PostgreSQL plans this statement once per connection (chatserver.prepared).
     with prepared_cursor() as cursor:

@@ -335,10 +335,7 @@ def test_the_sends_outbox_row_is_the_event_of_the_object_the_api_returns(content
     assert '"created_at":"%s"' % response.json()["created_at"] in row.payload
 
 
-def test_send_costs_a_fixed_number_of_queries_whatever_the_group_size(settings):
-    # The back-pressure verdict's probe (two queries once a second per process:
-    # chatserver/backpressure.py) would land in a count at random: off here.
-    settings.INGEST_MAX_OUTBOX_AGE = 0
+def test_send_costs_a_fixed_number_of_queries_whatever_the_group_size(no_backpressure_probe):
     alice = make_user()
     small = group(alice, make_user())["id"]
     large = group(alice, *[make_user() for _ in range(30)])["id"]

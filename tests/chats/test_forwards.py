@@ -175,10 +175,7 @@ def test_a_forward_with_a_client_id_is_sent_once(chats):
     assert (first.status_code, again.status_code) == (201, 200) and again.json()["id"] == first.json()["id"]
 
 
-def test_what_a_forward_and_an_invitation_cost_and_that_a_plain_send_costs_nothing_more(chats, settings):
-    # The back-pressure verdict's probe (two queries once a second per process:
-    # chatserver/backpressure.py) would land in a count at random: off here.
-    settings.INGEST_MAX_OUTBOX_AGE = 0
+def test_what_a_forward_and_an_invitation_cost_and_that_a_plain_send_costs_nothing_more(chats, no_backpressure_probe):
     alice, bob, _, source, target = chats
     original = send(alice, source, content="hi").json()
     send(bob, target, content="warm-up")

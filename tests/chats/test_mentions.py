@@ -97,10 +97,7 @@ def test_editing_updates_the_mentions_and_deleting_drops_them(team):
 
 
 @pytest.mark.django_db
-def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_mention(team, settings):
-    # The back-pressure verdict's probe (two queries once a second per process:
-    # chatserver/backpressure.py) would land in a count at random: off here.
-    settings.INGEST_MAX_OUTBOX_AGE = 0
+def test_the_send_costs_no_statement_more_without_an_at_sign_and_two_with_a_mention(team, no_backpressure_probe):
     alice, bob, carol, cid = team
     send_message(alice, cid, "warm-up")
 

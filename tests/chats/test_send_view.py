@@ -147,21 +147,6 @@ def test_a_refused_send_counts_once_against_the_senders_limit(chat, settings):
     assert after[1]["Retry-After"]
 
 
-def test_a_logged_out_devices_cached_token_gets_the_drf_views_401(chat):
-    # given: alice's token in the cache, her device signed out since
-    alice, _, cid = chat
-    assert alice.client.post("/accounts/logout/").status_code == 204
-
-    # when
-    refused = post(alice, f"/chats/{cid}/messages/", {"content": "after"})
-
-    # then: 401 with DRF's challenge, nothing written
-    assert refused.status_code == 401
-    assert refused.json()["error"]["code"] == "invalid_token"
-    assert refused.headers["WWW-Authenticate"] == 'Token'
-    assert Message.objects.filter(chat_id=cid).count() == 1
-
-
 def test_a_view_whose_policies_the_fast_path_does_not_carry_out_is_refused():
     # A throttle added to the DRF view and not to the fast path would be skipped by it.
     class Stricter(ChatMessagesView):
