@@ -23,8 +23,9 @@ thread, against the stack's PostgreSQL, with the relay and broker running):
 callgrind, the same child with 20 and with 120 POSTs, the difference over 100): not
 moved by other processes on the machine, so two commits compare on one run each.
 
-What gunicorn adds per request (its HTTP parsing, the WSGI environ, the access log line)
-is not in this process: compare with the bench's CPU per message for the web process.
+What the WSGI server adds per request (granian: its HTTP parsing, the WSGI environ, the
+hand-off to a Python thread) is not in this process: compare with the bench's CPU per
+message for the web process.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def inner() -> int:
     counter = [0]
 
     def post():
-        # What gunicorn's request_started does (the test client skips it): with
+        # What Django's WSGI handler does on request_started (the test client skips it): with
         # CONN_MAX_AGE and health checks on, the next query first checks the connection.
         close_old_connections()
         counter[0] += 1

@@ -1,6 +1,8 @@
 """`make bench`: a fresh stack on PostgreSQL, the standard load profiles, one table.
 
 Profiles (each step is one `chat-sim load --json` run, a subprocess, against the stack):
+  single   one closed-loop sender in one of 100 direct chats (it sends again as soon as
+           answered): the POST's latency with nothing else going on;
   1:1      200 phones in 100 direct chats, at increasing rates until the server
            saturates (accepted < 90% of the target; --rates: those rates only);
   saturated
@@ -31,7 +33,7 @@ Profiles (each step is one `chat-sim load --json` run, a subprocess, against the
            beside it.
 
 The stack is the shipped configuration (bench/stack.py: durable PostgreSQL, the real
-password hasher, the Procfile's gunicorn with its access log); --fast-db runs every
+password hasher, the Procfile's nginx and granian, nginx's access log on); --fast-db runs every
 profile a second time on PostgreSQL with fsync off, those rows marked [fast-db].
 
 The broker is Mosquitto, or with --broker rabbitmq (`make bench BROKER=rabbitmq`) one
@@ -52,7 +54,7 @@ signup, one real hash for all) and reused by later steps. The CPU table gives ea
 process's CPU per accepted message while sending, and the load generator's share of the
 machine (cores busy), so that a load generator near the cores' limit shows.
 
-    python bench/run.py [--duration SECONDS] [--only 1:1,saturated,group,idle,presence-burst,push] [--quick]
+    python bench/run.py [--duration SECONDS] [--only single,1:1,saturated,group,idle,presence-burst,push] [--quick]
     python bench/run.py --profile presence-burst     # that profile alone
     python bench/run.py --only 1:1,saturated --rates 100,200 --fast-db
     python bench/run.py --broker rabbitmq [--cluster] --quick
@@ -87,7 +89,7 @@ from chat_sim.fcm_sink import FcmSink  # noqa: E402
 SIM_DIR = ROOT / "android-client-sim"
 CHAT_SIM = [sys.executable, "-m", "chat_sim"]
 RESULTS = HERE / "results"
-PROFILES = ["1:1", "saturated", "group", "idle", "presence-burst", "push"]
+PROFILES = ["single", "1:1", "saturated", "group", "idle", "presence-burst", "push"]
 
 ONE_TO_ONE_RATES = [50, 100, 150, 200, 300, 400, 600, 800, 1200]
 GROUP_RATES = [10, 25, 50, 75, 100, 150, 200, 300]
@@ -339,7 +341,7 @@ def render_rss(reports: list[dict]) -> str:
         if values:
             peaks.append(f"{goal_name} {max(values):.0f} MiB at most (goal <= {goal}: "
                          f"{'met' if max(values) <= goal else 'NOT met'})")
-    return "\n".join(["RSS MiB of each process after each step (VmRSS; gunicorn's workers share the master's pages):",
+    return "\n".join(["RSS MiB of each process after each step (VmRSS):",
                       fmt.format(*header), fmt.format(*("-" * w for w in widths)),
                       *(fmt.format(*line) for line in lines), "; ".join(peaks)])
 
@@ -439,6 +441,9 @@ def main() -> int:
                   f"({report['wall_s']} s)", flush=True)
             return report
 
+        if "single" in profiles:
+            step("single", users=200, chats=100, group_size=2, rate=100, duration=duration, grace=10,
+                 extra=("--closed-loop", "--connections", "1"))
         if "1:1" in profiles:
             for rate in one_rates:
                 report = step("1:1", users=200, chats=100, group_size=2, rate=rate, duration=duration, grace=10)

@@ -1,4 +1,4 @@
-"""A fresh, throw-away stack for benchmarks: PostgreSQL, the broker, migrations, gunicorn
+"""A fresh, throw-away stack for benchmarks: PostgreSQL, the broker, migrations, granian
 and the workers (relay, presence, push), built from the test suite's own process helpers (tests/support).
 
     with BenchStack() as stack:             # the shipped configuration (Mosquitto)
@@ -21,8 +21,8 @@ nodes' MQTT ports (bench/run.py).
 Everything lives in one temporary directory, removed on exit (kept, with its logs, when
 starting failed). By default it is what `make run` ships: PostgreSQL with Debian's stock
 durability (fsync, synchronous_commit and full_page_writes on, on this machine's disk),
-Django's own password hasher (PBKDF2), gunicorn started with the Procfile's own `web:`
-command line (access log on), the settings' defaults (presence keepalive included). What
+Django's own password hasher (PBKDF2), nginx and granian started with the Procfile's own
+`front:` and `web:` command lines (nginx's access log on), the settings' defaults (presence keepalive included). What
 differs from `make run`: rate limits that the load never reaches (but counted, as
 shipped: one bucket statement per POST), password authentication to PostgreSQL (`trust`
 here: it only costs at connect, and connections persist), and no honcho in between
@@ -51,7 +51,6 @@ if str(ROOT) not in sys.path:
 
 WEB_WORKERS = 2
 WEB_THREADS = 4
-PROCFILE = ROOT / "Procfile"
 BROKERS = ("mosquitto", "rabbitmq")
 # The password of every seeded user is hashed once with the shipped hasher (seed_users).
 SEED_SCRIPT = Path(__file__).resolve().parent / "seed_users.py"
@@ -188,7 +187,7 @@ class BenchStack:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by each part of the stack, its child
-        processes included (gunicorn's workers, PostgreSQL's backends, exited ones too)."""
+        processes included (granian's workers, PostgreSQL's backends, exited ones too)."""
         return trees_cpu(self.roots())
 
     def roots(self) -> dict[str, int]:
@@ -205,10 +204,12 @@ class BenchStack:
 
     def rss_mib(self) -> dict[str, float]:
         """Resident memory (VmRSS, MiB) of each long-running process of the stack now: each
-        gunicorn worker (`web worker 1`, `2`: the master's children), the relay, presence
-        and push workers, the broker and nginx's master. RSS counts pages shared with other
-        processes (gunicorn's workers share the master's imported code until they write
-        to it): it is what the goals name, and what `ps` shows an operator."""
+        granian worker (`web worker 1`, `2`: the main process's children, each importing
+        Django itself), the relay, presence and push workers, the broker and nginx's master.
+        RSS counts pages shared with other processes: it is what the goals name, and what
+        `ps` shows an operator."""
+        from tests.support.stack import child_pids
+
         roots = self.roots()
         out: dict[str, float] = {}
         web = roots.get("web")
@@ -252,7 +253,7 @@ class BenchStack:
             "database": f"PostgreSQL {self.pg.bindir.parent.name}, "
                         + ("fsync, synchronous_commit and full_page_writes OFF (--fast-db, not as shipped)"
                            if self.fast_db else "durable: Debian's stock settings (fsync, synchronous_commit on)"),
-            "web": f"nginx (front/nginx.conf, access log on) before gunicorn gthread {WEB_WORKERS} workers x "
+            "web": f"nginx (front/nginx.conf, access log on) before granian (WSGI) {WEB_WORKERS} workers x "
                    f"{WEB_THREADS} threads, the Procfile's command lines",
             "broker": self._broker_description(),
             "relay": "1 process",
@@ -328,14 +329,14 @@ def _stock_options(options: str) -> str:
 
 def start_web(env: dict[str, str], workdir: Path, *, broker_auth_port: int | None = None):
     """The HTTP tier as the Procfile starts it: its `front:` line (nginx, on
-    front/nginx.conf rendered into `workdir`/front/) and its `web:` line (gunicorn on the
+    front/nginx.conf rendered into `workdir`/front/) and its `web:` line (granian on the
     front's socket), each run by a shell as honcho does, nginx on a free port of
     127.0.0.1; returns ([front, web], url) once Django answers through nginx.
     `broker_auth_port`: nginx also serves the broker-auth endpoints there, on loopback
     (a RabbitMQ broker's), as `make run` does."""
     from chatserver import frontconf
     from tests.support.postgres import free_port
-    from tests.support.stack import ServerProcess, django_answers, wait_until
+    from tests.support.stack import ServerProcess, django_answers, procfile_command, wait_until
 
     port = free_port()
     # nginx's workers (www-data, when root) pass through it to the socket.
@@ -345,15 +346,12 @@ def start_web(env: dict[str, str], workdir: Path, *, broker_auth_port: int | Non
                       broker_auth_port=broker_auth_port)
     web_env = {**env, "DATA_DIR": str(workdir), "HTTP_BIND": "127.0.0.1", "HTTP_PORT": str(port),
                "WEB_WORKERS": str(WEB_WORKERS), "WEB_THREADS": str(WEB_THREADS),
-               "WEB_TMP_DIR": "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/tmp",
                "PATH": f"{env.get('PATH', os.defpath)}:/usr/local/sbin:/usr/sbin:/sbin"}
     web_env.pop("HTTPS_CERT", None)
     web_env.pop("HTTPS_KEY", None)
     processes = []
     for name in ("front", "web"):
-        line = next(line for line in PROCFILE.read_text().splitlines() if line.startswith(f"{name}:"))
-        command = line.split(":", 1)[1].strip().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
-        processes.append(ServerProcess(name, ["bash", "-c", command], web_env, workdir).start())
+        processes.append(ServerProcess(name, procfile_command(name), web_env, workdir).start())
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -362,20 +360,8 @@ def start_web(env: dict[str, str], workdir: Path, *, broker_auth_port: int | Non
                 raise RuntimeError(f"{process.name} died:\n{process.log_tail()}")
         return django_answers(url)
 
-    wait_until(answers, 20, f"gunicorn behind nginx on port {port}", interval=0.05)
+    wait_until(answers, 20, f"granian behind nginx on port {port}", interval=0.05)
     return processes, url
-
-
-def child_pids(pid: int) -> list[int]:
-    """The pids of `pid`'s live children (Linux: /proc/<pid>/task/*/children)."""
-    children: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                children += [int(v) for v in f.read().split()]
-    except OSError:
-        pass
-    return children
 
 
 def rss_mib(pid: int) -> float | None:

@@ -16,7 +16,7 @@ While the relay or the broker is down, messages are accepted and queued as ever:
 is an outage (`/health/` says degraded, delivery resumes by itself once it is back), not
 overload, and refusing them would only move the queue onto the phones.
 
-Why a refusal rather than slower acceptance: a POST held back would hold a gunicorn
+Why a refusal rather than slower acceptance: a POST held back would hold a web
 thread (8 per host) for as long, and stop every other request with it; a 503 costs one
 cheap answer and says plainly when to come back.
 

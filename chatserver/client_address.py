@@ -7,7 +7,7 @@ first address that is not one of theirs is the client's; whatever stands left of
 the client's own say and is ignored.
 
 Trusted are the proxies named in `TRUSTED_PROXIES` (addresses or networks, empty by
-default) and the project's own front server: gunicorn listens only on a Unix socket that
+default) and the project's own front server: granian listens only on a Unix socket that
 nginx reaches (`front/nginx.conf`), and a request that arrived there (REMOTE_ADDR empty)
 came through it. With TRUSTED_PROXIES empty, then, a phone's address is the one nginx
 saw, whatever header it sent; behind a load balancer, name the balancer's addresses.
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# What REMOTE_ADDR is for a connection on a Unix socket (gunicorn, Django's test client
+# What REMOTE_ADDR is for a connection on a Unix socket (granian, Django's test client
 # aside): the front server's.
 FRONT_SERVER = ""
 

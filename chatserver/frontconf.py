@@ -7,7 +7,7 @@ Layout of a front directory (`DATA_DIR/front/` under `make run`):
 
     nginx.conf   rendered from the repository's template
     nginx.pid    written by nginx
-    web.sock     gunicorn's Unix socket (`gunicorn --bind unix:...`), made by gunicorn
+    web.sock     the web tier's Unix socket (Procfile: `granian --uds ...`), made by granian
     tmp/         request bodies and answers nginx is buffering
 
 Started as root, nginx's workers drop to `www-data` (Debian's nginx user): the directory

@@ -81,7 +81,7 @@ DEBUG = env_bool("DEBUG")
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "*").split(",") if h.strip()]
 
 # --- HTTP and HTTPS ---------------------------------------------------------------------
-# Phones reach nginx, the front server, on HTTP_BIND:HTTP_PORT (front/nginx.conf); gunicorn
+# Phones reach nginx, the front server, on HTTP_BIND:HTTP_PORT (front/nginx.conf); granian
 # listens only on a Unix socket behind it. nginx speaks HTTPS there when HTTPS_CERT and
 # HTTPS_KEY name a PEM chain and key. Behind a proxy of your own that terminates TLS
 # (README: Caddy, a load balancer), set BEHIND_TLS_PROXY=on so that Django takes that
@@ -162,7 +162,7 @@ DATABASES = {
         # PostgreSQL's, ~60 us of wall time, about 1% of a message POST), so a connection
         # the database dropped (restart, failover, idle timeout) is replaced without
         # failing anybody's request. Off saves that round trip, but the first request on
-        # each dropped connection (one per gunicorn thread) answers 503
+        # each dropped connection (one per web thread) answers 503
         # database_unavailable with Retry-After: 2 before it is replaced
         # (tests/chatserver/test_outages.py).
         conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", True),
@@ -277,7 +277,7 @@ MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 10_000)
 
 # The admin's CSS and JavaScript, the API docs' Swagger UI and ReDoc (and any app's static
 # files), served by WhiteNoise straight from the installed packages: no collectstatic
-# step, the same in `make run`, in gunicorn behind a proxy and in the tests. Indexed once
+# step, the same in `make run`, in granian behind a proxy and in the tests. Indexed once
 # when a process starts.
 STATIC_URL = "static/"
 WHITENOISE_USE_FINDERS = True

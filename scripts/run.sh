@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start the whole stack in the foreground: broker (Mosquitto, or RabbitMQ with
-# BROKER=rabbitmq), front server (nginx), gunicorn, and the relay, presence and push
-# workers (see Procfile).
+# BROKER=rabbitmq), front server (nginx), granian (the web tier), and the relay, presence
+# and push workers (see Procfile).
 # Ctrl-C (or SIGTERM) stops all of it. `make run` sets up the virtualenv and the Debian
 # packages first; this script only prepares the data directory and the database.
 #
@@ -29,10 +29,6 @@ DATA_DIR="$(realpath -m "${DATA_DIR:-var}")"
 export DATA_DIR
 # Python processes write to honcho's pipe: without this their logs arrive late.
 export PYTHONUNBUFFERED=1
-# gunicorn's worker heartbeat files: RAM rather than a possibly slow disk.
-if [[ -d /dev/shm && -w /dev/shm ]]; then
-    export WEB_TMP_DIR="${WEB_TMP_DIR:-/dev/shm}"
-fi
 # Debian installs mosquitto and nginx in /usr/sbin, which is not on a normal user's PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -52,7 +48,7 @@ if [[ ${BROKER_EXTERNAL,,} =~ ^(1|true|yes|on)$ ]]; then
 else
     .venv/bin/python manage.py broker_prepare
 fi
-# Renders $DATA_DIR/front/nginx.conf (gunicorn's socket goes beside it).
+# Renders $DATA_DIR/front/nginx.conf (granian's socket goes beside it).
 .venv/bin/python manage.py front_prepare >/dev/null
 
 # `-e /dev/null`: honcho would otherwise apply .env over the environment (handled above,

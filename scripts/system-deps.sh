@@ -35,7 +35,7 @@ for group in "$@"; do
             done
             ;;
         front)
-            # nginx, the front server `make run` starts before gunicorn (front/nginx.conf).
+            # nginx, the front server `make run` starts before granian (front/nginx.conf).
             installed nginx || missing+=(nginx)
             ;;
         postgres)

@@ -5,10 +5,10 @@
   (Mosquitto or RabbitMQ: tests/support/brokers.py), each logging to a file.
 - `relay` (function): a transactional database plus both workers, once the relay reports
   the broker connected (the heartbeat row is truncated with everything else between tests).
-- `http_server` (session): nginx on a free port and gunicorn behind it (`HttpServer`), same
+- `http_server` (session): nginx on a free port and granian behind it (`HttpServer`), same
   database and broker.
 - `live_stack` (function): all of it, for tests that act like a phone over real HTTP.
-- `ProcessStack`: a relay and gunicorn of their own, on a given database and broker, that
+- `ProcessStack`: a relay and granian of their own, on a given database and broker, that
   a test may kill and restart (the fault tests' stacks, see tests/support/faults.py).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import ssl
@@ -28,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,25 @@ from chatserver import frontconf
 from chatserver.tls import ServerTls
 
 ROOT = Path(__file__).resolve().parents[2]
+PROCFILE = ROOT / "Procfile"
+# Where the Procfile's `web:` line puts the front's socket (chatserver/frontconf.py).
+PROCFILE_SOCKET = '"$DATA_DIR/front/web.sock"'
+
+
+def procfile_command(name: str, *, socket_path: Path | None = None) -> list[str]:
+    """The Procfile's `name:` line as honcho runs it, through bash (its $VARS expand from
+    the environment the process is given), with this interpreter's directory for
+    `.venv/bin/`; `socket_path`: the front's socket there instead of under DATA_DIR (the
+    tests' front directory is not their DATA_DIR: nginx's workers could not reach it)."""
+    line = next((line for line in PROCFILE.read_text().splitlines() if line.startswith(f"{name}:")), None)
+    if line is None:
+        raise AssertionError(f"the Procfile has no {name}: line")
+    command = line.split(":", 1)[1].strip().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    if socket_path is not None:
+        if PROCFILE_SOCKET not in command:
+            raise AssertionError(f"the Procfile's {name}: line no longer names {PROCFILE_SOCKET}")
+        command = command.replace(PROCFILE_SOCKET, shlex.quote(str(socket_path)))
+    return ["bash", "-c", command]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
@@ -111,6 +132,27 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of `pid`'s live children (Linux: /proc/<pid>/task/*/children)."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(v) for v in f.read().split()]
+    except OSError:
+        pass
+    return children
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie nobody reaped yet has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def server_env(*, database_url: str, broker, data_dir: Path) -> dict[str, str]:
@@ -197,9 +239,9 @@ def relay(request, transactional_db, relay_process, presence_process, broker, se
 
 class HttpServer(ServerProcess):
     """The HTTP tier as it ships: nginx with the project's config (front/nginx.conf) on a
-    free port of 127.0.0.1, and gunicorn behind it on the front's Unix socket, with the
-    Procfile's options. `kill()` and `stop()` of this object are gunicorn's (nginx then
-    answers 503 `unavailable`); `front` is the nginx process."""
+    free port of 127.0.0.1, and granian behind it on the front's Unix socket, started by
+    the Procfile's `web:` line. `kill()` and `stop()` of this object are granian's (nginx
+    then answers 503 `unavailable`); `front` is the nginx process."""
 
     def __init__(self, env: dict[str, str], workdir: Path, workers: int = 2,
                  tls: ServerTls | None = None, broker_auth_port: int | None = None) -> None:
@@ -213,13 +255,8 @@ class HttpServer(ServerProcess):
         self.front_dir = self.front_root / "front"
         super().__init__(
             "web",
-            [
-                sys.executable, "-m", "gunicorn", "chatserver.wsgi:application",
-                "--bind", f"unix:{frontconf.socket_path(self.front_dir)}", "--workers", str(workers),
-                "--worker-class", "gthread", "--threads", "4", "--keep-alive", "5", "--timeout", "30",
-                "--graceful-timeout", "3", "--no-control-socket", "--worker-tmp-dir", "/tmp",
-            ],
-            env,
+            procfile_command("web", socket_path=frontconf.socket_path(self.front_dir)),
+            {**env, "WEB_WORKERS": str(workers), "WEB_THREADS": "4"},
             workdir,
         )
         self.front = ServerProcess("front", frontconf.command(self.front_dir), env, workdir)
@@ -235,7 +272,7 @@ class HttpServer(ServerProcess):
             )
             self.front.start()
         super().start()
-        wait_until(self._answers, 20, f"gunicorn behind nginx on port {self.port}", interval=0.05)
+        wait_until(self._answers, 20, f"granian behind nginx on port {self.port}", interval=0.05)
         return self
 
     @property
@@ -255,7 +292,7 @@ class HttpServer(ServerProcess):
 
     def _answers(self) -> bool:
         if not self.alive():
-            raise AssertionError(f"gunicorn died:\n{self.log_tail()}")
+            raise AssertionError(f"granian died:\n{self.log_tail()}")
         if not self.front.alive():
             raise AssertionError(f"nginx died:\n{self.front.log_tail()}")
         return django_answers(self.url, ssl_context=self.ssl_context)
@@ -263,7 +300,7 @@ class HttpServer(ServerProcess):
 
 def django_answers(url: str, *, ssl_context: ssl.SSLContext | None = None) -> bool:
     """Whether Django answers `/health/` through the front server at `url`, whatever its
-    body says (nginx's own 503 `unavailable`: gunicorn is not up yet)."""
+    body says (nginx's own 503 `unavailable`: granian is not up yet)."""
     try:
         with urllib.request.urlopen(f"{url}/health/", timeout=2, context=ssl_context):
             return True
@@ -274,7 +311,7 @@ def django_answers(url: str, *, ssl_context: ssl.SSLContext | None = None) -> bo
 
 
 class ProcessStack:
-    """The server's own processes, a relay and gunicorn, on a database and broker of the
+    """The server's own processes, a relay and granian, on a database and broker of the
     caller's choosing, for a test that kills and restarts them (tests/support/faults.py).
 
         stack = ProcessStack(database_url=url, broker=broker, workdir=path).start()
@@ -367,7 +404,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def http_server(test_database_url, broker, tmp_path_factory) -> Iterator[HttpServer]:
-    """The HTTP API over real sockets (gunicorn), on the test database and broker."""
+    """The HTTP API over real sockets (granian behind nginx), on the test database and broker."""
     workdir = tmp_path_factory.mktemp("web")
     env = server_env(database_url=test_database_url, broker=broker, data_dir=workdir)
     # On RabbitMQ, its auth checks come to this front's loopback listener.
@@ -399,8 +436,10 @@ def call(url: str, method: str = "GET", body: dict | None = None, token: str | N
 
 
 def call_with_headers(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
-                      timeout: float = 10) -> tuple[int, dict[str, str], dict | None]:
-    """`call`, with the answer's headers: (status, headers, JSON body)."""
+                      timeout: float = 10) -> tuple[int, Message, dict | None]:
+    """`call`, with the answer's headers: (status, headers, JSON body). The headers are
+    looked up whatever the case of their names (`headers.get("Retry-After")`), as HTTP
+    says: granian sends them in lower case."""
     request = urllib.request.Request(url, method=method)
     data = None
     if body is not None:
@@ -411,12 +450,12 @@ def call_with_headers(url: str, method: str = "GET", body: dict | None = None, t
     try:
         with urllib.request.urlopen(request, data, timeout=timeout) as response:
             raw = response.read()
-            return response.status, dict(response.headers), json.loads(raw) if raw else None
+            return response.status, response.headers, json.loads(raw) if raw else None
     except urllib.error.HTTPError as error:
         raw = error.read()
         try:
-            return error.code, dict(error.headers), json.loads(raw) if raw else None
+            return error.code, error.headers, json.loads(raw) if raw else None
         except ValueError:
-            return error.code, dict(error.headers), {"not_json": raw[:200].decode(errors="replace")}
+            return error.code, error.headers, {"not_json": raw[:200].decode(errors="replace")}
     except (OSError, ValueError):
-        return 0, {}, None
+        return 0, Message(), None

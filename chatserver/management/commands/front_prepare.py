@@ -1,6 +1,6 @@
 """`manage.py front_prepare`: make DATA_DIR/front/ ready for nginx and print its config path.
 
-`make run` starts nginx on it (Procfile: `front`) and gunicorn on its socket (`web`).
+`make run` starts nginx on it (Procfile: `front`) and granian on its socket (`web`).
 """
 
 from pathlib import Path

@@ -1,0 +1,47 @@
+"""chatserver.webserver: what granian copies from the process's environment into every
+request's environ is taken out again (pure logic; the whole stack runs on granian in the
+tests that start `HttpServer`)."""
+
+from __future__ import annotations
+
+from chatserver.webserver import without_process_environment
+
+PROCESS = {
+    "DATABASE_URL": "postgres://chat:secret@db/chat",
+    "HTTP_PORT": "8000",
+    "HOME": "/root",
+    "REQUEST_METHOD": "GET",
+}
+
+
+def seen_by_app(scope: dict) -> dict:
+    """The environ the application gets when the server builds it as granian does: a copy
+    of the process's environment, the request's own keys over it."""
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        return [b""]
+
+    without_process_environment(app, PROCESS)({**PROCESS, **scope}, lambda status, headers: None)
+    return seen
+
+
+def test_the_process_environment_does_not_reach_the_request():
+    seen = seen_by_app({"REQUEST_METHOD": "POST", "PATH_INFO": "/chats/", "HTTP_HOST": "chat.example"})
+    assert "DATABASE_URL" not in seen
+    assert "HOME" not in seen
+    # A setting named like a header is not taken for a `Port:` header.
+    assert "HTTP_PORT" not in seen
+    assert seen["PATH_INFO"] == "/chats/"
+    assert seen["HTTP_HOST"] == "chat.example"
+
+
+def test_what_the_server_sets_stays_even_when_the_process_environment_has_the_same():
+    seen = seen_by_app({"REQUEST_METHOD": "GET", "PATH_INFO": "/health/"})
+    assert seen["REQUEST_METHOD"] == "GET"
+
+
+def test_a_header_the_request_did_send_stays():
+    seen = seen_by_app({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_PORT": "443"})
+    assert seen["HTTP_PORT"] == "443"
