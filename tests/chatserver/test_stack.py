@@ -1,4 +1,4 @@
-"""The stack over real sockets: gunicorn, the relay, Mosquitto and PostgreSQL."""
+"""The stack over real sockets: nginx, granian, the relay, Mosquitto and PostgreSQL."""
 
 import json
 
