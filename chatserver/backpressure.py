@@ -4,9 +4,9 @@ The relay drains the outbox as fast as it can. When messages come in faster than
 delivers them (a burst past its capacity, a big group at full speed), the oldest
 undelivered event ages without bound: every later message is late, and accepting more
 only makes it later, for everybody. So while the relay is running and the broker
-answering it, and yet the oldest event in the outbox is older than
-`INGEST_MAX_OUTBOX_AGE` seconds, and the broker has answered the relay for longer than
-that too (the backlog an outage leaves is drained before anything is refused), a message
+answering it, and yet the oldest event in the outbox, queued since the broker last
+started answering, is older than `INGEST_MAX_OUTBOX_AGE` seconds (the backlog an outage
+leaves is drained without refusing anything: `delivery_behind`), a message
 POST is refused with 503 `overloaded` and
 `Retry-After` (`chatserver.errors.Overloaded`): the phone keeps the message, sends it
 again with the same `client_id` (so a retry never makes two), and delivery catches up
@@ -43,8 +43,9 @@ from chatserver import outbox
 from chatserver.errors import Overloaded
 from chatserver.models import OutboxEvent
 
-# How long one process keeps its verdict (seconds).
-CHECK_EVERY = 1.0
+# How long one process keeps its verdict (seconds): what a gate that opens lets in before
+# it closes again is this long's worth of the senders' rate, late behind the backlog.
+CHECK_EVERY = 0.2
 
 _lock = threading.Lock()
 _verdict: tuple[float, bool] = (float("-inf"), False)  # (monotonic time checked, behind)
@@ -68,15 +69,18 @@ def check() -> None:
 
 
 def delivery_behind() -> bool:
-    """Whether the relay works (running, the broker answering) and has not caught up for
-    longer than INGEST_MAX_OUTBOX_AGE: the oldest event waits longer than that, and the
-    broker has answered for longer than that (right after an outage, the backlog it left
-    is not overload: the relay is given the threshold's time to drain it)."""
+    """Whether messages come in faster than they are delivered: the relay works (running,
+    the broker answering it), and the oldest event in the outbox was queued while it
+    worked and has waited longer than INGEST_MAX_OUTBOX_AGE.
+
+    An event queued before the broker last started answering the relay (an outage's
+    backlog; a relay that has just taken over) is not overload: it is drained without
+    refusing anybody, however long that takes, and what comes meanwhile waits behind it.
+    Refusing then would turn a recovery into minutes of 503s for every sender."""
     oldest = OutboxEvent.objects.order_by("id").values_list("created_at", flat=True).first()
     if oldest is None:
         return False
-    now = timezone.now()
-    if (now - oldest).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+    if (timezone.now() - oldest).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
         return False
     statuses = outbox.relay_heartbeats()
     # With several partitions: since when the broker has answered every relay (the
@@ -84,7 +88,7 @@ def delivery_behind() -> bool:
     ups = [status.broker_up_since for status in statuses]
     if len(ups) < settings.RELAY_PARTITIONS or None in ups:
         return False
-    if (now - max(ups)).total_seconds() <= settings.INGEST_MAX_OUTBOX_AGE:
+    if oldest < max(ups):
         return False
     state = outbox.relay_status_of(statuses)
     return (state["relay"], state["broker"]) == ("running", "up")

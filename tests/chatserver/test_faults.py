@@ -318,9 +318,9 @@ def post_message(url: str, chat_id: int, token: str, content: str) -> tuple[int,
     return status, headers.get("Retry-After"), body
 
 
-def test_sends_wait_at_the_door_while_delivery_runs_late_and_not_while_the_relay_is_down(fault_stack):
-    # given: a web tier that refuses sends once the oldest undelivered event is 2 s old,
-    # a direct chat, and with the relay stopped a backlog older than that
+def test_sends_wait_at_the_door_while_delivery_runs_late_and_not_after_an_outage(fault_stack):
+    # given: a web tier that refuses sends once an event queued while delivery works is
+    # 2 s old, a direct chat, and with the relay stopped a backlog older than that
     fault_stack.http.stop()
     fault_stack.http.env["INGEST_MAX_OUTBOX_AGE"] = "2"
     fault_stack.http.start()
@@ -329,31 +329,44 @@ def test_sends_wait_at_the_door_while_delivery_runs_late_and_not_while_the_relay
     status, chat = call(f"{fault_stack.url}/chats/", "POST", {"members": [bob.id]}, alice.token)
     assert status == 201, chat
     fault_stack.relay.stop()
-    queue_numbered(fault_stack, bob.id, 1, 30_000)
+    queue_numbered(fault_stack, bob.id, 1, 100_000)
     time.sleep(2.5)
 
     def stored() -> int:
         return fault_stack.sql("SELECT count(*) FROM chats_message WHERE chat_id = %s", [chat["id"]])[0][0]
 
+    def outbox() -> int:
+        return fault_stack.sql("SELECT count(*) FROM chat_outbox")[0][0]
+
     # when the relay is down (an outage, not overload): accepted and queued
     during_outage = post_message(fault_stack.url, chat["id"], alice.token, "while the relay is down")
-    # when it runs and has not caught up for 2 s: refused at the door, nothing written
+    # when it runs again and drains what the outage left, for longer than the threshold
+    # (and the web processes' verdict is a second old at most): accepted, whatever its age
     fault_stack.start_relay()
     wait_until(lambda: fault_stack.health()[1].get("relay") == "running"
                and fault_stack.health()[1].get("broker") == "up", 15, "the relay running, the broker up")
-    # the backlog is an outage's until the broker has answered for the threshold's time;
-    # then it is overload (and the web processes' verdict is a second old at most)
+    time.sleep(2 + 1.1)
+    draining = post_message(fault_stack.url, chat["id"], alice.token, "while the outage's backlog drains")
+    still_draining = outbox()
+    wait_until(lambda: outbox() == 0, 90, "the outbox to empty")
+
+    # when more comes in than it delivers (a burst queued while it works), and the oldest
+    # of it is past the threshold: refused at the door, nothing written
+    queue_numbered(fault_stack, bob.id, 100_001, 200_000)
     time.sleep(2 + 1.1)
     before = stored()
     late = post_message(fault_stack.url, chat["id"], alice.token, "while delivery runs late")
     after_refusal = stored()
+    overloaded_with = outbox()
     # once it caught up: accepted again
-    wait_until(lambda: fault_stack.sql("SELECT count(*) FROM chat_outbox") == [(0,)], 60, "the outbox to empty")
+    wait_until(lambda: outbox() == 0, 90, "the outbox to empty")
     time.sleep(1.1)
     caught_up = post_message(fault_stack.url, chat["id"], alice.token, "caught up")
 
     # then
     assert during_outage[0] == 201
+    assert draining[0] == 201 and still_draining > 0, (draining, still_draining)
     assert (late[0], late[1], late[2]["error"]["code"]) == (503, "2", "overloaded"), late
+    assert overloaded_with > 0
     assert after_refusal == before
     assert caught_up[0] == 201
