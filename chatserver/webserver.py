@@ -7,14 +7,19 @@ Procfile: `web`), applied by `chatserver.wsgi` in each of its workers.
   phone never sent. `without_process_environment` takes them out again.
 - granian's workers outlive a main process that was killed (SIGKILL, a crash): they go on
   holding their database connections, on a socket the next main process replaces.
-  `exit_with_parent` has the kernel send such a worker SIGTERM, on which it stops as it
-  would on a normal shutdown.
+  `exit_with_parent` has the kernel kill such a worker (SIGKILL: a SIGTERM that comes
+  while granian's worker is still loading is lost, and it serves on), and a worker whose
+  main process went while it was still loading exits there. Requests under way in it are
+  cut: their transactions roll back, nginx answers 503 `unavailable`, and the phone's
+  retry with the same `client_id` makes no second message. A normal shutdown never gets
+  here: granian's main process stops its workers before it exits.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -52,14 +57,23 @@ def without_process_environment(app: Callable, process_environment: Mapping[str,
 
 
 def exit_with_parent() -> None:
-    """Have the kernel send this process SIGTERM when its parent exits (Linux; elsewhere
-    nothing). The parent is the one that forked it: call this in the child, first thing."""
+    """Have the kernel kill this process when its parent exits (Linux; elsewhere nothing),
+    and exit at once if the parent is gone already.
+
+    A granian worker calls this while it loads the application, which takes a second or
+    more after the fork: its main process may have been killed meanwhile, and the kernel
+    would then never send the signal. So the parent is the one that started the worker
+    (multiprocessing's record of it, taken at the fork), not whoever is its parent now
+    (the init process, once it is orphaned)."""
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
         return
-    if os.getppid() != parent:  # it exited before the call: no signal will come
-        os.kill(os.getpid(), signal.SIGTERM)
+    if os.getppid() != parent:
+        # Gone before the call: no signal will come. Nothing is served or open yet.
+        logger.warning("the web server's main process (%s) is gone: this worker stops", parent)
+        os._exit(0)

@@ -155,7 +155,7 @@ def test_while_the_web_tier_is_down_the_front_says_503_with_retry_after(test_dat
         workers = child_pids(server.proc.pid)
         assert len(workers) == 2
         server.kill()
-        # (its workers are told by the kernel, and stop: chatserver/webserver.py)
+        # (the kernel kills its workers: chatserver/webserver.py)
         wait_until(lambda: not any(running(pid) for pid in workers), 10,
                    "the killed main process's workers to stop")
         health = b"GET /health/ HTTP/1.1\r\nHost: x\r\n\r\n"
