@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.support.mqtt import MqttProbe
 from tests.support.postgres import free_port
-from tests.support.stack import ROOT, call, running, wait_until
+from tests.support.stack import ROOT, call, child_pids, running, wait_until
 
 # What the suite's own environment says about these would point run.sh at the suite's
 # database and broker, or at its settings.
@@ -28,18 +28,11 @@ NOT_INHERITED = ("MQTT_", "DATABASE_", "HTTP_", "BROKER", "RABBITMQ_", "DJANGO_"
 def descendants(pid: int) -> set[int]:
     """The live processes below `pid` (honcho starts each of its own in a session of its
     own: a process group does not find them)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    found, frontier = set(), {pid}
+    found, frontier = set(), [pid]
     while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
+        children = [child for parent in frontier for child in child_pids(parent)]
+        found.update(children)
+        frontier = children
     return {p for p in found if running(p)}
 
 

@@ -64,8 +64,11 @@ def test_a_worker_still_loading_when_its_main_process_is_killed_stops_too(tmp_pa
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:
-        workers = wait_until(lambda: len(child_pids(granian.pid)) == 2 and child_pids(granian.pid), 10,
-                             "granian's two workers")
+        def both_forked() -> list[int] | None:
+            pids = child_pids(granian.pid)
+            return pids if len(pids) == 2 else None
+
+        workers = wait_until(both_forked, 10, "granian's two workers")
 
         # when: its main process is killed while they are still loading (the kernel's
         # death signal could not be asked for yet)
