@@ -99,9 +99,9 @@ class OutboxCapture:
 
 @pytest.fixture
 def no_backpressure_probe(settings):
-    """For tests that count a request's queries: the back-pressure verdict's probe (two
-    queries once a second per process, chatserver/backpressure.py) would land in a count
-    at random; it is off."""
+    """For tests that count a request's queries: the back-pressure verdict's probe (up to
+    two queries every CHECK_EVERY per process, chatserver/backpressure.py) would land in a
+    count at random; it is off."""
     settings.INGEST_MAX_OUTBOX_AGE = 0
 
 
@@ -115,7 +115,7 @@ def _events_match_the_contract():
     """Every event the suite queues, and every one its MQTT probes receive, matches its
     schema in docs/asyncapi.yaml (chatserver/contract.py). Queued events are checked by
     `enqueue` itself (`OUTBOX_CHECK_SCHEMAS` in tests/settings.py, which the relay and
-    gunicorn processes use too: tests/support/stack.py); received ones by the probe, which
+    granian processes use too: tests/support/stack.py); received ones by the probe, which
     collects what fails to fail the test here."""
     mqtt_probe.CONTRACT_FAILURES.clear()
     yield

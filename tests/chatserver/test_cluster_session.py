@@ -1,7 +1,7 @@
 """A phone's session, and the relay, survive losing a RabbitMQ node, end to end.
 
 The product on the session's three-node cluster (`rabbitmq_cluster`): a database of its
-own, gunicorn behind nginx (whose loopback listener answers the nodes' auth checks), a
+own, granian behind nginx (whose loopback listener answers the nodes' auth checks), a
 real relay and presence worker given every node's address (MQTT_HOST,
 chatserver/broker_addresses.py) and every node's management API. A phone, paho 3.1.1 with
 a persistent session, is on node A, which holds its session queue (a quorum queue: its

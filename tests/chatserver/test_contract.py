@@ -2,7 +2,7 @@
 
 How events are held to docs/asyncapi.yaml across the whole suite:
 - queued: `chatserver.outbox.enqueue` checks every event (OUTBOX_CHECK_SCHEMAS, on in
-  tests/settings.py, which the relay and gunicorn processes use too: tests/support/stack.py);
+  tests/settings.py, which the relay and granian processes use too: tests/support/stack.py);
 - received: every server event an `MqttProbe` receives on a user or chat topic is
   checked on arrival (tests/support/mqtt.py), and a mismatch fails the test;
 - the simulator's `listen --json` output is checked in tests/simulator/test_simulator.py.

@@ -1,7 +1,7 @@
 """Faults under load: a process killed, frozen or restarted while messages flow.
 
 Each test runs its own stack (tests/support/faults.py: its own PostgreSQL database in a
-cluster of this module, its own Mosquitto, relay and gunicorn), so that killing things
+cluster of this module, its own Mosquitto, relay and granian), so that killing things
 leaves the rest of the suite alone. Four users' phones (paho, persistent sessions) listen
 on their user topics while 40 messages/s go to two direct chats and a group over HTTP;
 mid-load the fault strikes. Then, as the README promises:

@@ -7,7 +7,7 @@ no other), on the session's Mosquitto: what 3.1.1 cannot say, and the relay with
   Mosquitto's max_packet_size; on RabbitMQ, any forbidden publish) ends in the dead
   letters after RELAY_MAX_DROPS drops with it alone in flight, and the rows around it are
   delivered in order.
-- A whole stack (relay over 3.1.1, gunicorn, phones) delivers every accepted message in
+- A whole stack (relay over 3.1.1, granian, phones) delivers every accepted message in
   per-chat order through a relay killed and restarted mid-load.
 
 The whole relay and presence suite runs over 3.1.1 with `MQTT_PROTOCOL=3.1.1 pytest ...`

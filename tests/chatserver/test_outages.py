@@ -1,7 +1,7 @@
 """Database outages: the workers reconnect by themselves, HTTP answers 503 meanwhile.
 
 Destructive, so on a stack of their own (`spare`, for this module): a second throw-away
-PostgreSQL cluster, its own broker (of the suite's kind), the relay and presence workers and gunicorn, all
+PostgreSQL cluster, its own broker (of the suite's kind), the relay and presence workers and granian, all
 real processes. The relay there looks at the outbox only when NOTIFY wakes it (its idle
 recheck is 60 s), so delivery within 5 s proves that its LISTEN is back too. Rows are
 written straight into the outbox and read by a server-side MQTT observer.

@@ -3,7 +3,7 @@ reads and reports, and, end to end, three relays and a spare with one relay kill
 
 The rule is `chatserver.outbox.partition_key` (pure); the services' rows are read back
 from the outbox; the relay's SELECT and heartbeat in the test's transaction; the fault
-test on a stack of its own (tests/support/faults.py: its own database, Mosquitto, gunicorn
+test on a stack of its own (tests/support/faults.py: its own database, Mosquitto, granian
 and four relay processes).
 """
 

@@ -1,4 +1,4 @@
-"""Rate limits over real sockets: nginx and gunicorn with two workers on PostgreSQL, the buckets in
+"""Rate limits over real sockets: nginx and granian with two workers on PostgreSQL, the buckets in
 the database and, again, in a real Redis (REDIS_URL). Requests go in concurrently, so
 that both workers count; the limit is the limit: exactly N pass, then 429 `throttled`
 with Retry-After, and a refused write leaves nothing behind.
@@ -37,7 +37,7 @@ _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
 
 @pytest.fixture(scope="module", params=["database", "redis"])
 def limited(request, test_database_url, tmp_path_factory):
-    """gunicorn, 2 workers, with low limits; its buckets in the database or in Redis."""
+    """granian, 2 workers, with low limits; its buckets in the database or in Redis."""
     env = server_env(database_url=test_database_url, broker=NoBroker(),
                      data_dir=tmp_path_factory.mktemp(f"limits-{request.param}")) | LIMITS
     if request.param == "redis":

@@ -15,7 +15,7 @@ def _read_secret(barrier, answers) -> None:
 
 @pytest.mark.parametrize("round_", range(20))
 def test_processes_starting_at_once_all_get_the_same_whole_secret(tmp_path, monkeypatch, round_):
-    # given: no secret yet, and 8 processes (both test passes, gunicorn's workers, the
+    # given: no secret yet, and 8 processes (both test passes, granian's workers, the
     # workers: `make test` and `make run` start several at once)
     monkeypatch.setattr(project_settings, "SECRETS_DIR", tmp_path / "secrets")
     context = multiprocessing.get_context("fork")

@@ -131,7 +131,7 @@ def test_without_plaintext_nothing_listens_in_clear(tls_broker):
 
 @pytest.fixture
 def tls_stack(fault_cluster, tls_broker, tmp_path):
-    """gunicorn and the relay on a broker that offers TLS only: the relay connects over TLS."""
+    """granian and the relay on a broker that offers TLS only: the relay connects over TLS."""
     stack = ProcessStack(database_url=fault_cluster.cluster.url(fault_cluster.new_database()),
                          broker=tls_broker, workdir=tmp_path).start()
     yield stack

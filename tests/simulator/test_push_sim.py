@@ -22,7 +22,7 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 def push_stack(fault_cluster, new_broker, tmp_path):
-    """A stack of its own (faults.own_stack: relay, gunicorn; and the presence and push
+    """A stack of its own (faults.own_stack: relay, granian; and the presence and push
     workers) with push on."""
     with FcmSink() as sink:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(

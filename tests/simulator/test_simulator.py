@@ -1,7 +1,7 @@
 """The simulator (`android-client-sim/`, the `chat-sim` command) against the real stack.
 
 Every test runs the installed `chat-sim` console script as a subprocess, like a QA
-engineer would, against gunicorn + relay + Mosquitto + PostgreSQL (`live_stack`), with
+engineer would, against granian + relay + Mosquitto + PostgreSQL (`live_stack`), with
 its profiles in a temporary home.
 """
 

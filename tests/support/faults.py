@@ -9,7 +9,7 @@ it never touches the session's: it gets
 - `fault_stack` (function): a `FaultStack`: that cluster, a database of its own, its own
   broker of the suite's kind (`new_broker`, tests/support/brokers.py: Mosquitto from
   `broker/mosquitto.conf` or a RabbitMQ node; its own ports and persistence directory),
-  its own relay and gunicorn processes (`tests.support.stack.ProcessStack`).
+  its own relay and granian processes (`tests.support.stack.ProcessStack`).
 
 The world a fault hits (`ChatWorld`): four users signed up over HTTP, two direct chats
 and a group of three, and each user's phone, a paho client with a persistent session

@@ -8,7 +8,7 @@ Fixtures (all session-scoped):
   `TEST_DATABASE=sqlite`, which leaves the settings' SQLite default (an in-memory test
   database; tests/chats/test_sqlite.py runs the service tier that way).
 - `test_database_url`: `postgres://...` of that test database, for the processes a test
-  starts (gunicorn, the relay) as their DATABASE_URL.
+  starts (granian, the relay) as their DATABASE_URL.
 
 The server binaries come from Debian's packages (`make test` installs them): a missing
 binary is an error, never a skip. They refuse to run as root, so as root they run as the

@@ -4,7 +4,7 @@ of tests/chatserver/test_rabbitmq_access.py.
 `rabbit_auth_stack` (module): a database of its own in the session's PostgreSQL cluster
 (migrated once; the session's relay, if any, drains the session's database and never
 this one), one RabbitMQ 3.10 node, and a `tests.support.stack.ProcessStack` on both: a
-relay process with BROKER=rabbitmq, gunicorn behind nginx with the broker-auth listener
+relay process with BROKER=rabbitmq, granian behind nginx with the broker-auth listener
 on the node's auth port, which its HTTP auth backend asks. Tests drive it over HTTP and MQTT only, as phones and attackers would.
 
 The node is `tests.support.rabbitmq.RabbitNode`, from the project's own
